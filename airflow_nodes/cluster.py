@@ -1,0 +1,187 @@
+"""The cluster file: everything every node of one cluster must agree on, secrets included.
+
+One schema (CLUSTER_SCHEMA) drives both reading and writing the file, so an error names the
+exact key and what was expected.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_nodes import urls
+from airflow_nodes.errors import UserError
+from airflow_nodes.schema import (
+    Field,
+    check_abs_path,
+    check_all,
+    check_host,
+    check_name,
+    check_port,
+    check_positive,
+    dump_toml,
+    load_toml,
+)
+from airflow_nodes.versions import AirflowVersion, parse_airflow_version
+
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_=-]{16,}$")
+
+
+@dataclass(frozen=True)
+class ClusterSecrets:
+    fernet_key: str
+    secret_key: str
+    jwt_secret: str
+    flower_password: str
+
+    @classmethod
+    def generate(cls) -> ClusterSecrets:
+        """Return fresh secrets: a Fernet key (urlsafe base64 of 32 random bytes) and random tokens."""
+        return cls(
+            fernet_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+            secret_key=secrets.token_urlsafe(32),
+            jwt_secret=secrets.token_urlsafe(48),
+            flower_password=secrets.token_urlsafe(24),
+        )
+
+    def values(self) -> tuple[str, ...]:
+        return tuple(dataclasses.astuple(self))
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    airflow_version: str  # the version line every node runs, e.g. "3.3"
+    master_host: str
+    broker_url: str
+    db_url: str
+    result_backend: str
+    dags_source: str
+    secrets: ClusterSecrets
+    name: str = "airflow"
+    airflow_home: str = "/opt/airflow"
+    airflow_user: str = "airflow"
+    web_port: int = 8080
+    flower_port: int = 5555
+    flower_user: str = "admin"
+    worker_log_port: int = 8793
+    triggerer_log_port: int = 8794
+    scheduler_health_port: int = 8974
+    visibility_timeout: int = 86400
+    sync_interval_minutes: int = 5
+
+    @property
+    def version(self) -> AirflowVersion:
+        return parse_airflow_version(self.airflow_version)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret this file holds, for redaction: generated keys and URL passwords."""
+        passwords = (urls.url_password(u) for u in (self.broker_url, self.db_url, self.result_backend))
+        return self.secrets.values() + tuple(p for p in passwords if p)
+
+
+# -- the schema: (section, key, attribute, type, check) ---------------------------------------
+
+
+def _interval(value: int, where: str) -> None:
+    if not 1 <= value <= 59:
+        raise UserError(f"{where}: the sync interval is in minutes, 1-59, got {value}")
+
+
+def _version(value: str, where: str) -> None:
+    parse_airflow_version(value, where)
+
+
+def _broker(value: str, where: str) -> None:
+    urls.check_broker_url(value, where)
+
+
+def _db(value: str, where: str) -> None:
+    urls.check_db_url(value, where)
+
+
+def _dags_source(value: str, where: str) -> None:
+    if not value or any(ch.isspace() for ch in value):
+        raise UserError(f"{where}: {value!r} is not a DAG source (a path, [user@]host:/path or a git URL)")
+
+
+def _secret(value: str, where: str) -> None:
+    if not _SECRET_RE.match(value):
+        raise UserError(f"{where}: not a generated secret (at least 16 characters of A-Z a-z 0-9 _ - =)")
+
+
+def _fernet(value: str, where: str) -> None:
+    try:
+        key = base64.urlsafe_b64decode(value.encode())
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise UserError(f"{where}: not a Fernet key (urlsafe base64 of 32 bytes)")
+
+
+CLUSTER_SCHEMA: tuple[Field, ...] = (
+    Field("cluster", "name", "name", str, check_name),
+    Field("cluster", "airflow_version", "airflow_version", str, _version),
+    Field("cluster", "airflow_home", "airflow_home", str, check_abs_path),
+    Field("cluster", "airflow_user", "airflow_user", str, check_name),
+    Field("master", "host", "master_host", str, check_host),
+    Field("master", "web_port", "web_port", int, check_port),
+    Field("master", "flower_port", "flower_port", int, check_port),
+    Field("master", "worker_log_port", "worker_log_port", int, check_port),
+    Field("master", "triggerer_log_port", "triggerer_log_port", int, check_port),
+    Field("master", "scheduler_health_port", "scheduler_health_port", int, check_port),
+    Field("broker", "url", "broker_url", str, _broker),
+    Field("broker", "visibility_timeout", "visibility_timeout", int, check_positive),
+    Field("database", "url", "db_url", str, _db),
+    Field("database", "result_backend", "result_backend", str, lambda v, w: None),  # checked with the version
+    Field("dags", "source", "dags_source", str, _dags_source),
+    Field("dags", "sync_interval_minutes", "sync_interval_minutes", int, _interval),
+    Field("secrets", "fernet_key", "secrets.fernet_key", str, _fernet),
+    Field("secrets", "secret_key", "secrets.secret_key", str, _secret),
+    Field("secrets", "jwt_secret", "secrets.jwt_secret", str, _secret),
+    Field("secrets", "flower_user", "flower_user", str, check_name),
+    Field("secrets", "flower_password", "secrets.flower_password", str, _secret),
+)
+
+HEADER = (
+    "# airflow-node cluster file. Every node of the cluster must hold this same file.\n"
+    "# It contains the cluster secrets: keep it 0640 root:airflow and copy it only over SSH.\n"
+    "# Changing a secret here and syncing it rotates it on every node.\n"
+)
+
+
+def dump_cluster(config: ClusterConfig) -> str:
+    """Given a ClusterConfig, return the TOML text of the cluster file."""
+    return dump_toml(config, CLUSTER_SCHEMA, HEADER)
+
+
+def validate_cluster(config: ClusterConfig, where: str) -> ClusterConfig:
+    """Run every schema check on a ClusterConfig. Return it, or raise UserError naming the key."""
+    check_all(config, CLUSTER_SCHEMA, where)
+    urls.check_result_backend(config.result_backend, config.version, f"{where}: database.result_backend")
+    return config
+
+
+def parse_cluster(text: str, where: str) -> ClusterConfig:
+    """Given the text of a cluster file, return a validated ClusterConfig. Raise UserError naming the key."""
+    values = load_toml(text, CLUSTER_SCHEMA, where)
+    secret_values = {k.split(".", 1)[1]: values.pop(k) for k in list(values) if k.startswith("secrets.")}
+    config = ClusterConfig(secrets=ClusterSecrets(**secret_values), **values)
+    urls.check_result_backend(config.result_backend, config.version, f"{where}: database.result_backend")
+    return config
+
+
+def read_cluster(path: Path, where: str | None = None) -> ClusterConfig:
+    """Read and validate the cluster file at path. Raise UserError if it is missing or corrupt."""
+    where = where or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{where}: no such cluster file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where}: cannot read the cluster file ({exc.__class__.__name__})") from None
+    return parse_cluster(text, where)

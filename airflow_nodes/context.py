@@ -1,0 +1,63 @@
+"""NodeContext: the finished values every renderer of a node needs, derived in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airflow_nodes.cluster import ClusterConfig
+from airflow_nodes.node import ENV_FILE, LOG_DIR, NodeSettings
+from airflow_nodes.versions import AirflowLine, Daemon
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    cluster: ClusterConfig
+    node: NodeSettings
+
+    @property
+    def line(self) -> AirflowLine:
+        return self.cluster.version.line
+
+    @property
+    def role_name(self) -> str:
+        """Name of the systemd target / supervisor group that drives the whole role."""
+        return f"airflow-{self.node.role}"
+
+    @property
+    def daemons(self) -> tuple[Daemon, ...]:
+        if self.node.role == "master":
+            return self.line.master_daemons
+        return (self.line.worker_daemon(self.node.concurrency, self.node.queue_list, self.node.celery_name),)
+
+    @property
+    def airflow_home(self) -> str:
+        return self.cluster.airflow_home
+
+    @property
+    def airflow_cfg(self) -> str:
+        return f"{self.airflow_home}/airflow.cfg"
+
+    @property
+    def dags_folder(self) -> str:
+        return f"{self.airflow_home}/dags"
+
+    @property
+    def env_file(self) -> str:
+        return ENV_FILE
+
+    @property
+    def log_dir(self) -> str:
+        return LOG_DIR
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The daemons' environment. No secrets: those live in airflow.cfg (0640 root:airflow)."""
+        bin_dir = self.node.airflow_bin.rsplit("/", 1)[0]
+        return {
+            "AIRFLOW_HOME": self.airflow_home,
+            "AIRFLOW_CONFIG": self.airflow_cfg,
+            "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+        }
+
+    def argv(self, daemon: Daemon) -> tuple[str, ...]:
+        return (self.node.airflow_bin, *daemon.args)

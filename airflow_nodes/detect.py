@@ -1,0 +1,89 @@
+"""Finding the installed Airflow and the init system, without importing Airflow into our process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_nodes.errors import UserError
+from airflow_nodes.versions import AirflowVersion, parse_airflow_version
+
+DEFAULT_VENV = "/opt/airflow/venv"
+
+# Runs in the target interpreter: apache-airflow-core exists only on Airflow 3, where the
+# apache-airflow distribution is a meta-package; on 2.x apache-airflow holds everything.
+_PROBE = """
+import importlib.metadata as m
+for name in ("apache-airflow-core", "apache-airflow"):
+    try:
+        print(m.version(name)); break
+    except m.PackageNotFoundError:
+        pass
+"""
+
+
+@dataclass(frozen=True)
+class AirflowInstall:
+    version: AirflowVersion
+    airflow_bin: str
+
+
+def _interpreter_of(airflow_bin: Path) -> Path:
+    """Return the Python that runs an `airflow` console script (from its shebang)."""
+    try:
+        with airflow_bin.open("rb") as script:
+            first = script.readline(512).decode(errors="replace")
+    except OSError:
+        first = ""
+    if first.startswith("#!") and "python" in first:
+        return Path(first[2:].strip().split()[0])
+    return airflow_bin.parent / "python"
+
+
+def _locate_airflow(venv: str | None, airflow_bin: str | None) -> tuple[Path, str]:
+    """Return (airflow executable, the option it came from)."""
+    if venv:
+        return Path(venv) / "bin" / "airflow", "--venv"
+    if airflow_bin:
+        return Path(airflow_bin), "--airflow-bin"
+    found = shutil.which("airflow")
+    if found:
+        return Path(found), "PATH"
+    return Path(DEFAULT_VENV) / "bin" / "airflow", "--venv"
+
+
+def detect_airflow(venv: str | None, airflow_bin: str | None, override: str | None) -> AirflowInstall:
+    """Find the airflow executable and its version. Raise UserError naming the option to fix.
+
+    With `override` (--airflow-version) nothing is run: that is how a node is rendered with
+    --root on a machine without Airflow.
+    """
+    executable, option = _locate_airflow(venv, airflow_bin)
+    if not executable.is_absolute():
+        raise UserError(f"{option}: {executable} must be an absolute path")
+    if override:
+        return AirflowInstall(parse_airflow_version(override), str(executable))
+    if not os.access(executable, os.X_OK):
+        raise UserError(
+            f"{option}: no airflow executable at {executable}; install Airflow there, "
+            "or pass --venv/--airflow-bin, or --airflow-version to render without it"
+        )
+    python = _interpreter_of(executable)
+    try:
+        result = subprocess.run(
+            [str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        raise UserError(f"{option}: cannot run {python} to read the Airflow version") from None
+    version = result.stdout.strip()
+    if result.returncode != 0 or not version:
+        raise UserError(f"{option}: Airflow is not installed for {python}; pass --airflow-version to override")
+    return AirflowInstall(parse_airflow_version(version, f"{option} (installed Airflow)"), str(executable))
+
+
+def detect_init_system() -> str:
+    """systemd when it is PID 1 (as sd_booted() decides), supervisor otherwise."""
+    return "systemd" if Path("/run/systemd/system").is_dir() else "supervisor"

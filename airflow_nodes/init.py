@@ -1,0 +1,276 @@
+"""`airflow-node init`: from options (and whatever an earlier run left) to a previewed Plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_nodes import urls
+from airflow_nodes.apply import Preview, preview, under_root
+from airflow_nodes.cluster import ClusterConfig, ClusterSecrets, dump_cluster, parse_cluster, validate_cluster
+from airflow_nodes.detect import detect_airflow, detect_init_system
+from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.node import (
+    CLUSTER_FILE,
+    DAGS_AUTHORING_DIR,
+    DEFAULT_SUPERVISORD_CONF,
+    NODE_FILE,
+    NodeSettings,
+    parse_node,
+    validate_node,
+)
+from airflow_nodes.nodeplan import build_node_plan
+from airflow_nodes.versions import AirflowVersion
+
+# Options that describe the whole cluster: given on the master only.
+CLUSTER_OPTIONS = {
+    "master_host": "--master-host",
+    "broker_url": "--broker-url",
+    "db_url": "--db-url",
+    "result_backend": "--result-backend",
+    "dags_source": "--dags-source",
+    "sync_interval_minutes": "--sync-interval",
+    "airflow_home": "--airflow-home",
+    "visibility_timeout": "--visibility-timeout",
+    "web_port": "--web-port",
+    "flower_port": "--flower-port",
+}
+
+
+@dataclass(frozen=True)
+class InitRequest:
+    role: str
+    root: Path = Path("/")
+    airflow_version: str | None = None
+    venv: str | None = None
+    airflow_bin: str | None = None
+    airflow_node_bin: str | None = None
+    init_system: str | None = None
+    node_name: str | None = None
+    concurrency: int | None = None
+    queues: str | None = None
+    stop_timeout: int | None = None
+    supervisord_conf: str | None = None
+    config_file: Path | None = None
+    from_master: str | None = None
+    # cluster options (master only)
+    master_host: str | None = None
+    broker_url: str | None = None
+    db_url: str | None = None
+    result_backend: str | None = None
+    dags_source: str | None = None
+    sync_interval_minutes: int | None = None
+    airflow_home: str | None = None
+    visibility_timeout: int | None = None
+    web_port: int | None = None
+    flower_port: int | None = None
+
+    def given_cluster_options(self) -> dict[str, object]:
+        return {attr: getattr(self, attr) for attr in CLUSTER_OPTIONS if getattr(self, attr) is not None}
+
+
+@dataclass(frozen=True)
+class InitOutcome:
+    preview: Preview
+    cluster: ClusterConfig
+    node: NodeSettings
+    notes: tuple[str, ...]
+
+
+def _read_existing(root: Path, path: str) -> bytes | None:
+    try:
+        return under_root(root, path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"{under_root(root, path)}: cannot read it ({exc.strerror})") from None
+
+
+def master_cluster(request: InitRequest, version: AirflowVersion, existing: ClusterConfig | None) -> ClusterConfig:
+    """Return the master's cluster config: the existing one updated by the options given, or a new one.
+
+    Secrets are generated only when there is no cluster file yet; re-running never rotates them.
+    """
+    given = request.given_cluster_options()
+    for attr, value in given.items():
+        option = CLUSTER_OPTIONS[attr]
+        if attr == "broker_url":
+            urls.check_broker_url(value, option)
+        elif attr == "db_url":
+            urls.check_db_url(value, option)
+        elif attr == "result_backend":
+            urls.check_result_backend(value, version, option)
+    if existing is None:
+        for attr in ("master_host", "broker_url", "db_url"):
+            if attr not in given:
+                raise UserError(f"{CLUSTER_OPTIONS[attr]}: required on the master's first init")
+        given.setdefault("result_backend", urls.default_result_backend(given["db_url"], version))
+        given.setdefault("dags_source", f"airflow@{given['master_host']}:{DAGS_AUTHORING_DIR}/")
+        config = ClusterConfig(airflow_version=version.series, secrets=ClusterSecrets.generate(), **given)
+    else:
+        if "db_url" in given and "result_backend" not in given:
+            given["result_backend"] = urls.default_result_backend(given["db_url"], version)
+        config = dataclasses.replace(existing, airflow_version=version.series, **given)
+    return _validate_options(config)
+
+
+def _validate_options(config: ClusterConfig) -> ClusterConfig:
+    """Validate a config built from options; name the option rather than the file key."""
+    try:
+        return validate_cluster(config, "init")
+    except UserError as exc:
+        message = str(exc).removeprefix("init: ")
+        key = message.split(":", 1)[0]
+        options = {
+            "master.host": "--master-host",
+            "dags.source": "--dags-source",
+            "dags.sync_interval_minutes": "--sync-interval",
+            "cluster.airflow_home": "--airflow-home",
+            "broker.visibility_timeout": "--visibility-timeout",
+            "master.web_port": "--web-port",
+            "master.flower_port": "--flower-port",
+            "database.result_backend": "--result-backend",
+        }
+        raise UserError(message.replace(key, options.get(key, key), 1)) from None
+
+
+def fetch_cluster_from_master(spec: str) -> bytes:
+    """Read the master's cluster file over SSH ([user@]host[:port]); the bytes never touch our disk."""
+    user, _, hostport = spec.rpartition("@")
+    host, _, port = hostport.partition(":")
+    if not host or (port and not port.isdigit()):
+        raise UserError(f"--from-master: {spec!r} is not [user@]host[:port]")
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    if port:
+        argv += ["-p", port]
+    argv += [f"{user or 'airflow'}@{host}", "cat", CLUSTER_FILE]
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    except FileNotFoundError:
+        raise OperationError("--from-master: ssh is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise OperationError(f"--from-master: {host} did not answer within 60 s") from None
+    if result.returncode != 0:
+        reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise OperationError(f"--from-master: cannot read {CLUSTER_FILE} on {host}: {reason[0]}")
+    return result.stdout
+
+
+def worker_cluster_text(request: InitRequest, existing_text: bytes | None) -> tuple[bytes, str]:
+    """Return (the cluster file's bytes, where they came from) for a worker."""
+    given = request.given_cluster_options()
+    if given:
+        option = CLUSTER_OPTIONS[next(iter(given))]
+        raise UserError(
+            f"{option}: set on the master only; a worker takes the cluster file (--config or --from-master)"
+        )
+    if request.config_file and request.from_master:
+        raise UserError("--config: give either --config or --from-master, not both")
+    if request.config_file:
+        try:
+            return request.config_file.read_bytes(), str(request.config_file)
+        except OSError as exc:
+            raise UserError(f"--config: cannot read {request.config_file} ({exc.strerror})") from None
+    if request.from_master:
+        return fetch_cluster_from_master(request.from_master), f"{request.from_master}:{CLUSTER_FILE}"
+    if existing_text is not None:
+        return existing_text, CLUSTER_FILE
+    raise UserError("--from-master: a worker needs its master's cluster file: pass --from-master HOST or --config FILE")
+
+
+def default_airflow_node_bin() -> str:
+    found = shutil.which("airflow-node")
+    return str(Path(found).resolve()) if found else f"{sys.prefix}/bin/airflow-node"
+
+
+def node_settings(
+    request: InitRequest, existing: NodeSettings | None, installed: str, airflow_bin: str
+) -> NodeSettings:
+    """Return this node's settings: options given now, else what the last init recorded, else defaults."""
+    if existing and existing.role != request.role:
+        raise UserError(f"--role: this node is already a {existing.role}; run `airflow-node uninstall` first")
+
+    def pick(value, attr, default):
+        if value is not None:
+            return value
+        return getattr(existing, attr) if existing else default
+
+    settings = NodeSettings(
+        role=request.role,
+        airflow_version=installed,
+        init_system=pick(request.init_system, "init_system", None) or detect_init_system(),
+        airflow_bin=airflow_bin,
+        airflow_node_bin=pick(request.airflow_node_bin, "airflow_node_bin", None) or default_airflow_node_bin(),
+        node_name=pick(request.node_name, "node_name", None) or socket.gethostname(),
+        concurrency=pick(request.concurrency, "concurrency", 16),
+        queues=pick(request.queues, "queues", ""),
+        stop_timeout=pick(request.stop_timeout, "stop_timeout", 600),
+        supervisord_conf=pick(request.supervisord_conf, "supervisord_conf", DEFAULT_SUPERVISORD_CONF),
+    )
+    options = {
+        "node.name": "--node-name",
+        "worker.concurrency": "--concurrency",
+        "worker.queues": "--queues",
+        "worker.stop_timeout": "--stop-timeout",
+        "node.airflow_bin": "--airflow-bin",
+        "node.airflow_node_bin": "--airflow-node-bin",
+        "node.supervisord_conf": "--supervisord-conf",
+    }
+    try:
+        return validate_node(settings, "init")
+    except UserError as exc:
+        message = str(exc).removeprefix("init: ")
+        key = message.split(":", 1)[0]
+        raise UserError(message.replace(key, options.get(key, key), 1)) from None
+
+
+def plan_init(request: InitRequest) -> InitOutcome:
+    """Given the init options, return the previewed plan for this node. Raise UserError on bad input."""
+    if request.role not in ("master", "worker"):
+        raise UserError(f"--role: unknown role {request.role!r} (expected master or worker)")
+    root = request.root
+    existing_node_text = _read_existing(root, NODE_FILE)
+    existing_node = (
+        parse_node(existing_node_text.decode(), str(under_root(root, NODE_FILE))) if existing_node_text else None
+    )
+    existing_cluster_text = _read_existing(root, CLUSTER_FILE)
+    cluster_where = str(under_root(root, CLUSTER_FILE))
+    install = detect_airflow(
+        request.venv,
+        request.airflow_bin or (existing_node.airflow_bin if existing_node and not request.venv else None),
+        request.airflow_version,
+    )
+    notes = []
+
+    if request.role == "master":
+        if request.config_file or request.from_master:
+            raise UserError("--config: the master creates the cluster file; --config/--from-master are for workers")
+        existing = parse_cluster(existing_cluster_text.decode(), cluster_where) if existing_cluster_text else None
+        cluster = master_cluster(request, install.version, existing)
+        if existing == cluster:
+            cluster_text = existing_cluster_text  # hand formatting and comments are kept
+        else:
+            cluster_text = dump_cluster(cluster).encode()
+            if existing is None:
+                notes.append("generated the cluster secrets (fernet key, secret key, JWT secret, flower password)")
+    else:
+        cluster_text, source = worker_cluster_text(request, existing_cluster_text)
+        try:
+            decoded = cluster_text.decode()
+        except UnicodeDecodeError:
+            raise UserError(f"{source}: the cluster file is not UTF-8 text") from None
+        cluster = parse_cluster(decoded, source)
+        if cluster.version.series != install.version.series:
+            raise UserError(
+                f"--airflow-version: this node runs Airflow {install.version} but cluster {cluster.name!r} "
+                f"runs {cluster.airflow_version}; install {cluster.airflow_version}.x here"
+            )
+
+    node = node_settings(request, existing_node, str(install.version), install.airflow_bin)
+    plan = build_node_plan(cluster, cluster_text, node)
+    return InitOutcome(preview(plan, root), cluster, node, tuple(notes))

@@ -1,0 +1,98 @@
+"""supervisor: one conf.d file with a program per daemon and a group per role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airflow_nodes.context import NodeContext
+from airflow_nodes.plan import Command, PlannedFile, Trigger
+from airflow_nodes.render import render
+from airflow_nodes.versions import Daemon
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: tuple[str, ...]
+    priority: int
+    oneshot: bool
+    graceful_stop: bool
+    startsecs: int
+    startretries: int
+    stopwaitsecs: int
+    log_file: str
+
+
+def program_name(daemon: Daemon) -> str:
+    return f"airflow-{daemon.name}"
+
+
+def _program(ctx: NodeContext, daemon: Daemon) -> Program:
+    return Program(
+        name=program_name(daemon),
+        command=ctx.argv(daemon),
+        priority=10 if daemon.oneshot else 20,
+        oneshot=daemon.oneshot,
+        graceful_stop=daemon.graceful_stop,
+        startsecs=10,
+        # daemons that need a migrated DB crash until the migrate program is done: keep retrying
+        startretries=30 if daemon.needs_migrated_db else 10,
+        stopwaitsecs=ctx.node.stop_timeout if daemon.graceful_stop else 60,
+        log_file=f"{ctx.log_dir}/{program_name(daemon)}.log",
+    )
+
+
+def plan_files(ctx: NodeContext) -> list[PlannedFile]:
+    text = render(
+        "supervisor/airflow-node.conf.j2",
+        role=ctx.node.role,
+        cluster_name=ctx.cluster.name,
+        group=ctx.role_name,
+        programs=[_program(ctx, d) for d in ctx.daemons],
+        user=ctx.cluster.airflow_user,
+        airflow_home=ctx.airflow_home,
+        environment=ctx.environment,
+    )
+    return [PlannedFile(ctx.node.supervisor_conf_file, text.encode(), 0o644)]
+
+
+def _ctl(ctx: NodeContext, *args: str) -> tuple[str, ...]:
+    return ("supervisorctl", "-c", ctx.node.supervisord_conf, *args)
+
+
+def triggers(ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
+    """`update` re-adds a changed group (restarting it); a config-only change restarts the daemons."""
+    conf = ctx.node.supervisor_conf_file
+    reload = Trigger(
+        (conf,),
+        (
+            Command(_ctl(ctx, "reread"), "program definitions changed"),
+            Command(_ctl(ctx, "update", ctx.role_name), "apply the changed programs"),
+        ),
+    )
+    long_running = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if not d.oneshot]
+    restart = Trigger(
+        config_paths,
+        (Command(_ctl(ctx, "restart", *long_running), "airflow config changed"),),
+        unless=(conf,),
+    )
+    return [reload, restart]
+
+
+def control_argv(ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
+    group = f"{ctx.role_name}:*"
+    if action == "start" and ctx.node.role == "master":
+        # the migration runs first and exits; starting the rest then finds a migrated DB
+        oneshots = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if d.oneshot]
+        return [_ctl(ctx, "start", *oneshots), _ctl(ctx, "start", group)]
+    return [_ctl(ctx, action, group)]
+
+
+def parse_status(output: str) -> list[tuple[str, str]]:
+    """Given `supervisorctl status` output, return (program, state) pairs."""
+    result = []
+    for line in output.strip().splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2:
+            result.append((parts[0], " ".join(parts[1:])))
+    return result

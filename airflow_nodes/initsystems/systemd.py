@@ -1,0 +1,98 @@
+"""systemd: one hardened unit per daemon, plus a target per role."""
+
+from __future__ import annotations
+
+from airflow_nodes.context import NodeContext
+from airflow_nodes.node import SYSTEMD_DIR
+from airflow_nodes.plan import Command, PlannedFile, Trigger
+from airflow_nodes.render import render
+from airflow_nodes.versions import Daemon
+
+
+def unit_name(daemon: Daemon) -> str:
+    return f"airflow-{daemon.name}.service"
+
+
+def target_name(ctx: NodeContext) -> str:
+    return f"{ctx.role_name}.target"
+
+
+def unit_path(name: str) -> str:
+    return f"{SYSTEMD_DIR}/{name}"
+
+
+def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
+    migrate = [unit_name(d) for d in ctx.daemons if d.oneshot] if daemon.needs_migrated_db else []
+    return render(
+        "systemd/airflow-daemon.service.j2",
+        unit=unit_name(daemon),
+        daemon=daemon,
+        role=ctx.node.role,
+        cluster_name=ctx.cluster.name,
+        target=target_name(ctx),
+        after=migrate,
+        requires=migrate,
+        user=ctx.cluster.airflow_user,
+        env_file=ctx.env_file,
+        airflow_home=ctx.airflow_home,
+        exec_start=ctx.argv(daemon),
+        stop_timeout=ctx.node.stop_timeout,
+        # "-" prefix: a path that does not exist yet must not stop the unit from starting
+        writable_paths=[f"-{ctx.airflow_home}", f"-{ctx.log_dir}"],
+    )
+
+
+def plan_files(ctx: NodeContext) -> list[PlannedFile]:
+    files = [PlannedFile(unit_path(unit_name(d)), _render_unit(ctx, d).encode(), 0o644) for d in ctx.daemons]
+    target = render(
+        "systemd/airflow-role.target.j2",
+        target=target_name(ctx),
+        role=ctx.node.role,
+        cluster_name=ctx.cluster.name,
+        units=[unit_name(d) for d in ctx.daemons],
+    )
+    files.append(PlannedFile(unit_path(target_name(ctx)), target.encode(), 0o644))
+    return files
+
+
+def triggers(ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
+    """After unit changes: reload and enable. After a daemon's unit or config changes: try-restart it."""
+    units = [unit_name(d) for d in ctx.daemons]
+    unit_files = tuple(unit_path(u) for u in [*units, target_name(ctx)])
+    result = [
+        Trigger(
+            unit_files,
+            (
+                Command(("systemctl", "daemon-reload"), "unit files changed"),
+                Command(("systemctl", "enable", target_name(ctx), *units), "start the role at boot"),
+            ),
+        )
+    ]
+    for daemon in ctx.daemons:
+        if daemon.oneshot:
+            continue
+        name = unit_name(daemon)
+        # try-restart leaves a stopped daemon stopped; the worker's stop is a warm shutdown.
+        command = Command(("systemctl", "try-restart", name), f"{name} or its config changed")
+        result.append(Trigger((unit_path(name), *config_paths), (command,)))
+    return result
+
+
+def control_argv(ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
+    if action == "status":
+        units = [unit_name(d) for d in ctx.daemons]
+        return [("systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts", *units)]
+    return [("systemctl", action, target_name(ctx))]
+
+
+def parse_status(output: str) -> list[tuple[str, str]]:
+    """Given `systemctl show` output for several units, return (unit, state) pairs."""
+    result = []
+    for block in output.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" in props:
+            state = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"
+            if props.get("NRestarts", "0") not in ("", "0"):
+                state += f", {props['NRestarts']} restarts"
+            result.append((props["Id"], state))
+    return result

@@ -1,0 +1,122 @@
+"""One node's own settings (node.toml) and where every file of a node lives."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from airflow_nodes.errors import UserError
+from airflow_nodes.schema import (
+    Field,
+    check_abs_path,
+    check_all,
+    check_host,
+    check_positive,
+    dump_toml,
+    load_toml,
+)
+from airflow_nodes.versions import AirflowVersion, parse_airflow_version
+
+ROLES = ("master", "worker")
+INIT_SYSTEMS = ("systemd", "supervisor")
+
+CONFIG_DIR = "/etc/airflow-node"
+CLUSTER_FILE = f"{CONFIG_DIR}/cluster.toml"
+NODE_FILE = f"{CONFIG_DIR}/node.toml"
+ENV_FILE = f"{CONFIG_DIR}/airflow.env"
+STATE_DIR = "/var/lib/airflow-node"
+MANIFEST_FILE = f"{STATE_DIR}/manifest.json"
+LOG_DIR = "/var/log/airflow"
+SYSTEMD_DIR = "/etc/systemd/system"
+CRON_FILE = "/etc/cron.d/airflow-node"  # no dot in the name: cron ignores such files
+DEFAULT_SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
+DAGS_AUTHORING_DIR = "/srv/airflow/dags"  # on the master: where people put DAGs; workers pull from it
+
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _role(value: str, where: str) -> None:
+    if value not in ROLES:
+        raise UserError(f"{where}: unknown role {value!r} (expected master or worker)")
+
+
+def _init_system(value: str, where: str) -> None:
+    if value not in INIT_SYSTEMS:
+        raise UserError(f"{where}: unknown init system {value!r} (expected systemd or supervisor)")
+
+
+def _version(value: str, where: str) -> None:
+    parse_airflow_version(value, where)
+
+
+def check_queues(value: str, where: str) -> None:
+    for queue in filter(None, value.split(",")):
+        if not _QUEUE_RE.match(queue):
+            raise UserError(f"{where}: {queue!r} is not a queue name (letters, digits, . _ -)")
+
+
+def _stop_timeout(value: int, where: str) -> None:
+    if not 10 <= value <= 7 * 24 * 3600:
+        raise UserError(f"{where}: the stop timeout is in seconds, 10 to 604800, got {value}")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What only this node knows: its role, how its daemons run, and its worker knobs."""
+
+    role: str
+    airflow_version: str  # installed here, e.g. "3.3.2"
+    init_system: str
+    airflow_bin: str
+    airflow_node_bin: str
+    node_name: str
+    concurrency: int = 16
+    queues: str = ""  # comma-separated; empty means Airflow's default queue
+    stop_timeout: int = 600  # seconds a worker may take to finish running tasks on stop
+    supervisord_conf: str = DEFAULT_SUPERVISORD_CONF
+
+    @property
+    def version(self) -> AirflowVersion:
+        return parse_airflow_version(self.airflow_version)
+
+    @property
+    def celery_name(self) -> str:
+        return f"celery@{self.node_name}"
+
+    @property
+    def queue_list(self) -> tuple[str, ...]:
+        return tuple(filter(None, self.queues.split(",")))
+
+    @property
+    def supervisor_conf_file(self) -> str:
+        return str(PurePosixPath(self.supervisord_conf).parent / "conf.d" / "airflow-node.conf")
+
+
+NODE_SCHEMA: tuple[Field, ...] = (
+    Field("node", "role", "role", str, _role),
+    Field("node", "name", "node_name", str, check_host),
+    Field("node", "airflow_version", "airflow_version", str, _version),
+    Field("node", "init_system", "init_system", str, _init_system),
+    Field("node", "airflow_bin", "airflow_bin", str, check_abs_path),
+    Field("node", "airflow_node_bin", "airflow_node_bin", str, check_abs_path),
+    Field("node", "supervisord_conf", "supervisord_conf", str, check_abs_path),
+    Field("worker", "concurrency", "concurrency", int, check_positive),
+    Field("worker", "queues", "queues", str, check_queues),
+    Field("worker", "stop_timeout", "stop_timeout", int, _stop_timeout),
+)
+
+NODE_HEADER = "# airflow-node: settings of this node only (written by `airflow-node init`).\n"
+
+
+def dump_node(settings: NodeSettings) -> str:
+    return dump_toml(settings, NODE_SCHEMA, NODE_HEADER)
+
+
+def parse_node(text: str, where: str) -> NodeSettings:
+    return NodeSettings(**load_toml(text, NODE_SCHEMA, where))
+
+
+def validate_node(settings: NodeSettings, where: str) -> NodeSettings:
+    check_all(settings, NODE_SCHEMA, where)
+    return settings

@@ -1,0 +1,96 @@
+"""Building a node's Plan: a pure function of the cluster config and the node's settings."""
+
+from __future__ import annotations
+
+from airflow_nodes.cluster import ClusterConfig
+from airflow_nodes.context import NodeContext
+from airflow_nodes.initsystems import get_init_system
+from airflow_nodes.node import (
+    CLUSTER_FILE,
+    CONFIG_DIR,
+    CRON_FILE,
+    DAGS_AUTHORING_DIR,
+    NODE_FILE,
+    STATE_DIR,
+    NodeSettings,
+    dump_node,
+)
+from airflow_nodes.plan import Plan, PlannedDir, PlannedFile, SystemUser
+from airflow_nodes.render import render
+
+
+def render_airflow_cfg(ctx: NodeContext) -> str:
+    """Return airflow.cfg: built from the cluster file only, so it is byte-identical on every node."""
+    c = ctx.cluster
+    web_url = f"http://{c.master_host}:{c.web_port}"
+    return render(
+        "config/airflow.cfg.j2",
+        c=c,
+        line=ctx.line,
+        cluster_file=CLUSTER_FILE,
+        dags_folder=ctx.dags_folder,
+        task_log_folder=f"{ctx.airflow_home}/logs",
+        web_url=web_url,
+        execution_api_url=f"{web_url}/execution/",
+    )
+
+
+def render_env_file(ctx: NodeContext) -> str:
+    env = ctx.environment
+    return render(
+        "config/airflow.env.j2",
+        airflow_home=env["AIRFLOW_HOME"],
+        airflow_cfg=env["AIRFLOW_CONFIG"],
+        path=env["PATH"],
+    )
+
+
+def render_cron(ctx: NodeContext) -> str:
+    return render(
+        "cron/airflow-node.j2",
+        interval=ctx.cluster.sync_interval_minutes,
+        user=ctx.cluster.airflow_user,
+        sync_command=(ctx.node.airflow_node_bin, "sync", "--quiet"),
+    )
+
+
+def dags_source_is_local_to_master(cluster: ClusterConfig) -> bool:
+    source = cluster.dags_source
+    return source == f"{cluster.airflow_user}@{cluster.master_host}:{DAGS_AUTHORING_DIR}/"
+
+
+def build_node_plan(cluster: ClusterConfig, cluster_text: bytes, node: NodeSettings) -> Plan:
+    """Given the cluster config (and its exact bytes) and this node's settings, return the node's Plan."""
+    ctx = NodeContext(cluster, node)
+    user = cluster.airflow_user
+    init_system = get_init_system(node.init_system)
+
+    dirs = [
+        PlannedDir(CONFIG_DIR, 0o755),
+        PlannedDir(STATE_DIR, 0o750, user, user),
+        PlannedDir(ctx.airflow_home, 0o750, user, user),
+        PlannedDir(f"{ctx.airflow_home}/logs", 0o750, user, user),
+        PlannedDir(ctx.dags_folder, 0o750, user, user),
+        PlannedDir(ctx.log_dir, 0o750, user, user),
+    ]
+    if node.role == "master" and dags_source_is_local_to_master(cluster):
+        dirs += [PlannedDir("/srv/airflow", 0o755), PlannedDir(DAGS_AUTHORING_DIR, 0o755, user, user)]
+
+    files = [
+        PlannedFile(CLUSTER_FILE, cluster_text, 0o640, "root", user, secret=True),
+        PlannedFile(NODE_FILE, dump_node(node).encode(), 0o644),
+        PlannedFile(ctx.env_file, render_env_file(ctx).encode(), 0o644),
+        PlannedFile(ctx.airflow_cfg, render_airflow_cfg(ctx).encode(), 0o640, "root", user, secret=True),
+        *init_system.plan_files(ctx),
+        PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
+    ]
+    if node.init_system == "supervisor":
+        dirs.append(PlannedDir(node.supervisor_conf_file.rsplit("/", 1)[0], 0o755))
+
+    return Plan(
+        users=(SystemUser(user, ctx.airflow_home),),
+        dirs=tuple(dirs),
+        files=tuple(files),
+        triggers=tuple(init_system.triggers(ctx, (ctx.airflow_cfg, ctx.env_file))),
+        secrets=cluster.secret_values(),
+    )

@@ -1,0 +1,110 @@
+"""A tiny schema for our TOML files: one list of fields drives both reading and writing."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_nodes.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+
+
+@dataclass(frozen=True)
+class Field:
+    section: str
+    key: str
+    attr: str  # dotted attribute path on the object the file describes
+    type: type
+    check: Callable[[Any, str], None]
+
+
+def get_attr(obj: Any, attr: str) -> Any:
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def dump_toml(obj: Any, schema: tuple[Field, ...], header: str) -> str:
+    """Given an object and its schema, return TOML text with one [section] per schema section."""
+    lines = [header.rstrip("\n")]
+    section = None
+    for field in schema:
+        if field.section != section:
+            section = field.section
+            lines += ["", f"[{section}]"]
+        value = get_attr(obj, field.attr)
+        # JSON string escapes are valid TOML basic-string escapes.
+        lines.append(f"{field.key} = {json.dumps(value) if field.type is str else value}")
+    return "\n".join(lines) + "\n"
+
+
+def load_toml(text: str, schema: tuple[Field, ...], where: str) -> dict[str, Any]:
+    """Given TOML text, return {attr: value} with every schema check run. Raise UserError naming the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{where}: not valid TOML ({exc})") from None
+    known = {(f.section, f.key) for f in schema}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: {section} must be a [section]")
+        for key in table:
+            if (section, key) not in known:
+                raise UserError(f"{where}: unknown key {section}.{key}")
+    values: dict[str, Any] = {}
+    for field in schema:
+        try:
+            value = data[field.section][field.key]
+        except KeyError:
+            raise UserError(f"{where}: missing key {field.section}.{field.key}") from None
+        if type(value) is not field.type:
+            raise UserError(f"{where}: {field.section}.{field.key} must be a {field.type.__name__}")
+        field.check(value, f"{where}: {field.section}.{field.key}")
+        values[field.attr] = value
+    return values
+
+
+def check_all(obj: Any, schema: tuple[Field, ...], where: str) -> None:
+    """Run every schema check on an object built in code (from options). Raise UserError naming the key."""
+    for field in schema:
+        field.check(get_attr(obj, field.attr), f"{where}: {field.section}.{field.key}")
+
+
+# -- checks shared by our files: (value, where) -> None, raising UserError --------------------
+
+
+def check_host(value: str, where: str) -> None:
+    if not _HOST_RE.match(value):
+        raise UserError(f"{where}: {value!r} is not a host name or address")
+
+
+def check_port(value: int, where: str) -> None:
+    if not 1 <= value <= 65535:
+        raise UserError(f"{where}: {value} is not a TCP port (1-65535)")
+
+
+def check_positive(value: int, where: str) -> None:
+    if value < 1:
+        raise UserError(f"{where}: must be at least 1, got {value}")
+
+
+def check_name(value: str, where: str) -> None:
+    if not _NAME_RE.match(value):
+        raise UserError(f"{where}: {value!r} is not a valid name (lowercase letters, digits, - and _)")
+
+
+def check_abs_path(value: str, where: str) -> None:
+    if not _PATH_RE.match(value):
+        raise UserError(f"{where}: {value!r} must be an absolute path of letters, digits and ._/@+-")

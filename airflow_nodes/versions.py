@@ -1,0 +1,136 @@
+"""What differs between Airflow lines, as data.
+
+Everything the renderers and probes need to know about an Airflow version lives here
+(see ../shared/reference/airflow-versions.md for where each fact was read). Supporting a new
+Airflow line should be a change to this table, not a hunt through templates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from airflow_nodes.errors import UserError
+
+OLDEST_SUPPORTED = (2, 7)
+NEWEST_KNOWN = (3, 3)
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """One long-running (or one-shot) Airflow process of a role."""
+
+    name: str  # unit / program name: airflow-<name>
+    description: str
+    args: tuple[str, ...]  # after the airflow executable
+    restart: str = "always"  # systemd Restart=
+    restart_sec: int = 5
+    oneshot: bool = False
+    needs_migrated_db: bool = False  # ordered after the migrate step
+    graceful_stop: bool = False  # SIGTERM to the main process only, long stop timeout
+
+
+@dataclass(frozen=True)
+class AirflowLine:
+    """The facts of one Airflow major line that node rendering depends on."""
+
+    major: int
+    web_section: str  # where secret_key and the web port live
+    web_port_key: str
+    web_command: str
+    health_path: str
+    has_dag_processor: bool  # a separate dag-processor daemon on the master
+    has_execution_api: bool  # workers talk HTTP to the master (Airflow 3)
+
+    @property
+    def master_daemons(self) -> tuple[Daemon, ...]:
+        daemons = [
+            Daemon("db-migrate", "Airflow metadata DB migration", ("db", "migrate"), oneshot=True),
+            Daemon(
+                self.web_command,
+                "Airflow API server" if self.major >= 3 else "Airflow webserver",
+                (self.web_command,),
+                needs_migrated_db=True,
+            ),
+            Daemon("scheduler", "Airflow scheduler", ("scheduler",), needs_migrated_db=True),
+        ]
+        if self.has_dag_processor:
+            daemons.append(Daemon("dag-processor", "Airflow DAG processor", ("dag-processor",), needs_migrated_db=True))
+        daemons += [
+            Daemon("triggerer", "Airflow triggerer", ("triggerer",), needs_migrated_db=True),
+            Daemon("flower", "Celery flower (Airflow)", ("celery", "flower"), restart="on-failure"),
+        ]
+        return tuple(daemons)
+
+    def worker_daemon(self, concurrency: int, queues: tuple[str, ...], celery_name: str) -> Daemon:
+        args = ["celery", "worker", "-c", str(concurrency), "-H", celery_name]
+        if queues:
+            args += ["-q", ",".join(queues)]
+        return Daemon(
+            "worker",
+            "Airflow Celery worker",
+            tuple(args),
+            restart="always",
+            restart_sec=10,
+            graceful_stop=True,
+        )
+
+
+AIRFLOW_2 = AirflowLine(
+    major=2,
+    web_section="webserver",
+    web_port_key="web_server_port",
+    web_command="webserver",
+    health_path="/health",
+    has_dag_processor=False,
+    has_execution_api=False,
+)
+
+AIRFLOW_3 = AirflowLine(
+    major=3,
+    web_section="api",
+    web_port_key="port",
+    web_command="api-server",
+    health_path="/api/v2/monitor/health",
+    has_dag_processor=True,
+    has_execution_api=True,
+)
+
+_LINES = {2: AIRFLOW_2, 3: AIRFLOW_3}
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:[.+-]?[0-9A-Za-z.+-]*)?$")
+
+
+@dataclass(frozen=True, order=True)
+class AirflowVersion:
+    major: int
+    minor: int
+    patch: int | None = None
+
+    @property
+    def line(self) -> AirflowLine:
+        return _LINES[self.major]
+
+    @property
+    def series(self) -> str:
+        """The version line nodes of one cluster must share, e.g. "3.3"."""
+        return f"{self.major}.{self.minor}"
+
+    def __str__(self) -> str:
+        return self.series if self.patch is None else f"{self.series}.{self.patch}"
+
+
+def parse_airflow_version(text: str, option: str = "--airflow-version") -> AirflowVersion:
+    """Given "3.3.2" or "2.11", return a supported AirflowVersion. Raise UserError otherwise."""
+    match = _VERSION_RE.match(text.strip())
+    if not match:
+        raise UserError(f"{option}: {text!r} is not an Airflow version such as 3.3.2")
+    major, minor = int(match.group(1)), int(match.group(2))
+    patch = int(match.group(3)) if match.group(3) is not None else None
+    if (major, minor) < OLDEST_SUPPORTED:
+        raise UserError(
+            f"{option}: Airflow {major}.{minor} is not supported "
+            f"(oldest supported is {OLDEST_SUPPORTED[0]}.{OLDEST_SUPPORTED[1]})"
+        )
+    if major not in _LINES:
+        raise UserError(f"{option}: Airflow {major}.x is not supported (supported: 2.7 to 3.x)")
+    return AirflowVersion(major, minor, patch)
