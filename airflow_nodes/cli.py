@@ -117,6 +117,7 @@ def uninstall(root: Path, purge: bool, force: bool) -> None:
     click.echo(run_uninstall(root, purge=purge, force=force))
 
 
+# --- sync: owned by the sync work (airflow_nodes/syncing/) ---------------------------------
 @cli.command()
 @root_option
 @click.option("--quiet", is_flag=True, help="Print nothing when all is well (for cron).")
@@ -127,6 +128,20 @@ def sync(root: Path, quiet: bool) -> None:
     message = run_sync(root)
     if not quiet:
         click.echo(message)
+
+
+# --- end of sync --------------------------------------------------------------------------
+
+
+# --- health: owned by the health work (airflow_nodes/health/) -----------------------------
+@cli.command()
+@root_option
+def health(root: Path) -> None:
+    """Probe this node and the cluster (Nagios exit codes: 0 ok, 1 warning, 2 critical, 3 unknown)."""
+    raise UserError("health: not implemented yet")
+
+
+# --- end of health ------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
