@@ -49,7 +49,9 @@ def render_cron(ctx: NodeContext) -> str:
     return render(
         "cron/airflow-node.j2",
         interval=ctx.cluster.sync_interval_minutes,
-        user=ctx.cluster.airflow_user,
+        # root, because a changed cluster file means re-rendering root-owned config and restarting
+        # daemons; sync itself runs its transfers (ssh, rsync, git) as the airflow user.
+        user="root",
         sync_command=(ctx.node.airflow_node_bin, "sync", "--quiet"),
     )
 
