@@ -29,7 +29,8 @@ from airflow_nodes.node import MANIFEST_FILE
 from airflow_nodes.plan import Command, Plan, PlannedDir, PlannedFile
 from airflow_nodes.redaction import redact
 
-CREATE, UPDATE, UNCHANGED, EDITED, FOREIGN = "create", "update", "unchanged", "edited", "foreign"
+CREATE, UPDATE, PERMISSIONS, UNCHANGED = "create", "update", "permissions", "unchanged"
+EDITED, FOREIGN = "edited", "foreign"
 BACKUP_SUFFIX = ".airflow-node-backup"
 NOLOGIN = "/usr/sbin/nologin"
 
@@ -178,7 +179,8 @@ def preview(plan: Plan, root: Path) -> Preview:
         if old is None:
             status = CREATE
         elif old == planned.content:
-            status = UNCHANGED
+            # a secret file left world-readable (say, copied by hand) is rewritten with its mode
+            status = UNCHANGED if target.stat().st_mode & 0o7777 == planned.mode else PERMISSIONS
         elif planned.path not in manifest.files:
             status = FOREIGN
         elif manifest.files[planned.path] != sha256(old):

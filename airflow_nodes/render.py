@@ -16,7 +16,7 @@ import jinja2
 
 from airflow_nodes.errors import UserError
 
-_SYSTEMD_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+_SYSTEMD_SAFE = re.compile(r"^[A-Za-z0-9_@%$+=:,./-]+$")
 
 
 def _templates_dir() -> Path:

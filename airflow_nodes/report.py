@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from airflow_nodes.apply import CREATE, EDITED, FOREIGN, UNCHANGED, UPDATE, ApplyResult, under_root
+from airflow_nodes.apply import CREATE, EDITED, FOREIGN, PERMISSIONS, UNCHANGED, UPDATE, ApplyResult, under_root
 from airflow_nodes.context import NodeContext
 from airflow_nodes.init import InitOutcome
 
 _LABELS = {
     CREATE: "create",
     UPDATE: "update",
+    PERMISSIONS: "fix mode",
     UNCHANGED: "unchanged",
     EDITED: "CONFLICT (edited since we wrote it)",
     FOREIGN: "CONFLICT (exists, not written by airflow-node)",
