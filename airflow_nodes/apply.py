@@ -136,7 +136,8 @@ class Preview:
         return redact(text, self.plan.secrets) if change.file.secret else text
 
 
-def _check_root(root: Path) -> None:
+def check_root(root: Path) -> None:
+    """Raise UserError unless root is (or can be created as) a writable directory."""
     if root.exists() and not root.is_dir():
         raise UserError(f"--root: {root} is not a directory")
     probe = root
@@ -163,7 +164,7 @@ def _user_exists(root: Path, name: str) -> bool:
 
 def preview(plan: Plan, root: Path) -> Preview:
     """Given a plan and a root directory, return how the disk differs from the plan. Reads only."""
-    _check_root(root)
+    check_root(root)
     manifest = read_manifest(root)
     changes = []
     for planned in plan.files:
@@ -238,6 +239,8 @@ class _Transaction:
         for target, saved in reversed(self.replaced):
             if saved is None:
                 target.unlink(missing_ok=True)
+            elif target.exists() and os.path.samefile(saved, target):
+                saved.unlink()  # never replaced; rename() between two links of one file does nothing
             else:
                 os.replace(saved, target)
         for temp in self.temps:
@@ -335,6 +338,10 @@ def apply(prev: Preview, force: bool = False, runner: Runner = run_command) -> A
             tx.temps.remove(temp)
             if change is not None:
                 result.written.append(str(target))
+    except OSError as exc:
+        tx.rollback()
+        where = exc.filename or prev.root
+        raise OperationError(f"{where}: {exc.strerror}; nothing was changed") from None
     except BaseException:
         tx.rollback()
         raise

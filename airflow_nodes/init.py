@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import urls
-from airflow_nodes.apply import Preview, preview, under_root
+from airflow_nodes.apply import Preview, check_root, preview, under_root
 from airflow_nodes.cluster import ClusterConfig, ClusterSecrets, dump_cluster, parse_cluster, validate_cluster
 from airflow_nodes.detect import detect_airflow, detect_init_system
 from airflow_nodes.errors import OperationError, UserError
@@ -234,6 +234,7 @@ def plan_init(request: InitRequest) -> InitOutcome:
     if request.role not in ("master", "worker"):
         raise UserError(f"--role: unknown role {request.role!r} (expected master or worker)")
     root = request.root
+    check_root(root)
     existing_node_text = _read_existing(root, NODE_FILE)
     existing_node = (
         parse_node(existing_node_text.decode(), str(under_root(root, NODE_FILE))) if existing_node_text else None

@@ -47,6 +47,7 @@ def uninstall(root: Path, purge: bool = False, force: bool = False) -> str:
             continue
         target.unlink()
         lines.append(f"removed {target}")
+    under_root(root, MANIFEST_FILE).unlink(missing_ok=True)
     for directory in sorted(manifest.dirs, key=len, reverse=True):
         path = under_root(root, directory)
         try:
@@ -54,7 +55,6 @@ def uninstall(root: Path, purge: bool = False, force: bool = False) -> str:
             lines.append(f"removed {path}/")
         except OSError:
             pass  # not empty: data (DAGs, logs) or files we keep
-    under_root(root, MANIFEST_FILE).unlink(missing_ok=True)
     if ctx and root == Path("/") and ctx.node.init_system == "systemd":
         run_command(("systemctl", "daemon-reload"))
     elif ctx and root == Path("/"):

@@ -1,0 +1,271 @@
+"""`airflow-node init` as a user meets it: idempotence, edit protection, atomicity, bad input."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import airflow_nodes.apply as apply_module
+from airflow_nodes.cluster import dump_cluster
+from conftest import NASTY_PASSWORD, NASTY_QUOTED, make_cluster, snapshot, worker_args
+
+MASTER_OPTIONS = [
+    "--airflow-version", "3.3.2", "--master-host", "10.20.0.1", "--init-system", "systemd",
+    "--broker-url", f"redis://:{NASTY_QUOTED}@10.20.0.1:6379/0",
+    "--db-url", f"postgresql://airflow:{NASTY_QUOTED}@10.20.0.1/airflow",
+    "--node-name", "master1", "--airflow-node-bin", "/usr/local/bin/airflow-node",
+]  # fmt: skip
+
+
+def init_master(run_cli, root: Path, *extra: str):
+    return run_cli("init", "--role", "master", "--root", root, *MASTER_OPTIONS, *extra)
+
+
+def read_secrets(root: Path) -> dict:
+    return tomllib.loads((root / "etc/airflow-node/cluster.toml").read_text())["secrets"]
+
+
+def test_master_init_generates_secrets_once_and_rerun_changes_nothing(run_cli, tmp_path):
+    first = init_master(run_cli, tmp_path)
+    assert first.code == 0, first.err
+    secrets = read_secrets(tmp_path)
+    assert len(__import__("base64").urlsafe_b64decode(secrets["fernet_key"])) == 32
+    before = snapshot(tmp_path)
+    again = init_master(run_cli, tmp_path)
+    assert again.code == 0, again.err
+    assert "Nothing to change" in again.out
+    assert snapshot(tmp_path) == before
+    # without any cluster option the existing cluster file is used, secrets included
+    bare = run_cli("init", "--role", "master", "--root", tmp_path, "--airflow-version", "3.3.2")
+    assert bare.code == 0 and "Nothing to change" in bare.out
+    assert read_secrets(tmp_path) == secrets
+
+
+def test_changing_a_cluster_option_keeps_the_secrets(run_cli, tmp_path):
+    assert init_master(run_cli, tmp_path).code == 0
+    secrets = read_secrets(tmp_path)
+    result = run_cli("init", "--role", "master", "--root", tmp_path, "--airflow-version", "3.3.2",
+                     "--visibility-timeout", "172800")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "update" in result.out and "airflow.cfg" in result.out
+    assert read_secrets(tmp_path) == secrets
+    assert "visibility_timeout = 172800" in (tmp_path / "opt/airflow/airflow.cfg").read_text()
+
+
+def test_dry_run_shows_a_redacted_diff_and_changes_nothing(run_cli, tmp_path):
+    result = init_master(run_cli, tmp_path, "--dry-run")
+    assert result.code == 0, result.err
+    assert snapshot(tmp_path) == {}
+    assert "+++ /opt/airflow/airflow.cfg (planned)" in result.out
+    assert "+executor = CeleryExecutor" in result.out
+    assert "Dry run: nothing was changed." in result.out
+    assert "would run: systemctl daemon-reload" in result.out
+    for secret in (NASTY_PASSWORD, NASTY_QUOTED, NASTY_QUOTED.replace("%", "%%")):
+        assert secret not in result.out
+
+
+def test_dry_run_never_prints_generated_secrets(run_cli, tmp_path):
+    assert init_master(run_cli, tmp_path).code == 0
+    secrets = read_secrets(tmp_path)
+    (tmp_path / "opt/airflow/airflow.cfg").unlink()
+    result = run_cli("init", "--role", "master", "--root", tmp_path, "--airflow-version", "3.3.2", "--dry-run")
+    assert "+fernet_key = ***" in result.out
+    assert not [v for k, v in secrets.items() if k != "flower_user" and v in result.out]
+
+
+def test_an_edited_file_is_kept_unless_forced_and_then_backed_up(run_cli, tmp_path, cluster_file):
+    args = worker_args(tmp_path, cluster_file)
+    assert run_cli(*args).code == 0
+    conf = tmp_path / "etc/supervisor/conf.d/airflow-node.conf"
+    conf.write_text(conf.read_text() + "; my local tweak\n")
+    before = snapshot(tmp_path)
+    refused = run_cli(*[*args[:-2], "--airflow-node-bin", "/opt/other/airflow-node"])
+    assert refused.code == 2
+    assert "airflow-node.conf: changed since airflow-node wrote it" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+    forced = run_cli(*[*args[:-2], "--airflow-node-bin", "/opt/other/airflow-node"], "--force")
+    assert forced.code == 0, forced.err
+    backup = Path(str(conf) + ".airflow-node-backup")
+    assert backup.read_text().endswith("; my local tweak\n")
+    assert "my local tweak" not in conf.read_text()
+
+
+def test_a_file_not_written_by_us_is_not_overwritten(run_cli, tmp_path, cluster_file):
+    cfg = tmp_path / "opt/airflow/airflow.cfg"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("[core]\nexecutor = LocalExecutor\n")
+    before = snapshot(tmp_path)
+    result = run_cli(*worker_args(tmp_path, cluster_file))
+    assert result.code == 2
+    assert "not ours" in result.err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_write_failing_half_way_leaves_the_previous_state(run_cli, tmp_path, cluster_file, monkeypatch):
+    root = tmp_path / "node"
+    assert run_cli(*worker_args(root, cluster_file)).code == 0
+    before = snapshot(root)
+    calls = []
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(apply_module.os, "replace", failing_replace)
+    changed = make_cluster(visibility_timeout=7200, sync_interval_minutes=10)
+    cluster_file.write_text(dump_cluster(changed))
+    result = run_cli(*worker_args(root, cluster_file))
+    monkeypatch.undo()
+    assert result.code == 1
+    assert "No space left on device; nothing was changed" in result.err
+    assert len(calls) >= 3  # files had been renamed into place before the failure
+    assert snapshot(root) == before
+
+
+def test_a_fresh_render_failing_half_way_leaves_no_trace(run_cli, tmp_path, cluster_file, monkeypatch):
+    root = tmp_path / "node"
+    calls = []
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(apply_module.os, "replace", failing_replace)
+    result = run_cli(*worker_args(root, cluster_file))
+    monkeypatch.undo()
+    assert result.code == 1 and "Traceback" not in result.err
+    assert not root.exists()
+
+
+def test_uninstall_removes_exactly_what_init_installed(run_cli, tmp_path, cluster_file):
+    (tmp_path / "etc/cron.d").mkdir(parents=True)
+    (tmp_path / "etc/cron.d/other-job").write_text("* * * * * root true\n")
+    before = snapshot(tmp_path)
+    assert run_cli(*worker_args(tmp_path, cluster_file)).code == 0
+    (tmp_path / "opt/airflow/logs/task.log").write_text("a user's data\n")
+    result = run_cli("uninstall", "--root", tmp_path)
+    assert result.code == 0, result.err
+    assert "kept" in result.out and "cluster.toml" in result.out
+    left = set(snapshot(tmp_path)) - set(before)
+    assert left == {
+        "opt", "opt/airflow", "opt/airflow/logs", "opt/airflow/logs/task.log",
+        "etc/airflow-node", "etc/airflow-node/cluster.toml",
+    }  # fmt: skip
+    purge = run_cli("init", "--role", "worker", "--root", tmp_path, "--airflow-version", "3.3.2",
+                    "--airflow-node-bin", "/usr/local/bin/airflow-node")  # fmt: skip
+    assert purge.code == 0, purge.err  # the kept cluster file lets the node be re-created
+    assert run_cli("uninstall", "--root", tmp_path, "--purge").code == 0
+    assert not (tmp_path / "etc/airflow-node/cluster.toml").exists()
+
+
+def test_control_commands_are_listed_under_root(run_cli, tmp_path, cluster_file):
+    assert run_cli(*worker_args(tmp_path, cluster_file, init_system="systemd")).code == 0
+    result = run_cli("restart", "--root", tmp_path)
+    assert result.code == 0
+    assert "systemctl restart airflow-worker.target" in result.out
+
+
+def good_worker(tmp_path: Path, cluster_file: Path) -> list[str]:
+    return worker_args(tmp_path / "node", cluster_file)
+
+
+BAD_INPUT = [
+    (["init", "--role", "scheduler"], "--role"),
+    (["init", "--role", "worker", "-c", "0"], "--concurrency"),
+    (["init", "--role", "worker", "-c", "-3"], "--concurrency"),
+    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
+      "--broker-url", "amqp://guest@m//", "--db-url", "postgresql://a@m/db"], "--broker-url"),
+    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
+      "--broker-url", "redis://m:6379/zero", "--db-url", "postgresql://a@m/db"], "--broker-url"),
+    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
+      "--broker-url", "redis://m:6379/0", "--db-url", "mysql://a@m/db"], "--db-url"),
+    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
+      "--broker-url", "redis://m:6379/0", "--db-url", "sqlite:////tmp/x.db"], "--db-url"),
+    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
+      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db",
+      "--result-backend", "postgresql://a@m/db"], "--result-backend"),
+    (["init", "--role", "master", "--airflow-version", "3.1.0", "--master-host", "m",
+      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db",
+      "--result-backend", "db+postgresql+psycopg://a@m/db"], "--result-backend"),
+    (["init", "--role", "master", "--airflow-version", "3.3.2", "--broker-url", "redis://m:6379/0",
+      "--db-url", "postgresql://a@m/db"], "--master-host"),
+    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "bad host!",
+      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--master-host"),
+    (["init", "--role", "master", "--airflow-version", "2.6.3", "--master-host", "m",
+      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--airflow-version"),
+    (["init", "--role", "master", "--airflow-version", "4.0.0", "--master-host", "m",
+      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--airflow-version"),
+    (["init", "--role", "master", "--airflow-version", "three", "--master-host", "m",
+      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--airflow-version"),
+    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
+      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db", "--sync-interval", "0"], "--sync-interval"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2"], "--from-master"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "--broker-url", "redis://m/0"], "--broker-url"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "--config", "/nonexistent/cluster.toml"], "--config"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "--queues", "a b"], "--queues"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "--stop-timeout", "1"], "--stop-timeout"),
+    (["init", "--role", "worker", "--airflow-version", "3.2.0"], "--airflow-version"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "--venv", "relative/venv"], "--venv"),
+    (["init", "--role", "worker", "--venv", "/nonexistent/venv"], "--venv"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args,option", BAD_INPUT, ids=[" ".join(a[2:5]) + f" ({o})" for a, o in BAD_INPUT])
+def test_bad_input_is_one_line_naming_the_option_exit_2_nothing_written(run_cli, tmp_path, cluster_file, args, option):
+    root = tmp_path / "node"
+    if args[2] == "worker" and "--config" not in args and option != "--from-master":
+        args = [*args, "--config", cluster_file]
+    result = run_cli(*args, "--root", root, "--airflow-node-bin", "/usr/local/bin/airflow-node")
+    assert result.code == 2, (result.out, result.err)
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert option in result.err
+    assert "Traceback" not in result.err
+    assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    "corruption,key",
+    [
+        (lambda text: text.replace("[secrets]", "[secrets"), "not valid TOML"),
+        (lambda text: text.replace('url = "redis', 'url = "amqp'), "broker.url"),
+        (lambda text: text.replace("web_port = 8080", 'web_port = "8080"'), "master.web_port"),
+        (lambda text: text.replace("fernet_key = ", "fernet_key = \"x\"\n#"), "secrets.fernet_key"),
+        (lambda text: text + "\n[extra]\nkey = 1\n", "unknown key extra.key"),
+        (lambda text: text.replace('jwt_secret = "test-jwt-secret-0123456789abcdefghij"\n', ""), "secrets.jwt_secret"),
+    ],
+)
+def test_corrupt_cluster_file_is_refused_naming_the_key(run_cli, tmp_path, cluster_file, corruption, key):
+    cluster_file.write_text(corruption(cluster_file.read_text()))
+    root = tmp_path / "node"
+    result = run_cli(*worker_args(root, cluster_file))
+    assert result.code == 2
+    assert key in result.err and str(cluster_file) in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not root.exists()
+
+
+def test_unwritable_root_is_refused(run_cli, tmp_path, cluster_file):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = run_cli(*worker_args(blocker / "node", cluster_file))
+    assert result.code == 2
+    assert "--root" in result.err
+    assert blocker.read_text() == "x"
+
+
+def test_role_change_is_refused(run_cli, tmp_path, cluster_file):
+    assert run_cli(*worker_args(tmp_path, cluster_file)).code == 0
+    before = snapshot(tmp_path)
+    result = run_cli("init", "--role", "master", "--root", tmp_path, "--airflow-version", "3.3.2")
+    assert result.code == 2 and "already a worker" in result.err
+    assert snapshot(tmp_path) == before
