@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 import pytest
 
 import airflow_nodes.apply as apply_module
 from airflow_nodes.cluster import dump_cluster
+from airflow_nodes.schema import tomllib
+
 from conftest import NASTY_PASSWORD, NASTY_QUOTED, make_cluster, snapshot, worker_args
 
 MASTER_OPTIONS = [
@@ -208,7 +209,8 @@ BAD_INPUT = [
     (["init", "--role", "master", "--airflow-version", "three", "--master-host", "m",
       "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--airflow-version"),
     (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db", "--sync-interval", "0"], "--sync-interval"),
+      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db", "--sync-interval", "0"],
+     "--sync-interval"),
     (["init", "--role", "worker", "--airflow-version", "3.3.2"], "--from-master"),
     (["init", "--role", "worker", "--airflow-version", "3.3.2", "--broker-url", "redis://m/0"], "--broker-url"),
     (["init", "--role", "worker", "--airflow-version", "3.3.2", "--config", "/nonexistent/cluster.toml"], "--config"),
@@ -239,7 +241,7 @@ def test_bad_input_is_one_line_naming_the_option_exit_2_nothing_written(run_cli,
         (lambda text: text.replace("[secrets]", "[secrets"), "not valid TOML"),
         (lambda text: text.replace('url = "redis', 'url = "amqp'), "broker.url"),
         (lambda text: text.replace("web_port = 8080", 'web_port = "8080"'), "master.web_port"),
-        (lambda text: text.replace("fernet_key = ", "fernet_key = \"x\"\n#"), "secrets.fernet_key"),
+        (lambda text: text.replace("fernet_key = ", 'fernet_key = "x"\n#'), "secrets.fernet_key"),
         (lambda text: text + "\n[extra]\nkey = 1\n", "unknown key extra.key"),
         (lambda text: text.replace('jwt_secret = "test-jwt-secret-0123456789abcdefghij"\n', ""), "secrets.jwt_secret"),
     ],

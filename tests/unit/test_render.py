@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from airflow_nodes.cluster import dump_cluster
+
 from conftest import FIXED_SECRETS, NASTY_PASSWORD, make_cluster, worker_args
 
 GOLDEN = Path(__file__).parent / "golden"
