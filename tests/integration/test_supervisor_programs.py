@@ -1,0 +1,130 @@
+"""The generated supervisor config, loaded by a real supervisord with a stand-in airflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_nodes.cluster import dump_cluster
+
+from conftest import make_cluster
+
+pytestmark = pytest.mark.integration
+STAND_IN = Path(__file__).parent.parent / "fixtures" / "stand-in-airflow"
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Supervisor:
+    def __init__(self, root: Path):
+        self.root = root
+        self.conf = root / "etc/supervisor/supervisord.conf"
+        self.conf.write_text(
+            f"[unix_http_server]\nfile={root}/supervisor.sock\n\n"
+            f"[supervisord]\npidfile={root}/supervisord.pid\nlogfile={root}/supervisord.log\nnodaemon=true\n\n"
+            "[rpcinterface:supervisor]\n"
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+            f"[supervisorctl]\nserverurl=unix://{root}/supervisor.sock\n\n"
+            "[include]\nfiles = conf.d/*.conf\n"
+        )
+        supervisord = Path(sys.executable).parent / "supervisord"
+        self.process = subprocess.Popen([shutil.which("supervisord") or str(supervisord), "-c", str(self.conf)])
+
+    def ctl(self, *args: str) -> str:
+        result = subprocess.run(["supervisorctl", "-c", str(self.conf), *args], capture_output=True, text=True)
+        return result.stdout
+
+    def states(self) -> dict[str, tuple[str, str]]:
+        """program -> (state, pid or exit info)"""
+        result = {}
+        for line in self.ctl("status").splitlines():
+            parts = line.split(None, 2)
+            if len(parts) >= 2:
+                result[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
+        return result
+
+    def pid(self, program: str) -> int | None:
+        state, info = self.states().get(program, ("", ""))
+        if state == "RUNNING" and info.startswith("pid "):
+            return int(info.split()[1].rstrip(","))
+        return None
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def node(tmp_path, run_cli):
+    """A node rendered with the stand-in airflow, airflow_home in tmp, run as the current user."""
+
+    def render(role: str) -> Supervisor:
+        root = tmp_path / "root"
+        home = tmp_path / "home"
+        markers = tmp_path / "markers"
+        for directory in (home, markers, Path("/var/log/airflow")):
+            directory.mkdir(parents=True, exist_ok=True)
+        cluster = make_cluster("3.3", airflow_home=str(home), airflow_user="root")
+        cluster_file = tmp_path / "cluster.toml"
+        cluster_file.write_text(dump_cluster(cluster))
+        args = ["init", "--role", role, "--root", root, "--airflow-version", "3.3.2", "--init-system",
+                "supervisor", "--airflow-bin", STAND_IN, "--node-name", "n1",
+                "--airflow-node-bin", "/usr/local/bin/airflow-node"]  # fmt: skip
+        if role == "worker":
+            args += ["--config", cluster_file, "-c", "2", "--stop-timeout", "30"]
+        else:
+            (root / "etc/airflow-node").mkdir(parents=True)
+            shutil.copy(cluster_file, root / "etc/airflow-node/cluster.toml")
+        result = run_cli(*args)
+        assert result.code == 0, result.err
+        os.environ["STAND_IN_MARKERS"] = str(markers)  # inherited by supervisord and its programs
+        supervisor = Supervisor(root)
+        nodes.append(supervisor)
+        return supervisor
+
+    nodes: list[Supervisor] = []
+    yield render
+    for supervisor in nodes:
+        supervisor.stop()
+    os.environ.pop("STAND_IN_MARKERS", None)
+
+
+def test_every_master_program_runs_and_the_migration_exits(node):
+    supervisor = node("master")
+    expected = {f"airflow-master:airflow-{name}" for name in
+                ("api-server", "scheduler", "dag-processor", "triggerer", "flower")}  # fmt: skip
+
+    def all_running():
+        states = supervisor.states()
+        running = {name for name, (state, _) in states.items() if state == "RUNNING"}
+        return expected <= running and states.get("airflow-master:airflow-db-migrate", ("",))[0] == "EXITED"
+
+    wait_for(all_running, 40, "every master program RUNNING and db-migrate EXITED")
+
+
+def test_killed_worker_is_restarted_and_stop_lets_the_running_task_finish(node, tmp_path):
+    supervisor = node("worker")
+    program = "airflow-worker"  # supervisorctl shows a group whose one program has its name as "name"
+    first = wait_for(lambda: supervisor.pid(program), 30, "the worker RUNNING")
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (pid := supervisor.pid(program)) and pid != first and pid, 30, "a restarted worker")
+    assert second != first
+
+    supervisor.ctl("stop", "airflow-worker:*")  # SIGTERM to the worker's main process only
+    assert (tmp_path / "markers/task-finished").read_text() == "ok\n"
+    assert supervisor.states()[program][0] == "STOPPED"
