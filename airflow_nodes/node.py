@@ -120,3 +120,8 @@ def parse_node(text: str, where: str) -> NodeSettings:
 def validate_node(settings: NodeSettings, where: str) -> NodeSettings:
     check_all(settings, NODE_SCHEMA, where)
     return settings
+
+# `airflow-node sync`: its state (read by `airflow-node health`), lock, and the DAG releases.
+SYNC_STATE_FILE = f"{STATE_DIR}/sync-state.json"
+SYNC_LOCK_FILE = f"{STATE_DIR}/sync.lock"
+DAG_RELEASES_DIR = f"{STATE_DIR}/dags"  # releases/<revision>/, the fetched mirror, manifests

@@ -41,6 +41,7 @@ class AirflowLine:
     health_path: str
     has_dag_processor: bool  # a separate dag-processor daemon on the master
     has_execution_api: bool  # workers talk HTTP to the master (Airflow 3)
+    execution_health_path: str = ""  # the execution API's health route on the web port (Airflow 3)
 
     @property
     def master_daemons(self) -> tuple[Daemon, ...]:
@@ -94,6 +95,7 @@ AIRFLOW_3 = AirflowLine(
     health_path="/api/v2/monitor/health",
     has_dag_processor=True,
     has_execution_api=True,
+    execution_health_path="/execution/health",
 )
 
 _LINES = {2: AIRFLOW_2, 3: AIRFLOW_3}

@@ -1,0 +1,144 @@
+"""PostgreSQL probe: the metadata DB and the Celery result backend (when it is another database).
+
+psycopg is imported inside the check so `airflow-node health --only redis` never pays for it.
+libpq would try every address a name resolves to, each with the full connect_timeout; we resolve
+the name ourselves and hand libpq one address, so one probe is one attempt within the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from urllib.parse import unquote, urlsplit
+
+from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.netio import ProbeFailure, describe_error, run_concurrently
+from airflow_nodes.urls import redact_url
+
+NAME = "db"
+
+# SQLSTATEs worth a plain sentence (PostgreSQL appendix A).
+_SQLSTATE_PHRASES = {
+    "28P01": "authentication failed: wrong password for user {user}",
+    "28000": "authentication rejected for user {user} (pg_hba.conf has no matching entry, or the role cannot log in)",
+    "3D000": "database {database} does not exist",
+    "57P03": "the server is starting up or shutting down",
+    "53300": "too many connections",
+}
+
+
+def _targets(probe_input: ProbeInput) -> list[tuple[str, str]]:
+    """Return (label, libpq-compatible URL) for the databases this node uses, without duplicates."""
+    cluster = probe_input.ctx.cluster
+    result_backend = cluster.result_backend.removeprefix("db+")
+    targets = []
+    # Airflow 3 workers never open the metadata DB; Airflow 2 workers do.
+    if probe_input.ctx.node.role == "master" or not probe_input.ctx.line.has_execution_api:
+        targets.append(("metadata", cluster.db_url))
+    if _libpq_url(result_backend) not in {_libpq_url(url) for _, url in targets}:
+        targets.append(("result backend", result_backend))
+    return [(label, _libpq_url(url)) for label, url in targets]
+
+
+def _libpq_url(sqlalchemy_url: str) -> str:
+    """Given postgresql+driver://..., return postgresql://... (libpq does not know SQLAlchemy drivers)."""
+    scheme, rest = sqlalchemy_url.split("://", 1)
+    return f"{scheme.split('+', 1)[0]}://{rest}"
+
+
+def _explain(exc: Exception, user: str, database: str, timeout: float) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in _SQLSTATE_PHRASES:
+        return _SQLSTATE_PHRASES[sqlstate].format(user=user, database=database)
+    message = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+    lowered = message.lower()
+    # psycopg reports connection-phase errors without a SQLSTATE; libpq's wording is stable.
+    if "password authentication failed" in lowered:
+        return _SQLSTATE_PHRASES["28P01"].format(user=user)
+    if "does not exist" in lowered and "database" in lowered:
+        return _SQLSTATE_PHRASES["3D000"].format(database=database)
+    if "connection refused" in lowered:
+        return "connection refused (nothing listening on that port)"
+    if "timeout" in lowered or "timed out" in lowered:
+        return f"timed out after {timeout:.1f}s (host down, firewalled or blackholed?)"
+    if "no password supplied" in lowered:
+        return f"the server wants a password for user {user} and the URL has none"
+    return message
+
+
+def query_database(url: str, timeout: float) -> str:
+    """Given a postgresql:// URL, connect, run SELECT 1 and read the server version within timeout.
+
+    Return a detail line. Raise ProbeFailure with a readable reason (no secrets) on failure.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or 5432
+    user = unquote(parts.username or "")
+    database = unquote(parts.path.lstrip("/"))
+    try:
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as exc:
+        raise ProbeFailure(describe_error(exc, timeout)) from None
+    import psycopg  # noqa: PLC0415 - deliberately lazy: 150 ms of imports
+
+    # libpq takes whole seconds and no fewer than 2; the runner's deadline bounds shorter budgets.
+    params = dict(
+        host=host,
+        hostaddr=address,
+        port=port,
+        user=user,
+        password=unquote(parts.password or ""),
+        dbname=database,
+        connect_timeout=max(2, math.ceil(timeout)),
+        application_name="airflow-node-health",
+        options=f"-c statement_timeout={max(int(timeout * 1000), 1)}",
+    )
+    try:
+        with psycopg.connect(**params, autocommit=True) as connection:
+            cursor = connection.execute("SELECT 1, current_setting('server_version')")
+            _, version = cursor.fetchone()
+            revision = _alembic_revision(connection)
+    except psycopg.Error as exc:
+        raise ProbeFailure(_explain(exc, user, database, timeout)) from None
+    detail = f"SELECT 1 ok, PostgreSQL {version}"
+    if revision:
+        detail += f", alembic revision {revision}"
+    return detail
+
+
+def _alembic_revision(connection) -> str | None:
+    """Return Airflow's schema revision if the alembic_version table exists (one cheap query)."""
+    (exists,) = connection.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+    if not exists:
+        return None
+    row = connection.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def _check_one(probe_input: ProbeInput, label: str, url: str) -> Result:
+    started = time.monotonic()
+    try:
+        detail = query_database(url, probe_input.remaining())
+        status = Status.OK
+    except ProbeFailure as exc:
+        detail, status = str(exc), Status.CRITICAL
+    return Result(status, NAME, f"{label} {redact_url(url)}", time.monotonic() - started, detail)
+
+
+def check(probe_input: ProbeInput) -> list[Result]:
+    """Given a node, return one Result per database it uses (checked side by side)."""
+    targets = _targets(probe_input)
+    answers = run_concurrently(
+        [lambda label=label, url=url: _check_one(probe_input, label, url) for label, url in targets],
+        probe_input.deadline,
+    )
+    return [
+        answer
+        if answer is not None
+        else Result(Status.CRITICAL, NAME, f"{label} {redact_url(url)}", None, "no answer before the deadline")
+        for answer, (label, url) in zip(answers, targets)
+    ]
+
+
+PROBE = Probe(NAME, ANY_ROLE, check, description="PostgreSQL: connect, SELECT 1, server version")

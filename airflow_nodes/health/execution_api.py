@@ -1,0 +1,41 @@
+"""Execution API probe (Airflow 3): from a worker, the master's /execution/health must answer healthy.
+
+Workers run every task through this API; a worker that cannot reach it takes tasks and fails them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from airflow_nodes.health.model import WORKER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.netio import ProbeFailure, http_get
+from airflow_nodes.health.webserver import web_base_url
+
+NAME = "execution-api"
+
+
+def check(probe_input: ProbeInput) -> list[Result]:
+    """Given an Airflow 3 worker node, return one Result for the master's execution API."""
+    url = web_base_url(probe_input) + probe_input.ctx.line.execution_health_path
+    try:
+        response = http_get(url, probe_input.remaining())
+    except ProbeFailure as exc:
+        return [Result(Status.CRITICAL, NAME, url, None, str(exc))]
+    try:
+        document = json.loads(response.body)
+    except ValueError:
+        document = None
+    state = document.get("status") if isinstance(document, dict) else None
+    if state == "healthy":
+        return [Result(Status.OK, NAME, url, response.latency, "healthy")]
+    detail = f"status {state!r}" if state else f"HTTP {response.status} without a health JSON"
+    return [Result(Status.CRITICAL, NAME, url, response.latency, detail)]
+
+
+PROBE = Probe(
+    NAME,
+    WORKER,
+    check,
+    applies=lambda probe_input: probe_input.ctx.line.has_execution_api,
+    description="master's execution API (Airflow 3 workers)",
+)

@@ -1,0 +1,81 @@
+"""The values health probes exchange: statuses, results and the probe interface."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_nodes.context import NodeContext
+
+DEFAULT_TIMEOUT = 2.0
+
+
+class Status(enum.IntEnum):
+    """Nagios states; the value is the plugin exit code."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+# Which state wins when results are combined: a failure we saw outranks one we could not check.
+_SEVERITY = {Status.OK: 0, Status.WARNING: 1, Status.UNKNOWN: 2, Status.CRITICAL: 3}
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    """Given statuses, return the most severe (CRITICAL > UNKNOWN > WARNING > OK); OK for none."""
+    return max(statuses, key=_SEVERITY.__getitem__, default=Status.OK)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One line of the health report. `target` is always shown redacted (no passwords)."""
+
+    status: Status
+    probe: str
+    target: str
+    latency: float | None  # seconds; None when nothing was measured
+    detail: str
+
+
+@dataclass(frozen=True)
+class ProbeInput:
+    """What every probe gets: the node, where its files are, and when it must have answered."""
+
+    ctx: NodeContext
+    root: Path
+    timeout: float
+    deadline: float  # time.monotonic() value after which the answer is useless
+    deep: bool = False
+
+    def remaining(self) -> float:
+        """Return the seconds left before the deadline (never below a few milliseconds)."""
+        return max(self.deadline - time.monotonic(), 0.005)
+
+    def under_root(self, path: str) -> Path:
+        """Given an absolute path on the node, return it under --root."""
+        return self.root / path.lstrip("/")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A named check. `check` returns one or more Results and should not raise.
+
+    `roles` are the node roles it applies to; `applies` narrows that further (Airflow line, options).
+    """
+
+    name: str
+    roles: frozenset[str]
+    check: Callable[[ProbeInput], list[Result]]
+    applies: Callable[[ProbeInput], bool] = lambda probe_input: True
+    description: str = ""
+    min_timeout: float = 0.0  # a slow check (an `airflow` command) gets at least this many seconds
+
+
+MASTER = frozenset({"master"})
+WORKER = frozenset({"worker"})
+ANY_ROLE = frozenset({"master", "worker"})

@@ -1,0 +1,95 @@
+"""Web/api server probe: the health JSON of Airflow's webserver (2.x) or api-server (3.x).
+
+Airflow answers HTTP 200 even when the scheduler is dead, so only the JSON counts: metadatabase,
+scheduler, triggerer and dag_processor are reported separately, with the age of their heartbeats.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.netio import ProbeFailure, http_get
+
+NAME = "web"
+COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+
+
+def web_base_url(probe_input: ProbeInput) -> str:
+    """Return http://MASTER:WEB_PORT of the node's cluster."""
+    cluster = probe_input.ctx.cluster
+    return f"http://{cluster.master_host}:{cluster.web_port}"
+
+
+def heartbeat_age(value: str | None, now: datetime) -> float | None:
+    """Given an ISO-8601 heartbeat from the health JSON, return its age in seconds, or None."""
+    if not value:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return (now - stamp).total_seconds()
+
+
+def _expected(component: str, has_dag_processor: bool) -> bool:
+    """Whether our role runs a daemon that should report this component (triggerer always, DAG processor on 3.x)."""
+    return component != "dag_processor" or has_dag_processor
+
+
+def parse_health(
+    document: object, has_dag_processor: bool, now: datetime | None = None
+) -> list[tuple[str, Status, str]]:
+    """Given the decoded health JSON, return (component, status, detail) for each of the four components.
+
+    Tolerant of extra keys (newer Airflow adds some) and of a missing dag_processor entry.
+    """
+    now = now or datetime.now(timezone.utc)
+    if not isinstance(document, dict):
+        return [(name, Status.CRITICAL, "health answer is not a JSON object") for name in COMPONENTS]
+    rows = []
+    for component in COMPONENTS:
+        entry = document.get(component)
+        entry = entry if isinstance(entry, dict) else {}
+        state = entry.get("status")
+        age = heartbeat_age(entry.get(f"latest_{component}_heartbeat"), now)
+        age_text = f", heartbeat {age:.0f}s ago" if age is not None else ""
+        if state == "healthy":
+            rows.append((component, Status.OK, f"healthy{age_text}"))
+        elif state is None and component != "metadatabase" and not _expected(component, has_dag_processor):
+            rows.append((component, Status.OK, "not running standalone (normal on Airflow 2)"))
+        elif state is None:
+            if component == "metadatabase" or component == "scheduler":
+                rows.append((component, Status.CRITICAL, "no status in the health answer"))
+            else:
+                rows.append((component, Status.WARNING, "has never reported a heartbeat (daemon not running?)"))
+        else:
+            never = ", no heartbeat ever" if age is None and component != "metadatabase" else ""
+            rows.append((component, Status.CRITICAL, f"{state}{age_text}{never}"))
+    return rows
+
+
+def check(probe_input: ProbeInput) -> list[Result]:
+    """Given a master node, return one Result per health component of its web/api server."""
+    url = web_base_url(probe_input) + probe_input.ctx.line.health_path
+    try:
+        response = http_get(url, probe_input.remaining())
+    except ProbeFailure as exc:
+        return [Result(Status.CRITICAL, NAME, url, None, str(exc))]
+    try:
+        document = json.loads(response.body)
+    except ValueError:
+        detail = f"HTTP {response.status} without a JSON body (is this the Airflow {probe_input.ctx.line.major} web port?)"
+        return [Result(Status.CRITICAL, NAME, url, response.latency, detail)]
+    if response.status == 404:
+        message = document.get("error") if isinstance(document, dict) else None
+        detail = f"HTTP 404: {message or 'no health endpoint here'} (Airflow version in the cluster file?)"
+        return [Result(Status.CRITICAL, NAME, url, response.latency, detail)]
+    rows = parse_health(document, probe_input.ctx.line.has_dag_processor)
+    return [Result(status, NAME, f"{url} {component}", response.latency, detail) for component, status, detail in rows]
+
+
+PROBE = Probe(NAME, MASTER, check, description="web/api server health JSON, per component")

@@ -1,0 +1,62 @@
+"""Finding the installed Airflow through the target interpreter's package metadata (no Airflow import)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airflow_nodes.detect import detect_airflow
+from airflow_nodes.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def make_venv(tmp_path_factory):
+    """A real venv with fake distribution metadata, as pip would leave it."""
+
+    def make(**distributions: str) -> Path:
+        venv = tmp_path_factory.mktemp("venv")
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = next(venv.glob("lib/python*/site-packages"))
+        for name, version in distributions.items():
+            dist = site / f"{name.replace('-', '_')}-{version}.dist-info"
+            dist.mkdir()
+            (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        airflow = venv / "bin" / "airflow"
+        airflow.write_text(f"#!{venv}/bin/python\nimport sys\nsys.exit(0)\n")
+        airflow.chmod(0o755)
+        return venv
+
+    return make
+
+
+def test_airflow_3_is_recognised_by_apache_airflow_core(make_venv):
+    venv = make_venv(**{"apache-airflow-core": "3.3.2", "apache-airflow": "3.3.2"})
+    found = detect_airflow(str(venv), None, None)
+    assert str(found.version) == "3.3.2" and found.version.major == 3
+    assert found.airflow_bin == f"{venv}/bin/airflow"
+
+
+def test_airflow_2_is_recognised_by_apache_airflow(make_venv):
+    venv = make_venv(**{"apache-airflow": "2.11.2"})
+    found = detect_airflow(None, f"{venv}/bin/airflow", None)  # interpreter from the script's shebang
+    assert str(found.version) == "2.11.2" and found.version.line.web_command == "webserver"
+
+
+def test_a_venv_without_airflow_is_a_clear_error(make_venv):
+    venv = make_venv()
+    with pytest.raises(UserError, match="--venv: Airflow is not installed"):
+        detect_airflow(str(venv), None, None)
+
+
+def test_an_unsupported_installed_version_is_refused(make_venv):
+    venv = make_venv(**{"apache-airflow": "2.6.3"})
+    with pytest.raises(UserError, match=r"Airflow 2\.6 is not supported"):
+        detect_airflow(str(venv), None, None)
+
+
+def test_the_override_needs_no_airflow_at_all(tmp_path):
+    found = detect_airflow(str(tmp_path / "no-venv"), None, "2.9.3")
+    assert str(found.version) == "2.9.3"
