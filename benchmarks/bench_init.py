@@ -49,7 +49,8 @@ def main() -> int:
         cluster.write_text(dump_cluster(make_cluster()))
         root = Path(tmp) / "root"
         init = [str(script), "init", "--role", "worker", "--config", str(cluster), "--airflow-version", "3.3.2",
-                "--init-system", "systemd", "--airflow-node-bin", "/usr/local/bin/airflow-node", "--root", str(root)]  # fmt: skip
+                "--init-system", "systemd", "--airflow-node-bin", "/usr/local/bin/airflow-node",
+                "--root", str(root)]  # fmt: skip
         bare = median_ms([sys.executable, "-c", "pass"], runs)
         dry_run = median_ms([*init, "--dry-run"], runs)
         fresh = median_ms(init, runs, before=lambda: shutil.rmtree(root, ignore_errors=True))

@@ -21,7 +21,6 @@ def test_wheel_contains_every_template(tmp_path):
             "pip",
             "wheel",
             "--no-deps",
-            "--no-build-isolation",
             "-q",
             "-w",
             str(tmp_path),
