@@ -13,7 +13,6 @@ The contract:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import grp
 import hashlib
 import json
@@ -129,6 +128,8 @@ class Preview:
 
     def diff(self, change: FileChange) -> str:
         """Return a unified diff of a change, with secrets redacted."""
+        import difflib  # only --dry-run needs it; keep it off the start-up path
+
         old = (change.old or b"").decode(errors="replace").splitlines(keepends=True)
         new = change.file.content.decode().splitlines(keepends=True)
         label = change.file.path
