@@ -1,0 +1,235 @@
+"""`airflow-node install-airflow`: the same pinned Airflow on every node, from a lock file we ship.
+
+Layout: VENV (e.g. /opt/airflow/venv) is a symlink to a release directory beside it,
+VENV.releases/airflow-X.Y.Z-pyA.B-HASH. A new release is built and verified in its own directory,
+then the symlink is switched with one rename, so a failed install leaves the previous venv
+working, and scripts' shebangs (which name the release directory) stay valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_nodes.errors import OperationError, UserError
+
+LOCKS_DIR = Path(__file__).resolve().parent / "locks"
+_LOCK_NAME = re.compile(r"^airflow-(\d+\.\d+\.\d+)-py(\d+\.\d+)\.txt$")
+
+# Prints the installed package set, one normalised "name==version" per line, sorted.
+_PACKAGES_PROBE = """
+import importlib.metadata as m, re
+names = {}
+for dist in m.distributions():
+    name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+    if name not in ("pip", "setuptools", "wheel"):
+        names[name] = dist.version
+print("\\n".join(f"{n}=={v}" for n, v in sorted(names.items())))
+"""
+# The import that fails when celery and the celery provider do not fit together (celery 5.7).
+_SMOKE_TEST = "import celery.backends.database; import airflow.providers.celery.executors.celery_executor"
+
+
+@dataclass(frozen=True)
+class Lock:
+    airflow_version: str
+    python: str  # "3.11"
+    path: Path
+
+    def requirements(self) -> list[str]:
+        return [line for line in self.path.read_text().splitlines() if line and not line.startswith("#")]
+
+    @property
+    def package_hash(self) -> str:
+        return package_set_hash(self.requirements())
+
+
+def package_set_hash(requirements: list[str]) -> str:
+    """Given name==version lines, return a short hash that ignores order and name spelling."""
+    normalised = sorted(
+        re.sub(r"[-_.]+", "-", name).lower() + "==" + version
+        for name, _, version in (line.strip().partition("==") for line in requirements)
+        if re.sub(r"[-_.]+", "-", name).lower() not in ("pip", "setuptools", "wheel")
+    )
+    return hashlib.sha256("\n".join(normalised).encode()).hexdigest()[:16]
+
+
+def available_locks() -> list[Lock]:
+    locks = []
+    for path in sorted(LOCKS_DIR.glob("airflow-*.txt")):
+        match = _LOCK_NAME.match(path.name)
+        if match:
+            locks.append(Lock(match.group(1), match.group(2), path))
+    return locks
+
+
+def python_version(python: str) -> str:
+    """Return "X.Y" of an interpreter. Raise UserError naming --python if it cannot run."""
+    try:
+        result = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        raise UserError(f"--python: cannot run {python}") from None
+    return result.stdout.strip()
+
+
+def find_lock(version: str, python: str) -> Lock:
+    """Return the shipped lock for an Airflow version and Python "X.Y". Raise UserError otherwise."""
+    locks = available_locks()
+    versions = sorted({lock.airflow_version for lock in locks})
+    matching = [lock for lock in locks if lock.airflow_version == version]
+    if not matching:
+        raise UserError(f"--version: no lock file for Airflow {version} (available: {', '.join(versions)})")
+    for lock in matching:
+        if lock.python == python:
+            return lock
+    covered = ", ".join(lock.python for lock in matching)
+    raise UserError(f"--python: the Airflow {version} lock covers Python {covered}, not {python}")
+
+
+def installed_packages(python: Path) -> list[str]:
+    result = subprocess.run([str(python), "-I", "-c", _PACKAGES_PROBE], capture_output=True, text=True, check=False)
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    venv: Path
+    release: Path
+    airflow_version: str
+    package_hash: str
+    changed: bool
+    message: str
+
+
+def _check_venv_path(venv: Path) -> None:
+    if not venv.is_absolute():
+        raise UserError(f"--venv: {venv} must be an absolute path")
+    probe = venv.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--venv: cannot create {venv} ({probe} is not writable)")
+    if venv.exists() and not venv.is_symlink() and not venv.is_dir():
+        raise UserError(f"--venv: {venv} exists and is not a directory")
+
+
+def _check_wheelhouse(wheelhouse: Path | None) -> None:
+    if wheelhouse is not None and not (wheelhouse.is_dir() and any(wheelhouse.glob("*.whl"))):
+        raise UserError(f"--wheelhouse: {wheelhouse} is not a directory of wheels")
+
+
+def _installer(release: Path, lock: Lock, wheelhouse: Path | None) -> list[list[str]]:
+    """Return the commands that install a lock into a fresh venv: uv when present, else pip."""
+    index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else []
+    python = str(release / "bin" / "python")
+    uv = shutil.which("uv")
+    # --no-deps: the lock is the complete set, so there is nothing to resolve
+    if uv:
+        return [[uv, "pip", "install", "--python", python, "--no-deps", "--compile-bytecode", *index,
+                 "-r", str(lock.path)]]  # fmt: skip
+    return [
+        [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", "--progress-bar", "off",
+         *index, "-r", str(lock.path)],
+        # always precompile: without bytecode every airflow command is seconds slower on hosts
+        # that set PYTHONDONTWRITEBYTECODE
+        [python, "-m", "compileall", "-q", "-j", "0", str(release / "lib")],
+    ]  # fmt: skip
+
+
+def _run(argv: list[str], what: str, progress: Callable[[str], None], env: dict | None = None) -> None:
+    progress(f"{what}: {' '.join(argv[:4])} ...")
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert process.stdout is not None
+    tail: list[str] = []
+    for line in process.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-5:]
+        if line:
+            progress(f"  {line}")
+    if process.wait() != 0:
+        raise OperationError(f"{what} failed (exit {process.returncode}): {tail[-1] if tail else 'no output'}")
+
+
+def install_airflow(
+    version: str,
+    venv: Path,
+    python: str = sys.executable,
+    wheelhouse: Path | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] = lambda line: None,
+) -> InstallResult:
+    """Install Airflow `version` from its shipped lock into `venv` (a symlink to a release dir).
+
+    Idempotent: a venv that already holds exactly the lock's package set is left alone. A venv with
+    a different Airflow or package set is replaced only with force. Raise UserError on bad input
+    (before anything changes), OperationError when the install itself fails (the previous venv stays).
+    """
+    _check_venv_path(venv)
+    _check_wheelhouse(wheelhouse)
+    lock = find_lock(version, python_version(python))
+    current = installed_packages(venv / "bin" / "python") if (venv / "bin" / "python").exists() else []
+    if current:
+        current_hash = package_set_hash(current)
+        if current_hash == lock.package_hash:
+            message = f"{venv}: already Airflow {version}, nothing to do"
+            return InstallResult(venv, venv.resolve(), version, current_hash, False, message)
+        if not force:
+            installed = next((line for line in current if line.startswith("apache-airflow==")), "no apache-airflow")
+            raise UserError(
+                f"--venv: {venv} holds a different package set ({installed}); re-run with --force to replace it"
+            )
+
+    release = Path(f"{venv}.releases") / f"airflow-{version}-py{lock.python}-{lock.package_hash[:8]}"
+    if release.exists():  # a failed or abandoned earlier attempt: the symlink does not point here
+        shutil.rmtree(release)
+    release.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # built at its final path: the shebangs of the installed scripts name it
+        _run([python, "-m", "venv", str(release)], "create venv", progress)
+        for argv in _installer(release, lock, wheelhouse):
+            _run(argv, "install", progress)
+        with tempfile.TemporaryDirectory() as home:
+            env = {**os.environ, "AIRFLOW_HOME": home, "PYTHONWARNINGS": "ignore"}
+            smoke = [str(release / "bin" / "python"), "-c", _SMOKE_TEST]
+            _run(smoke, "check that the celery provider imports", progress, env)
+        got = package_set_hash(installed_packages(release / "bin" / "python"))
+        if got != lock.package_hash:
+            raise OperationError(f"install: the new venv's package set {got} is not the lock's {lock.package_hash}")
+    except BaseException:
+        shutil.rmtree(release, ignore_errors=True)
+        raise
+
+    if venv.exists() and not venv.is_symlink():
+        aside = venv.with_name(f"{venv.name}.replaced-by-airflow-node")
+        venv.rename(aside)
+        progress(f"moved the previous venv aside to {aside}")
+    link = venv.with_name(f".{venv.name}.new-link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(release)
+    os.replace(link, venv)  # one rename: the daemons see the old venv or the new one, never none
+    return InstallResult(venv, release, version, lock.package_hash, True, f"{venv} -> {release}")
+
+
+def build_wheelhouse(
+    version: str, directory: Path, python: str = sys.executable, progress: Callable[[str], None] = lambda line: None
+) -> Path:
+    """Download or build every wheel of a lock into directory, for hosts without internet."""
+    lock = find_lock(version, python_version(python))
+    directory.mkdir(parents=True, exist_ok=True)
+    _run([python, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "--progress-bar", "off",
+          "-w", str(directory), "-r", str(lock.path)], "build wheelhouse", progress)  # fmt: skip
+    return directory
