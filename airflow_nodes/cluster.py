@@ -73,6 +73,7 @@ class ClusterConfig:
     scheduler_health_port: int = 8974
     visibility_timeout: int = 86400
     sync_interval_minutes: int = 5
+    airflow_packages: str = ""  # hash of the master's installed package set; "" when unknown
 
     @property
     def version(self) -> AirflowVersion:
@@ -90,6 +91,11 @@ class ClusterConfig:
 def _interval(value: int, where: str) -> None:
     if not 1 <= value <= 59:
         raise UserError(f"{where}: the sync interval is in minutes, 1-59, got {value}")
+
+
+def _package_hash(value: str, where: str) -> None:
+    if value and not re.fullmatch(r"[0-9a-f]{16}", value):
+        raise UserError(f"{where}: not a package-set hash (16 hex digits, or empty)")
 
 
 def _version(value: str, where: str) -> None:
@@ -126,6 +132,7 @@ def _fernet(value: str, where: str) -> None:
 CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("cluster", "name", "name", str, check_name),
     Field("cluster", "airflow_version", "airflow_version", str, _version),
+    Field("cluster", "airflow_packages", "airflow_packages", str, _package_hash),
     Field("cluster", "airflow_home", "airflow_home", str, check_abs_path),
     Field("cluster", "airflow_user", "airflow_user", str, check_name),
     Field("master", "host", "master_host", str, check_host),

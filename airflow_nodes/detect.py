@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -13,22 +15,51 @@ from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
 DEFAULT_VENV = "/opt/airflow/venv"
 
-# Runs in the target interpreter: apache-airflow-core exists only on Airflow 3, where the
-# apache-airflow distribution is a meta-package; on 2.x apache-airflow holds everything.
+# Runs in the target interpreter. First line: the Airflow version (apache-airflow-core exists only
+# on Airflow 3, where apache-airflow is a meta-package; on 2.x apache-airflow holds everything),
+# empty if none. Then the installed package set, one normalised "name==version" per line.
 _PROBE = """
-import importlib.metadata as m
+import importlib.metadata as m, re
+version = ""
 for name in ("apache-airflow-core", "apache-airflow"):
     try:
-        print(m.version(name)); break
+        version = m.version(name); break
     except m.PackageNotFoundError:
         pass
+print(version)
+names = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in m.distributions()}
+print("\\n".join(f"{n}=={v}" for n, v in sorted(names.items())))
 """
+
+
+def probe_interpreter(python: Path) -> tuple[str, list[str]] | None:
+    """Return (Airflow version or "", installed packages) of an interpreter, or None if it cannot run."""
+    try:
+        result = subprocess.run([str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    version, *packages = result.stdout.split("\n")
+    return version.strip(), [line for line in packages if line]
+
+
+def package_set_hash(requirements: list[str]) -> str:
+    """Given name==version lines, return a short hash that ignores order and name spelling."""
+    normalised = set()
+    for line in requirements:
+        name, _, version = line.strip().partition("==")
+        name = re.sub(r"[-_.]+", "-", name).lower()
+        if name not in ("pip", "setuptools", "wheel"):  # tooling, not what Airflow runs on
+            normalised.add(f"{name}=={version}")
+    return hashlib.sha256("\n".join(sorted(normalised)).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class AirflowInstall:
     version: AirflowVersion
     airflow_bin: str
+    package_hash: str = ""  # empty when not detected (--airflow-version)
 
 
 def _interpreter_of(airflow_bin: Path) -> Path:
@@ -72,16 +103,14 @@ def detect_airflow(venv: str | None, airflow_bin: str | None, override: str | No
             "or pass --venv/--airflow-bin, or --airflow-version to render without it"
         )
     python = _interpreter_of(executable)
-    try:
-        result = subprocess.run(
-            [str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        raise UserError(f"{option}: cannot run {python} to read the Airflow version") from None
-    version = result.stdout.strip()
-    if result.returncode != 0 or not version:
+    probed = probe_interpreter(python)
+    if probed is None:
+        raise UserError(f"{option}: cannot run {python} to read the Airflow version")
+    version, packages = probed
+    if not version:
         raise UserError(f"{option}: Airflow is not installed for {python}; pass --airflow-version to override")
-    return AirflowInstall(parse_airflow_version(version, f"{option} (installed Airflow)"), str(executable))
+    parsed = parse_airflow_version(version, f"{option} (installed Airflow)")
+    return AirflowInstall(parsed, str(executable), package_set_hash(packages))
 
 
 def detect_init_system() -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from airflow_nodes import urls
 from airflow_nodes.apply import Preview, check_root, preview, under_root
 from airflow_nodes.cluster import ClusterConfig, ClusterSecrets, dump_cluster, parse_cluster, validate_cluster
-from airflow_nodes.detect import detect_airflow, detect_init_system
+from airflow_nodes.detect import AirflowInstall, detect_airflow, detect_init_system
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import (
     CLUSTER_FILE,
@@ -25,7 +25,6 @@ from airflow_nodes.node import (
     validate_node,
 )
 from airflow_nodes.nodeplan import build_node_plan
-from airflow_nodes.versions import AirflowVersion
 
 # Options that describe the whole cluster: given on the master only.
 CLUSTER_OPTIONS = {
@@ -91,12 +90,15 @@ def _read_existing(root: Path, path: str) -> bytes | None:
         raise UserError(f"{under_root(root, path)}: cannot read it ({exc.strerror})") from None
 
 
-def master_cluster(request: InitRequest, version: AirflowVersion, existing: ClusterConfig | None) -> ClusterConfig:
+def master_cluster(request: InitRequest, install: AirflowInstall, existing: ClusterConfig | None) -> ClusterConfig:
     """Return the master's cluster config: the existing one updated by the options given, or a new one.
 
     Secrets are generated only when there is no cluster file yet; re-running never rotates them.
     """
+    version = install.version
     given = request.given_cluster_options()
+    if install.package_hash:  # detected, not --airflow-version: workers compare their set with it
+        given["airflow_packages"] = install.package_hash
     for attr, value in given.items():
         option = CLUSTER_OPTIONS[attr]
         if attr == "broker_url":
@@ -252,7 +254,7 @@ def plan_init(request: InitRequest) -> InitOutcome:
         if request.config_file or request.from_master:
             raise UserError("--config: the master creates the cluster file; --config/--from-master are for workers")
         existing = parse_cluster(existing_cluster_text.decode(), cluster_where) if existing_cluster_text else None
-        cluster = master_cluster(request, install.version, existing)
+        cluster = master_cluster(request, install, existing)
         if existing == cluster:
             cluster_text = existing_cluster_text  # hand formatting and comments are kept
         else:

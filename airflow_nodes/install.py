@@ -8,7 +8,6 @@ working, and scripts' shebangs (which name the release directory) stay valid.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,21 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from airflow_nodes.detect import package_set_hash, probe_interpreter
 from airflow_nodes.errors import OperationError, UserError
 
 LOCKS_DIR = Path(__file__).resolve().parent / "locks"
 _LOCK_NAME = re.compile(r"^airflow-(\d+\.\d+\.\d+)-py(\d+\.\d+)\.txt$")
 
-# Prints the installed package set, one normalised "name==version" per line, sorted.
-_PACKAGES_PROBE = """
-import importlib.metadata as m, re
-names = {}
-for dist in m.distributions():
-    name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
-    if name not in ("pip", "setuptools", "wheel"):
-        names[name] = dist.version
-print("\\n".join(f"{n}=={v}" for n, v in sorted(names.items())))
-"""
 # The import that fails when celery and the celery provider do not fit together (celery 5.7).
 _SMOKE_TEST = "import celery.backends.database; import airflow.providers.celery.executors.celery_executor"
 
@@ -50,16 +40,6 @@ class Lock:
     @property
     def package_hash(self) -> str:
         return package_set_hash(self.requirements())
-
-
-def package_set_hash(requirements: list[str]) -> str:
-    """Given name==version lines, return a short hash that ignores order and name spelling."""
-    normalised = sorted(
-        re.sub(r"[-_.]+", "-", name).lower() + "==" + version
-        for name, _, version in (line.strip().partition("==") for line in requirements)
-        if re.sub(r"[-_.]+", "-", name).lower() not in ("pip", "setuptools", "wheel")
-    )
-    return hashlib.sha256("\n".join(normalised).encode()).hexdigest()[:16]
 
 
 def available_locks() -> list[Lock]:
@@ -101,8 +81,8 @@ def find_lock(version: str, python: str) -> Lock:
 
 
 def installed_packages(python: Path) -> list[str]:
-    result = subprocess.run([str(python), "-I", "-c", _PACKAGES_PROBE], capture_output=True, text=True, check=False)
-    return result.stdout.split() if result.returncode == 0 else []
+    probed = probe_interpreter(python)
+    return probed[1] if probed else []
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_nodes.install import available_locks, package_set_hash
+from airflow_nodes.detect import package_set_hash
+from airflow_nodes.install import available_locks
 
 pytestmark = pytest.mark.integration
 # Installed venvs are kept between runs (and shared with the end-to-end test): an install from a
