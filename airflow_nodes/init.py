@@ -97,8 +97,6 @@ def master_cluster(request: InitRequest, install: AirflowInstall, existing: Clus
     """
     version = install.version
     given = request.given_cluster_options()
-    if install.package_hash:  # detected, not --airflow-version: workers compare their set with it
-        given["airflow_packages"] = install.package_hash
     for attr, value in given.items():
         option = CLUSTER_OPTIONS[attr]
         if attr == "broker_url":
@@ -107,6 +105,8 @@ def master_cluster(request: InitRequest, install: AirflowInstall, existing: Clus
             urls.check_db_url(value, option)
         elif attr == "result_backend":
             urls.check_result_backend(value, version, option)
+    if install.package_hash:  # detected, not --airflow-version: workers compare their set with it
+        given["airflow_packages"] = install.package_hash
     if existing is None:
         for attr in ("master_host", "broker_url", "db_url"):
             if attr not in given:
