@@ -117,28 +117,125 @@ def uninstall(root: Path, purge: bool, force: bool) -> None:
     click.echo(run_uninstall(root, purge=purge, force=force))
 
 
+@cli.command("install-airflow")
+@click.option("--version", "airflow_version", default="3.3.2", show_default=True, help="Airflow version to install.")
+@click.option("--venv", type=click.Path(path_type=Path), default=Path("/opt/airflow/venv"), show_default=True)
+@click.option("--python", default=sys.executable, show_default=True, help="Interpreter the venv is built from.")
+@click.option("--wheelhouse", type=click.Path(path_type=Path), help="Install offline from this directory of wheels.")
+@click.option("--force", is_flag=True, help="Replace a venv that holds a different Airflow or package set.")
+def install_airflow_command(
+    airflow_version: str, venv: Path, python: str, wheelhouse: Path | None, force: bool
+) -> None:
+    """Create VENV with Airflow and the celery, postgres and redis extras from a shipped lock file."""
+    from airflow_nodes.install import install_airflow
+
+    result = install_airflow(airflow_version, venv, python, wheelhouse, force, progress=click.echo)
+    click.echo(f"{result.message} (package set {result.package_hash})")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--version", "airflow_version", default="3.3.2", show_default=True, help="Airflow version.")
+@click.option("--python", default=sys.executable, show_default=True, help="Interpreter of the target hosts.")
+def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
+    """Collect the wheels of a lock into DIRECTORY, for `install-airflow --wheelhouse` on offline hosts."""
+    from airflow_nodes.install import build_wheelhouse
+
+    click.echo(f"wheels in {build_wheelhouse(airflow_version, directory, python, progress=click.echo)}")
+
+
 # --- sync: owned by the sync work (airflow_nodes/syncing/) ---------------------------------
 @cli.command()
 @root_option
 @click.option("--quiet", is_flag=True, help="Print nothing when all is well (for cron).")
-def sync(root: Path, quiet: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Print each step and its timing.")
+@click.option("--status", "show_status", is_flag=True, help="Print the last sync's state and exit.")
+@click.option("--force", is_flag=True, help="Publish even an empty source or a mass delete; replace edited config.")
+@click.option(
+    "--max-delete-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+    help="Refuse a sync that deletes more than this share of the DAG files.",
+)  # fmt: skip
+@click.option(
+    "--validate", type=click.Choice(["off", "warn", "refuse"]), default="warn", show_default=True,
+    help="Byte-compile changed .py files before publishing; warn about or refuse files that do not parse.",
+)  # fmt: skip
+@click.option("--keep", "keep_releases", type=click.IntRange(min=1), default=5, show_default=True,
+              help="DAG releases kept on disk (the published one always).")  # fmt: skip
+@click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=10, show_default=True, metavar="SEC",
+              help="Wait this long for a running sync, then skip (exit 0).")  # fmt: skip
+@click.option("--ssh-key", metavar="FILE", help="SSH private key [default: the airflow user's]; "
+              "more options in $AIRFLOW_NODE_SSH_OPTS.")  # fmt: skip
+@click.option("--dags-only", is_flag=True, help="Sync the DAGs, not the cluster file.")
+@click.option("--master-root", default="", hidden=True, help="Tests: the master's files live under this dir.")
+def sync(root: Path, quiet: bool, verbose: bool, show_status: bool, force: bool, max_delete_ratio: float,
+         validate: str, **options: object) -> None:  # fmt: skip
     """Bring DAGs and the cluster config in line with the master (run by cron)."""
+    from airflow_nodes.syncing import Guards, SyncRequest, format_status
     from airflow_nodes.syncing import sync as run_sync
+    from airflow_nodes.syncing.commands import ssh_extra_from_env
 
-    message = run_sync(root)
-    if not quiet:
-        click.echo(message)
+    if show_status:
+        click.echo(format_status(root))
+        return
+    guards = Guards(max_delete_ratio=max_delete_ratio, validate=validate, force=force)
+    result = run_sync(SyncRequest(root=root, guards=guards, ssh_extra=ssh_extra_from_env(), **options))
+    if verbose:
+        for line in result.details:
+            click.echo(f"  {line}")
+    if not quiet or (result.dags and result.dags.warnings):
+        click.echo(result.summary)
 
 
 # --- end of sync --------------------------------------------------------------------------
 
 
 # --- health: owned by the health work (airflow_nodes/health/) -----------------------------
-@cli.command()
+HEALTH_UNKNOWN = 3  # Nagios: unknown / usage
+
+
+class _CheckCommand(click.Command):
+    """A monitoring check: bad options exit 3 (UNKNOWN), never 2, which Nagios reads as CRITICAL."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            click.echo(f"airflow-node health: {exc.format_message()}", err=True)
+            sys.exit(HEALTH_UNKNOWN)
+
+
+@cli.command(cls=_CheckCommand)
 @root_option
-def health(root: Path) -> None:
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds per probe.")
+@click.option(
+    "--only",
+    metavar="P1,P2",
+    help="Run only these probes: redis, db, migrations, flower, web, scheduler, worker, execution-api, units, "
+    "consistency, clock.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.prom",
+              help="Also write node_exporter textfile-collector metrics to this file (atomically).")  # fmt: skip
+@click.option("--deep", is_flag=True, help="Also run slow checks (`airflow db check-migrations`).")
+def health(root: Path, timeout: float, only: str | None, as_json: bool, prometheus: Path | None, deep: bool) -> None:
     """Probe this node and the cluster (Nagios exit codes: 0 ok, 1 warning, 2 critical, 3 unknown)."""
-    raise UserError("health: not implemented yet")
+    from airflow_nodes.health.formatting import format_json, format_prometheus, format_table, write_textfile
+    from airflow_nodes.health.runner import parse_only, run_health
+
+    try:
+        report = run_health(root, timeout=timeout, only=parse_only(only), deep=deep)
+    except UserError as exc:
+        click.echo(f"airflow-node health: {exc}", err=True)
+        sys.exit(HEALTH_UNKNOWN)
+    click.echo(format_json(report) if as_json else format_table(report))
+    if prometheus is not None:
+        try:
+            write_textfile(prometheus, format_prometheus(report))
+        except OSError as exc:
+            click.echo(f"airflow-node health: --prometheus {prometheus}: {exc.strerror}", err=True)
+            sys.exit(HEALTH_UNKNOWN)
+    if report.status:
+        raise click.exceptions.Exit(int(report.status))
 
 
 # --- end of health ------------------------------------------------------------------------
@@ -147,7 +244,8 @@ def health(root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one line on stderr and exit code 2, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="airflow-node", standalone_mode=False)
+        # without standalone mode, click returns a command's exit code instead of raising Exit
+        code = cli.main(args=argv, prog_name="airflow-node", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:
@@ -162,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except OperationError as exc:
         click.echo(f"airflow-node: {exc}", err=True)
         return Exit.FAILED
-    return Exit.OK
+    return code if isinstance(code, int) else Exit.OK
 
 
 if __name__ == "__main__":

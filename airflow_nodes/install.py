@@ -179,7 +179,9 @@ def install_airflow(
     release.parent.mkdir(parents=True, exist_ok=True)
     try:
         # built at its final path: the shebangs of the installed scripts name it
-        _run([python, "-m", "venv", str(release)], "create venv", progress)
+        # uv installs without pip in the venv, which also spares Debian hosts the python3-venv package
+        create = [python, "-m", "venv", *(["--without-pip"] if shutil.which("uv") else []), str(release)]
+        _run(create, "create venv", progress)
         for argv in _installer(release, lock, wheelhouse):
             _run(argv, "install", progress)
         with tempfile.TemporaryDirectory() as home:

@@ -51,11 +51,13 @@ def _explain(exc: Exception, user: str, database: str, timeout: float) -> str:
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate in _SQLSTATE_PHRASES:
         return _SQLSTATE_PHRASES[sqlstate].format(user=user, database=database)
-    message = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+    message = " ".join(str(exc).split()) or exc.__class__.__name__
     lowered = message.lower()
     # psycopg reports connection-phase errors without a SQLSTATE; libpq's wording is stable.
     if "password authentication failed" in lowered:
         return _SQLSTATE_PHRASES["28P01"].format(user=user)
+    if "does not exist" in lowered and "role" in lowered:
+        return f"user {user} does not exist on the server"
     if "does not exist" in lowered and "database" in lowered:
         return _SQLSTATE_PHRASES["3D000"].format(database=database)
     if "connection refused" in lowered:
@@ -64,7 +66,7 @@ def _explain(exc: Exception, user: str, database: str, timeout: float) -> str:
         return f"timed out after {timeout:.1f}s (host down, firewalled or blackholed?)"
     if "no password supplied" in lowered:
         return f"the server wants a password for user {user} and the URL has none"
-    return message
+    return message.rsplit(" failed: ", 1)[-1][:300]
 
 
 def query_database(url: str, timeout: float) -> str:
@@ -137,7 +139,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
         answer
         if answer is not None
         else Result(Status.CRITICAL, NAME, f"{label} {redact_url(url)}", None, "no answer before the deadline")
-        for answer, (label, url) in zip(answers, targets)
+        for answer, (label, url) in zip(answers, targets, strict=True)
     ]
 
 

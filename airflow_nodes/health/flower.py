@@ -7,7 +7,6 @@ Flower can lag behind reality by up to a minute after a broker outage: a warning
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 
 from airflow_nodes.health.model import MASTER, WORKER, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, basic_auth, http_get, run_concurrently
@@ -84,7 +83,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
 def check_this_worker(probe_input: ProbeInput) -> list[Result]:
     """Given a worker node, return whether flower sees its Celery worker (celery@NODE) online."""
     name = probe_input.ctx.node.celery_name
-    target = flower_base_url(probe_input) + "/api/workers?workername=" + quote(name)
+    target = f"{flower_base_url(probe_input)}/api/workers {name}"
     try:
         states, latency = fetch_worker_states(probe_input)
     except ProbeFailure as exc:

@@ -82,7 +82,8 @@ def check(probe_input: ProbeInput) -> list[Result]:
     try:
         document = json.loads(response.body)
     except ValueError:
-        detail = f"HTTP {response.status} without a JSON body (is this the Airflow {probe_input.ctx.line.major} web port?)"
+        major = probe_input.ctx.line.major
+        detail = f"HTTP {response.status} without a JSON body (is this the Airflow {major} web port?)"
         return [Result(Status.CRITICAL, NAME, url, response.latency, detail)]
     if response.status == 404:
         message = document.get("error") if isinstance(document, dict) else None

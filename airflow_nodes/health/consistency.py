@@ -1,0 +1,101 @@
+"""Consistency probe: is this node still what the last sync from the master made it?
+
+Reads the sync state (/var/lib/airflow-node/sync-state.json, written by `airflow-node sync`) and
+compares, locally and cheaply:
+  - sha256 of this node's airflow.cfg with the hash recorded right after the last sync;
+  - sha256 of this node's cluster.toml with the one recorded at the last sync;
+  - the age of the last successful sync with 3 x the sync interval, and the last error.
+It does not ask the master for its live DAG revision or config: a node that synced recently and is
+unchanged since holds what the master published then. The DAG revision is shown so nodes can be
+compared side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.nodeconfig import SYNC_STATE_FILE
+from airflow_nodes.node import CLUSTER_FILE
+
+NAME = "consistency"
+STALE_AFTER_INTERVALS = 3
+
+
+def _sha256(path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+def judge_sync_state(
+    state: dict, cfg_hash: str | None, cluster_hash: str | None, interval_minutes: int, now: datetime
+) -> list[tuple[Status, str, str]]:
+    """Given the sync state and the current local hashes, return (status, aspect, detail) findings."""
+    findings: list[tuple[Status, str, str]] = []
+    last_success = _parse_time(state.get("last_success"))
+    limit = STALE_AFTER_INTERVALS * interval_minutes * 60
+    if last_success is None:
+        findings.append((Status.WARNING, "last sync", "never succeeded"))
+    else:
+        age = (now - last_success).total_seconds()
+        status = Status.WARNING if age > limit else Status.OK
+        findings.append((status, "last sync", f"{age / 60:.0f} min ago (stale after {limit // 60} min)"))
+    if state.get("last_error"):
+        findings.append((Status.WARNING, "last error", f"{state['last_error']} (at {state.get('last_attempt')})"))
+    for aspect, recorded, current in (
+        ("airflow.cfg", state.get("config_hash"), cfg_hash),
+        ("cluster file", state.get("cluster_file_hash"), cluster_hash),
+    ):
+        if not recorded:
+            findings.append((Status.WARNING, aspect, "no hash recorded by sync yet"))
+        elif current is None:
+            findings.append((Status.CRITICAL, aspect, "missing on this node"))
+        elif current != recorded:
+            findings.append((Status.WARNING, aspect, "changed since the last sync (local edit, or a sync is due)"))
+        else:
+            findings.append((Status.OK, aspect, f"as synced ({current[:12]})"))
+    revision = state.get("dag_revision")
+    if revision:
+        findings.append((Status.OK, "DAG revision", str(revision)[:12]))
+    else:
+        findings.append((Status.WARNING, "DAG revision", "no DAG tree published on this node yet"))
+    return findings
+
+
+def check(probe_input: ProbeInput) -> list[Result]:
+    """Given a node, return one Result per consistency aspect (or one if sync never ran)."""
+    path = probe_input.under_root(SYNC_STATE_FILE)
+    target = str(path)
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return [Result(Status.WARNING, NAME, target, None, "never synced (no sync state file)")]
+    except (OSError, ValueError) as exc:
+        return [Result(Status.UNKNOWN, NAME, target, None, f"unreadable sync state ({exc.__class__.__name__})")]
+    if not isinstance(state, dict):
+        return [Result(Status.UNKNOWN, NAME, target, None, "sync state is not a JSON object")]
+    findings = judge_sync_state(
+        state,
+        _sha256(probe_input.under_root(probe_input.ctx.airflow_cfg)),
+        _sha256(probe_input.under_root(CLUSTER_FILE)),
+        probe_input.ctx.cluster.sync_interval_minutes,
+        datetime.now(timezone.utc),
+    )
+    return [Result(status, NAME, aspect, None, detail) for status, aspect, detail in findings]
+
+
+PROBE = Probe(NAME, ANY_ROLE, check, description="airflow.cfg, cluster file and DAGs as last synced")

@@ -1,0 +1,74 @@
+"""Local units probe: the role's systemd units or supervisor programs are active.
+
+Uses the init system's own `status` command and parser (airflow_nodes.initsystems). Under --root the
+systemd state of the real host says nothing about the rendered node, so the probe only runs there for
+supervisor, whose supervisord.conf path is explicit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status, worst
+
+NAME = "units"
+_RUNNING = ("active", "RUNNING")
+_STARTING = ("activating", "reloading", "STARTING")
+
+
+def classify(name: str, state: str, oneshot: bool) -> Status:
+    """Given a unit/program and its state text, return its status (a finished one-shot is fine)."""
+    word = state.split(None, 1)[0] if state else ""
+    if word in _RUNNING:
+        return Status.OK
+    if oneshot and word in ("inactive", "EXITED"):
+        return Status.OK
+    if word in _STARTING:
+        return Status.WARNING
+    return Status.CRITICAL
+
+
+def applies(probe_input: ProbeInput) -> bool:
+    node = probe_input.ctx.node
+    if str(probe_input.root) == "/":
+        return True
+    return node.init_system == "supervisor" and os.path.exists(node.supervisord_conf)
+
+
+def check(probe_input: ProbeInput) -> list[Result]:
+    """Given a node, return one Result summarizing the state of its role's units or programs."""
+    from airflow_nodes.initsystems import get_init_system  # noqa: PLC0415 - pulls in the renderers
+
+    ctx = probe_input.ctx
+    init_system = get_init_system(ctx.node.init_system)
+    target = f"{ctx.node.init_system} {ctx.role_name}"
+    started = time.monotonic()
+    output = []
+    for argv in init_system.control_argv(ctx, "status"):
+        try:
+            completed = subprocess.run(
+                argv, capture_output=True, text=True, timeout=probe_input.remaining(), check=False
+            )
+        except FileNotFoundError:
+            return [Result(Status.UNKNOWN, NAME, target, None, f"{argv[0]}: command not found")]
+        except subprocess.TimeoutExpired:
+            return [Result(Status.UNKNOWN, NAME, target, None, f"{argv[0]} did not answer in time")]
+        output.append(completed.stdout)
+        if not completed.stdout.strip():
+            reason = (completed.stderr or "no output").strip().splitlines()[-1]
+            return [Result(Status.UNKNOWN, NAME, target, time.monotonic() - started, f"{argv[0]}: {reason}")]
+    latency = time.monotonic() - started
+    oneshots = {d.name for d in ctx.daemons if d.oneshot}
+    rows = init_system.parse_status("".join(output))
+    if not rows:
+        return [Result(Status.UNKNOWN, NAME, target, latency, "the init system listed no units for the role")]
+    graded = [(name, state, classify(name, state, any(o in name for o in oneshots))) for name, state in rows]
+    bad = [f"{name} {state}" for name, state, status in graded if status != Status.OK]
+    status = worst(status for _, _, status in graded)
+    detail = f"{len(rows) - len(bad)}/{len(rows)} active" + (f"; {'; '.join(bad)}" if bad else "")
+    return [Result(status, NAME, target, latency, detail)]
+
+
+PROBE = Probe(NAME, ANY_ROLE, check, applies=applies, description="the role's units/programs are active")

@@ -1,0 +1,88 @@
+"""`airflow-node health` against a private PostgreSQL cluster with scram-sha-256 password auth."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest
+from servers import DB_PASSWORD, PostgresServer, broker_url, free_port, render_node
+
+from airflow_nodes.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
+def probe_db(tmp_path, capsys, db_url: str, role: str = "master", **overrides) -> tuple[int, list[dict], str]:
+    root = render_node(tmp_path / "node", role, broker=broker_url(free_port()), db=db_url, **overrides)
+    capsys.readouterr()
+    try:
+        code = main(["health", "--root", str(root), "--only", "db", "--json"])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out)["results"], captured.out + captured.err
+
+
+def test_right_password_runs_select_1_and_reports_the_version(tmp_path, capsys, postgres):
+    code, results, output = probe_db(tmp_path, capsys, postgres.url())
+    # Airflow 3.3 defaults the result backend to the same database: one probe, not two.
+    assert [r["status"] for r in results] == ["OK"], results
+    assert "SELECT 1 ok, PostgreSQL 15" in results[0]["detail"]
+    assert code == 0
+    assert DB_PASSWORD not in output and quote(DB_PASSWORD, safe="") not in output
+
+
+def test_alembic_revision_is_shown_when_airflow_created_its_tables(tmp_path, capsys, postgres):
+    postgres.psql(
+        "CREATE TABLE IF NOT EXISTS alembic_version (version_num varchar(32));"
+        "GRANT SELECT ON alembic_version TO airflow; DELETE FROM alembic_version;"
+        "INSERT INTO alembic_version VALUES ('29ce7909c52b');"
+    )
+    # the table lives in the postgres DB; point the node there to read it
+    code, results, _ = probe_db(tmp_path, capsys, postgres.url(database="postgres"))
+    assert code == 0 and "alembic revision 29ce7909c52b" in results[0]["detail"]
+
+
+def test_wrong_password_says_so(tmp_path, capsys, postgres):
+    code, results, output = probe_db(tmp_path, capsys, postgres.url(password="wr%ng@:pw"))
+    assert code == 2
+    assert results[0]["detail"] == "authentication failed: wrong password for user airflow"
+    assert "wr%ng" not in output and "wr%25ng" not in output
+
+
+def test_missing_database_says_so(tmp_path, capsys, postgres):
+    code, results, _ = probe_db(tmp_path, capsys, postgres.url(database="nodb"))
+    assert code == 2
+    assert results[0]["detail"] == "database nodb does not exist"
+
+
+def test_separate_result_backend_is_probed_too(tmp_path, capsys, postgres):
+    backend = "db+" + postgres.url(database="nodb")
+    code, results, _ = probe_db(tmp_path, capsys, postgres.url(), result_backend=backend)
+    assert [(r["target"].split()[0], r["status"]) for r in results] == [("metadata", "OK"), ("result", "CRITICAL")]
+    assert code == 2
+
+
+def test_airflow_3_worker_probes_only_the_result_backend(tmp_path, capsys, postgres):
+    backend = "db+" + postgres.url(database="postgres")
+    code, results, _ = probe_db(tmp_path, capsys, postgres.url(), role="worker", result_backend=backend)
+    assert [r["target"].split()[0] for r in results] == ["result"]
+    assert code == 0
+
+
+def test_stopped_server_is_refused(tmp_path, capsys, postgres):
+    postgres.stop()
+    try:
+        code, results, _ = probe_db(tmp_path, capsys, postgres.url())
+    finally:
+        postgres.start()
+    assert code == 2
+    assert "connection refused" in results[0]["detail"]
