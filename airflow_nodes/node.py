@@ -121,6 +121,7 @@ def validate_node(settings: NodeSettings, where: str) -> NodeSettings:
     check_all(settings, NODE_SCHEMA, where)
     return settings
 
+
 # `airflow-node sync`: its state (read by `airflow-node health`), lock, and the DAG releases.
 SYNC_STATE_FILE = f"{STATE_DIR}/sync-state.json"
 SYNC_LOCK_FILE = f"{STATE_DIR}/sync.lock"

@@ -1,0 +1,37 @@
+"""One sync at a time per node: an flock on a lock file, held for the whole run."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def sync_lock(path: Path, wait_seconds: float) -> Iterator[str | None]:
+    """Hold an exclusive flock on path. Yield None when held, else who holds it after wait_seconds.
+
+    The kernel drops the lock when the process dies, so a killed run never blocks the next one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    yield f"pid {holder}"
+                    return
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield None
+    finally:
+        os.close(fd)

@@ -1,0 +1,24 @@
+"""One line per run to syslog (cron mails nobody), or to stderr where there is no /dev/log."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+_LOGGER = logging.getLogger("airflow_nodes.sync")
+
+
+def log_run(line: str, failed: bool) -> None:
+    """Send the run's one line to syslog (facility daemon, tag airflow-node). Never pass secrets here."""
+    if not os.path.exists("/dev/log"):
+        print(f"airflow-node sync: {line}", file=sys.stderr)  # the current stderr, not the first one seen
+        return
+    if not _LOGGER.handlers:
+        handler = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter("airflow-node[%(process)d]: %(message)s"))
+        _LOGGER.addHandler(handler)
+        _LOGGER.setLevel(logging.INFO)
+        _LOGGER.propagate = False
+    _LOGGER.log(logging.ERROR if failed else logging.INFO, line)

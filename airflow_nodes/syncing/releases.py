@@ -1,0 +1,375 @@
+"""DAG releases: complete, immutable trees published by one atomic rename of the DAG folder symlink.
+
+Layout, under /var/lib/airflow-node/dags (re-rooted under --root):
+  mirror/               the source as last fetched (never read by Airflow)
+  releases/<revision>/  published trees; unchanged files are hard links shared between releases
+  manifests/<revision>.json   path -> (kind, sha256) of each release, so a new revision is hashed
+                        from what changed only
+  staging/              a release being built; removed if a run dies
+  mirror.unpublished    present while the mirror holds something not yet published (or refused)
+
+{airflow_home}/dags (Airflow's dags_folder, never changed in airflow.cfg) is a symlink to
+releases/<revision>. Readers that resolve it once per pass (realpath, then walk) see one complete
+revision; a release stays on disk for `keep` more publishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_nodes.apply import under_root
+from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.node import DAG_RELEASES_DIR
+from airflow_nodes.syncing.changes import ITEMIZE_FORMAT, Change, parse_itemized
+
+FILE, LINK, DIR = "f", "l", "d"
+Manifest = dict[str, tuple[str, str]]  # relative path -> (kind, sha256 of content or link target)
+
+
+@dataclass(frozen=True)
+class DagLayout:
+    """Every path sync touches on one node, already re-rooted."""
+
+    root: Path
+    dags_folder: Path  # {airflow_home}/dags: the symlink Airflow reads through
+
+    @property
+    def base(self) -> Path:
+        return under_root(self.root, DAG_RELEASES_DIR)
+
+    @property
+    def mirror(self) -> Path:
+        return self.base / "mirror"
+
+    @property
+    def releases(self) -> Path:
+        return self.base / "releases"
+
+    @property
+    def manifests(self) -> Path:
+        return self.base / "manifests"
+
+    @property
+    def staging(self) -> Path:
+        return self.base / "staging"
+
+    @property
+    def unpublished_marker(self) -> Path:
+        return self.base / "mirror.unpublished"
+
+    def release_dir(self, revision: str) -> Path:
+        return self.releases / revision[:16]
+
+    def manifest_file(self, revision_dir: Path) -> Path:
+        return self.manifests / f"{revision_dir.name}.json"
+
+
+@dataclass(frozen=True)
+class DagRelease:
+    """A published tree: its content hash, where it lives, and how many files it holds."""
+
+    revision: str
+    path: Path
+    manifest: Manifest
+
+    @property
+    def file_count(self) -> int:
+        return sum(1 for kind, _ in self.manifest.values() if kind == FILE)
+
+
+@dataclass(frozen=True)
+class BuiltRelease:
+    """A complete tree in staging, not yet visible to Airflow."""
+
+    revision: str
+    path: Path
+    manifest: Manifest
+    changed: tuple[str, ...]  # files created or changed relative to the current release
+    deleted_files: int
+    skipped_links: tuple[str, ...]  # symlinks pointing outside the tree, not published
+
+    @property
+    def file_count(self) -> int:
+        return sum(1 for kind, _ in self.manifest.values() if kind == FILE)
+
+
+def tree_revision(manifest: Manifest) -> str:
+    """Given a manifest, return the tree's content hash (sha256 hex over sorted paths, kinds, digests)."""
+    digest = hashlib.sha256()
+    for path in sorted(manifest):
+        kind, content = manifest[path]
+        digest.update(f"{kind} {content} {path}\n".encode(errors="surrogateescape"))
+    return digest.hexdigest()
+
+
+def check_dags_folder(layout: DagLayout) -> None:
+    """Raise UserError if the DAG folder is a real directory with content: we never delete people's files."""
+    folder = layout.dags_folder
+    if folder.is_symlink() or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise UserError(f"{folder}: is a file where the DAG folder symlink belongs; move it away")
+    if any(folder.iterdir()):
+        raise UserError(
+            f"{folder}: is a directory with files in it; sync publishes DAGs by replacing it with a symlink: "
+            "move its files to the DAG source and remove it"
+        )
+
+
+def current_release(layout: DagLayout) -> DagRelease | None:
+    """Return the release the DAG folder points to (with its manifest), or None before the first publish."""
+    if not layout.dags_folder.is_symlink():
+        return None
+    target = Path(os.readlink(layout.dags_folder))
+    if target.parent != layout.releases or not target.is_dir():
+        return None
+    try:
+        data = json.loads(layout.manifest_file(target).read_text())
+        manifest = {path: (kind, digest) for path, (kind, digest) in data["entries"].items()}
+        return DagRelease(data["revision"], target, manifest)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # rebuilt in full from the mirror: slower, never wrong
+
+
+def prepare_work_dirs(layout: DagLayout, owner: tuple[int, int] | None) -> None:
+    """Create the release directories; remove staging left by a run that died. owner: for the mirror."""
+    for directory in (layout.base, layout.releases, layout.manifests):
+        directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.base, 0o755)  # the airflow user walks through it to its releases
+    if layout.staging.exists():
+        shutil.rmtree(layout.staging)
+    layout.staging.mkdir()
+    layout.mirror.mkdir(exist_ok=True)
+    if owner is not None:
+        os.chown(layout.mirror, *owner)
+
+
+def local_changes(source: Path, current: Path) -> tuple[Change, ...]:
+    """Given two local trees, return what differs (rsync dry run by checksum; .git skipped).
+
+    By checksum, because git checks files out with the current time: a same-size edit checked out
+    in the same second as the last one would look unchanged to rsync's size-and-mtime check.
+    """
+    argv = ["rsync", "-a", "--checksum", "--delete", "--safe-links", "--dry-run", "--exclude=/.git", ITEMIZE_FORMAT,
+            f"{source}/", f"{current}/"]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, errors="surrogateescape")
+    if result.returncode != 0:
+        raise OperationError(f"comparing {source} with {current}: {result.stderr.strip()[-300:]}")
+    return parse_itemized(result.stdout)
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return (
+            hashlib.file_digest(handle, "sha256").hexdigest()
+            if hasattr(hashlib, "file_digest")
+            else (hashlib.sha256(handle.read()).hexdigest())
+        )
+
+
+def _link_is_safe(relative: str, target: str) -> bool:
+    """Whether a symlink at `relative` pointing to `target` stays inside the tree (as rsync --safe-links)."""
+    if os.path.isabs(target):
+        return False
+    resolved = os.path.normpath(os.path.join(os.path.dirname(relative), target))
+    return resolved != ".." and not resolved.startswith("../")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _drop_under(manifest: Manifest, prefix: str) -> None:
+    for key in [k for k in manifest if k.startswith(prefix + "/")]:
+        del manifest[key]
+
+
+def _new_staging_dir(layout: DagLayout) -> Path:
+    return layout.staging / f"build-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def build_release(
+    layout: DagLayout,
+    current: DagRelease | None,
+    changes: tuple[Change, ...] | None,
+    owner: tuple[int, int] | None,
+) -> BuiltRelease:
+    """Given the current release and what changed in the mirror, return a complete new tree in staging.
+
+    Unchanged files are hard links to the current release (cost proportional to the change); changed
+    files are fresh copies, so a published inode is never written. Without a current release or a
+    change list, the whole mirror is copied.
+    """
+    staging = _new_staging_dir(layout)
+    if current is None or changes is None:
+        return _build_full(layout, staging, current, owner)
+    _run(["cp", "-al", "--", str(current.path), str(staging)], "linking the current release")
+    manifest = dict(current.manifest)
+    changed: list[str] = []
+    skipped: list[str] = []
+    deleted_files = 0
+    for change in sorted((c for c in changes if c.deleted), key=lambda c: c.path.count("/"), reverse=True):
+        kind = manifest.pop(change.path, ("",))[0]
+        deleted_files += kind == FILE
+        if kind == DIR:  # its files were listed before it (deepest first); this catches any left
+            deleted_files += sum(
+                1 for k, (entry, _) in manifest.items() if k.startswith(change.path + "/") and entry == FILE
+            )
+            _drop_under(manifest, change.path)
+        _remove(staging / change.path)
+    for change in sorted((c for c in changes if not c.deleted), key=lambda c: c.path.count("/")):
+        source, target = layout.mirror / change.path, staging / change.path
+        try:
+            info = source.lstat()
+        except FileNotFoundError:  # gone since the listing: it is not in the new tree either
+            if target.is_symlink() or target.exists():
+                deleted_files += manifest.get(change.path, ("",))[0] == FILE
+                _remove(target)
+            if manifest.pop(change.path, ("",))[0] == DIR:
+                _drop_under(manifest, change.path)
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                target.unlink()
+            target.mkdir(exist_ok=True)
+            shutil.copystat(source, target, follow_symlinks=False)
+            manifest[change.path] = (DIR, "")
+            continue
+        if target.is_symlink() or target.exists():
+            _remove(target)  # never write through a link into the current release's inode
+        if manifest.pop(change.path, ("",))[0] == DIR:
+            _drop_under(manifest, change.path)
+        if stat.S_ISLNK(info.st_mode):
+            link = os.readlink(source)
+            if not _link_is_safe(change.path, link):
+                skipped.append(change.path)
+                continue
+            os.symlink(link, target)
+            manifest[change.path] = (LINK, hashlib.sha256(link.encode(errors="surrogateescape")).hexdigest())
+        elif stat.S_ISREG(info.st_mode):
+            shutil.copy2(source, target, follow_symlinks=False)
+            manifest[change.path] = (FILE, _file_digest(target))
+            changed.append(change.path)
+        else:
+            continue  # sockets, fifos, devices: not DAGs
+        if owner is not None:
+            os.chown(target, *owner, follow_symlinks=False)
+    for path in list(changed):
+        if path not in manifest:
+            changed.remove(path)
+    return BuiltRelease(tree_revision(manifest), staging, manifest, tuple(changed), deleted_files, tuple(skipped))
+
+
+def _build_full(
+    layout: DagLayout, staging: Path, current: DagRelease | None, owner: tuple[int, int] | None
+) -> BuiltRelease:
+    _run(["rsync", "-a", "--safe-links", "--exclude=/.git", f"{layout.mirror}/", f"{staging}/"], "copying the mirror")
+    manifest: Manifest = {}
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(staging):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, staging)
+            info = os.lstat(full)
+            if stat.S_ISDIR(info.st_mode):
+                manifest[rel] = (DIR, "")
+            elif stat.S_ISLNK(info.st_mode):
+                link = os.readlink(full)
+                if not _link_is_safe(rel, link):
+                    os.unlink(full)
+                    skipped.append(rel)
+                    continue
+                manifest[rel] = (LINK, hashlib.sha256(link.encode(errors="surrogateescape")).hexdigest())
+            elif stat.S_ISREG(info.st_mode):
+                manifest[rel] = (FILE, _file_digest(Path(full)))
+            else:
+                os.unlink(full)
+                continue
+            if owner is not None:
+                os.chown(full, *owner, follow_symlinks=False)
+    old = current.manifest if current else {}
+    changed = tuple(p for p, entry in manifest.items() if entry[0] == FILE and old.get(p) != entry)
+    deleted = sum(1 for p, (kind, _) in old.items() if kind == FILE and manifest.get(p, ("",))[0] != FILE)
+    return BuiltRelease(tree_revision(manifest), staging, manifest, changed, deleted, tuple(skipped))
+
+
+def _run(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise OperationError(f"{what}: {(result.stderr.strip().splitlines() or ['failed'])[-1]}")
+
+
+def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+
+
+def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | None) -> DagRelease:
+    """Move a built tree to releases/ and flip the DAG folder symlink to it with one rename. Return it.
+
+    A revision already on disk (say, a revert) is re-used as it is: releases are never modified.
+    """
+    final = layout.release_dir(built.revision)
+    if final.exists():
+        shutil.rmtree(built.path)
+    else:
+        subprocess.run(["sync", "-f", str(built.path)], check=False)  # data on disk before it is visible
+        os.rename(built.path, final)
+    os.utime(final)  # publish order, for pruning
+    entries = {path: list(entry) for path, entry in sorted(built.manifest.items())}
+    _write_atomically(
+        layout.manifest_file(final), json.dumps({"revision": built.revision, "entries": entries}).encode()
+    )
+    flip_dags_folder(layout.dags_folder, final, owner)
+    return DagRelease(built.revision, final, built.manifest)
+
+
+def flip_dags_folder(dags_folder: Path, target: Path, owner: tuple[int, int] | None) -> None:
+    """Point dags_folder at target with a single rename of a new symlink over the old one.
+
+    The first publish replaces the empty directory `init` created (checked by check_dags_folder).
+    """
+    temp = dags_folder.with_name(f".{dags_folder.name}.airflow-node-{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    os.symlink(target, temp)
+    if owner is not None:
+        os.chown(temp, *owner, follow_symlinks=False)
+    if dags_folder.is_dir() and not dags_folder.is_symlink():
+        dags_folder.rmdir()  # empty (checked before the run): nothing was published yet
+    os.replace(temp, dags_folder)
+    fd = os.open(dags_folder.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prune_releases(layout: DagLayout, keep: int) -> list[str]:
+    """Remove all but the `keep` newest releases (never the published one). Return the names removed."""
+    published = Path(os.readlink(layout.dags_folder)).name if layout.dags_folder.is_symlink() else None
+    releases = sorted(layout.releases.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    removed = []
+    for release in releases[keep:]:
+        if release.name == published:
+            continue
+        shutil.rmtree(release, ignore_errors=True)
+        layout.manifest_file(release).unlink(missing_ok=True)
+        removed.append(release.name)
+    return removed

@@ -1,0 +1,233 @@
+"""`airflow-node sync`: one run, under the lock: DAGs from the source, then the cluster file from the master."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airflow_nodes.apply import Runner, run_command, under_root
+from airflow_nodes.context import NodeContext
+from airflow_nodes.control import load_context
+from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.node import CLUSTER_FILE, SYNC_LOCK_FILE
+from airflow_nodes.syncing.checks import Guards, check_guards, check_python
+from airflow_nodes.syncing.commands import TransferRunner
+from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sha256_of, sync_config
+from airflow_nodes.syncing.lock import sync_lock
+from airflow_nodes.syncing.logline import log_run
+from airflow_nodes.syncing.releases import (
+    DagLayout,
+    build_release,
+    check_dags_folder,
+    current_release,
+    local_changes,
+    prepare_work_dirs,
+    prune_releases,
+    publish,
+)
+from airflow_nodes.syncing.source import open_source
+from airflow_nodes.syncing.spec import PATH, SSH, DagSourceSpec, parse_dags_source
+from airflow_nodes.syncing.state import SyncState, read_state, utc_now, write_state
+
+PUBLISHED, UNCHANGED, SKIPPED = "published", "unchanged", "skipped"
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    root: Path = Path("/")
+    guards: Guards = Guards()
+    keep_releases: int = 5
+    lock_wait: float = 10.0  # seconds to wait for a running sync before giving up (exit 0)
+    ssh_key: str | None = None
+    ssh_extra: tuple[str, ...] = ()  # from $AIRFLOW_NODE_SSH_OPTS
+    dags_only: bool = False
+    master_root: str = ""  # tests: the master's files live under this directory
+    runner: Runner = run_command  # runs apply's restart commands (real system only)
+
+
+@dataclass(frozen=True)
+class DagOutcome:
+    status: str  # PUBLISHED or UNCHANGED
+    revision: str
+    source_revision: str
+    changed_files: int = 0
+    deleted_files: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    status: str  # PUBLISHED, UNCHANGED or SKIPPED
+    dags: DagOutcome | None = None
+    config: ConfigSyncOutcome | None = None
+    seconds: float = 0.0
+    details: tuple[str, ...] = field(default=())  # -v
+
+    @property
+    def summary(self) -> str:
+        """One line, for people and syslog."""
+        if self.status == SKIPPED:
+            return self.details[0] if self.details else "another sync is running; skipped"
+        dags = self.dags
+        if dags and dags.status == PUBLISHED:
+            text = f"dags published {dags.revision[:12]} ({dags.changed_files} changed, {dags.deleted_files} deleted)"
+        else:
+            text = f"dags unchanged at {dags.revision[:12] if dags else '?'}"
+        if dags and dags.warnings:
+            text += f"; {len(dags.warnings)} warning(s): {dags.warnings[0]}"
+        if self.config is None:
+            text += "; config not synced here"
+        elif self.config.changed:
+            verb = "restarted" if self.config.ran_commands else "to run"
+            text += f"; config re-rendered, {verb}: {', '.join(self.config.commands) or 'nothing'}"
+        else:
+            text += "; config unchanged"
+        return f"{text} ({self.seconds:.2f} s)"
+
+
+def _transfer_user(ctx: NodeContext, root: Path) -> tuple[str | None, tuple[int, int] | None]:
+    """As root on the real system, transfers run as the airflow user and files are owned by it."""
+    if root != Path("/") or os.geteuid() != 0:
+        return None, None
+    try:
+        account = pwd.getpwnam(ctx.cluster.airflow_user)
+    except KeyError:
+        raise UserError(
+            f"{CLUSTER_FILE}: cluster.airflow_user {ctx.cluster.airflow_user!r} does not exist here"
+        ) from None
+    return ctx.cluster.airflow_user, (account.pw_uid, account.pw_gid)
+
+
+def effective_source(ctx: NodeContext) -> DagSourceSpec:
+    """The DAG source this node reads: on the master, an SSH spec naming the master itself is read locally."""
+    spec = parse_dags_source(ctx.cluster.dags_source, f"{CLUSTER_FILE}: dags.source")
+    local_names = {ctx.cluster.master_host, socket.gethostname(), socket.getfqdn()}
+    if ctx.node.role == "master" and spec.kind == SSH and spec.host in local_names:
+        return DagSourceSpec(PATH, path=spec.path)
+    return spec
+
+
+def sync_dags(
+    layout: DagLayout, request: SyncRequest, spec: DagSourceSpec, transfer: TransferRunner,
+    owner: tuple[int, int] | None, state: SyncState, details: list[str], seen: dict[str, str],
+) -> DagOutcome:  # fmt: skip
+    """Fetch, build, check and publish one release. Raise OperationError/UserError; nothing published then."""
+    started = time.monotonic()
+    prepare_work_dirs(layout, owner)
+    current = current_release(layout)
+    pending = layout.unpublished_marker.exists()
+    layout.unpublished_marker.touch()  # the mirror may move ahead of the published tree from here on
+    source = open_source(spec, transfer, layout.root)
+    fetched = source.fetch(layout.mirror, state.source_revision if current and not pending else None)
+    details.append(f"fetched from {spec.describe()} in {time.monotonic() - started:.2f} s")
+    if fetched.source_revision:
+        seen["source_revision"] = fetched.source_revision
+
+    def unchanged() -> DagOutcome:
+        layout.unpublished_marker.unlink()
+        revision = current.revision
+        return DagOutcome(UNCHANGED, revision, fetched.source_revision or state.source_revision or revision)
+
+    if current is not None and not pending and (fetched.unchanged or fetched.changes == ()):
+        return unchanged()
+    changes = fetched.changes if not pending else None
+    if current is not None and changes is None:
+        changes = local_changes(layout.mirror, current.path)
+        if not changes:
+            return unchanged()
+    built = build_release(layout, current, changes, owner)
+    details.append(f"built {built.revision[:12]}: {len(built.changed)} files copied, {built.deleted_files} deleted")
+    seen.setdefault("source_revision", built.revision)
+    if current is not None and built.revision == current.revision:  # only times or modes moved
+        shutil.rmtree(built.path)
+        return unchanged()
+    try:
+        check_guards(built, current, request.guards, spec.describe())
+        warnings = check_python(built, request.guards.validate)
+    except BaseException:
+        shutil.rmtree(built.path, ignore_errors=True)
+        raise
+    warnings = [*warnings, *(f"not published: symlink {p} points outside the tree" for p in built.skipped_links)]
+    release = publish(layout, built, owner)
+    layout.unpublished_marker.unlink()
+    removed = prune_releases(layout, request.keep_releases)
+    details.append(f"published {release.path}; pruned {len(removed)} old release(s)")
+    return DagOutcome(
+        PUBLISHED, release.revision, fetched.source_revision or release.revision,
+        len(built.changed), built.deleted_files, tuple(warnings),
+    )  # fmt: skip
+
+
+def sync(request: SyncRequest) -> SyncResult:
+    """Given a SyncRequest, sync this node's DAGs and config; return what happened.
+
+    Raise UserError (bad setup) or OperationError (source unreachable, transfer failed, guard refused);
+    either way the published DAGs and the config stay as they were, and the state file records the error.
+    """
+    started = time.monotonic()
+    root = request.root
+    ctx = load_context(root)
+    layout = DagLayout(root, under_root(root, f"{ctx.airflow_home}/dags"))
+    check_dags_folder(layout)
+    spec = effective_source(ctx)
+    user, owner = _transfer_user(ctx, root)
+    transfer = TransferRunner(user=user, ssh_key=request.ssh_key, ssh_extra=request.ssh_extra)
+    with sync_lock(under_root(root, SYNC_LOCK_FILE), request.lock_wait) as holder:
+        if holder is not None:
+            message = f"another sync is running ({holder}); skipped"
+            log_run(message, failed=False)
+            return SyncResult(SKIPPED, seconds=time.monotonic() - started, details=(message,))
+        return _sync_locked(request, ctx, layout, spec, transfer, owner, started)
+
+
+def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncResult:
+    root = request.root
+    state = read_state(root)
+    attempt = utc_now()
+    details: list[str] = []
+    seen: dict[str, str] = {}
+    errors: list[Exception] = []
+    dags = config = None
+    try:
+        dags = sync_dags(layout, request, spec, transfer, owner, state, details, seen)
+    except (UserError, OperationError) as exc:
+        errors.append(exc)
+    if ctx.node.role == "worker" and not request.dags_only:
+        try:  # even when the DAGs failed: a rotated secret must still arrive
+            config = sync_config(ctx, root, spec, transfer, request.master_root, request.guards.force, request.runner)
+        except (UserError, OperationError) as exc:
+            errors.append(exc)
+    published = current_release(layout)
+    new_state = dataclasses.replace(
+        state,
+        dag_revision=published.revision if published else state.dag_revision,
+        source_revision=(dags.source_revision if dags else seen.get("source_revision", state.source_revision)),
+        config_hash=sha256_of(under_root(root, ctx.airflow_cfg)),
+        cluster_file_hash=sha256_of(under_root(root, CLUSTER_FILE)),
+        last_attempt=attempt,
+        last_success=attempt if not errors else state.last_success,
+        last_error="; ".join(str(e) for e in errors) if errors else None,
+    )
+    write_state(root, new_state)
+    if errors:
+        log_run(f"failed: {new_state.last_error}", failed=True)
+        error_type = OperationError if any(isinstance(e, OperationError) for e in errors) else UserError
+        raise error_type(new_state.last_error)
+    result = SyncResult(dags.status, dags, config, seconds=time.monotonic() - started, details=tuple(details))
+    log_run(result.summary, failed=False)
+    return result
+
+
+def format_status(root: Path) -> str:
+    """Return the state file as `key: value` lines (what `airflow-node health` reads)."""
+    state = read_state(root)
+    width = max(len(f.name) for f in dataclasses.fields(SyncState))
+    return "\n".join(
+        f"{key:<{width}}  {value if value is not None else '-'}" for key, value in dataclasses.asdict(state).items()
+    )

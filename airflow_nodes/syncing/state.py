@@ -1,0 +1,61 @@
+"""The sync state file, read by `airflow-node health`: JSON with exactly the keys of SyncState."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from airflow_nodes.apply import under_root
+from airflow_nodes.errors import UserError
+from airflow_nodes.node import SYNC_STATE_FILE
+
+
+@dataclass(frozen=True)
+class SyncState:
+    dag_revision: str | None = None  # content hash of the published DAG tree
+    source_revision: str | None = None  # the source as last fetched: tree hash, or git commit
+    config_hash: str | None = None  # sha256 of this node's airflow.cfg after the last sync
+    cluster_file_hash: str | None = None  # sha256 of the local cluster.toml
+    last_success: str | None = None  # ISO-8601 UTC
+    last_attempt: str | None = None
+    last_error: str | None = None  # one line; None after a successful run
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def state_path(root: Path) -> Path:
+    return under_root(root, SYNC_STATE_FILE)
+
+
+def read_state(root: Path) -> SyncState:
+    """Return the recorded state, or an empty one before the first sync. Raise UserError if corrupt."""
+    path = state_path(root)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return SyncState()
+    except (OSError, ValueError):
+        raise UserError(f"{path}: the sync state is unreadable; remove it (the next sync rewrites it)") from None
+    known = {f.name for f in dataclasses.fields(SyncState)}
+    return SyncState(**{key: value for key, value in data.items() if key in known})
+
+
+def write_state(root: Path, state: SyncState) -> None:
+    """Write the state file atomically (temp file beside it, fsync, rename); 0644: it holds no secrets."""
+    path = state_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    data = (json.dumps(dataclasses.asdict(state), indent=2) + "\n").encode()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
