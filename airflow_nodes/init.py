@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,25 +141,23 @@ def _validate_options(config: ClusterConfig) -> ClusterConfig:
 
 
 def fetch_cluster_from_master(spec: str) -> bytes:
-    """Read the master's cluster file over SSH ([user@]host[:port]); the bytes never touch our disk."""
+    """Read the master's cluster file over SSH ([user@]host[:port]), the channel the DAG sync uses.
+
+    The bytes never touch our disk before they are validated. Extra ssh options (a key, known
+    hosts) come from $AIRFLOW_NODE_SSH_OPTS, as for `airflow-node sync`.
+    """
+    from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
+    from airflow_nodes.syncing.config_sync import fetch_master_cluster_file
+
     user, _, hostport = spec.rpartition("@")
     host, _, port = hostport.partition(":")
     if not host or (port and not port.isdigit()):
         raise UserError(f"--from-master: {spec!r} is not [user@]host[:port]")
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-    if port:
-        argv += ["-p", port]
-    argv += [f"{user or 'airflow'}@{host}", "cat", CLUSTER_FILE]
+    runner = TransferRunner(ssh_extra=ssh_extra_from_env())
     try:
-        result = subprocess.run(argv, capture_output=True, timeout=60, check=False)
-    except FileNotFoundError:
-        raise OperationError("--from-master: ssh is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise OperationError(f"--from-master: {host} did not answer within 60 s") from None
-    if result.returncode != 0:
-        reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise OperationError(f"--from-master: cannot read {CLUSTER_FILE} on {host}: {reason[0]}")
-    return result.stdout
+        return fetch_master_cluster_file(runner, f"{user or 'airflow'}@{host}", int(port) if port else None, "")
+    except OperationError as exc:
+        raise OperationError(f"--from-master: {str(exc).removesuffix('; the published DAGs are unchanged')}") from None
 
 
 def worker_cluster_text(request: InitRequest, existing_text: bytes | None) -> tuple[bytes, str]:

@@ -271,3 +271,19 @@ def test_role_change_is_refused(run_cli, tmp_path, cluster_file):
     result = run_cli("init", "--role", "master", "--root", tmp_path, "--airflow-version", "3.3.2")
     assert result.code == 2 and "already a worker" in result.err
     assert snapshot(tmp_path) == before
+
+
+def test_from_master_unreachable_is_one_line_exit_1_nothing_written(run_cli, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the block ends: nobody listens there
+    monkeypatch.setenv("AIRFLOW_NODE_SSH_OPTS", "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null")
+    root = tmp_path / "node"
+    result = run_cli("init", "--role", "worker", "--root", root, "--airflow-version", "3.3.2",
+                     "--from-master", f"airflow@127.0.0.1:{port}")  # fmt: skip
+    assert result.code == 1
+    assert result.err.startswith("airflow-node: --from-master: reading airflow@127.0.0.1:/etc/airflow-node/")
+    assert "Connection refused" in result.err and len(result.err.strip().splitlines()) == 1
+    assert not root.exists()
