@@ -31,7 +31,6 @@ from airflow_nodes.redaction import redact
 CREATE, UPDATE, PERMISSIONS, UNCHANGED = "create", "update", "permissions", "unchanged"
 EDITED, FOREIGN = "edited", "foreign"
 BACKUP_SUFFIX = ".airflow-node-backup"
-NOLOGIN = "/usr/sbin/nologin"
 
 Runner = Callable[[Sequence[str]], None]
 

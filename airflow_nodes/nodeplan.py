@@ -90,7 +90,9 @@ def build_node_plan(cluster: ClusterConfig, cluster_text: bytes, node: NodeSetti
         dirs.append(PlannedDir(node.supervisor_conf_file.rsplit("/", 1)[0], 0o755))
 
     return Plan(
-        users=(SystemUser(user, ctx.airflow_home),),
+        # on the master, workers log in as this user (key only: it has no password) to pull DAGs
+        # and the cluster file with rsync and ssh, which need a shell
+        users=(SystemUser(user, ctx.airflow_home, "/bin/sh" if node.role == "master" else "/usr/sbin/nologin"),),
         dirs=tuple(dirs),
         files=tuple(files),
         triggers=tuple(init_system.triggers(ctx, (ctx.airflow_cfg, ctx.env_file))),

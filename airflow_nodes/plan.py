@@ -27,6 +27,7 @@ class PlannedDir:
 class SystemUser:
     name: str
     home: str
+    shell: str = "/usr/sbin/nologin"
 
 
 @dataclass(frozen=True)
