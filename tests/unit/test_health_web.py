@@ -12,9 +12,15 @@ import pytest
 
 from airflow_nodes.cli import main
 
-NOW = datetime.now(timezone.utc)
-RECENT = (NOW - timedelta(seconds=4)).isoformat()
-OLD = (NOW - timedelta(minutes=10)).isoformat()
+# Heartbeats relative to the moment the response is served (see the web fixture).
+RECENT, OLD = "__4_SECONDS_AGO__", "__10_MINUTES_AGO__"
+
+
+def served(body: object) -> bytes:
+    now = datetime.now(timezone.utc)
+    text = json.dumps(body)
+    text = text.replace(RECENT, (now - timedelta(seconds=4)).isoformat())
+    return text.replace(OLD, (now - timedelta(minutes=10)).isoformat()).encode()
 
 # Verified on 3.3.2 (fresh cluster, scheduler not yet heartbeating).
 AIRFLOW_3_UNHEALTHY = {
@@ -49,7 +55,7 @@ def web():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             status, body = routes.get(self.path, (404, {"detail": "Not Found"}))
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            data = body if isinstance(body, bytes) else served(body)
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

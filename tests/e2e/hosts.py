@@ -1,0 +1,261 @@
+"""Hosts for the end-to-end test, all on this machine: network namespaces joined by a bridge, a master
+booted under a real systemd (systemd-nspawn), workers as processes with their own network, mount
+and UTS namespaces (own /etc, /opt, /var/lib, /var/log, /run and host name), and servers.
+
+Everything is started by PID or namespace and removed by close(), also when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+PREFIX = "afe2e"
+SUBNET = "10.231.7"
+CACHE = Path(os.environ.get("AIRFLOW_NODES_TEST_CACHE", Path.home() / ".cache" / "airflow-nodes-tests"))
+ROOTFS_PACKAGES = (
+    "systemd,systemd-sysv,dbus,python3,cron,rsync,procps,libpam-systemd,openssh-server,openssh-client,iproute2,passwd"
+)
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def sh(argv: Sequence[object], *, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command and return its result (text). Raise with its output if it fails and check is set."""
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, argv))} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.5) -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class Network:
+    """A bridge in a namespace of its own; every host namespace has a veth pair into it."""
+
+    def __init__(self) -> None:
+        self.switch = f"{PREFIX}-sw"
+        self.namespaces: list[str] = []
+        self._add_namespace(self.switch)
+        sh(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
+        sh(["ip", "-n", self.switch, "link", "set", "br0", "up"])
+
+    def _add_namespace(self, name: str) -> None:
+        sh(["ip", "netns", "del", name], check=False)  # left over from a killed run
+        sh(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        sh(["ip", "-n", name, "link", "set", "lo", "up"])
+
+    def add_host(self, name: str, address: str) -> str:
+        namespace = f"{PREFIX}-{name}"
+        self._add_namespace(namespace)
+        port, nic = f"p-{name}"[:15], f"eth-{name}"[:15]
+        sh(["ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", nic, "netns", namespace])
+        sh(["ip", "-n", self.switch, "link", "set", port, "master", "br0", "up"])
+        sh(["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", nic])
+        sh(["ip", "-n", namespace, "link", "set", nic, "up"])
+        return namespace
+
+    def close(self) -> None:
+        for namespace in reversed(self.namespaces):
+            for pid in sh(["ip", "netns", "pids", namespace], check=False).stdout.split():
+                _kill(int(pid))
+            sh(["ip", "netns", "del", namespace], check=False)
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses (never a hard-coded host)."""
+    for path in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
+        if path.exists():
+            for line in path.read_text().splitlines():
+                words = line.split()
+                if words[:1] == ["URIs:"] or (words[:1] == ["deb"] and len(words) > 2):
+                    return words[1] if words[0] == "URIs:" else words[1]
+    raise AssertionError("no Debian mirror in /etc/apt: cannot debootstrap the master's root file system")
+
+
+def cached_rootfs() -> Path:
+    """A Debian bookworm root file system for the master container, built once (about 70 s) and kept."""
+    rootfs = CACHE / "rootfs-bookworm"
+    done = CACHE / "rootfs-bookworm.complete"
+    if done.exists():
+        return rootfs
+    shutil.rmtree(rootfs, ignore_errors=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sh(["debootstrap", "--variant=minbase", f"--include={ROOTFS_PACKAGES}", "bookworm", rootfs, debian_mirror()],
+       timeout=900)  # fmt: skip
+    done.touch()
+    return rootfs
+
+
+class Master:
+    """The master host: a booted systemd-nspawn container that joins the master's network namespace."""
+
+    def __init__(self, rootfs: Path, namespace: str, binds: Sequence[Path], log: Path, hostname: str = "master"):
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in close()
+        argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--console=passive",
+                f"--network-namespace-path=/run/netns/{namespace}", "--volatile=overlay", "-D", str(rootfs),
+                f"--hostname={hostname}", f"--machine={PREFIX}-{hostname}",
+                *(f"--bind={path}" for path in binds), "-b"]  # fmt: skip
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        wait_for(self._booted, 60, "the master container to boot")
+
+    def init_pid(self) -> int | None:
+        for child in sh(["pgrep", "-P", self.process.pid], check=False).stdout.split():
+            if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                return int(child)
+        return None
+
+    def _booted(self) -> bool:
+        assert self.process.poll() is None, "systemd-nspawn exited; see the container log"
+        pid = self.init_pid()
+        if pid is None:
+            return False
+        state = sh(["nsenter", "-t", pid, "-a", "systemctl", "is-system-running"], check=False).stdout.strip()
+        return state in ("running", "degraded")
+
+    def run(self, *argv: object, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+        pid = self.init_pid()
+        assert pid, "the master container is not running"
+        return sh(["nsenter", "-t", pid, "-a", *argv], check=check, timeout=timeout, **kwargs)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # a clean halt of the container
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+class Worker:
+    """A worker host: processes in their own network, mount and UTS namespaces, with private
+    /etc (a copy of this machine's), /opt, /var/lib, /var/log and /run, and their own host name."""
+
+    PRIVATE = ("etc", "opt", "var/lib", "var/log")
+
+    def __init__(self, name: str, namespace: str, workdir: Path):
+        self.name, self.workdir = name, workdir
+        for directory in self.PRIVATE:
+            (workdir / directory).mkdir(parents=True, exist_ok=True)
+        sh(["cp", "-a", "/etc/.", workdir / "etc"])
+        mounts = "\n".join(f"mount --bind {workdir / d} /{d}" for d in self.PRIVATE)
+        script = f"""set -e
+mount --make-rprivate /
+hostname {name}
+{mounts}
+mount -t tmpfs -o mode=0755 tmpfs /run
+touch {workdir}/ready
+exec sleep infinity
+"""
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "unshare", "--mount", "--uts", "--fork", "--", "sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+        )
+        wait_for(lambda: (workdir / "ready").exists() and self.anchor_pid(), 20, f"worker {name} namespaces")
+
+    def anchor_pid(self) -> int | None:
+        """The `sleep` that holds the namespaces open (child of unshare)."""
+        unshare = sh(["pgrep", "-P", self.process.pid], check=False).stdout.split()
+        for pid in unshare:
+            for child in sh(["pgrep", "-P", pid], check=False).stdout.split():
+                if Path(f"/proc/{child}/comm").read_text().strip() == "sleep":
+                    return int(child)
+        return None
+
+    def run(self, *argv: object, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+        pid = self.anchor_pid()
+        assert pid, f"worker {self.name} is not running"
+        return sh(["nsenter", "-t", pid, "-m", "-u", "-n", "--", *argv], check=check, timeout=timeout, **kwargs)
+
+    def popen(self, *argv: object, **kwargs) -> subprocess.Popen:
+        pid = self.anchor_pid()
+        return subprocess.Popen(["nsenter", "-t", str(pid), "-m", "-u", "-n", "--", *map(str, argv)], **kwargs)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class Redis:
+    """redis-server with a password (read from a 0600 config file, never from argv) on the master host."""
+
+    def __init__(self, namespace: str, address: str, password: str, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "redis.conf"
+        fd = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as conf:
+            conf.write(f"bind {address} 127.0.0.1\nport 6379\nrequirepass {password}\nsave \"\"\n"
+                       f"appendonly no\ndir {workdir}\nprotected-mode no\n")  # fmt: skip
+        self.namespace, self.address = namespace, address
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespace, "redis-server", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._listening, 15, "redis-server")
+
+    def _listening(self) -> bool:
+        probe = f"import socket; socket.create_connection(('{self.address}', 6379), 1)"
+        return sh(["ip", "netns", "exec", self.namespace, "python3", "-c", probe], check=False).returncode == 0
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+class Postgres:
+    """A private PostgreSQL 15 cluster on the master host, password (scram) auth on its address."""
+
+    def __init__(self, namespace: str, address: str, password: str, workdir: Path):
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(workdir, "postgres", "postgres")
+        data = workdir / "data"
+        as_postgres = dict(user="postgres", group="postgres", extra_groups=[])
+        sh([PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
+            "--no-sync", "-E", "UTF8"], **as_postgres)  # fmt: skip
+        # a scram hash cannot be computed here without the server, so the password goes in over stdin
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", data,
+             "-k", workdir, "-c", f"listen_addresses={address},127.0.0.1", "-c", "fsync=off",
+             "-c", "max_connections=200", "-c", "shared_buffers=64MB"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: sh([PG_BIN / "pg_isready", "-h", workdir, "-q"], check=False).returncode == 0, 30, "postgres")
+        quoted = password.replace("'", "''")
+        sql = f"CREATE ROLE airflow LOGIN PASSWORD '{quoted}';\nCREATE DATABASE airflow OWNER airflow;\n"
+        sh([PG_BIN.parent / "bin" / "psql", "-h", workdir, "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"],
+           input=sql, **as_postgres)  # fmt: skip
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)

@@ -1,0 +1,415 @@
+"""End-to-end proof: a real three-host Airflow cluster built only with `airflow-node`.
+
+master  10.231.7.1   systemd (nspawn container): api-server, scheduler, dag-processor, triggerer, flower,
+                     plus the test's Redis (password) and PostgreSQL (scram) on the same host
+worker1 10.231.7.11  supervisord: airflow celery worker -c 2 -q q1,default
+worker2 10.231.7.12  supervisord: airflow celery worker -c 2 -q q2,default
+
+Only product commands configure the hosts: `airflow-node install-airflow`, `init`, `sync`, `start`,
+`restart`, `health`. The test drives Airflow through its REST API and checks the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from hosts import SUBNET, Master, Network, Postgres, Redis, Worker, cached_rootfs, sh, wait_for
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+# Airflow venvs kept between runs; outside /root, which the airflow user cannot enter.
+VENVS = Path(os.environ.get("AIRFLOW_NODES_E2E_VENVS", "/var/cache/airflow-nodes-e2e"))
+DEBIAN_PYTHON = "/usr/bin/python3.11"  # the same interpreter exists inside the master's Debian rootfs
+AIRFLOW_VERSION = os.environ.get("E2E_AIRFLOW_VERSION", "3.3.2")
+MASTER = f"{SUBNET}.1"
+WORKERS = {"worker1": (f"{SUBNET}.11", "q1,default"), "worker2": (f"{SUBNET}.12", "q2,default")}
+# Secrets with characters that need URL quoting and %-escaping in every format we write.
+REDIS_PASSWORD = "redis-Pw%42!e2e"
+DB_PASSWORD = "pg-P@ss%w0rd:e2e"
+SSH_OPTS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+
+DAGS = """
+from datetime import datetime
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG
+
+with DAG("e2e_spread", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
+         is_paused_upon_creation=False):
+    BashOperator(task_id="on_worker1", bash_command="echo ran-on-$(hostname)", queue="q1")
+    BashOperator(task_id="on_worker2", bash_command="echo ran-on-$(hostname)", queue="q2")
+
+with DAG("e2e_long", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
+         is_paused_upon_creation=False):
+    BashOperator(task_id="sleepy", bash_command="sleep 25; echo finished-through-a-restart", queue="q1")
+"""
+
+API_CLIENT = r"""
+import json, sys, urllib.request
+request = json.load(sys.stdin)
+req = urllib.request.Request(request["url"], method=request["method"],
+                             data=json.dumps(request["body"]).encode() if request["body"] is not None else None)
+req.add_header("Content-Type", "application/json")
+req.add_header("Accept", "application/json")
+if request["token"]:
+    req.add_header("Authorization", "Bearer " + request["token"])
+try:
+    with urllib.request.urlopen(req, timeout=20) as response:
+        print(json.dumps({"status": response.status, "body": response.read().decode()}))
+except urllib.error.HTTPError as error:
+    print(json.dumps({"status": error.code, "body": error.read().decode()}))
+except OSError as error:
+    print(json.dumps({"status": 0, "body": str(error)}))
+"""
+
+
+class Steps:
+    """Names the step being run, and records durations, so a failure says where it happened."""
+
+    def __init__(self) -> None:
+        self.current = "setup"
+        self.timings: list[tuple[str, float]] = []
+        self.started = time.monotonic()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.current, start = name, time.monotonic()
+        print(f"\n=== {name}", flush=True)
+        yield
+        self.timings.append((name, time.monotonic() - start))
+        print(f"    done in {time.monotonic() - start:.1f}s", flush=True)
+
+
+class Cluster:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.closers: list = []
+        self.workers: dict[str, Worker] = {}
+        self.token: str | None = None
+
+    # -- building ---------------------------------------------------------------------------
+
+    def tool_venv(self) -> Path:
+        """airflow-nodes installed (not editable) for Debian's python, as `pip install` would."""
+        venv = self.workdir / "tool"
+        sh([DEBIAN_PYTHON, "-m", "venv", "--without-pip", venv])
+        sh(["uv", "pip", "install", "-q", "--python", venv / "bin" / "python", REPO], timeout=600)
+        return venv
+
+    def airflow_venv(self) -> Path:
+        venv = VENVS / f"airflow-{AIRFLOW_VERSION}" / "venv"
+        result = sh([self.tool / "bin" / "airflow-node", "install-airflow", "--version", AIRFLOW_VERSION,
+                     "--venv", venv, "--python", DEBIAN_PYTHON], timeout=1800)  # fmt: skip
+        print(result.stdout.splitlines()[-1])
+        return venv
+
+    def keys(self) -> Path:
+        keys = self.workdir / "keys"
+        keys.mkdir()
+        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "airflow@workers", "-f", keys / "id_ed25519"])
+        return keys
+
+    def start(self) -> None:
+        self.tool = self.tool_venv()
+        self.venv = self.airflow_venv()
+        self.keydir = self.keys()
+        self.network = Network()
+        self.closers.append(self.network.close)
+        master_ns = self.network.add_host("master", MASTER)
+        self.redis = Redis(master_ns, MASTER, REDIS_PASSWORD, self.workdir / "redis")
+        self.closers.append(self.redis.stop)
+        self.postgres = Postgres(master_ns, MASTER, DB_PASSWORD, self.workdir / "postgres")
+        self.closers.append(self.postgres.close)
+        binds = [self.workdir, VENVS]
+        self.master = Master(cached_rootfs(), master_ns, binds, self.workdir / "master-console.log")
+        self.closers.append(self.master.close)
+        for name, (address, _) in WORKERS.items():
+            namespace = self.network.add_host(name, address)
+            worker = Worker(name, namespace, self.workdir / name)
+            self.closers.append(worker.close)
+            self.workers[name] = worker
+        hosts = f"{MASTER} master\n" + "".join(f"{a} {n}\n" for n, (a, _) in WORKERS.items())
+        self.master.run("sh", "-c", f"cat >> /etc/hosts <<'EOF'\n{hosts}EOF")
+        for worker in self.workers.values():
+            worker.run("sh", "-c", f"cat >> /etc/hosts <<'EOF'\n{hosts}EOF")
+
+    def close(self) -> None:
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception as exc:  # keep tearing down the rest
+                print(f"teardown: {exc}", file=sys.stderr)
+
+    # -- product commands on the hosts ------------------------------------------------------------
+
+    def node(self, host, *args: object, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {"PATH": f"{self.tool}/bin:/usr/sbin:/usr/bin:/sbin:/bin", "AIRFLOW_NODE_SSH_OPTS": SSH_OPTS}
+        argv = ["env", *(f"{k}={v}" for k, v in env.items()), f"{self.tool}/bin/airflow-node", *args]
+        return host.run(*argv, check=check, timeout=timeout)
+
+    def init_master(self) -> None:
+        broker = f"redis://:{quote(REDIS_PASSWORD, safe='')}@{MASTER}:6379/0"
+        db = f"postgresql://airflow:{quote(DB_PASSWORD, safe='')}@{MASTER}:5432/airflow"
+        print(self.node(self.master, "init", "--role", "master", "--master-host", MASTER, "--broker-url", broker,
+                        "--db-url", db, "--venv", self.venv, "--node-name", "master").stdout)  # fmt: skip
+        # the workers' key may log in as airflow (the admin's one-time step on a real master)
+        public = (self.keydir / "id_ed25519.pub").read_text()
+        self.master.run("sh", "-c", "install -d -o airflow -g airflow -m 0700 /opt/airflow/.ssh && "
+                        f"echo '{public.strip()}' > /opt/airflow/.ssh/authorized_keys && "
+                        "chown airflow:airflow /opt/airflow/.ssh/authorized_keys && "
+                        "chmod 0600 /opt/airflow/.ssh/authorized_keys && systemctl start ssh")  # fmt: skip
+        self.master.run("sh", "-c", f"cat > /srv/airflow/dags/e2e_dags.py <<'EOF'\n{DAGS}EOF\n"
+                        "chown airflow:airflow /srv/airflow/dags/e2e_dags.py")  # fmt: skip
+        print(self.node(self.master, "sync", "-v").stdout)
+        print(self.node(self.master, "start").stdout)
+
+    def init_worker(self, name: str) -> None:
+        worker = self.workers[name]
+        queues = WORKERS[name][1]
+        conf = worker.workdir / "etc/supervisor/supervisord.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        # what Debian's supervisor package ships, in short
+        conf.write_text("[unix_http_server]\nfile=/run/supervisor.sock\nchmod=0700\n\n"
+                        "[supervisord]\nlogfile=/var/log/supervisord.log\npidfile=/run/supervisord.pid\n\n"
+                        "[rpcinterface:supervisor]\n"
+                        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+                        "[supervisorctl]\nserverurl=unix:///run/supervisor.sock\n\n"
+                        "[include]\nfiles = /etc/supervisor/conf.d/*.conf\n")  # fmt: skip
+        worker.run(f"{self.tool}/bin/supervisord", "-c", "/etc/supervisor/supervisord.conf")
+        key = self.keydir / "id_ed25519"
+        env_key = f"{SSH_OPTS} -i {key}"  # root's one-off fetch of the cluster file
+        result = worker.run("env", f"PATH={self.tool}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                            f"AIRFLOW_NODE_SSH_OPTS={env_key}", f"{self.tool}/bin/airflow-node", "init",
+                            "--role", "worker", "-c", "2", "--queues", queues, "--from-master", f"airflow@{MASTER}",
+                            "--venv", self.venv, "--node-name", name, "--init-system", "supervisor")  # fmt: skip
+        print(result.stdout)
+        # the airflow user's own key for the cron sync (the admin's one-time step on a real worker)
+        worker.run("sh", "-c", f"install -d -o airflow -g airflow -m 0700 /opt/airflow/.ssh && "
+                   f"install -o airflow -g airflow -m 0600 {key} /opt/airflow/.ssh/id_ed25519 && "
+                   "printf 'StrictHostKeyChecking accept-new\\n' > /opt/airflow/.ssh/config")  # fmt: skip
+        print(self.node(worker, "sync", "-v").stdout)
+
+    # -- looking at the cluster --------------------------------------------------------------------
+
+    def health(self, host, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.node(host, "health", *args, check=False, timeout=timeout)
+
+    def api(self, method: str, path: str, body: object = None, token: bool = True) -> tuple[int, object]:
+        request = {"url": f"http://{MASTER}:8080{path}", "method": method, "body": body,
+                   "token": self.token if token else None}  # fmt: skip
+        result = sh(["ip", "netns", "exec", "afe2e-master", f"{self.tool}/bin/python", "-c", API_CLIENT],
+                    input=json.dumps(request))  # fmt: skip
+        answer = json.loads(result.stdout)
+        try:
+            return answer["status"], json.loads(answer["body"])
+        except ValueError:
+            return answer["status"], answer["body"]
+
+    def login(self) -> None:
+        passwords = "/opt/airflow/simple_auth_manager_passwords.json.generated"
+        wait_for(lambda: self.master.run("test", "-s", passwords, check=False).returncode == 0, 120,
+                 "the api-server's generated admin password")  # fmt: skip
+        password = json.loads(self.master.run("cat", passwords).stdout)["admin"]
+        status, body = self.api("POST", "/auth/token", {"username": "admin", "password": password}, token=False)
+        assert status in (200, 201), body
+        self.token = body["access_token"]
+
+    def run_dag(self, dag_id: str, timeout: float = 240, while_running=None) -> str:
+        """Trigger a DAG, wait for the run to finish, return its run_id. Assert it succeeded."""
+        wait_for(lambda: self.api("GET", f"/api/v2/dags/{dag_id}")[0] == 200, 180, f"DAG {dag_id} parsed")
+        status, body = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
+        assert status == 200, body
+        run_id = body["dag_run_id"]
+        if while_running:
+            while_running(run_id)
+
+        def finished():
+            state = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
+            return state if state in ("success", "failed") else None
+
+        state = wait_for(finished, timeout, f"{dag_id} run {run_id} to finish", interval=1)
+        assert state == "success", self.task_states(dag_id, run_id)
+        return run_id
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1]["task_instances"]
+
+    def task_states(self, dag_id: str, run_id: str) -> list[tuple]:
+        return [(t["task_id"], t["state"], t.get("hostname")) for t in self.task_instances(dag_id, run_id)]
+
+    def daemon_logs(self) -> str:
+        parts = [self.master.run("journalctl", "--no-pager", "-n", "40", "-u", "airflow-*", check=False).stdout]
+        for name, worker in self.workers.items():
+            for log in sorted((worker.workdir / "var/log/airflow").glob("*.log")):
+                parts.append(f"--- {name} {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        return "\n".join(parts)
+
+    def diagnose(self) -> str:
+        lines = []
+        for name, host in [("master", self.master), *self.workers.items()]:
+            try:
+                result = self.health(host)
+                lines.append(f"--- health on {name} (exit {result.returncode})\n{result.stdout}{result.stderr}")
+            except Exception as exc:
+                lines.append(f"--- health on {name}: {exc}")
+        with contextlib.suppress(Exception):
+            lines.append(self.daemon_logs())
+        return "\n".join(lines)
+
+    def secrets(self) -> list[str]:
+        cluster = self.master.run("cat", "/etc/airflow-node/cluster.toml").stdout
+        generated = re.findall(r'^(?:fernet_key|secret_key|jwt_secret|flower_password) = "([^"]+)"$', cluster, re.M)
+        assert len(generated) == 4
+        plain = [REDIS_PASSWORD, DB_PASSWORD, *generated]
+        return sorted({form for s in plain for form in (s, quote(s, safe=""), quote(s, safe="").replace("%", "%%"))})
+
+    def memory_by_daemon(self) -> dict[str, int]:
+        """PSS in MiB of each Airflow daemon's process tree (main process plus children)."""
+        result = {}
+        for line in sh(["ps", "-eo", "pid,ppid,args"]).stdout.splitlines()[1:]:
+            pid, _, args = line.split(None, 2)
+            match = re.search(r"bin/airflow (api-server|scheduler|dag-processor|triggerer|celery worker|celery flower)",
+                              args)  # fmt: skip
+            if match:
+                with contextlib.suppress(OSError):
+                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                    pss = int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1)) // 1024
+                    key = match.group(1)
+                    result[key] = result.get(key, 0) + pss
+        return result
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    for tool in ("systemd-nspawn", "debootstrap", "redis-server", "uv", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run `bash scripts/run-tests` (it installs what e2e needs)")
+    workdir = Path(tempfile.mkdtemp(prefix="afe2e-"))
+    os.chmod(workdir, 0o755)
+    built = Cluster(workdir)
+    try:
+        built.start()
+        yield built
+    finally:
+        built.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_three_host_cluster_built_only_with_airflow_node(cluster):
+    step = Steps()
+    try:
+        run_scenario(cluster, step)
+    except BaseException:
+        print(f"\n!!! FAILED at step: {step.current}\n{cluster.diagnose()}", flush=True)
+        raise
+    finally:
+        print("\n".join(f"{seconds:7.1f}s  {name}" for name, seconds in step.timings))
+        print(f"total {time.monotonic() - step.started:.1f}s")
+
+
+def run_scenario(cluster: Cluster, step: Steps) -> None:
+    with step("master: init, sync, start under systemd"):
+        cluster.init_master()
+    for name in WORKERS:
+        with step(f"{name}: init --from-master, sync, supervisor starts the worker"):
+            cluster.init_worker(name)
+    with step("the api-server answers and a token is issued"):
+        cluster.login()
+
+    with step("1. airflow-node health exits 0 on all three hosts"):
+        for name, host in [("master", cluster.master), *cluster.workers.items()]:
+            result = wait_for(lambda host=host: (r := cluster.health(host)).returncode == 0 and r, 180,
+                              f"health OK on {name}", interval=3)  # fmt: skip
+            print(f"--- {name}\n{result.stdout}")
+
+    with step("2. a DAG placed on the master runs on both workers"):
+        run_id = cluster.run_dag("e2e_spread")
+        hosts = {t["task_id"]: t["hostname"] for t in cluster.task_instances("e2e_spread", run_id)}
+        assert hosts == {"on_worker1": "worker1", "on_worker2": "worker2"}, hosts
+
+    with step("3. a worker's task log is readable through the master's API"):
+        status, log = cluster.api(
+            "GET", f"/api/v2/dags/e2e_spread/dagRuns/{quote(run_id)}/taskInstances/on_worker1/logs/1?full_content=true"
+        )
+        assert status == 200, log
+        assert "ran-on-worker1" in json.dumps(log), log
+
+    with step("4a. kill -9 of a worker's Celery process: supervisor restarts it, a DAG run still succeeds"):
+        worker1 = cluster.workers["worker1"]
+        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", "/etc/supervisor/supervisord.conf")
+        old = int(worker1.run(*supervisorctl, "pid", "airflow-worker:airflow-worker").stdout)
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: (p := worker1.run(*supervisorctl, "pid", "airflow-worker:airflow-worker",
+                                           check=False).stdout.strip()).isdigit() and int(p) not in (0, old),
+                 60, "a new worker process")  # fmt: skip
+        cluster.run_dag("e2e_spread")
+
+    with step("4b. kill -9 of the scheduler: systemd restarts it"):
+        main_pid = int(cluster.master.run("systemctl", "show", "-P", "MainPID", "airflow-scheduler.service").stdout)
+        cluster.master.run("kill", "-9", str(main_pid))
+        wait_for(lambda: cluster.master.run("systemctl", "show", "-P", "NRestarts", "airflow-scheduler.service")
+                 .stdout.strip() not in ("", "0"), 60, "systemd to restart the scheduler")  # fmt: skip
+        wait_for(lambda: cluster.master.run("systemctl", "is-active", "airflow-scheduler.service", check=False)
+                 .stdout.strip() == "active", 60, "the scheduler active again")  # fmt: skip
+
+    with step("5. a running task finishes through `airflow-node restart` of its worker"):
+
+        def restart_when_running(run_id: str) -> None:
+            wait_for(lambda: cluster.task_states("e2e_long", run_id)[0][1] == "running", 120, "sleepy running")
+            restarted = cluster.node(worker1, "restart", timeout=300)
+            print(restarted.stdout)
+
+        cluster.run_dag("e2e_long", while_running=restart_when_running)
+
+    with step("6. Redis stopped: health on a worker reports the broker critical within its timeout"):
+        cluster.redis.stop()
+        started = time.monotonic()
+        result = cluster.health(cluster.workers["worker2"], "--only", "redis", "--timeout", "2")
+        elapsed = time.monotonic() - started
+        print(result.stdout)
+        assert result.returncode == 2 and "CRITICAL" in result.stdout
+        assert elapsed < 2 + 1.5, elapsed  # the timeout, plus process start of nsenter and python
+    with step("6b. Redis back: the cluster recovers and a DAG run succeeds"):
+        cluster.redis.start()
+        cluster.run_dag("e2e_spread", timeout=300)
+
+    with step("7. no secret on any command line, no world-readable file holds one"):
+        secrets = cluster.secrets()
+        args = sh(["ps", "-eo", "args"]).stdout
+        assert not [s for s in secrets if s in args], "a secret is on a command line"
+        scan = (
+            "import os, sys, stat\n"
+            "secrets = sys.stdin.read().split('\\n')\n"
+            "for top in sys.argv[1:]:\n"
+            "    for d, _, files in os.walk(top):\n"
+            "        for f in files:\n"
+            "            p = os.path.join(d, f)\n"
+            "            try:\n"
+            "                st = os.lstat(p)\n"
+            "                if stat.S_ISREG(st.st_mode) and st.st_mode & 0o004:\n"
+            "                    data = open(p, 'rb').read().decode(errors='replace')\n"
+            "                    if any(s and s in data for s in secrets): print(p)\n"
+            "            except OSError: pass\n"
+        )
+        listing = "\n".join(secrets)
+        python = f"{cluster.tool}/bin/python"
+        leaks = cluster.master.run(python, "-c", scan, "/etc", "/opt/airflow", "/srv", "/var/lib/airflow-node",
+                                   "/var/log/airflow", "/run", input=listing).stdout  # fmt: skip
+        for worker in cluster.workers.values():
+            leaks += worker.run(python, "-c", scan, "/etc/airflow-node", "/opt/airflow",
+                                "/var/lib/airflow-node", "/var/log/airflow", "/run", input=listing).stdout  # fmt: skip
+        assert leaks.strip() == "", f"world-readable files holding a secret:\n{leaks}"
+
+    print("memory (PSS MiB) by daemon:", cluster.memory_by_daemon())
