@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def test_wheel_contains_every_template(tmp_path):
+def test_wheel_contains_every_template_and_lock(tmp_path):
     subprocess.run(
         [
             sys.executable,
@@ -34,5 +34,6 @@ def test_wheel_contains_every_template(tmp_path):
         "airflow_nodes/unit_templates/" + str(path.relative_to(REPO / "unit_templates"))
         for path in (REPO / "unit_templates").rglob("*.j2")
     }
-    assert len(templates) >= 6
-    assert templates <= names, templates - names
+    locks = {f"airflow_nodes/locks/{path.name}" for path in (REPO / "airflow_nodes/locks").glob("*.txt")}
+    assert len(templates) >= 6 and len(locks) >= 2
+    assert templates | locks <= names, (templates | locks) - names
