@@ -24,8 +24,11 @@ from airflow_nodes.errors import OperationError, UserError
 LOCKS_DIR = Path(__file__).resolve().parent / "locks"
 _LOCK_NAME = re.compile(r"^airflow-(\d+\.\d+\.\d+)-py(\d+\.\d+)\.txt$")
 
-# The import that fails when celery and the celery provider do not fit together (celery 5.7).
-_SMOKE_TEST = "import celery.backends.database; import airflow.providers.celery.executors.celery_executor"
+# The imports that fail when celery and the celery provider do not fit together (celery 5.7), and
+# when the Redis transport cannot load (redis without async-timeout on Python < 3.11.3).
+_SMOKE_TEST = (
+    "import celery.backends.database, kombu.transport.redis; import airflow.providers.celery.executors.celery_executor"
+)
 
 
 @dataclass(frozen=True)

@@ -176,10 +176,9 @@ exec sleep infinity
         wait_for(lambda: (workdir / "ready").exists() and self.anchor_pid(), 20, f"worker {name} namespaces")
 
     def anchor_pid(self) -> int | None:
-        """The `sleep` that holds the namespaces open (child of unshare)."""
-        unshare = sh(["pgrep", "-P", self.process.pid], check=False).stdout.split()
-        for pid in unshare:
-            for child in sh(["pgrep", "-P", pid], check=False).stdout.split():
+        """The `sleep` that holds the namespaces open (the child unshare forked; `ip netns exec` execs)."""
+        for child in sh(["pgrep", "-P", self.process.pid], check=False).stdout.split():
+            with contextlib.suppress(OSError):
                 if Path(f"/proc/{child}/comm").read_text().strip() == "sleep":
                     return int(child)
         return None
@@ -250,6 +249,9 @@ class Postgres:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_for(lambda: sh([PG_BIN / "pg_isready", "-h", workdir, "-q"], check=False).returncode == 0, 30, "postgres")
+        with open(data / "pg_hba.conf", "a") as hba:  # the other hosts of the test network
+            hba.write(f"host all all {address.rsplit('.', 1)[0]}.0/24 scram-sha-256\n")
+        sh([PG_BIN / "pg_ctl", "reload", "-D", data, "-s"], **as_postgres)
         quoted = password.replace("'", "''")
         sql = f"CREATE ROLE airflow LOGIN PASSWORD '{quoted}';\nCREATE DATABASE airflow OWNER airflow;\n"
         sh([PG_BIN.parent / "bin" / "psql", "-h", workdir, "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"],

@@ -105,13 +105,14 @@ class Cluster:
         """airflow-nodes installed (not editable) for Debian's python, as `pip install` would."""
         venv = self.workdir / "tool"
         sh([DEBIAN_PYTHON, "-m", "venv", "--without-pip", venv])
-        sh(["uv", "pip", "install", "-q", "--python", venv / "bin" / "python", REPO], timeout=600)
+        # --no-cache: uv would reuse a wheel built from an older state of this work tree
+        sh(["uv", "pip", "install", "-q", "--no-cache", "--python", venv / "bin" / "python", REPO], timeout=600)
         return venv
 
     def airflow_venv(self) -> Path:
         venv = VENVS / f"airflow-{AIRFLOW_VERSION}" / "venv"
         result = sh([self.tool / "bin" / "airflow-node", "install-airflow", "--version", AIRFLOW_VERSION,
-                     "--venv", venv, "--python", DEBIAN_PYTHON], timeout=1800)  # fmt: skip
+                     "--venv", venv, "--python", DEBIAN_PYTHON, "--force"], timeout=1800)  # fmt: skip
         print(result.stdout.splitlines()[-1])
         return venv
 
@@ -303,8 +304,11 @@ def cluster():
         built.start()
         yield built
     finally:
-        built.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if os.environ.get("E2E_KEEP"):  # debugging: leave the hosts running (clean up by hand)
+            print(f"E2E_KEEP: left running; workdir {workdir}")
+        else:
+            built.close()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_three_host_cluster_built_only_with_airflow_node(cluster):

@@ -22,6 +22,7 @@ def served(body: object) -> bytes:
     text = text.replace(RECENT, (now - timedelta(seconds=4)).isoformat())
     return text.replace(OLD, (now - timedelta(minutes=10)).isoformat()).encode()
 
+
 # Verified on 3.3.2 (fresh cluster, scheduler not yet heartbeating).
 AIRFLOW_3_UNHEALTHY = {
     "metadatabase": {"status": "healthy"},
