@@ -109,7 +109,7 @@ class Preview:
                     "--home-dir",
                     user.home,
                     "--shell",
-                    "/usr/sbin/nologin",
+                    user.shell,
                     user.name,
                 ),
                 f"system user {user.name} for the Airflow daemons",

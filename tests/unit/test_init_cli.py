@@ -287,3 +287,10 @@ def test_from_master_unreachable_is_one_line_exit_1_nothing_written(run_cli, tmp
     assert result.err.startswith("airflow-node: --from-master: reading airflow@127.0.0.1:/etc/airflow-node/")
     assert "Connection refused" in result.err and len(result.err.strip().splitlines()) == 1
     assert not root.exists()
+
+
+def test_the_master_user_gets_a_shell_for_the_workers_ssh_and_a_worker_user_none(run_cli, tmp_path, cluster_file):
+    master = init_master(run_cli, tmp_path / "master", "--dry-run")
+    worker = run_cli(*worker_args(tmp_path / "worker", cluster_file), "--dry-run")
+    assert "--shell /bin/sh airflow" in master.out
+    assert "--shell /usr/sbin/nologin airflow" in worker.out
