@@ -223,9 +223,13 @@ class Cluster:
         wait_for(lambda: self.master.run("test", "-s", passwords, check=False).returncode == 0, 120,
                  "the api-server's generated admin password")  # fmt: skip
         password = json.loads(self.master.run("cat", passwords).stdout)["admin"]
-        status, body = self.api("POST", "/auth/token", {"username": "admin", "password": password}, token=False)
-        assert status in (200, 201), body
-        self.token = body["access_token"]
+
+        def token() -> str | None:
+            status, body = self.api("POST", "/auth/token", {"username": "admin", "password": password}, token=False)
+            assert status in (0, 200, 201), body  # 0: not listening yet
+            return body["access_token"] if status else None
+
+        self.token = wait_for(token, 120, "the api-server to issue a token", interval=1)
 
     def run_dag(self, dag_id: str, timeout: float = 240, while_running=None) -> str:
         """Trigger a DAG, wait for the run to finish, return its run_id. Assert it succeeded."""
@@ -277,18 +281,26 @@ class Cluster:
         return sorted({form for s in plain for form in (s, quote(s, safe=""), quote(s, safe="").replace("%", "%%"))})
 
     def memory_by_daemon(self) -> dict[str, int]:
-        """PSS in MiB of each Airflow daemon's process tree (main process plus children)."""
-        result = {}
-        for line in sh(["ps", "-eo", "pid,ppid,args"]).stdout.splitlines()[1:]:
-            pid, _, args = line.split(None, 2)
-            match = re.search(r"bin/airflow (api-server|scheduler|dag-processor|triggerer|celery worker|celery flower)",
-                              args)  # fmt: skip
-            if match:
-                with contextlib.suppress(OSError):
-                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-                    pss = int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1)) // 1024
-                    key = match.group(1)
-                    result[key] = result.get(key, 0) + pss
+        """PSS in MiB of each Airflow daemon, its main process plus all its children, on every host."""
+        rows = [line.split(None, 2) for line in sh(["ps", "-ww", "-eo", "pid,ppid,args"]).stdout.splitlines()[1:]]
+        children: dict[str, list[str]] = {}
+        for pid, ppid, _ in rows:
+            children.setdefault(ppid, []).append(pid)
+        result: dict[str, int] = {}
+        for pid, _, args in rows:
+            match = re.search(r"/bin/airflow (api-server|scheduler|dag-processor|triggerer|celery worker|celery flower)"
+                              r"(?: .*-H celery@(\S+))?", args)  # fmt: skip
+            if not match:
+                continue
+            name = match.group(1) + (f" ({match.group(2)})" if match.group(2) else "")
+            tree, total = [pid], 0
+            while tree:
+                current = tree.pop()
+                tree += children.get(current, [])
+                with contextlib.suppress(OSError, AttributeError):
+                    rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
+                    total += int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1))
+            result[name] = total // 1024
         return result
 
 
@@ -391,7 +403,8 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
 
     with step("7. no secret on any command line, no world-readable file holds one"):
         secrets = cluster.secrets()
-        args = sh(["ps", "-eo", "args"]).stdout
+        args = sh(["ps", "-ww", "-eo", "args"]).stdout  # -ww: never truncated
+        assert "celery worker -c 2 -H celery@worker1" in args  # the check sees the daemons' full command lines
         assert not [s for s in secrets if s in args], "a secret is on a command line"
         scan = (
             "import os, sys, stat\n"
@@ -416,4 +429,6 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
                                 "/var/lib/airflow-node", "/var/log/airflow", "/run", input=listing).stdout  # fmt: skip
         assert leaks.strip() == "", f"world-readable files holding a secret:\n{leaks}"
 
-    print("memory (PSS MiB) by daemon:", cluster.memory_by_daemon())
+    memory = cluster.memory_by_daemon()
+    print("memory (PSS MiB) by daemon:", json.dumps(memory, indent=1))
+    assert len(memory) == 7, memory  # api-server, scheduler, dag-processor, triggerer, flower, two workers
