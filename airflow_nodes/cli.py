@@ -211,7 +211,7 @@ class _CheckCommand(click.Command):
     "--only",
     metavar="P1,P2",
     help="Run only these probes: redis, db, migrations, flower, web, scheduler, worker, execution-api, units, "
-    "consistency, clock.",
+    "consistency, clock, packages.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.prom",

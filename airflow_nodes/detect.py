@@ -32,10 +32,10 @@ print("\\n".join(f"{n}=={v}" for n, v in sorted(names.items())))
 """
 
 
-def probe_interpreter(python: Path) -> tuple[str, list[str]] | None:
+def probe_interpreter(python: Path, timeout: float = 30) -> tuple[str, list[str]] | None:
     """Return (Airflow version or "", installed packages) of an interpreter, or None if it cannot run."""
     try:
-        result = subprocess.run([str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30)
+        result = subprocess.run([str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if result.returncode != 0:
@@ -62,7 +62,7 @@ class AirflowInstall:
     package_hash: str = ""  # empty when not detected (--airflow-version)
 
 
-def _interpreter_of(airflow_bin: Path) -> Path:
+def interpreter_of(airflow_bin: Path) -> Path:
     """Return the Python that runs an `airflow` console script (from its shebang)."""
     try:
         with airflow_bin.open("rb") as script:
@@ -102,7 +102,7 @@ def detect_airflow(venv: str | None, airflow_bin: str | None, override: str | No
             f"{option}: no airflow executable at {executable}; install Airflow there, "
             "or pass --venv/--airflow-bin, or --airflow-version to render without it"
         )
-    python = _interpreter_of(executable)
+    python = interpreter_of(executable)
     probed = probe_interpreter(python)
     if probed is None:
         raise UserError(f"{option}: cannot run {python} to read the Airflow version")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +91,23 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes | str]]:
             else:
                 result[rel] = (info.st_mode, path.read_bytes())
     return result
+
+
+@pytest.fixture(scope="session")
+def make_venv(tmp_path_factory):
+    """A real venv with fake distribution metadata, as pip would leave it."""
+
+    def make(**distributions: str) -> Path:
+        venv = tmp_path_factory.mktemp("venv")
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = next(venv.glob("lib/python*/site-packages"))
+        for name, version in distributions.items():
+            dist = site / f"{name.replace('-', '_')}-{version}.dist-info"
+            dist.mkdir()
+            (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        airflow = venv / "bin" / "airflow"
+        airflow.write_text(f"#!{venv}/bin/python\nimport sys\nsys.exit(0)\n")
+        airflow.chmod(0o755)
+        return venv
+
+    return make

@@ -23,6 +23,7 @@ from airflow_nodes.health import (
     execution_api,
     flower,
     migrations,
+    packages,
     scheduler,
     units,
     webserver,
@@ -43,6 +44,7 @@ PROBES: tuple[Probe, ...] = (
     units.PROBE,
     consistency.PROBE,
     clock.PROBE,
+    packages.PROBE,
 )
 PROBE_NAMES = tuple(probe.name for probe in PROBES)
 GRACE = 0.02  # seconds the runner waits past a deadline for a probe to hand in its own timeout result

@@ -2,34 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from airflow_nodes.detect import detect_airflow
 from airflow_nodes.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def make_venv(tmp_path_factory):
-    """A real venv with fake distribution metadata, as pip would leave it."""
-
-    def make(**distributions: str) -> Path:
-        venv = tmp_path_factory.mktemp("venv")
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-        site = next(venv.glob("lib/python*/site-packages"))
-        for name, version in distributions.items():
-            dist = site / f"{name.replace('-', '_')}-{version}.dist-info"
-            dist.mkdir()
-            (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        airflow = venv / "bin" / "airflow"
-        airflow.write_text(f"#!{venv}/bin/python\nimport sys\nsys.exit(0)\n")
-        airflow.chmod(0o755)
-        return venv
-
-    return make
 
 
 def test_airflow_3_is_recognised_by_apache_airflow_core(make_venv):

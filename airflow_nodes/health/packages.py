@@ -1,0 +1,42 @@
+"""Packages probe: this node runs the same Airflow package set as the master recorded in the cluster file.
+
+Two nodes installed a week apart get different dependency sets unless both come from the same lock;
+the cluster file records a hash of the master's set (`airflow-node init` on the master).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from airflow_nodes.detect import interpreter_of, package_set_hash, probe_interpreter
+from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
+
+NAME = "packages"
+
+
+def check(probe_input: ProbeInput) -> list[Result]:
+    """Given a node, return one Result comparing its installed package set with the master's."""
+    ctx = probe_input.ctx
+    python = interpreter_of(Path(ctx.node.airflow_bin))
+    started = time.monotonic()
+    probed = probe_interpreter(python, timeout=probe_input.remaining())
+    latency = time.monotonic() - started
+    if probed is None or not probed[0]:
+        return [Result(Status.UNKNOWN, NAME, str(python), None, "cannot read the installed Airflow packages")]
+    version, packages = probed
+    local = package_set_hash(packages)
+    expected = ctx.cluster.airflow_packages
+    if not version.startswith(ctx.cluster.airflow_version + "."):
+        detail = f"Airflow {version} here, the cluster runs {ctx.cluster.airflow_version}"
+        return [Result(Status.CRITICAL, NAME, str(python), latency, detail)]
+    if not expected:
+        detail = f"Airflow {version}, set {local}; the master recorded no set to compare with"
+        return [Result(Status.OK, NAME, str(python), latency, detail)]
+    if local != expected:
+        detail = f"Airflow {version}, set {local} differs from the master's {expected} (install from the same lock)"
+        return [Result(Status.WARNING, NAME, str(python), latency, detail)]
+    return [Result(Status.OK, NAME, str(python), latency, f"Airflow {version}, same set as the master ({local})")]
+
+
+PROBE = Probe(NAME, ANY_ROLE, check, description="installed package set equals the master's")
