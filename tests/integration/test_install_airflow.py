@@ -19,6 +19,12 @@ CACHE = Path(os.environ.get("AIRFLOW_NODES_TEST_CACHE", Path.home() / ".cache" /
 PYTHON = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 
 
+def cached_venv(version: str) -> Path:
+    """Where a lock's venv is kept; a changed lock gets a new place (its hash is in the name)."""
+    lock = next(lock for lock in available_locks() if lock.airflow_version == version)
+    return CACHE / f"airflow-{version}-{lock.package_hash[:8]}" / "venv"
+
+
 def airflow_node(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "airflow_nodes", *map(str, args)], capture_output=True, text=True)
 
@@ -27,7 +33,7 @@ def airflow_node(*args: str) -> subprocess.CompletedProcess:
 def test_each_shipped_lock_installs_and_runs_airflow(lock):
     if lock.python != f"{sys.version_info[0]}.{sys.version_info[1]}":
         pytest.skip(f"needs Python {lock.python}")
-    venv = CACHE / f"airflow-{lock.airflow_version}" / "venv"
+    venv = cached_venv(lock.airflow_version)
     first = airflow_node(
         "install-airflow", "--version", lock.airflow_version, "--venv", venv, "--python", sys.executable
     )
@@ -48,7 +54,7 @@ def test_each_shipped_lock_installs_and_runs_airflow(lock):
 
 
 def test_a_failed_install_leaves_the_previous_venv_working(tmp_path):
-    venv = CACHE / "airflow-3.3.2" / "venv"
+    venv = cached_venv("3.3.2")
     ready = airflow_node("install-airflow", "--version", "3.3.2", "--venv", venv, "--python", sys.executable)
     assert ready.returncode == 0, ready.stderr
     target = os.readlink(venv)
@@ -67,7 +73,7 @@ def test_a_failed_install_leaves_the_previous_venv_working(tmp_path):
 
 
 def test_a_venv_with_another_version_is_not_replaced_without_force(tmp_path):
-    venv = CACHE / "airflow-3.3.2" / "venv"
+    venv = cached_venv("3.3.2")
     assert airflow_node("install-airflow", "--venv", venv, "--python", sys.executable).returncode == 0
     result = airflow_node("install-airflow", "--version", "2.11.2", "--venv", venv, "--python", sys.executable)
     assert result.returncode == 2
