@@ -288,11 +288,12 @@ class Cluster:
             children.setdefault(ppid, []).append(pid)
         result: dict[str, int] = {}
         for pid, _, args in rows:
-            match = re.search(r"/bin/airflow (api-server|scheduler|dag-processor|triggerer|celery worker|celery flower)"
-                              r"(?: .*-H celery@(\S+))?", args)  # fmt: skip
+            # the api-server renames its main process ("airflow api_server -- host:...")
+            match = re.search(r"(?:/bin/airflow |^airflow )(api[-_]server|scheduler|dag-processor|triggerer|"
+                              r"celery worker|celery flower)(?: .*-H celery@(\S+))?", args)  # fmt: skip
             if not match:
                 continue
-            name = match.group(1) + (f" ({match.group(2)})" if match.group(2) else "")
+            name = match.group(1).replace("_", "-") + (f" ({match.group(2)})" if match.group(2) else "")
             tree, total = [pid], 0
             while tree:
                 current = tree.pop()
