@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import MANIFEST_FILE
+from airflow_nodes.node import MANIFEST_FILE, under_root
 from airflow_nodes.plan import Command, Plan, PlannedDir, PlannedFile
 from airflow_nodes.redaction import redact
 
@@ -37,10 +37,6 @@ Runner = Callable[[Sequence[str]], None]
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def under_root(root: Path, path: str) -> Path:
-    return root / path.lstrip("/")
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from airflow_nodes.cluster import ClusterConfig
-from airflow_nodes.node import ENV_FILE, LOG_DIR, NodeSettings
+from airflow_nodes.cluster import ClusterConfig, read_cluster
+from airflow_nodes.errors import UserError
+from airflow_nodes.node import CLUSTER_FILE, ENV_FILE, LOG_DIR, NODE_FILE, NodeSettings, parse_node, under_root
 from airflow_nodes.versions import AirflowLine, Daemon
 
 
@@ -61,3 +63,16 @@ class NodeContext:
 
     def argv(self, daemon: Daemon) -> tuple[str, ...]:
         return (self.node.airflow_bin, *daemon.args)
+
+
+def load_context(root: Path) -> NodeContext:
+    """Read this node's settings and cluster file under root. Raise UserError if init has not run.
+
+    Cheap on purpose (no templates, no plan machinery): `airflow-node health` starts with it.
+    """
+    node_path = under_root(root, NODE_FILE)
+    try:
+        node = parse_node(node_path.read_text(), str(node_path))
+    except FileNotFoundError:
+        raise UserError(f"{node_path}: not found; run `airflow-node init` first") from None
+    return NodeContext(read_cluster(under_root(root, CLUSTER_FILE)), node)

@@ -5,22 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from airflow_nodes.apply import under_root
-from airflow_nodes.cluster import read_cluster
-from airflow_nodes.context import NodeContext
-from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.context import load_context
+from airflow_nodes.errors import OperationError
 from airflow_nodes.initsystems import get_init_system
-from airflow_nodes.node import CLUSTER_FILE, NODE_FILE, parse_node
-
-
-def load_context(root: Path) -> NodeContext:
-    """Read this node's settings and cluster file. Raise UserError if init has not run."""
-    node_path = under_root(root, NODE_FILE)
-    try:
-        node = parse_node(node_path.read_text(), str(node_path))
-    except FileNotFoundError:
-        raise UserError(f"{node_path}: not found; run `airflow-node init` first") from None
-    return NodeContext(read_cluster(under_root(root, CLUSTER_FILE)), node)
 
 
 def control(action: str, root: Path) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import urls
-from airflow_nodes.apply import Preview, check_root, preview, under_root
+from airflow_nodes.apply import Preview, check_root, preview
 from airflow_nodes.cluster import ClusterConfig, ClusterSecrets, dump_cluster, parse_cluster, validate_cluster
 from airflow_nodes.detect import AirflowInstall, detect_airflow, detect_init_system
 from airflow_nodes.errors import OperationError, UserError
@@ -21,6 +21,7 @@ from airflow_nodes.node import (
     NODE_FILE,
     NodeSettings,
     parse_node,
+    under_root,
     validate_node,
 )
 from airflow_nodes.nodeplan import build_node_plan

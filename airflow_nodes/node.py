@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from airflow_nodes.errors import UserError
 from airflow_nodes.schema import (
@@ -32,6 +32,12 @@ SYSTEMD_DIR = "/etc/systemd/system"
 CRON_FILE = "/etc/cron.d/airflow-node"  # no dot in the name: cron ignores such files
 DEFAULT_SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
 DAGS_AUTHORING_DIR = "/srv/airflow/dags"  # on the master: where people put DAGs; workers pull from it
+
+
+def under_root(root: Path, path: str) -> Path:
+    """Given --root and an absolute path on the node, return that path under root."""
+    return root / path.lstrip("/")
+
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from airflow_nodes.apply import CREATE, EDITED, FOREIGN, PERMISSIONS, UNCHANGED, UPDATE, ApplyResult, under_root
+from airflow_nodes.apply import CREATE, EDITED, FOREIGN, PERMISSIONS, UNCHANGED, UPDATE, ApplyResult
 from airflow_nodes.context import NodeContext
 from airflow_nodes.init import InitOutcome
+from airflow_nodes.node import under_root
 
 _LABELS = {
     CREATE: "create",

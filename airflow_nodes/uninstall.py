@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow_nodes.apply import read_manifest, run_command, sha256, under_root
-from airflow_nodes.control import load_context
+from airflow_nodes.apply import read_manifest, run_command, sha256
+from airflow_nodes.context import load_context
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.initsystems import get_init_system
-from airflow_nodes.node import CLUSTER_FILE, MANIFEST_FILE
+from airflow_nodes.node import CLUSTER_FILE, MANIFEST_FILE, under_root
 
 
 def uninstall(root: Path, purge: bool = False, force: bool = False) -> str:

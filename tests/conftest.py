@@ -6,6 +6,8 @@ import os
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +113,16 @@ def make_venv(tmp_path_factory):
         return venv
 
     return make
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll condition until it returns something truthy and return that; at the deadline raise
+    AssertionError naming `what` and the last value. Tests wait on conditions, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

@@ -4,7 +4,6 @@ Layout (one small module per probe behind one interface, see `model.Probe`):
   model.py         Status, Result, Probe, ProbeInput: the values that travel
   runner.py        which probes apply to this node, running them in threads under a hard deadline
   formatting.py    table, JSON and node_exporter textfile output
-  nodeconfig.py    reading the node's settings and cluster file without the renderers' imports
   netio.py         stdlib HTTP and error wording shared by the network probes
   broker.py, database.py, flower.py, webserver.py, scheduler.py, execution_api.py,
   units.py, consistency.py, clock.py   the probes

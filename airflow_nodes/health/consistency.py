@@ -17,8 +17,7 @@ import json
 from datetime import datetime, timezone
 
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
-from airflow_nodes.health.nodeconfig import SYNC_STATE_FILE
-from airflow_nodes.node import CLUSTER_FILE
+from airflow_nodes.node import CLUSTER_FILE, SYNC_STATE_FILE
 
 NAME = "consistency"
 STALE_AFTER_INTERVALS = 3

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
+from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.health.model import Result, Status
 from airflow_nodes.health.runner import HealthReport
 
@@ -107,20 +105,6 @@ def format_prometheus(report: HealthReport, now: float | None = None) -> str:
 
 
 def write_textfile(path: Path, text: str) -> None:
-    """Write text to path atomically (temp file in the same directory, fsync, rename), mode 0644.
-
-    The temp name does not end in .prom, so node_exporter never reads a half-written file.
-    Raise OSError if the directory is not writable.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write text to path atomically, mode 0644; the temp name does not end in .prom, so
+    node_exporter never reads a half-written file. Raise OSError if the directory is not writable."""
+    write_atomically(path, text.encode("utf-8"), 0o644)

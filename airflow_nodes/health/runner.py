@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from airflow_nodes.context import load_context
 from airflow_nodes.errors import UserError
 from airflow_nodes.health import (
     broker,
@@ -29,7 +30,6 @@ from airflow_nodes.health import (
     webserver,
 )
 from airflow_nodes.health.model import DEFAULT_TIMEOUT, Probe, ProbeInput, Result, Status, worst
-from airflow_nodes.health.nodeconfig import load_node
 from airflow_nodes.redaction import redact
 
 PROBES: tuple[Probe, ...] = (
@@ -142,7 +142,7 @@ def run_health(
     Raise UserError if the node was never initialised under root.
     """
     started = time.monotonic() - seconds_since_process_start()
-    ctx = load_node(root)
+    ctx = load_context(root)
     probe_input = ProbeInput(ctx=ctx, root=root, timeout=timeout, deadline=started + timeout, deep=deep)
     probes, skipped = select_probes(probe_input, only)
     secrets = ctx.cluster.secret_values()

@@ -13,10 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes.apply import ApplyResult, Runner, apply, run_command, under_root
+from airflow_nodes.apply import ApplyResult, Runner, apply, run_command
 from airflow_nodes.context import NodeContext
 from airflow_nodes.errors import OperationError
-from airflow_nodes.node import CLUSTER_FILE
+from airflow_nodes.node import CLUSTER_FILE, under_root
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.spec import SSH, DagSourceSpec
 

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes.apply import under_root
+from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import DAG_RELEASES_DIR
+from airflow_nodes.node import DAG_RELEASES_DIR, under_root
 from airflow_nodes.syncing.changes import ITEMIZE_FORMAT, Change, parse_itemized
 
 FILE, LINK, DIR = "f", "l", "d"
@@ -310,17 +310,6 @@ def _run(argv: list[str], what: str) -> None:
         raise OperationError(f"{what}: {(result.stderr.strip().splitlines() or ['failed'])[-1]}")
 
 
-def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-
-
 def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | None) -> DagRelease:
     """Move a built tree to releases/ and flip the DAG folder symlink to it with one rename. Return it.
 
@@ -334,9 +323,7 @@ def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | Non
         os.rename(built.path, final)
     os.utime(final)  # publish order, for pruning
     entries = {path: list(entry) for path, entry in sorted(built.manifest.items())}
-    _write_atomically(
-        layout.manifest_file(final), json.dumps({"revision": built.revision, "entries": entries}).encode()
-    )
+    write_atomically(layout.manifest_file(final), json.dumps({"revision": built.revision, "entries": entries}).encode())
     flip_dags_folder(layout.dags_folder, final, owner)
     return DagRelease(built.revision, final, built.manifest)
 

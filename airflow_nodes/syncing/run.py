@@ -11,11 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airflow_nodes.apply import Runner, run_command, under_root
-from airflow_nodes.context import NodeContext
-from airflow_nodes.control import load_context
+from airflow_nodes.apply import Runner, run_command
+from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import CLUSTER_FILE, SYNC_LOCK_FILE
+from airflow_nodes.node import CLUSTER_FILE, SYNC_LOCK_FILE, under_root
 from airflow_nodes.syncing.checks import Guards, check_guards, check_python
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sha256_of, sync_config

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow_nodes.apply import under_root
 from airflow_nodes.errors import OperationError
+from airflow_nodes.node import under_root
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.rsync import rsync_into_mirror
 from airflow_nodes.syncing.source import Fetched

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from airflow_nodes.apply import under_root
+from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.errors import UserError
-from airflow_nodes.node import SYNC_STATE_FILE
+from airflow_nodes.node import SYNC_STATE_FILE, under_root
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,4 @@ def write_state(root: Path, state: SyncState) -> None:
     """Write the state file atomically (temp file beside it, fsync, rename); 0644: it holds no secrets."""
     path = state_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    data = (json.dumps(dataclasses.asdict(state), indent=2) + "\n").encode()
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+    write_atomically(path, (json.dumps(dataclasses.asdict(state), indent=2) + "\n").encode(), 0o644)

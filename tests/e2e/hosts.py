@@ -8,13 +8,18 @@ Everything is started by PID or namespace and removed by close(), also when the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+import conftest
+
+# polling here spawns processes (nsenter, API calls): half a second between looks is plenty
+wait_for = functools.partial(conftest.wait_for, interval=0.5)
 
 PREFIX = "afe2e"
 SUBNET = "10.231.7"
@@ -31,17 +36,6 @@ def sh(argv: Sequence[object], *, check: bool = True, timeout: float = 300, **kw
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, argv))} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.5) -> object:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class Network:

@@ -7,27 +7,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from airflow_nodes.cluster import dump_cluster
 from airflow_nodes.syncing import Guards, SyncRequest, sync
 
-from conftest import make_cluster
+from conftest import make_cluster, wait_for
 
 STAND_IN = Path(__file__).parent.parent / "fixtures" / "stand-in-airflow"
 SSHD = "/usr/sbin/sshd"
 NO_HOST_CHECK = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR")
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def render_node(

@@ -7,27 +7,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from airflow_nodes.cluster import dump_cluster
 
-from conftest import make_cluster
+from conftest import make_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 STAND_IN = Path(__file__).parent.parent / "fixtures" / "stand-in-airflow"
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Supervisor:
