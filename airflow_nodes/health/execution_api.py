@@ -5,8 +5,6 @@ Workers run every task through this API; a worker that cannot reach it takes tas
 
 from __future__ import annotations
 
-import json
-
 from airflow_nodes.health.model import WORKER, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, http_get
 from airflow_nodes.health.webserver import web_base_url
@@ -21,10 +19,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
         response = http_get(url, probe_input.remaining())
     except ProbeFailure as exc:
         return [Result(Status.CRITICAL, NAME, url, None, str(exc))]
-    try:
-        document = json.loads(response.body)
-    except ValueError:
-        document = None
+    document = response.json()
     state = document.get("status") if isinstance(document, dict) else None
     if state == "healthy":
         return [Result(Status.OK, NAME, url, response.latency, "healthy")]

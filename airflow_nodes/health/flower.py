@@ -6,8 +6,6 @@ Flower can lag behind reality by up to a minute after a broker outage: a warning
 
 from __future__ import annotations
 
-import json
-
 from airflow_nodes.health.model import MASTER, WORKER, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, basic_auth, http_get, run_concurrently
 
@@ -29,12 +27,9 @@ def fetch_worker_states(probe_input: ProbeInput) -> tuple[dict[str, bool], float
         raise ProbeFailure("flower rejected the credentials (secrets.flower_user / flower_password)")
     if response.status != 200:
         raise ProbeFailure(f"HTTP {response.status} from flower's API")
-    try:
-        states = json.loads(response.body)
-    except ValueError:
-        raise ProbeFailure("flower's API answered without JSON") from None
+    states = response.json()
     if not isinstance(states, dict):
-        raise ProbeFailure("flower's API answered with an unexpected JSON shape")
+        raise ProbeFailure("flower's API answered without the JSON object it should send")
     return {str(name): bool(alive) for name, alive in states.items()}, response.latency
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import errno
 import http.client
+import json
 import socket
 import ssl
 import threading
@@ -22,6 +23,13 @@ class HttpResponse:
     headers: dict[str, str]  # lower-case names
     body: bytes
     latency: float  # seconds from connect to the last byte
+
+    def json(self) -> object | None:
+        """Return the body parsed as JSON, or None when it is not JSON (the status code is not trusted)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
 
 
 class ProbeFailure(Exception):

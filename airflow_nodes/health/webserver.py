@@ -6,7 +6,6 @@ scheduler, triggerer and dag_processor are reported separately, with the age of 
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
@@ -79,9 +78,8 @@ def check(probe_input: ProbeInput) -> list[Result]:
         response = http_get(url, probe_input.remaining())
     except ProbeFailure as exc:
         return [Result(Status.CRITICAL, NAME, url, None, str(exc))]
-    try:
-        document = json.loads(response.body)
-    except ValueError:
+    document = response.json()
+    if document is None:
         major = probe_input.ctx.line.major
         detail = f"HTTP {response.status} without a JSON body (is this the Airflow {major} web port?)"
         return [Result(Status.CRITICAL, NAME, url, response.latency, detail)]

@@ -106,20 +106,26 @@ def test_a_file_not_written_by_us_is_not_overwritten(run_cli, tmp_path, cluster_
     assert snapshot(tmp_path) == before
 
 
-def test_a_write_failing_half_way_leaves_the_previous_state(run_cli, tmp_path, cluster_file, monkeypatch):
-    root = tmp_path / "node"
-    assert run_cli(*worker_args(root, cluster_file)).code == 0
-    before = snapshot(root)
+def fail_rename(monkeypatch, at_call: int, error: OSError) -> list:
+    """Make the at_call-th rename during apply fail, as a full or failing disk would; return the calls."""
     calls = []
     real_replace = os.replace
 
     def failing_replace(src, dst):
         calls.append(dst)
-        if len(calls) == 3:
-            raise OSError(28, "No space left on device")
+        if len(calls) == at_call:
+            raise error
         return real_replace(src, dst)
 
     monkeypatch.setattr(apply_module.os, "replace", failing_replace)
+    return calls
+
+
+def test_a_write_failing_half_way_leaves_the_previous_state(run_cli, tmp_path, cluster_file, monkeypatch):
+    root = tmp_path / "node"
+    assert run_cli(*worker_args(root, cluster_file)).code == 0
+    before = snapshot(root)
+    calls = fail_rename(monkeypatch, at_call=3, error=OSError(28, "No space left on device"))
     changed = make_cluster(visibility_timeout=7200, sync_interval_minutes=10)
     cluster_file.write_text(dump_cluster(changed))
     result = run_cli(*worker_args(root, cluster_file))
@@ -132,18 +138,10 @@ def test_a_write_failing_half_way_leaves_the_previous_state(run_cli, tmp_path, c
 
 def test_a_fresh_render_failing_half_way_leaves_no_trace(run_cli, tmp_path, cluster_file, monkeypatch):
     root = tmp_path / "node"
-    calls = []
-    real_replace = os.replace
-
-    def failing_replace(src, dst):
-        calls.append(dst)
-        if len(calls) == 4:
-            raise OSError(5, "Input/output error")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(apply_module.os, "replace", failing_replace)
+    calls = fail_rename(monkeypatch, at_call=4, error=OSError(5, "Input/output error"))
     result = run_cli(*worker_args(root, cluster_file))
     monkeypatch.undo()
+    assert len(calls) >= 4  # three files were in place when the fourth rename failed
     assert result.code == 1 and "Traceback" not in result.err
     assert not root.exists()
 
