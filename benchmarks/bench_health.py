@@ -33,6 +33,8 @@ from servers import (  # noqa: E402 - after the path set-up
     render_node,
 )
 
+import airflow_nodes  # noqa: E402
+
 HEALTHY_3 = {
     "metadatabase": {"status": "healthy"},
     "scheduler": {"status": "healthy", "latest_scheduler_heartbeat": None},
@@ -55,6 +57,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args()
+    # A wheel install compiles bytecode; an editable one does not, and with PYTHONDONTWRITEBYTECODE
+    # (set on these machines) every start would recompile our modules. Measure the installed state.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(airflow_nodes.__file__).parent)], check=True)
     work = Path(tempfile.mkdtemp(prefix="bench-health-"))
     redis = RedisServer(work, password=REDIS_PASSWORD)
     postgres = PostgresServer()

@@ -11,6 +11,7 @@ Only product commands configure the hosts: `airflow-node install-airflow`, `init
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -40,11 +41,10 @@ REDIS_PASSWORD = "redis-Pw%42!e2e"
 DB_PASSWORD = "pg-P@ss%w0rd:e2e"
 SSH_OPTS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
-DAGS = """
+DAG_FILE = """
 from datetime import datetime
 
-from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
+{imports}
 
 with DAG("e2e_spread", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
          is_paused_upon_creation=False):
@@ -55,6 +55,17 @@ with DAG("e2e_long", schedule=None, start_date=datetime(2024, 1, 1), catchup=Fal
          is_paused_upon_creation=False):
     BashOperator(task_id="sleepy", bash_command="sleep 25; echo finished-through-a-restart", queue="q1")
 """
+AIRFLOW_3 = AIRFLOW_VERSION.startswith("3.")
+if AIRFLOW_3:
+    DAGS = DAG_FILE.format(
+        imports="from airflow.providers.standard.operators.bash import BashOperator\nfrom airflow.sdk import DAG"
+    )
+    API = "/api/v2"
+    MASTER_DAEMONS = ("api-server", "scheduler", "dag-processor", "triggerer", "celery flower")
+else:
+    DAGS = DAG_FILE.format(imports="from airflow import DAG\nfrom airflow.operators.bash import BashOperator")
+    API = "/api/v1"
+    MASTER_DAEMONS = ("webserver", "scheduler", "triggerer", "celery flower")
 
 API_CLIENT = r"""
 import json, sys, urllib.request
@@ -63,8 +74,8 @@ req = urllib.request.Request(request["url"], method=request["method"],
                              data=json.dumps(request["body"]).encode() if request["body"] is not None else None)
 req.add_header("Content-Type", "application/json")
 req.add_header("Accept", "application/json")
-if request["token"]:
-    req.add_header("Authorization", "Bearer " + request["token"])
+if request["authorization"]:
+    req.add_header("Authorization", request["authorization"])
 try:
     with urllib.request.urlopen(req, timeout=20) as response:
         print(json.dumps({"status": response.status, "body": response.read().decode()}))
@@ -97,7 +108,7 @@ class Cluster:
         self.workdir = workdir
         self.closers: list = []
         self.workers: dict[str, Worker] = {}
-        self.token: str | None = None
+        self.authorization: str | None = None
 
     # -- building ---------------------------------------------------------------------------
 
@@ -209,7 +220,7 @@ class Cluster:
 
     def api(self, method: str, path: str, body: object = None, token: bool = True) -> tuple[int, object]:
         request = {"url": f"http://{MASTER}:8080{path}", "method": method, "body": body,
-                   "token": self.token if token else None}  # fmt: skip
+                   "authorization": self.authorization if token else None}  # fmt: skip
         result = sh(["ip", "netns", "exec", "afe2e-master", f"{self.tool}/bin/python", "-c", API_CLIENT],
                     input=json.dumps(request))  # fmt: skip
         answer = json.loads(result.stdout)
@@ -219,6 +230,13 @@ class Cluster:
             return answer["status"], answer["body"]
 
     def login(self) -> None:
+        if AIRFLOW_3:
+            self.login_simple_auth_manager()
+        else:
+            self.login_fab()
+
+    def login_simple_auth_manager(self) -> None:
+        """Airflow 3: the api-server writes the admin's password at start; trade it for a token."""
         passwords = "/opt/airflow/simple_auth_manager_passwords.json.generated"
         wait_for(lambda: self.master.run("test", "-s", passwords, check=False).returncode == 0, 120,
                  "the api-server's generated admin password")  # fmt: skip
@@ -229,19 +247,29 @@ class Cluster:
             assert status in (0, 200, 201), body  # 0: not listening yet
             return body["access_token"] if status else None
 
-        self.token = wait_for(token, 120, "the api-server to issue a token", interval=1)
+        self.authorization = "Bearer " + wait_for(token, 120, "the api-server to issue a token", interval=1)
+
+    def login_fab(self) -> None:
+        """Airflow 2: create an admin user as an operator would (`airflow users create`); use basic auth."""
+        password = "e2e-admin-" + os.urandom(6).hex()  # the test's own user, not a cluster secret
+        self.master.run("runuser", "-u", "airflow", "--", "env", "AIRFLOW_CONFIG=/opt/airflow/airflow.cfg",
+                        "AIRFLOW_HOME=/opt/airflow", f"{self.venv}/bin/airflow", "users", "create", "--username",
+                        "admin", "--password", password, "--role", "Admin", "--email", "admin@example.invalid",
+                        "--firstname", "E2E", "--lastname", "Admin", timeout=180)  # fmt: skip
+        self.authorization = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+        wait_for(lambda: self.api("GET", f"{API}/dags")[0] == 200, 180, "the webserver to answer with basic auth")
 
     def run_dag(self, dag_id: str, timeout: float = 240, while_running=None) -> str:
         """Trigger a DAG, wait for the run to finish, return its run_id. Assert it succeeded."""
-        wait_for(lambda: self.api("GET", f"/api/v2/dags/{dag_id}")[0] == 200, 180, f"DAG {dag_id} parsed")
-        status, body = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
+        wait_for(lambda: self.api("GET", f"{API}/dags/{dag_id}")[0] == 200, 180, f"DAG {dag_id} parsed")
+        status, body = self.api("POST", f"{API}/dags/{dag_id}/dagRuns", {"logical_date": None} if AIRFLOW_3 else {})
         assert status == 200, body
         run_id = body["dag_run_id"]
         if while_running:
             while_running(run_id)
 
         def finished():
-            state = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
+            state = self.api("GET", f"{API}/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
             return state if state in ("success", "failed") else None
 
         state = wait_for(finished, timeout, f"{dag_id} run {run_id} to finish", interval=1)
@@ -249,7 +277,7 @@ class Cluster:
         return run_id
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1]["task_instances"]
+        return self.api("GET", f"{API}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1]["task_instances"]
 
     def task_states(self, dag_id: str, run_id: str) -> list[tuple]:
         return [(t["task_id"], t["state"], t.get("hostname")) for t in self.task_instances(dag_id, run_id)]
@@ -289,8 +317,8 @@ class Cluster:
         result: dict[str, int] = {}
         for pid, _, args in rows:
             # the api-server renames its main process ("airflow api_server -- host:...")
-            match = re.search(r"(?:/bin/airflow |^airflow )(api[-_]server|scheduler|dag-processor|triggerer|"
-                              r"celery worker|celery flower)(?: .*-H celery@(\S+))?", args)  # fmt: skip
+            match = re.search(r"(?:/bin/airflow |^airflow )(api[-_]server|webserver|scheduler|dag-processor|"
+                              r"triggerer|celery worker|celery flower)(?: .*-H celery@(\S+))?", args)  # fmt: skip
             if not match:
                 continue
             name = match.group(1).replace("_", "-") + (f" ({match.group(2)})" if match.group(2) else "")
@@ -342,7 +370,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
     for name in WORKERS:
         with step(f"{name}: init --from-master, sync, supervisor starts the worker"):
             cluster.init_worker(name)
-    with step("the api-server answers and a token is issued"):
+    with step("the web/api server answers and we are logged in"):
         cluster.login()
 
     with step("1. airflow-node health exits 0 on all three hosts"):
@@ -358,7 +386,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
 
     with step("3. a worker's task log is readable through the master's API"):
         status, log = cluster.api(
-            "GET", f"/api/v2/dags/e2e_spread/dagRuns/{quote(run_id)}/taskInstances/on_worker1/logs/1?full_content=true"
+            "GET", f"{API}/dags/e2e_spread/dagRuns/{quote(run_id)}/taskInstances/on_worker1/logs/1?full_content=true"
         )
         assert status == 200, log
         assert "ran-on-worker1" in json.dumps(log), log
@@ -432,4 +460,4 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
 
     memory = cluster.memory_by_daemon()
     print("memory (PSS MiB) by daemon:", json.dumps(memory, indent=1))
-    assert len(memory) == 7, memory  # api-server, scheduler, dag-processor, triggerer, flower, two workers
+    assert len(memory) == len(MASTER_DAEMONS) + len(WORKERS), memory
