@@ -311,17 +311,24 @@ class Cluster:
     def memory_by_daemon(self) -> dict[str, int]:
         """PSS in MiB of each Airflow daemon, its main process plus all its children, on every host."""
         rows = [line.split(None, 2) for line in sh(["ps", "-ww", "-eo", "pid,ppid,args"]).stdout.splitlines()[1:]]
+        parents = {pid: ppid for pid, ppid, _ in rows}
         children: dict[str, list[str]] = {}
         for pid, ppid, _ in rows:
             children.setdefault(ppid, []).append(pid)
-        result: dict[str, int] = {}
+        daemons: dict[str, str] = {}  # pid -> daemon name
         for pid, _, args in rows:
-            # the api-server renames its main process ("airflow api_server -- host:...")
-            match = re.search(r"(?:/bin/airflow |^airflow )(api[-_]server|webserver|scheduler|dag-processor|"
-                              r"triggerer|celery worker|celery flower)(?: .*-H celery@(\S+))?", args)  # fmt: skip
-            if not match:
-                continue
-            name = match.group(1).replace("_", "-") + (f" ({match.group(2)})" if match.group(2) else "")
+            # processes rename themselves: "airflow api_server -- ...", "[celeryd: celery@NAME:MainProcess]"
+            daemon = re.search(r"(?:/bin/airflow |^airflow )(api[-_]server|webserver|scheduler|dag-processor|"
+                               r"triggerer|celery flower)", args)  # fmt: skip
+            worker = re.search(r"(?:/bin/airflow celery worker .*-H |^\[celeryd: )celery@([\w.-]+)", args)
+            if daemon:
+                daemons[pid] = daemon.group(1).replace("_", "-")
+            elif worker:
+                daemons[pid] = f"celery worker ({worker.group(1)})"
+        result: dict[str, int] = {}
+        for pid, name in daemons.items():
+            if parents.get(pid) in daemons:
+                continue  # counted with the daemon it belongs to
             tree, total = [pid], 0
             while tree:
                 current = tree.pop()
