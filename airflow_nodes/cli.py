@@ -58,15 +58,19 @@ def cli() -> None:
 @click.option("--visibility-timeout", type=int, metavar="SEC", help="Master: longest task plus margin [86400].")
 @click.option("--web-port", type=int, help="Master: webserver / api-server port [8080].")
 @click.option("--flower-port", type=int, help="Master: flower port [5555].")
+@click.option("--install-airflow", metavar="X.Y.Z", help="First install this Airflow into --venv from a shipped lock.")
 @click.option("--airflow-node-bin", metavar="PATH", hidden=True)
 def init(dry_run: bool, force: bool, **options: object) -> None:
     """Write this node's config, units and cron entry, and enable its daemons."""
     from airflow_nodes.apply import apply
-    from airflow_nodes.init import InitRequest, plan_init
+    from airflow_nodes.init import InitRequest, install_requested_airflow, plan_init
     from airflow_nodes.report import format_apply, format_preview
 
-    outcome = plan_init(InitRequest(**options))
+    request, installed = install_requested_airflow(InitRequest(**options), dry_run, progress=click.echo)
+    outcome = plan_init(request)
     click.echo(format_preview(outcome, show_diff=dry_run))
+    if installed:
+        click.echo(installed)
     if dry_run or outcome.preview.nothing_to_do:
         return
     click.echo(format_apply(apply(outcome.preview, force=force)))

@@ -12,7 +12,7 @@ from pathlib import Path
 from airflow_nodes import urls
 from airflow_nodes.apply import Preview, check_root, preview
 from airflow_nodes.cluster import ClusterConfig, ClusterSecrets, dump_cluster, parse_cluster, validate_cluster
-from airflow_nodes.detect import AirflowInstall, detect_airflow, detect_init_system
+from airflow_nodes.detect import DEFAULT_VENV, AirflowInstall, detect_airflow, detect_init_system
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import (
     CLUSTER_FILE,
@@ -68,6 +68,7 @@ class InitRequest:
     visibility_timeout: int | None = None
     web_port: int | None = None
     flower_port: int | None = None
+    install_airflow: str | None = None  # install this Airflow into the venv first (shipped lock)
 
     def given_cluster_options(self) -> dict[str, object]:
         return {attr: getattr(self, attr) for attr in CLUSTER_OPTIONS if getattr(self, attr) is not None}
@@ -227,6 +228,27 @@ def node_settings(
         message = str(exc).removeprefix("init: ")
         key = message.split(":", 1)[0]
         raise UserError(message.replace(key, options.get(key, key), 1)) from None
+
+
+def install_requested_airflow(request: InitRequest, dry_run: bool, progress) -> tuple[InitRequest, str]:
+    """With --install-airflow, install that version into the venv (from the shipped lock) before the
+    node is planned, and return the request pointing at it plus what was done. Under --dry-run or
+    --root nothing is installed: the command is only reported, and its version used for the plan."""
+    if not request.install_airflow:
+        return request, ""
+    from airflow_nodes.install import find_lock, install_airflow, python_version
+
+    try:  # a version we ship a lock for
+        find_lock(request.install_airflow, python_version(sys.executable))
+    except UserError as exc:
+        raise UserError(str(exc).replace("--version:", "--install-airflow:", 1)) from None
+    venv = Path(request.venv or DEFAULT_VENV)
+    command = f"airflow-node install-airflow --version {request.install_airflow} --venv {venv}"
+    if dry_run or request.root != Path("/"):
+        planned = dataclasses.replace(request, venv=str(venv), airflow_version=request.install_airflow)
+        return planned, f"  would run: {command}   # the pinned Airflow this node runs"
+    result = install_airflow(request.install_airflow, venv, progress=progress)
+    return dataclasses.replace(request, venv=str(venv)), f"  ran: {command}   # {result.message}"
 
 
 def plan_init(request: InitRequest) -> InitOutcome:

@@ -292,3 +292,11 @@ def test_the_master_user_gets_a_shell_for_the_workers_ssh_and_a_worker_user_none
     worker = run_cli(*worker_args(tmp_path / "worker", cluster_file), "--dry-run")
     assert "--shell /bin/sh airflow" in master.out
     assert "--shell /usr/sbin/nologin airflow" in worker.out
+
+
+def test_install_airflow_option_is_listed_under_dry_run_and_checked(run_cli, tmp_path):
+    listed = init_master(run_cli, tmp_path / "a", "--install-airflow", "3.3.2", "--dry-run")
+    assert listed.code == 0, listed.err
+    assert "would run: airflow-node install-airflow --version 3.3.2 --venv /opt/airflow/venv" in listed.out
+    unknown = init_master(run_cli, tmp_path / "b", "--install-airflow", "3.3.9", "--dry-run")
+    assert unknown.code == 2 and "--install-airflow: no lock file for Airflow 3.3.9" in unknown.err
