@@ -283,7 +283,10 @@ class Cluster:
         return [(t["task_id"], t["state"], t.get("hostname")) for t in self.task_instances(dag_id, run_id)]
 
     def daemon_logs(self) -> str:
-        parts = [self.master.run("journalctl", "--no-pager", "-n", "40", "-u", "airflow-*", check=False).stdout]
+        parts = []
+        for unit in ("db-migrate", "webserver", "api-server", "scheduler", "dag-processor", "triggerer", "flower"):
+            journal = self.master.run("journalctl", "--no-pager", "-n", "25", "-u", f"airflow-{unit}", check=False)
+            parts.append(f"--- master airflow-{unit}\n{journal.stdout}")
         for name, worker in self.workers.items():
             for log in sorted((worker.workdir / "var/log/airflow").glob("*.log")):
                 parts.append(f"--- {name} {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
