@@ -119,27 +119,37 @@ def master_cluster(request: InitRequest, install: AirflowInstall, existing: Clus
         if "db_url" in given and "result_backend" not in given:
             given["result_backend"] = urls.default_result_backend(given["db_url"], version)
         config = dataclasses.replace(existing, airflow_version=version.series, **given)
-    return _validate_options(config)
+    return _checked_options(validate_cluster, config)
 
 
-def _validate_options(config: ClusterConfig) -> ClusterConfig:
-    """Validate a config built from options; name the option rather than the file key."""
+# The option that sets each key of the cluster and node files, so an error names what the user typed.
+OPTION_OF_KEY = {
+    "master.host": "--master-host",
+    "dags.source": "--dags-source",
+    "dags.sync_interval_minutes": "--sync-interval",
+    "cluster.airflow_home": "--airflow-home",
+    "broker.visibility_timeout": "--visibility-timeout",
+    "master.web_port": "--web-port",
+    "master.flower_port": "--flower-port",
+    "database.result_backend": "--result-backend",
+    "node.name": "--node-name",
+    "worker.concurrency": "--concurrency",
+    "worker.queues": "--queues",
+    "worker.stop_timeout": "--stop-timeout",
+    "node.airflow_bin": "--airflow-bin",
+    "node.airflow_node_bin": "--airflow-node-bin",
+    "node.supervisord_conf": "--supervisord-conf",
+}
+
+
+def _checked_options(validate, value):
+    """Run a file schema's validation on a value built from options; the error names the option."""
     try:
-        return validate_cluster(config, "init")
+        return validate(value, "init")
     except UserError as exc:
         message = str(exc).removeprefix("init: ")
         key = message.split(":", 1)[0]
-        options = {
-            "master.host": "--master-host",
-            "dags.source": "--dags-source",
-            "dags.sync_interval_minutes": "--sync-interval",
-            "cluster.airflow_home": "--airflow-home",
-            "broker.visibility_timeout": "--visibility-timeout",
-            "master.web_port": "--web-port",
-            "master.flower_port": "--flower-port",
-            "database.result_backend": "--result-backend",
-        }
-        raise UserError(message.replace(key, options.get(key, key), 1)) from None
+        raise UserError(message.replace(key, OPTION_OF_KEY.get(key, key), 1)) from None
 
 
 def fetch_cluster_from_master(spec: str) -> bytes:
@@ -213,21 +223,7 @@ def node_settings(
         stop_timeout=pick(request.stop_timeout, "stop_timeout", 600),
         supervisord_conf=pick(request.supervisord_conf, "supervisord_conf", DEFAULT_SUPERVISORD_CONF),
     )
-    options = {
-        "node.name": "--node-name",
-        "worker.concurrency": "--concurrency",
-        "worker.queues": "--queues",
-        "worker.stop_timeout": "--stop-timeout",
-        "node.airflow_bin": "--airflow-bin",
-        "node.airflow_node_bin": "--airflow-node-bin",
-        "node.supervisord_conf": "--supervisord-conf",
-    }
-    try:
-        return validate_node(settings, "init")
-    except UserError as exc:
-        message = str(exc).removeprefix("init: ")
-        key = message.split(":", 1)[0]
-        raise UserError(message.replace(key, options.get(key, key), 1)) from None
+    return _checked_options(validate_node, settings)
 
 
 def install_requested_airflow(request: InitRequest, dry_run: bool, progress) -> tuple[InitRequest, str]:
