@@ -202,10 +202,14 @@ def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncRe
             config = sync_config(ctx, root, spec, transfer, request.master_root, request.guards.force, request.runner)
         except (UserError, OperationError) as exc:
             errors.append(exc)
-    published = current_release(layout)
+    if dags is not None:
+        dag_revision = dags.revision  # what sync_dags published or found unchanged
+    else:  # it failed: whatever is published now (re-read its manifest only on this path)
+        published = current_release(layout)
+        dag_revision = published.revision if published else state.dag_revision
     new_state = dataclasses.replace(
         state,
-        dag_revision=published.revision if published else state.dag_revision,
+        dag_revision=dag_revision,
         source_revision=(dags.source_revision if dags else seen.get("source_revision", state.source_revision)),
         config_hash=sha256_of(under_root(root, ctx.airflow_cfg)),
         cluster_file_hash=sha256_of(under_root(root, CLUSTER_FILE)),
