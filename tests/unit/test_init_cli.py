@@ -174,41 +174,30 @@ def test_control_commands_are_listed_under_root(run_cli, tmp_path, cluster_file)
     assert "systemctl restart airflow-worker.target" in result.out
 
 
-def good_worker(tmp_path: Path, cluster_file: Path) -> list[str]:
-    return worker_args(tmp_path / "node", cluster_file)
+def master_with(changes: dict[str, str | None]) -> list[str]:
+    """A valid master init command line with some options changed (None leaves the option out)."""
+    options = {"--airflow-version": "3.3.2", "--master-host": "m", "--broker-url": "redis://m:6379/0",
+               "--db-url": "postgresql://a@m/db", **changes}  # fmt: skip
+    return ["init", "--role", "master", *(word for o, v in options.items() if v is not None for word in (o, v))]
 
 
 BAD_INPUT = [
     (["init", "--role", "scheduler"], "--role"),
     (["init", "--role", "worker", "-c", "0"], "--concurrency"),
     (["init", "--role", "worker", "-c", "-3"], "--concurrency"),
-    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
-      "--broker-url", "amqp://guest@m//", "--db-url", "postgresql://a@m/db"], "--broker-url"),
-    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
-      "--broker-url", "redis://m:6379/zero", "--db-url", "postgresql://a@m/db"], "--broker-url"),
-    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "mysql://a@m/db"], "--db-url"),
-    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "sqlite:////tmp/x.db"], "--db-url"),
-    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db",
-      "--result-backend", "postgresql://a@m/db"], "--result-backend"),
-    (["init", "--role", "master", "--airflow-version", "3.1.0", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db",
-      "--result-backend", "db+postgresql+psycopg://a@m/db"], "--result-backend"),
-    (["init", "--role", "master", "--airflow-version", "3.3.2", "--broker-url", "redis://m:6379/0",
-      "--db-url", "postgresql://a@m/db"], "--master-host"),
-    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "bad host!",
-      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--master-host"),
-    (["init", "--role", "master", "--airflow-version", "2.6.3", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--airflow-version"),
-    (["init", "--role", "master", "--airflow-version", "4.0.0", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--airflow-version"),
-    (["init", "--role", "master", "--airflow-version", "three", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db"], "--airflow-version"),
-    (["init", "--role", "master", "--airflow-version", "3.3.2", "--master-host", "m",
-      "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db", "--sync-interval", "0"],
-     "--sync-interval"),
+    (master_with({"--broker-url": "amqp://guest@m//"}), "--broker-url"),
+    (master_with({"--broker-url": "redis://m:6379/zero"}), "--broker-url"),
+    (master_with({"--db-url": "mysql://a@m/db"}), "--db-url"),
+    (master_with({"--db-url": "sqlite:////tmp/x.db"}), "--db-url"),
+    (master_with({"--result-backend": "postgresql://a@m/db"}), "--result-backend"),
+    (master_with({"--airflow-version": "3.1.0", "--result-backend": "db+postgresql+psycopg://a@m/db"}),
+     "--result-backend"),
+    (master_with({"--master-host": None}), "--master-host"),
+    (master_with({"--master-host": "bad host!"}), "--master-host"),
+    (master_with({"--airflow-version": "2.6.3"}), "--airflow-version"),
+    (master_with({"--airflow-version": "4.0.0"}), "--airflow-version"),
+    (master_with({"--airflow-version": "three"}), "--airflow-version"),
+    (master_with({"--sync-interval": "0"}), "--sync-interval"),
     (["init", "--role", "worker", "--airflow-version", "3.3.2"], "--from-master"),
     (["init", "--role", "worker", "--airflow-version", "3.3.2", "--broker-url", "redis://m/0"], "--broker-url"),
     (["init", "--role", "worker", "--airflow-version", "3.3.2", "--config", "/nonexistent/cluster.toml"], "--config"),
@@ -220,7 +209,7 @@ BAD_INPUT = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("args,option", BAD_INPUT, ids=[" ".join(a[2:5]) + f" ({o})" for a, o in BAD_INPUT])
+@pytest.mark.parametrize("args,option", BAD_INPUT, ids=[f"{n}-{a[2]}-{o}" for n, (a, o) in enumerate(BAD_INPUT)])
 def test_bad_input_is_one_line_naming_the_option_exit_2_nothing_written(run_cli, tmp_path, cluster_file, args, option):
     root = tmp_path / "node"
     if args[2] == "worker" and "--config" not in args and option != "--from-master":
