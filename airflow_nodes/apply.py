@@ -2,11 +2,13 @@
 
 The contract:
 - preview() only reads: it compares the plan with the disk and with the manifest of what we
-  wrote last time, so a file someone edited since is recognised.
+  wrote last time, so a file someone edited since is recognised. The difference has three parts,
+  as supervisor's own reload plan does: files added, files changed, and files removed (in the
+  manifest, no longer planned), each removal with the commands that take it out of service.
 - apply() writes every changed file to a temp file beside its target (created with its final
   mode), then renames them all into place. If anything fails, every rename done so far is
   undone and new files and directories are removed: the previous state stays.
-- Under a root other than "/", commands that need the real system (useradd, systemctl,
+- On a Target that is not the real system, commands that need it (useradd, systemctl,
   supervisorctl) and ownership changes are skipped and listed instead.
 """
 
@@ -14,29 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import hashlib
 import json
 import os
 import pwd
-import subprocess
-from collections.abc import Callable, Sequence
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from airflow_nodes.atomicfile import write_atomically
+from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import MANIFEST_FILE, under_root
+from airflow_nodes.node import MANIFEST_FILE
 from airflow_nodes.plan import Command, Plan, PlannedDir, PlannedFile
 from airflow_nodes.redaction import redact
+from airflow_nodes.target import Target
 
 CREATE, UPDATE, PERMISSIONS, UNCHANGED = "create", "update", "permissions", "unchanged"
 EDITED, FOREIGN = "edited", "foreign"
+# what happens to a file we wrote that the plan no longer has
+REMOVE, MOVE_ASIDE, KEEP_EDITED, FORGET = "remove", "move aside", "keep edited", "forget"
 BACKUP_SUFFIX = ".airflow-node-backup"
-
-Runner = Callable[[Sequence[str]], None]
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,24 @@ class Manifest:
         return (json.dumps(data, indent=2) + "\n").encode()
 
 
-def read_manifest(root: Path) -> Manifest:
-    path = under_root(root, MANIFEST_FILE)
+def read_manifest(target: Target) -> Manifest:
+    """Return what we wrote last time. Raise UserError if the manifest is not exactly what we write:
+    its paths are acted on as root, so each must be absolute, normalised and a sha256 must be a sha256."""
+    path = target.path(MANIFEST_FILE)
+    corrupt = UserError(f"{path}: the manifest of written files is corrupt; fix or remove it")
     try:
         data = json.loads(path.read_text())
-        return Manifest(dict(data["files"]), tuple(data["dirs"]))
+        files, dirs = dict(data["files"]), tuple(data["dirs"])
     except FileNotFoundError:
         return Manifest()
     except (ValueError, KeyError, TypeError, OSError):
-        raise UserError(f"{path}: the manifest of written files is corrupt; fix or remove it") from None
+        raise corrupt from None
+    for name in [*files, *dirs]:
+        if not isinstance(name, str) or not name.startswith("/") or str(PurePosixPath(name)) != name or "/.." in name:
+            raise corrupt
+    if not all(isinstance(d, str) and _DIGEST_RE.match(d) for d in files.values()):
+        raise corrupt
+    return Manifest(files, dirs)
 
 
 @dataclass(frozen=True)
@@ -74,17 +83,33 @@ class FileChange:
 
 
 @dataclass(frozen=True)
+class Removal:
+    """A file we wrote that the plan no longer has, and what happens to it."""
+
+    path: str
+    status: str  # REMOVE, MOVE_ASIDE (edited, --force), KEEP_EDITED, FORGET (already gone)
+    old: bytes | None
+
+    @property
+    def removes(self) -> bool:
+        return self.status in (REMOVE, MOVE_ASIDE)
+
+
+@dataclass(frozen=True)
 class Preview:
     plan: Plan
-    root: Path
+    target: Target
     manifest: Manifest
     changes: tuple[FileChange, ...]
+    removals: tuple[Removal, ...]
     missing_dirs: tuple[PlannedDir, ...]
+    orphan_dirs: tuple[str, ...]  # directories we created that nothing planned needs; removed if empty
     missing_users: tuple[str, ...]
+    force: bool = False
 
     @property
     def real_system(self) -> bool:
-        return self.root == Path("/")
+        return self.target.real_system
 
     @property
     def conflicts(self) -> list[FileChange]:
@@ -95,8 +120,12 @@ class Preview:
         return {c.file.path for c in self.changes if c.writes}
 
     @property
-    def commands(self) -> list[Command]:
-        user_commands = [
+    def removed_paths(self) -> list[str]:
+        return [r.path for r in self.removals if r.removes]
+
+    @property
+    def user_commands(self) -> list[Command]:
+        return [
             Command(
                 (
                     "useradd",
@@ -113,23 +142,43 @@ class Preview:
             for user in self.plan.users
             if user.name in self.missing_users
         ]
-        return user_commands + self.plan.commands_after(self.changed_paths)
+
+    @property
+    def stop_commands(self) -> list[Command]:
+        """Run before any file changes: they need the files that are about to go."""
+        return self.plan.retire_commands(self.removed_paths)[0]
+
+    @property
+    def after_commands(self) -> list[Command]:
+        """Run once every file is in place: the init system forgets what is gone, reloads what changed."""
+        after = self.plan.retire_commands(self.removed_paths)[1]
+        return after + [
+            c for c in self.plan.commands_after(self.changed_paths) if c.argv not in {a.argv for a in after}
+        ]
+
+    @property
+    def commands(self) -> list[Command]:
+        return self.user_commands + self.stop_commands + self.after_commands
 
     @property
     def nothing_to_do(self) -> bool:
         # under --root, a missing user is only listed (never created), so it is no pending change
         users_pending = self.missing_users and self.real_system
-        return not self.changed_paths and not self.missing_dirs and not users_pending
+        forgotten = any(r.status == FORGET for r in self.removals)
+        return not (self.changed_paths or self.removed_paths or self.missing_dirs or users_pending or forgotten)
 
-    def diff(self, change: FileChange) -> str:
-        """Return a unified diff of a change, with secrets redacted."""
+    def diff(self, change: FileChange | Removal) -> str:
+        """Return a unified diff of a change or a removal, with secrets redacted."""
         import difflib  # only --dry-run needs it; keep it off the start-up path
 
-        old = (change.old or b"").decode(errors="replace").splitlines(keepends=True)
-        new = change.file.content.decode().splitlines(keepends=True)
-        label = change.file.path
-        text = "".join(difflib.unified_diff(old, new, f"{label} (on disk)", f"{label} (planned)"))
-        return redact(text, self.plan.secrets) if change.file.secret else text
+        if isinstance(change, Removal):
+            label, old, new, secret = change.path, change.old, b"", True  # an old file may hold old secrets
+        else:
+            label, old, new, secret = change.file.path, change.old, change.file.content, change.file.secret
+        old_lines = (old or b"").decode(errors="replace").splitlines(keepends=True)
+        new_lines = new.decode().splitlines(keepends=True)
+        text = "".join(difflib.unified_diff(old_lines, new_lines, f"{label} (on disk)", f"{label} (planned)"))
+        return redact(text, self.plan.secrets) if secret else text
 
 
 def check_root(root: Path) -> None:
@@ -143,77 +192,102 @@ def check_root(root: Path) -> None:
         raise UserError(f"--root: {root} is not writable")
 
 
-def _user_exists(root: Path, name: str) -> bool:
-    """Whether the user exists on the system under root (its etc/passwd; the real database for "/")."""
-    if root == Path("/"):
+def _user_exists(target: Target, name: str) -> bool:
+    """Whether the user exists on the target (its etc/passwd; the real database on the real system)."""
+    if target.real_system:
         try:
             pwd.getpwnam(name)
             return True
         except KeyError:
             return False
     try:
-        lines = under_root(root, "/etc/passwd").read_text().splitlines()
+        lines = target.path("/etc/passwd").read_text().splitlines()
     except OSError:
         return False
     return any(line.split(":", 1)[0] == name for line in lines)
 
 
-def preview(plan: Plan, root: Path) -> Preview:
-    """Given a plan and a root directory, return how the disk differs from the plan. Reads only."""
-    check_root(root)
-    manifest = read_manifest(root)
-    changes = []
-    for planned in plan.files:
-        target = under_root(root, planned.path)
-        if target.is_dir():
-            raise UserError(f"{target}: is a directory where airflow-node writes a file")
-        try:
-            old = target.read_bytes()
-        except FileNotFoundError:
-            old = None
-        except OSError as exc:
-            raise UserError(f"{target}: cannot read it ({exc.strerror})") from None
-        if old is None:
-            status = CREATE
-        elif old == planned.content:
-            # a secret file left world-readable (say, copied by hand) is rewritten with its mode
-            status = UNCHANGED if target.stat().st_mode & 0o7777 == planned.mode else PERMISSIONS
-        elif planned.path not in manifest.files:
-            status = FOREIGN
-        elif manifest.files[planned.path] != sha256(old):
-            status = EDITED
-        else:
-            status = UPDATE
-        changes.append(FileChange(planned, status, old))
+def _read_if_file(path: Path) -> bytes | None:
+    """Return a file's bytes, or None if there is none. Raise UserError if it cannot be read."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory where airflow-node writes a file")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _file_change(target: Target, planned: PlannedFile, manifest: Manifest) -> FileChange:
+    path = target.path(planned.path)
+    old = _read_if_file(path)
+    if old is None:
+        status = CREATE
+    elif old == planned.content:
+        # a secret file left world-readable (say, copied by hand) is rewritten with its mode
+        status = UNCHANGED if path.stat().st_mode & 0o7777 == planned.mode else PERMISSIONS
+    elif planned.path not in manifest.files:
+        status = FOREIGN
+    elif manifest.files[planned.path] != sha256(old):
+        status = EDITED
+    else:
+        status = UPDATE
+    return FileChange(planned, status, old)
+
+
+def _removal(target: Target, path: str, digest: str, force: bool) -> Removal:
+    old = _read_if_file(target.path(path))
+    if old is None:
+        return Removal(path, FORGET, None)
+    if sha256(old) == digest:
+        return Removal(path, REMOVE, old)
+    return Removal(path, MOVE_ASIDE if force else KEEP_EDITED, old)
+
+
+def _ancestors(path: str) -> list[str]:
+    return [str(p) for p in PurePosixPath(path).parents]
+
+
+def preview(plan: Plan, target: Target, force: bool = False) -> Preview:
+    """Given a plan and a target, return how the disk differs from the plan: files added, changed and
+    removed (written by us before, no longer planned). Reads only. With force, edited files that are no
+    longer planned are moved aside as a backup; without, they are kept."""
+    check_root(target.root)
+    manifest = read_manifest(target)
+    changes = tuple(_file_change(target, planned, manifest) for planned in plan.files)
+    planned_paths = plan.paths | set(plan.keep)
+    removals = tuple(
+        _removal(target, path, digest, force)
+        for path, digest in sorted(manifest.files.items())
+        if path not in planned_paths
+    )
     wanted_dirs = list(plan.dirs)
     for planned in plan.files:  # parents of our files, e.g. /etc/cron.d on a minimal root
-        wanted_dirs.append(PlannedDir(str(Path(planned.path).parent), 0o755))
+        wanted_dirs.append(PlannedDir(str(PurePosixPath(planned.path).parent), 0o755))
     missing: dict[str, PlannedDir] = {}
     for planned_dir in wanted_dirs:
-        for ancestor in [*reversed(Path(planned_dir.path).parents), Path(planned_dir.path)]:
-            key = str(ancestor)
-            if key not in missing and not under_root(root, key).exists():
-                missing[key] = planned_dir if key == planned_dir.path else PlannedDir(key, 0o755)
+        for ancestor in [*reversed(_ancestors(planned_dir.path)), planned_dir.path]:
+            if ancestor not in missing and not target.path(ancestor).exists():
+                missing[ancestor] = planned_dir if ancestor == planned_dir.path else PlannedDir(ancestor, 0o755)
     missing.pop("/", None)  # the root itself is created, but never ours to remove
-    missing_users = [user.name for user in plan.users if not _user_exists(root, user.name)]
-    return Preview(plan, root, manifest, tuple(changes), tuple(missing.values()), tuple(missing_users))
-
-
-def run_command(argv: Sequence[str]) -> None:
-    """Run a system command; raise OperationError with the tail of its output if it fails."""
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise OperationError(f"{argv[0]}: command not found") from None
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-        raise OperationError(f"{' '.join(argv)} failed (exit {result.returncode}): {tail[0]}")
+    needed = {d.path for d in wanted_dirs} | {a for p in [*planned_paths, *(d.path for d in wanted_dirs)]
+                                               for a in _ancestors(p)}  # fmt: skip
+    kept = {r.path for r in removals if not r.removes}
+    needed |= {a for path in kept for a in _ancestors(path)}
+    orphan_dirs = tuple(sorted((d for d in manifest.dirs if d not in needed), key=lambda d: (-d.count("/"), d)))
+    missing_users = tuple(user.name for user in plan.users if not _user_exists(target, user.name))
+    return Preview(
+        plan, target, manifest, changes, removals, tuple(missing.values()), orphan_dirs, missing_users, force
+    )
 
 
 @dataclass
 class ApplyResult:
     written: list[str]
+    removed: list[str]
     backups: list[str]
+    kept: list[str]  # edited files no longer planned, left as they are
     ran: list[Command]
     skipped: list[Command]
     ownership_skipped: bool
@@ -224,12 +298,21 @@ def _ids(owner: str, group: str) -> tuple[int, int]:
 
 
 class _Transaction:
-    """Renames done so far, so a failure can put everything back."""
+    """Renames and removals done so far, so a failure can put everything back."""
 
     def __init__(self) -> None:
         self.created_dirs: list[Path] = []
         self.temps: list[Path] = []
         self.replaced: list[tuple[Path, Path | None]] = []  # (target, saved copy of the old file or None)
+
+    def save(self, target: Path) -> Path | None:
+        """Keep a hard link to target's current file (if any) so it can be put back."""
+        if not target.exists():
+            return None
+        saved = target.with_name(f".{target.name}.airflow-node-old{os.getpid()}")
+        saved.unlink(missing_ok=True)  # left by a killed run of the same pid
+        os.link(target, saved)
+        return saved
 
     def rollback(self) -> None:
         for target, saved in reversed(self.replaced):
@@ -282,26 +365,36 @@ def _write_temp(target: Path, content: bytes, mode: int, ids: tuple[int, int] | 
     return temp
 
 
-def apply(prev: Preview, force: bool = False, runner: Runner = run_command) -> ApplyResult:
-    """Apply a previewed plan atomically. Raise UserError on conflicts (unless force), leaving disk as is."""
-    if prev.conflicts and not force:
-        names = ", ".join(str(under_root(prev.root, c.file.path)) for c in prev.conflicts)
+def _run_all(prev: Preview, commands: list[Command], result: ApplyResult) -> None:
+    for command in commands:
+        if prev.real_system:
+            prev.target.runner(command.argv)
+            result.ran.append(command)
+        else:
+            result.skipped.append(command)
+
+
+def apply(prev: Preview) -> ApplyResult:
+    """Apply a previewed plan atomically: write what is added or changed, retire and remove what is no
+    longer planned. Raise UserError on conflicts (unless the preview was forced), leaving disk as is."""
+    if prev.conflicts and not prev.force:
+        names = ", ".join(str(prev.target.path(c.file.path)) for c in prev.conflicts)
         raise UserError(f"{names}: changed since airflow-node wrote it (or not ours); keep it, or re-run with --force")
-    real = prev.real_system
-    for command in prev.commands:
-        if real and command.argv[0] == "useradd":
-            runner(command.argv)
-    set_owner = real and os.geteuid() == 0
+    target = prev.target
+    set_owner = target.privileged
+    result = ApplyResult([], [], [], [], [], [], ownership_skipped=not set_owner)
+    _run_all(prev, prev.user_commands, result)
+    _run_all(prev, prev.stop_commands, result)
 
     tx = _Transaction()
-    result = ApplyResult([], [], [], [], ownership_skipped=not set_owner)
-    manifest_files = dict(prev.manifest.files)
+    manifest_files = {r.path: prev.manifest.files[r.path] for r in prev.removals if r.status == KEEP_EDITED}
+    manifest_files.update({p: prev.manifest.files[p] for p in prev.plan.keep if p in prev.manifest.files})
     try:
-        if not prev.root.exists():
-            prev.root.mkdir(parents=True)
-            tx.created_dirs.append(prev.root)
+        if not target.root.exists():
+            target.root.mkdir(parents=True)
+            tx.created_dirs.append(target.root)
         for planned_dir in prev.missing_dirs:
-            path = under_root(prev.root, planned_dir.path)
+            path = target.path(planned_dir.path)
             path.mkdir(mode=planned_dir.mode)
             tx.created_dirs.append(path)
             os.chmod(path, planned_dir.mode)  # mkdir's mode is filtered by the umask
@@ -312,43 +405,62 @@ def apply(prev: Preview, force: bool = False, runner: Runner = run_command) -> A
             manifest_files[change.file.path] = sha256(change.file.content)
             if not change.writes:
                 continue
-            target = under_root(prev.root, change.file.path)
+            path = target.path(change.file.path)
             ids = _ids(change.file.owner, change.file.group) if set_owner else None
-            temp = _write_temp(target, change.file.content, change.file.mode, ids)
+            temp = _write_temp(path, change.file.content, change.file.mode, ids)
             tx.temps.append(temp)
-            staged.append((change, target, temp))
+            staged.append((path, temp))
+
+        for path, temp in staged:
+            tx.replaced.append((path, tx.save(path)))
+            os.replace(temp, path)
+            tx.temps.remove(temp)
+            result.written.append(str(path))
+        for removal in prev.removals:
+            if removal.removes:
+                path = target.path(removal.path)
+                tx.replaced.append((path, tx.save(path)))
+                path.unlink()
+                result.removed.append(str(path))
+            elif removal.status == KEEP_EDITED:
+                result.kept.append(str(target.path(removal.path)))
         created = set(prev.manifest.dirs) | {d.path for d in prev.missing_dirs}
         manifest = Manifest(manifest_files, tuple(sorted(created)))
-        manifest_target = under_root(prev.root, MANIFEST_FILE)
-        manifest_temp = _write_temp(manifest_target, manifest.to_bytes(), 0o644, None)
+        manifest_path = target.path(MANIFEST_FILE)
+        manifest_temp = _write_temp(manifest_path, manifest.to_bytes(), 0o644, None)
         tx.temps.append(manifest_temp)
-        staged.append((None, manifest_target, manifest_temp))
-
-        for change, target, temp in staged:
-            saved = None
-            if target.exists():
-                saved = target.with_name(f".{target.name}.airflow-node-old{os.getpid()}")
-                os.link(target, saved)
-            tx.replaced.append((target, saved))
-            os.replace(temp, target)
-            tx.temps.remove(temp)
-            if change is not None:
-                result.written.append(str(target))
+        tx.replaced.append((manifest_path, tx.save(manifest_path)))
+        os.replace(manifest_temp, manifest_path)
+        tx.temps.remove(manifest_temp)
     except OSError as exc:
         tx.rollback()
-        where = exc.filename or prev.root
+        where = exc.filename or target.root
         raise OperationError(f"{where}: {exc.strerror}; nothing was changed") from None
     except BaseException:
         tx.rollback()
         raise
-    result.backups = tx.commit({under_root(prev.root, c.file.path) for c in prev.conflicts})
-
-    for command in prev.commands:
-        if command.argv[0] == "useradd":
-            (result.ran if real else result.skipped).append(command)
-        elif real:
-            runner(command.argv)
-            result.ran.append(command)
-        else:
-            result.skipped.append(command)
+    moved_aside = {target.path(r.path) for r in prev.removals if r.status == MOVE_ASIDE}
+    result.backups = tx.commit({target.path(c.file.path) for c in prev.conflicts} | moved_aside)
+    _remove_orphan_dirs(prev, manifest, result)
+    _run_all(prev, prev.after_commands, result)
     return result
+
+
+def _remove_orphan_dirs(prev: Preview, manifest: Manifest, result: ApplyResult) -> None:
+    """Remove the directories we created that nothing planned needs, deepest first, when empty; a
+    directory that still holds something (DAGs, logs, a file we keep) stays ours in the manifest."""
+    gone = []
+    for directory in prev.orphan_dirs:
+        path = prev.target.path(directory)
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            gone.append(directory)
+        except OSError:
+            continue
+        else:
+            gone.append(directory)
+            result.removed.append(f"{path}/")
+    if gone:
+        kept_dirs = tuple(d for d in manifest.dirs if d not in gone)
+        write_atomically(prev.target.path(MANIFEST_FILE), Manifest(manifest.files, kept_dirs).to_bytes())

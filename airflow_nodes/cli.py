@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from airflow_nodes import defaults
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.target import Target
 
 
 class Exit(enum.IntEnum):
@@ -17,11 +19,19 @@ class Exit(enum.IntEnum):
     USAGE = 2
 
 
+def _target(ctx: click.Context, param: click.Parameter, value: str) -> Target:
+    try:
+        return Target.at(value)
+    except UserError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--root: "), ctx, param) from None
+
+
 root_option = click.option(
     "--root",
-    type=click.Path(file_okay=True, dir_okay=True, path_type=Path),
-    default=Path("/"),
+    "target",
+    default="/",
     show_default=True,
+    callback=_target,
     help="Act on a node rendered under this directory; commands that need the real system are listed, not run.",
 )
 
@@ -42,9 +52,11 @@ def cli() -> None:
 @click.option("--airflow-bin", metavar="PATH", help="The airflow executable, if not DIR/bin/airflow.")
 @click.option("--init-system", type=click.Choice(["systemd", "supervisor"]), help="[default: systemd if PID 1]")
 @click.option("--node-name", metavar="NAME", help="This node's name; the Celery worker is celery@NAME.")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Worker: tasks run at once [default: 16].")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help=f"Worker: tasks run at once [default: {defaults.CONCURRENCY}].")  # fmt: skip
 @click.option("-q", "--queues", metavar="Q1,Q2", help="Worker: Celery queues to consume [default: Airflow's].")
-@click.option("--stop-timeout", type=int, metavar="SEC", help="Worker: time running tasks get on stop [600].")
+@click.option("--stop-timeout", type=int, metavar="SEC",
+              help=f"Worker: time running tasks get on stop [{defaults.STOP_TIMEOUT}].")  # fmt: skip
 @click.option("--supervisord-conf", metavar="PATH", help="supervisord.conf whose conf.d/ gets our programs.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="Worker: the cluster file to use.")
 @click.option("--from-master", metavar="[USER@]HOST[:PORT]", help="Worker: fetch the cluster file over SSH.")
@@ -53,72 +65,76 @@ def cli() -> None:
 @click.option("--db-url", metavar="URL", help="Master: metadata DB, postgresql://USER:PASSWORD@HOST/DB.")
 @click.option("--result-backend", metavar="URL", help="Master: Celery result backend [default: db+ the DB URL].")
 @click.option("--dags-source", metavar="SPEC", help="Master: where nodes sync DAGs from.")
-@click.option("--sync-interval", "sync_interval_minutes", type=int, metavar="MIN", help="Master: minutes [5].")
-@click.option("--airflow-home", metavar="DIR", help="Master: AIRFLOW_HOME on every node [/opt/airflow].")
-@click.option("--visibility-timeout", type=int, metavar="SEC", help="Master: longest task plus margin [86400].")
-@click.option("--web-port", type=int, help="Master: webserver / api-server port [8080].")
-@click.option("--flower-port", type=int, help="Master: flower port [5555].")
+@click.option("--sync-interval", "sync_interval_minutes", type=int, metavar="MIN",
+              help=f"Master: minutes [{defaults.SYNC_INTERVAL_MINUTES}].")  # fmt: skip
+@click.option("--airflow-home", metavar="DIR",
+              help=f"Master: AIRFLOW_HOME on every node [{defaults.AIRFLOW_HOME}].")  # fmt: skip
+@click.option("--visibility-timeout", type=int, metavar="SEC",
+              help=f"Master: longest task plus margin [{defaults.VISIBILITY_TIMEOUT}].")  # fmt: skip
+@click.option("--web-port", type=int, help=f"Master: webserver / api-server port [{defaults.WEB_PORT}].")
+@click.option("--flower-port", type=int, help=f"Master: flower port [{defaults.FLOWER_PORT}].")
 @click.option("--install-airflow", metavar="X.Y.Z", help="First install this Airflow into --venv from a shipped lock.")
 @click.option("--airflow-node-bin", metavar="PATH", hidden=True)
-def init(dry_run: bool, force: bool, **options: object) -> None:
-    """Write this node's config, units and cron entry, and enable its daemons."""
+def init(target: Target, dry_run: bool, force: bool, **options: object) -> None:
+    """Write this node's config, units and cron entry, and enable its daemons; remove what a previous
+    init wrote that this one no longer needs."""
     from airflow_nodes.apply import apply
     from airflow_nodes.init import InitRequest, install_requested_airflow, plan_init
     from airflow_nodes.report import format_apply, format_preview
 
-    request, installed = install_requested_airflow(InitRequest(**options), dry_run, progress=click.echo)
-    outcome = plan_init(request)
+    request, installed = install_requested_airflow(InitRequest(**options), target, dry_run, progress=click.echo)
+    outcome = plan_init(request, target, force=force)
     click.echo(format_preview(outcome, show_diff=dry_run))
     if installed:
         click.echo(installed)
     if dry_run or outcome.preview.nothing_to_do:
         return
-    click.echo(format_apply(apply(outcome.preview, force=force)))
+    click.echo(format_apply(apply(outcome.preview)))
 
 
-def _control(action: str, root: Path) -> None:
+def _control(action: str, target: Target) -> None:
     from airflow_nodes.control import control
 
-    click.echo(control(action, root))
+    click.echo(control(action, target))
 
 
 @cli.command()
 @root_option
-def status(root: Path) -> None:
+def status(target: Target) -> None:
     """Show the state of this node's daemons."""
-    _control("status", root)
+    _control("status", target)
 
 
 @cli.command()
 @root_option
-def start(root: Path) -> None:
+def start(target: Target) -> None:
     """Start every daemon of this node's role."""
-    _control("start", root)
+    _control("start", target)
 
 
 @cli.command()
 @root_option
-def stop(root: Path) -> None:
+def stop(target: Target) -> None:
     """Stop every daemon of this node's role (workers finish their running tasks first)."""
-    _control("stop", root)
+    _control("stop", target)
 
 
 @cli.command()
 @root_option
-def restart(root: Path) -> None:
+def restart(target: Target) -> None:
     """Restart every daemon of this node's role (workers finish their running tasks first)."""
-    _control("restart", root)
+    _control("restart", target)
 
 
 @cli.command()
 @root_option
 @click.option("--purge", is_flag=True, help="Also remove the cluster file, which holds the cluster's secrets.")
-@click.option("--force", is_flag=True, help="Also remove files someone edited since we wrote them.")
-def uninstall(root: Path, purge: bool, force: bool) -> None:
+@click.option("--force", is_flag=True, help="Also remove files someone edited since we wrote them (kept as backups).")
+def uninstall(target: Target, purge: bool, force: bool) -> None:
     """Stop the role and remove exactly what init installed."""
     from airflow_nodes.uninstall import uninstall as run_uninstall
 
-    click.echo(run_uninstall(root, purge=purge, force=force))
+    click.echo(run_uninstall(target, purge=purge, force=force))
 
 
 @cli.command("install-airflow")
@@ -148,7 +164,6 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
     click.echo(f"wheels in {build_wheelhouse(airflow_version, directory, python, progress=click.echo)}")
 
 
-# --- sync: owned by the sync work (airflow_nodes/syncing/) ---------------------------------
 @cli.command()
 @root_option
 @click.option("--quiet", is_flag=True, help="Print nothing when all is well (for cron).")
@@ -156,22 +171,23 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
 @click.option("--status", "show_status", is_flag=True, help="Print the last sync's state and exit.")
 @click.option("--force", is_flag=True, help="Publish even an empty source or a mass delete; replace edited config.")
 @click.option(
-    "--max-delete-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+    "--max-delete-ratio", type=click.FloatRange(0, 1), default=defaults.MAX_DELETE_RATIO, show_default=True,
     help="Refuse a sync that deletes more than this share of the DAG files.",
 )  # fmt: skip
 @click.option(
-    "--validate", type=click.Choice(["off", "warn", "refuse"]), default="warn", show_default=True,
+    "--validate", type=click.Choice(["off", "warn", "refuse"]), default=defaults.VALIDATE, show_default=True,
     help="Byte-compile changed .py files before publishing; warn about or refuse files that do not parse.",
 )  # fmt: skip
-@click.option("--keep", "keep_releases", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--keep", "keep_releases", type=click.IntRange(min=1), default=defaults.KEEP_RELEASES, show_default=True,
               help="DAG releases kept on disk (the published one always).")  # fmt: skip
-@click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=10, show_default=True, metavar="SEC",
+@click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=defaults.LOCK_WAIT, show_default=True,
+              metavar="SEC",
               help="Wait this long for a running sync, then skip (exit 0).")  # fmt: skip
 @click.option("--ssh-key", metavar="FILE", help="SSH private key [default: the airflow user's]; "
               "more options in $AIRFLOW_NODE_SSH_OPTS.")  # fmt: skip
 @click.option("--dags-only", is_flag=True, help="Sync the DAGs, not the cluster file.")
 @click.option("--master-root", default="", hidden=True, help="Tests: the master's files live under this dir.")
-def sync(root: Path, quiet: bool, verbose: bool, show_status: bool, force: bool, max_delete_ratio: float,
+def sync(target: Target, quiet: bool, verbose: bool, show_status: bool, force: bool, max_delete_ratio: float,
          validate: str, **options: object) -> None:  # fmt: skip
     """Bring DAGs and the cluster config in line with the master (run by cron)."""
     from airflow_nodes.syncing import Guards, SyncRequest, format_status
@@ -179,10 +195,10 @@ def sync(root: Path, quiet: bool, verbose: bool, show_status: bool, force: bool,
     from airflow_nodes.syncing.commands import ssh_extra_from_env
 
     if show_status:
-        click.echo(format_status(root))
+        click.echo(format_status(target))
         return
     guards = Guards(max_delete_ratio=max_delete_ratio, validate=validate, force=force)
-    result = run_sync(SyncRequest(root=root, guards=guards, ssh_extra=ssh_extra_from_env(), **options))
+    result = run_sync(SyncRequest(target=target, guards=guards, ssh_extra=ssh_extra_from_env(), **options))
     if verbose:
         for line in result.details:
             click.echo(f"  {line}")
@@ -190,10 +206,6 @@ def sync(root: Path, quiet: bool, verbose: bool, show_status: bool, force: bool,
         click.echo(result.summary)
 
 
-# --- end of sync --------------------------------------------------------------------------
-
-
-# --- health: owned by the health work (airflow_nodes/health/) -----------------------------
 HEALTH_UNKNOWN = 3  # Nagios: unknown / usage
 
 
@@ -210,7 +222,8 @@ class _CheckCommand(click.Command):
 
 @cli.command(cls=_CheckCommand)
 @root_option
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds per probe.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=defaults.HEALTH_TIMEOUT, show_default=True,
+              help="Seconds per probe.")  # fmt: skip
 @click.option(
     "--only",
     metavar="P1,P2",
@@ -221,13 +234,15 @@ class _CheckCommand(click.Command):
 @click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.prom",
               help="Also write node_exporter textfile-collector metrics to this file (atomically).")  # fmt: skip
 @click.option("--deep", is_flag=True, help="Also run slow checks (`airflow db check-migrations`).")
-def health(root: Path, timeout: float, only: str | None, as_json: bool, prometheus: Path | None, deep: bool) -> None:
+def health(
+    target: Target, timeout: float, only: str | None, as_json: bool, prometheus: Path | None, deep: bool
+) -> None:
     """Probe this node and the cluster (Nagios exit codes: 0 ok, 1 warning, 2 critical, 3 unknown)."""
     from airflow_nodes.health.formatting import format_json, format_prometheus, format_table, write_textfile
     from airflow_nodes.health.runner import parse_only, run_health
 
     try:
-        report = run_health(root, timeout=timeout, only=parse_only(only), deep=deep)
+        report = run_health(target, timeout=timeout, only=parse_only(only), deep=deep)
     except UserError as exc:
         click.echo(f"airflow-node health: {exc}", err=True)
         sys.exit(HEALTH_UNKNOWN)
@@ -240,9 +255,6 @@ def health(root: Path, timeout: float, only: str | None, as_json: bool, promethe
             sys.exit(HEALTH_UNKNOWN)
     if report.status:
         raise click.exceptions.Exit(int(report.status))
-
-
-# --- end of health ------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes import urls
+from airflow_nodes import defaults, urls
 from airflow_nodes.errors import UserError
 from airflow_nodes.schema import (
     Field,
@@ -63,21 +63,34 @@ class ClusterConfig:
     dags_source: str
     secrets: ClusterSecrets
     name: str = "airflow"
-    airflow_home: str = "/opt/airflow"
+    airflow_home: str = defaults.AIRFLOW_HOME
     airflow_user: str = "airflow"
-    web_port: int = 8080
-    flower_port: int = 5555
+    web_port: int = defaults.WEB_PORT
+    flower_port: int = defaults.FLOWER_PORT
     flower_user: str = "admin"
     worker_log_port: int = 8793
     triggerer_log_port: int = 8794
     scheduler_health_port: int = 8974
-    visibility_timeout: int = 86400
-    sync_interval_minutes: int = 5
+    visibility_timeout: int = defaults.VISIBILITY_TIMEOUT
+    sync_interval_minutes: int = defaults.SYNC_INTERVAL_MINUTES
     airflow_packages: str = ""  # hash of the master's installed package set; "" when unknown
 
     @property
     def version(self) -> AirflowVersion:
         return parse_airflow_version(self.airflow_version)
+
+    @property
+    def web_url(self) -> str:
+        """The web/api server every node reaches, e.g. http://10.0.0.1:8080 (an IPv6 host in brackets)."""
+        return urls.http_url(self.master_host, self.web_port)
+
+    @property
+    def flower_url(self) -> str:
+        return urls.http_url(self.master_host, self.flower_port)
+
+    @property
+    def scheduler_health_url(self) -> str:
+        return urls.http_url(self.master_host, self.scheduler_health_port) + "/health"
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this file holds, for redaction: generated keys and URL passwords."""
@@ -85,7 +98,7 @@ class ClusterConfig:
         return self.secrets.values() + tuple(p for p in passwords if p)
 
 
-# -- the schema: (section, key, attribute, type, check) ---------------------------------------
+# -- the schema: (section, key, attribute, type, check, init option) ---------------------------
 
 
 def _interval(value: int, where: str) -> None:
@@ -133,20 +146,21 @@ CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("cluster", "name", "name", str, check_name),
     Field("cluster", "airflow_version", "airflow_version", str, _version),
     Field("cluster", "airflow_packages", "airflow_packages", str, _package_hash),
-    Field("cluster", "airflow_home", "airflow_home", str, check_abs_path),
+    Field("cluster", "airflow_home", "airflow_home", str, check_abs_path, "--airflow-home"),
     Field("cluster", "airflow_user", "airflow_user", str, check_name),
-    Field("master", "host", "master_host", str, check_host),
-    Field("master", "web_port", "web_port", int, check_port),
-    Field("master", "flower_port", "flower_port", int, check_port),
+    Field("master", "host", "master_host", str, check_host, "--master-host"),
+    Field("master", "web_port", "web_port", int, check_port, "--web-port"),
+    Field("master", "flower_port", "flower_port", int, check_port, "--flower-port"),
     Field("master", "worker_log_port", "worker_log_port", int, check_port),
     Field("master", "triggerer_log_port", "triggerer_log_port", int, check_port),
     Field("master", "scheduler_health_port", "scheduler_health_port", int, check_port),
-    Field("broker", "url", "broker_url", str, _broker),
-    Field("broker", "visibility_timeout", "visibility_timeout", int, check_positive),
-    Field("database", "url", "db_url", str, _db),
-    Field("database", "result_backend", "result_backend", str, lambda v, w: None),  # checked with the version
-    Field("dags", "source", "dags_source", str, _dags_source),
-    Field("dags", "sync_interval_minutes", "sync_interval_minutes", int, _interval),
+    Field("broker", "url", "broker_url", str, _broker, "--broker-url"),
+    Field("broker", "visibility_timeout", "visibility_timeout", int, check_positive, "--visibility-timeout"),
+    Field("database", "url", "db_url", str, _db, "--db-url"),
+    # checked together with the version (validate_cluster)
+    Field("database", "result_backend", "result_backend", str, lambda v, w: None, "--result-backend"),
+    Field("dags", "source", "dags_source", str, _dags_source, "--dags-source"),
+    Field("dags", "sync_interval_minutes", "sync_interval_minutes", int, _interval, "--sync-interval"),
     Field("secrets", "fernet_key", "secrets.fernet_key", str, _fernet),
     Field("secrets", "secret_key", "secrets.secret_key", str, _secret),
     Field("secrets", "jwt_secret", "secrets.jwt_secret", str, _secret),
@@ -192,3 +206,7 @@ def read_cluster(path: Path, where: str | None = None) -> ClusterConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{where}: cannot read the cluster file ({exc.__class__.__name__})") from None
     return parse_cluster(text, where)
+
+
+# The cluster options of `airflow-node init` (given on the master only), from the schema.
+CLUSTER_OPTIONS = {f.attr: f.option for f in CLUSTER_SCHEMA if f.option}

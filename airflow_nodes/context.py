@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from airflow_nodes.cluster import ClusterConfig, read_cluster
 from airflow_nodes.errors import UserError
-from airflow_nodes.node import CLUSTER_FILE, ENV_FILE, LOG_DIR, NODE_FILE, NodeSettings, parse_node, under_root
+from airflow_nodes.node import CLUSTER_FILE, ENV_FILE, LOG_DIR, NODE_FILE, NodeSettings, parse_node
+from airflow_nodes.target import Target
 from airflow_nodes.versions import AirflowLine, Daemon
 
 
@@ -22,8 +22,7 @@ class NodeContext:
 
     @property
     def role_name(self) -> str:
-        """Name of the systemd target / supervisor group that drives the whole role."""
-        return f"airflow-{self.node.role}"
+        return self.node.role_name
 
     @property
     def daemons(self) -> tuple[Daemon, ...]:
@@ -65,14 +64,16 @@ class NodeContext:
         return (self.node.airflow_bin, *daemon.args)
 
 
-def load_context(root: Path) -> NodeContext:
-    """Read this node's settings and cluster file under root. Raise UserError if init has not run.
+def load_context(target: Target) -> NodeContext:
+    """Read this node's settings and cluster file on the target. Raise UserError if init has not run.
 
     Cheap on purpose (no templates, no plan machinery): `airflow-node health` starts with it.
     """
-    node_path = under_root(root, NODE_FILE)
+    node_path = target.path(NODE_FILE)
     try:
         node = parse_node(node_path.read_text(), str(node_path))
     except FileNotFoundError:
         raise UserError(f"{node_path}: not found; run `airflow-node init` first") from None
-    return NodeContext(read_cluster(under_root(root, CLUSTER_FILE)), node)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{node_path}: cannot read it ({exc.__class__.__name__})") from None
+    return NodeContext(read_cluster(target.path(CLUSTER_FILE)), node)

@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
+from airflow_nodes import execute
 from airflow_nodes.context import load_context
-from airflow_nodes.errors import OperationError
-from airflow_nodes.initsystems import get_init_system
+from airflow_nodes.execute import CommandError, failure_reason
+from airflow_nodes.initsystems import init_system
+from airflow_nodes.target import Target
 
 
-def control(action: str, root: Path) -> str:
-    """Run the role's start/stop/restart/status commands; under --root, list them instead."""
-    ctx = load_context(root)
-    init_system = get_init_system(ctx.node.init_system)
-    commands = init_system.control_argv(ctx, action)
-    if root != Path("/"):
+def control(action: str, target: Target) -> str:
+    """Run the role's start/stop/restart/status commands; on a rendered tree, list them instead."""
+    ctx = load_context(target)
+    manager = init_system(ctx.node.init_system)
+    commands = manager.control_argv(ctx, action)
+    if not target.real_system:
         return "\n".join(["not run under --root:", *(f"  {' '.join(argv)}" for argv in commands)])
     outputs = []
     for argv in commands:
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        except FileNotFoundError:
-            raise OperationError(f"{argv[0]}: command not found") from None
         # supervisorctl status exits 3 when a program is not running: that is an answer, not a failure
-        if result.returncode != 0 and not (action == "status" and result.stdout.strip()):
-            raise OperationError(f"{' '.join(argv)} failed: {(result.stderr or result.stdout).strip()}")
+        result = execute.run(argv, ok_codes=None if action == "status" else (0,))
+        if result.returncode != 0 and not result.stdout.strip():
+            raise CommandError(" ".join(argv), failure_reason(argv, result.returncode, result.stderr))
         outputs.append(result.stdout)
     if action == "status":
-        rows = init_system.parse_status("".join(outputs))
+        rows = manager.parse_status("".join(outputs))
         width = max((len(name) for name, _ in rows), default=0)
         return "\n".join(f"{name:<{width}}  {state}" for name, state in rows)
     return f"{action}: {ctx.role_name} ({ctx.node.init_system})"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes.errors import UserError
+from airflow_nodes import execute
+from airflow_nodes.digest import sha256
+from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
 DEFAULT_VENV = "/opt/airflow/venv"
@@ -35,10 +35,8 @@ print("\\n".join(f"{n}=={v}" for n, v in sorted(names.items())))
 def probe_interpreter(python: Path, timeout: float = 30) -> tuple[str, list[str]] | None:
     """Return (Airflow version or "", installed packages) of an interpreter, or None if it cannot run."""
     try:
-        result = subprocess.run([str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if result.returncode != 0:
+        result = execute.run([python, "-I", "-c", _PROBE], timeout=timeout)
+    except OperationError:
         return None
     version, *packages = result.stdout.split("\n")
     return version.strip(), [line for line in packages if line]
@@ -52,7 +50,7 @@ def package_set_hash(requirements: list[str]) -> str:
         name = re.sub(r"[-_.]+", "-", name).lower()
         if name not in ("pip", "setuptools", "wheel"):  # tooling, not what Airflow runs on
             normalised.add(f"{name}=={version}")
-    return hashlib.sha256("\n".join(sorted(normalised)).encode()).hexdigest()[:16]
+    return sha256("\n".join(sorted(normalised)).encode())[:16]
 
 
 @dataclass(frozen=True)

@@ -10,41 +10,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import urls
-from airflow_nodes.apply import Preview, check_root, preview
-from airflow_nodes.cluster import ClusterConfig, ClusterSecrets, dump_cluster, parse_cluster, validate_cluster
+from airflow_nodes.apply import Preview, check_root
+from airflow_nodes.cluster import (
+    CLUSTER_OPTIONS,
+    CLUSTER_SCHEMA,
+    ClusterConfig,
+    ClusterSecrets,
+    dump_cluster,
+    parse_cluster,
+    validate_cluster,
+)
 from airflow_nodes.detect import DEFAULT_VENV, AirflowInstall, detect_airflow, detect_init_system
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import (
     CLUSTER_FILE,
     DAGS_AUTHORING_DIR,
-    DEFAULT_SUPERVISORD_CONF,
     NODE_FILE,
+    NODE_SCHEMA,
     NodeSettings,
     parse_node,
-    under_root,
     validate_node,
 )
-from airflow_nodes.nodeplan import build_node_plan
+from airflow_nodes.nodeplan import reconcile_node
+from airflow_nodes.target import Target
 
-# Options that describe the whole cluster: given on the master only.
-CLUSTER_OPTIONS = {
-    "master_host": "--master-host",
-    "broker_url": "--broker-url",
-    "db_url": "--db-url",
-    "result_backend": "--result-backend",
-    "dags_source": "--dags-source",
-    "sync_interval_minutes": "--sync-interval",
-    "airflow_home": "--airflow-home",
-    "visibility_timeout": "--visibility-timeout",
-    "web_port": "--web-port",
-    "flower_port": "--flower-port",
-}
+# The option that sets each key of the cluster and node files, so an error names what the user typed.
+OPTION_OF_KEY = {f.name: f.option for f in (*CLUSTER_SCHEMA, *NODE_SCHEMA) if f.option}
+# Node settings an option may leave out: the last init's value, else NodeSettings' own default.
+NODE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(NodeSettings) if f.default is not dataclasses.MISSING}
 
 
 @dataclass(frozen=True)
 class InitRequest:
     role: str
-    root: Path = Path("/")
     airflow_version: str | None = None
     venv: str | None = None
     airflow_bin: str | None = None
@@ -82,13 +80,13 @@ class InitOutcome:
     notes: tuple[str, ...]
 
 
-def _read_existing(root: Path, path: str) -> bytes | None:
+def _read_existing(target: Target, path: str) -> bytes | None:
     try:
-        return under_root(root, path).read_bytes()
+        return target.path(path).read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise UserError(f"{under_root(root, path)}: cannot read it ({exc.strerror})") from None
+        raise UserError(f"{target.path(path)}: cannot read it ({exc.strerror})") from None
 
 
 def master_cluster(request: InitRequest, install: AirflowInstall, existing: ClusterConfig | None) -> ClusterConfig:
@@ -122,26 +120,6 @@ def master_cluster(request: InitRequest, install: AirflowInstall, existing: Clus
     return _checked_options(validate_cluster, config)
 
 
-# The option that sets each key of the cluster and node files, so an error names what the user typed.
-OPTION_OF_KEY = {
-    "master.host": "--master-host",
-    "dags.source": "--dags-source",
-    "dags.sync_interval_minutes": "--sync-interval",
-    "cluster.airflow_home": "--airflow-home",
-    "broker.visibility_timeout": "--visibility-timeout",
-    "master.web_port": "--web-port",
-    "master.flower_port": "--flower-port",
-    "database.result_backend": "--result-backend",
-    "node.name": "--node-name",
-    "worker.concurrency": "--concurrency",
-    "worker.queues": "--queues",
-    "worker.stop_timeout": "--stop-timeout",
-    "node.airflow_bin": "--airflow-bin",
-    "node.airflow_node_bin": "--airflow-node-bin",
-    "node.supervisord_conf": "--supervisord-conf",
-}
-
-
 def _checked_options(validate, value):
     """Run a file schema's validation on a value built from options; the error names the option."""
     try:
@@ -158,6 +136,7 @@ def fetch_cluster_from_master(spec: str) -> bytes:
     The bytes never touch our disk before they are validated. Extra ssh options (a key, known
     hosts) come from $AIRFLOW_NODE_SSH_OPTS, as for `airflow-node sync`.
     """
+    # imported here, not at the top: the sync machinery costs every other init ~20 ms of start-up
     from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
     from airflow_nodes.syncing.config_sync import fetch_master_cluster_file
 
@@ -206,27 +185,28 @@ def node_settings(
     if existing and existing.role != request.role:
         raise UserError(f"--role: this node is already a {existing.role}; run `airflow-node uninstall` first")
 
-    def pick(value, attr, default):
+    def pick(attr):
+        value = getattr(request, attr)
         if value is not None:
             return value
-        return getattr(existing, attr) if existing else default
+        return getattr(existing, attr) if existing else NODE_DEFAULTS.get(attr)
 
     settings = NodeSettings(
         role=request.role,
         airflow_version=installed,
-        init_system=pick(request.init_system, "init_system", None) or detect_init_system(),
+        init_system=pick("init_system") or detect_init_system(),
         airflow_bin=airflow_bin,
-        airflow_node_bin=pick(request.airflow_node_bin, "airflow_node_bin", None) or default_airflow_node_bin(),
-        node_name=pick(request.node_name, "node_name", None) or socket.gethostname(),
-        concurrency=pick(request.concurrency, "concurrency", 16),
-        queues=pick(request.queues, "queues", ""),
-        stop_timeout=pick(request.stop_timeout, "stop_timeout", 600),
-        supervisord_conf=pick(request.supervisord_conf, "supervisord_conf", DEFAULT_SUPERVISORD_CONF),
+        airflow_node_bin=pick("airflow_node_bin") or default_airflow_node_bin(),
+        node_name=pick("node_name") or socket.gethostname(),
+        concurrency=pick("concurrency"),
+        queues=pick("queues"),
+        stop_timeout=pick("stop_timeout"),
+        supervisord_conf=pick("supervisord_conf"),
     )
     return _checked_options(validate_node, settings)
 
 
-def install_requested_airflow(request: InitRequest, dry_run: bool, progress) -> tuple[InitRequest, str]:
+def install_requested_airflow(request: InitRequest, target: Target, dry_run: bool, progress) -> tuple[InitRequest, str]:
     """With --install-airflow, install that version into the venv (from the shipped lock) before the
     node is planned, and return the request pointing at it plus what was done. Under --dry-run or
     --root nothing is installed: the command is only reported, and its version used for the plan."""
@@ -240,25 +220,28 @@ def install_requested_airflow(request: InitRequest, dry_run: bool, progress) -> 
         raise UserError(str(exc).replace("--version:", "--install-airflow:", 1)) from None
     venv = Path(request.venv or DEFAULT_VENV)
     command = f"airflow-node install-airflow --version {request.install_airflow} --venv {venv}"
-    if dry_run or request.root != Path("/"):
+    if dry_run or not target.real_system:
         planned = dataclasses.replace(request, venv=str(venv), airflow_version=request.install_airflow)
         return planned, f"  would run: {command}   # the pinned Airflow this node runs"
     result = install_airflow(request.install_airflow, venv, progress=progress)
     return dataclasses.replace(request, venv=str(venv)), f"  ran: {command}   # {result.message}"
 
 
-def plan_init(request: InitRequest) -> InitOutcome:
-    """Given the init options, return the previewed plan for this node. Raise UserError on bad input."""
+def plan_init(request: InitRequest, target: Target, force: bool = False) -> InitOutcome:
+    """Given the init options and the node, return the previewed change. Raise UserError on bad input."""
     if request.role not in ("master", "worker"):
         raise UserError(f"--role: unknown role {request.role!r} (expected master or worker)")
-    root = request.root
-    check_root(root)
-    existing_node_text = _read_existing(root, NODE_FILE)
-    existing_node = (
-        parse_node(existing_node_text.decode(), str(under_root(root, NODE_FILE))) if existing_node_text else None
-    )
-    existing_cluster_text = _read_existing(root, CLUSTER_FILE)
-    cluster_where = str(under_root(root, CLUSTER_FILE))
+    check_root(target.root)
+    existing_node_text = _read_existing(target, NODE_FILE)
+    existing_node = None
+    if existing_node_text is not None:
+        where = str(target.path(NODE_FILE))
+        try:
+            existing_node = parse_node(existing_node_text.decode(), where)
+        except UnicodeDecodeError:
+            raise UserError(f"{where}: not UTF-8 text") from None
+    existing_cluster_text = _read_existing(target, CLUSTER_FILE)
+    cluster_where = str(target.path(CLUSTER_FILE))
     install = detect_airflow(
         request.venv,
         request.airflow_bin or (existing_node.airflow_bin if existing_node and not request.venv else None),
@@ -269,7 +252,12 @@ def plan_init(request: InitRequest) -> InitOutcome:
     if request.role == "master":
         if request.config_file or request.from_master:
             raise UserError("--config: the master creates the cluster file; --config/--from-master are for workers")
-        existing = parse_cluster(existing_cluster_text.decode(), cluster_where) if existing_cluster_text else None
+        existing = None
+        if existing_cluster_text:
+            try:
+                existing = parse_cluster(existing_cluster_text.decode(), cluster_where)
+            except UnicodeDecodeError:
+                raise UserError(f"{cluster_where}: the cluster file is not UTF-8 text") from None
         cluster = master_cluster(request, install, existing)
         if existing == cluster:
             cluster_text = existing_cluster_text  # hand formatting and comments are kept
@@ -284,12 +272,7 @@ def plan_init(request: InitRequest) -> InitOutcome:
         except UnicodeDecodeError:
             raise UserError(f"{source}: the cluster file is not UTF-8 text") from None
         cluster = parse_cluster(decoded, source)
-        if cluster.version.series != install.version.series:
-            raise UserError(
-                f"--airflow-version: this node runs Airflow {install.version} but cluster {cluster.name!r} "
-                f"runs {cluster.airflow_version}; install {cluster.airflow_version}.x here"
-            )
 
     node = node_settings(request, existing_node, str(install.version), install.airflow_bin)
-    plan = build_node_plan(cluster, cluster_text, node)
-    return InitOutcome(preview(plan, root), cluster, node, tuple(notes))
+    prev = reconcile_node(cluster, cluster_text, node, target, force=force, previous=existing_node)
+    return InitOutcome(prev, cluster, node, tuple(notes))

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from airflow_nodes import execute
 from airflow_nodes.detect import package_set_hash, probe_interpreter
 from airflow_nodes.errors import OperationError, UserError
 
@@ -57,14 +57,8 @@ def available_locks() -> list[Lock]:
 def python_version(python: str) -> str:
     """Return "X.Y" of an interpreter. Raise UserError naming --python if it cannot run."""
     try:
-        result = subprocess.run(
-            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
+        result = execute.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], timeout=30)
+    except OperationError:
         raise UserError(f"--python: cannot run {python}") from None
     return result.stdout.strip()
 
@@ -135,16 +129,7 @@ def _installer(release: Path, lock: Lock, wheelhouse: Path | None) -> list[list[
 
 def _run(argv: list[str], what: str, progress: Callable[[str], None], env: dict | None = None) -> None:
     progress(f"{what}: {' '.join(argv[:4])} ...")
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    assert process.stdout is not None
-    tail: list[str] = []
-    for line in process.stdout:
-        line = line.rstrip()
-        tail = (tail + [line])[-5:]
-        if line:
-            progress(f"  {line}")
-    if process.wait() != 0:
-        raise OperationError(f"{what} failed (exit {process.returncode}): {tail[-1] if tail else 'no output'}")
+    execute.run_streaming(argv, f"{what} failed", lambda line: progress(f"  {line}"), env)
 
 
 def install_airflow(
@@ -188,7 +173,7 @@ def install_airflow(
         for argv in _installer(release, lock, wheelhouse):
             _run(argv, "install", progress)
         with tempfile.TemporaryDirectory() as home:
-            env = {**os.environ, "AIRFLOW_HOME": home, "PYTHONWARNINGS": "ignore"}
+            env = {"AIRFLOW_HOME": home, "PYTHONWARNINGS": "ignore"}
             smoke = [str(release / "bin" / "python"), "-c", _SMOKE_TEST]
             _run(smoke, "check that the celery provider imports", progress, env)
         got = package_set_hash(installed_packages(release / "bin" / "python"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from airflow_nodes import defaults
 from airflow_nodes.errors import UserError
 from airflow_nodes.schema import (
     Field,
@@ -30,13 +32,19 @@ MANIFEST_FILE = f"{STATE_DIR}/manifest.json"
 LOG_DIR = "/var/log/airflow"
 SYSTEMD_DIR = "/etc/systemd/system"
 CRON_FILE = "/etc/cron.d/airflow-node"  # no dot in the name: cron ignores such files
-DEFAULT_SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
 DAGS_AUTHORING_DIR = "/srv/airflow/dags"  # on the master: where people put DAGs; workers pull from it
 
 
 def under_root(root: Path, path: str) -> Path:
-    """Given --root and an absolute path on the node, return that path under root."""
-    return root / path.lstrip("/")
+    """Given --root and an absolute path on the node, return that path under root.
+
+    The path is normalised first; one that is not absolute, or that climbs out of the root ("..")
+    is refused with UserError, whatever file or option it came from.
+    """
+    normal = posixpath.normpath(path) if path else ""
+    if not normal.startswith("/") or normal.startswith("//") or ".." in normal.split("/") or "\0" in normal:
+        raise UserError(f"{path!r}: not an absolute path that stays under {root}")
+    return root / normal.lstrip("/")
 
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -77,14 +85,19 @@ class NodeSettings:
     airflow_bin: str
     airflow_node_bin: str
     node_name: str
-    concurrency: int = 16
+    concurrency: int = defaults.CONCURRENCY
     queues: str = ""  # comma-separated; empty means Airflow's default queue
-    stop_timeout: int = 600  # seconds a worker may take to finish running tasks on stop
-    supervisord_conf: str = DEFAULT_SUPERVISORD_CONF
+    stop_timeout: int = defaults.STOP_TIMEOUT
+    supervisord_conf: str = defaults.SUPERVISORD_CONF
 
     @property
     def version(self) -> AirflowVersion:
         return parse_airflow_version(self.airflow_version)
+
+    @property
+    def role_name(self) -> str:
+        """Name of the systemd target / supervisor group that drives the whole role."""
+        return f"airflow-{self.role}"
 
     @property
     def celery_name(self) -> str:
@@ -101,15 +114,15 @@ class NodeSettings:
 
 NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "role", "role", str, _role),
-    Field("node", "name", "node_name", str, check_host),
+    Field("node", "name", "node_name", str, check_host, "--node-name"),
     Field("node", "airflow_version", "airflow_version", str, _version),
     Field("node", "init_system", "init_system", str, _init_system),
-    Field("node", "airflow_bin", "airflow_bin", str, check_abs_path),
-    Field("node", "airflow_node_bin", "airflow_node_bin", str, check_abs_path),
-    Field("node", "supervisord_conf", "supervisord_conf", str, check_abs_path),
-    Field("worker", "concurrency", "concurrency", int, check_positive),
-    Field("worker", "queues", "queues", str, check_queues),
-    Field("worker", "stop_timeout", "stop_timeout", int, _stop_timeout),
+    Field("node", "airflow_bin", "airflow_bin", str, check_abs_path, "--airflow-bin"),
+    Field("node", "airflow_node_bin", "airflow_node_bin", str, check_abs_path, "--airflow-node-bin"),
+    Field("node", "supervisord_conf", "supervisord_conf", str, check_abs_path, "--supervisord-conf"),
+    Field("worker", "concurrency", "concurrency", int, check_positive, "--concurrency"),
+    Field("worker", "queues", "queues", str, check_queues, "--queues"),
+    Field("worker", "stop_timeout", "stop_timeout", int, _stop_timeout, "--stop-timeout"),
 )
 
 NODE_HEADER = "# airflow-node: settings of this node only (written by `airflow-node init`).\n"

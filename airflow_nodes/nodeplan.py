@@ -1,10 +1,17 @@
-"""Building a node's Plan: a pure function of the cluster config and the node's settings."""
+"""Building a node's Plan: a pure function of the cluster config and the node's settings.
+
+`reconcile_node` is the one path from "what this node should be" to "what changes on disk": `init`
+and `sync` (when the master's cluster file changed) both call it, so both converge a node the same
+way, including removing what the new plan no longer has.
+"""
 
 from __future__ import annotations
 
+from airflow_nodes.apply import Preview, preview
 from airflow_nodes.cluster import ClusterConfig
 from airflow_nodes.context import NodeContext
-from airflow_nodes.initsystems import get_init_system
+from airflow_nodes.errors import UserError
+from airflow_nodes.initsystems import all_init_systems, init_system
 from airflow_nodes.node import (
     CLUSTER_FILE,
     CONFIG_DIR,
@@ -17,12 +24,12 @@ from airflow_nodes.node import (
 )
 from airflow_nodes.plan import Plan, PlannedDir, PlannedFile, SystemUser
 from airflow_nodes.render import render
+from airflow_nodes.target import Target
 
 
 def render_airflow_cfg(ctx: NodeContext) -> str:
     """Return airflow.cfg: built from the cluster file only, so it is byte-identical on every node."""
     c = ctx.cluster
-    web_url = f"http://{c.master_host}:{c.web_port}"
     return render(
         "config/airflow.cfg.j2",
         c=c,
@@ -30,8 +37,8 @@ def render_airflow_cfg(ctx: NodeContext) -> str:
         cluster_file=CLUSTER_FILE,
         dags_folder=ctx.dags_folder,
         task_log_folder=f"{ctx.airflow_home}/logs",
-        web_url=web_url,
-        execution_api_url=f"{web_url}/execution/",
+        web_url=c.web_url,
+        execution_api_url=f"{c.web_url}/execution/",
     )
 
 
@@ -61,11 +68,14 @@ def dags_source_is_local_to_master(cluster: ClusterConfig) -> bool:
     return source == f"{cluster.airflow_user}@{cluster.master_host}:{DAGS_AUTHORING_DIR}/"
 
 
-def build_node_plan(cluster: ClusterConfig, cluster_text: bytes, node: NodeSettings) -> Plan:
-    """Given the cluster config (and its exact bytes) and this node's settings, return the node's Plan."""
+def build_node_plan(
+    cluster: ClusterConfig, cluster_text: bytes, node: NodeSettings, previous: NodeSettings | None = None
+) -> Plan:
+    """Given the cluster config (and its exact bytes), this node's settings and the settings it was
+    installed with (if any), return the node's Plan."""
     ctx = NodeContext(cluster, node)
     user = cluster.airflow_user
-    init_system = get_init_system(node.init_system)
+    manager = init_system(node.init_system)
 
     dirs = [
         PlannedDir(CONFIG_DIR, 0o755),
@@ -83,7 +93,7 @@ def build_node_plan(cluster: ClusterConfig, cluster_text: bytes, node: NodeSetti
         PlannedFile(NODE_FILE, dump_node(node).encode(), 0o644),
         PlannedFile(ctx.env_file, render_env_file(ctx).encode(), 0o644),
         PlannedFile(ctx.airflow_cfg, render_airflow_cfg(ctx).encode(), 0o640, "root", user, secret=True),
-        *init_system.plan_files(ctx),
+        *manager.plan_files(ctx),
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]
     if node.init_system == "supervisor":
@@ -95,6 +105,32 @@ def build_node_plan(cluster: ClusterConfig, cluster_text: bytes, node: NodeSetti
         users=(SystemUser(user, ctx.airflow_home, "/bin/sh" if node.role == "master" else "/usr/sbin/nologin"),),
         dirs=tuple(dirs),
         files=tuple(files),
-        triggers=tuple(init_system.triggers(ctx, (ctx.airflow_cfg, ctx.env_file))),
+        triggers=tuple(manager.triggers(ctx, (ctx.airflow_cfg, ctx.env_file))),
+        # either init system may have run this node before (--init-system changed): both can retire
+        retirements=tuple(
+            rule
+            for system in all_init_systems()
+            for settings in {node, previous or node}
+            for rule in system.retirements(settings)
+        ),  # fmt: skip
         secrets=cluster.secret_values(),
     )
+
+
+def reconcile_node(
+    cluster: ClusterConfig,
+    cluster_text: bytes,
+    node: NodeSettings,
+    target: Target,
+    force: bool = False,
+    previous: NodeSettings | None = None,
+) -> Preview:
+    """Given what this node should be and where it lives, return the previewed change (added, changed
+    and removed files, and the commands around them). Raise UserError if this node's Airflow cannot
+    run the cluster's version line."""
+    if cluster.version.series != node.version.series:
+        raise UserError(
+            f"--airflow-version: this node runs Airflow {node.airflow_version} but cluster {cluster.name!r} "
+            f"runs {cluster.airflow_version}; install {cluster.airflow_version}.x here"
+        )
+    return preview(build_node_plan(cluster, cluster_text, node, previous), target, force)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import posixpath
 from dataclasses import dataclass, field
 
 
@@ -46,12 +48,31 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class Retirement:
+    """How to take a file we wrote out of service once a plan no longer has it.
+
+    Applies to removed paths matching `pattern` (fnmatch). `stop` runs before the file goes, with the
+    file's name appended (`systemctl disable --now NAME` needs the unit file); `after` runs once it is gone.
+    """
+
+    pattern: str
+    stop: tuple[str, ...] = ()
+    after: tuple[Command, ...] = ()
+
+
+@dataclass(frozen=True)
 class Plan:
     users: tuple[SystemUser, ...] = ()
     dirs: tuple[PlannedDir, ...] = ()
     files: tuple[PlannedFile, ...] = ()
     triggers: tuple[Trigger, ...] = field(default=())
+    retirements: tuple[Retirement, ...] = ()
+    keep: tuple[str, ...] = ()  # files we wrote that stay although not planned (uninstall: the cluster file)
     secrets: tuple[str, ...] = ()  # values to redact from anything we print
+
+    @property
+    def paths(self) -> set[str]:
+        return {f.path for f in self.files}
 
     def commands_after(self, changed: set[str]) -> list[Command]:
         """Given the paths that changed, return the commands to run, each once, in trigger order."""
@@ -60,3 +81,16 @@ class Plan:
             if changed.intersection(trigger.paths) and not changed.intersection(trigger.unless):
                 commands += [c for c in trigger.commands if c.argv not in {d.argv for d in commands}]
         return commands
+
+    def retire_commands(self, removed: list[str]) -> tuple[list[Command], list[Command]]:
+        """Given the paths this apply removes, return (commands before the removal, commands after), each once."""
+        before: list[Command] = []
+        after: list[Command] = []
+        for path in removed:
+            for rule in self.retirements:
+                if not fnmatch.fnmatchcase(path, rule.pattern):
+                    continue
+                if rule.stop:
+                    before.append(Command((*rule.stop, posixpath.basename(path)), f"{path} is no longer planned"))
+                after += [c for c in rule.after if c.argv not in {d.argv for d in after}]
+        return before, after

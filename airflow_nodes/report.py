@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from airflow_nodes.apply import CREATE, EDITED, FOREIGN, PERMISSIONS, UNCHANGED, UPDATE, ApplyResult
+from airflow_nodes.apply import (
+    CREATE,
+    EDITED,
+    FOREIGN,
+    FORGET,
+    KEEP_EDITED,
+    MOVE_ASIDE,
+    PERMISSIONS,
+    REMOVE,
+    UNCHANGED,
+    UPDATE,
+    ApplyResult,
+    Preview,
+)
 from airflow_nodes.context import NodeContext
 from airflow_nodes.init import InitOutcome
-from airflow_nodes.node import under_root
 
 _LABELS = {
     CREATE: "create",
@@ -14,23 +26,31 @@ _LABELS = {
     UNCHANGED: "unchanged",
     EDITED: "CONFLICT (edited since we wrote it)",
     FOREIGN: "CONFLICT (exists, not written by airflow-node)",
+    REMOVE: "remove",
+    MOVE_ASIDE: "remove (edited since we wrote it: kept as a backup)",
+    KEEP_EDITED: "keep (no longer planned, but edited since we wrote it; --force moves it aside)",
+    FORGET: "forget (no longer planned, already gone)",
 }
 
 
 def format_preview(outcome: InitOutcome, show_diff: bool) -> str:
     """Return what init found and plans: the node, each file's status, commands, and optional diffs."""
-    prev, node = outcome.preview, outcome.node
+    node = outcome.node
     ctx = NodeContext(outcome.cluster, node)
     daemons = ", ".join(d.name for d in ctx.daemons)
-    lines = [
+    header = [
         f"{node.role} node {node.node_name!r} of cluster {outcome.cluster.name!r}: "
         f"Airflow {node.airflow_version}, {node.init_system} ({daemons})",
         *(f"note: {note}" for note in outcome.notes),
     ]
-    for planned_dir in prev.missing_dirs:
-        lines.append(f"  mkdir      {under_root(prev.root, planned_dir.path)}")
-    for change in prev.changes:
-        lines.append(f"  {_LABELS[change.status]:<10} {under_root(prev.root, change.file.path)}")
+    return "\n".join([*header, format_changes(outcome.preview, show_diff)])
+
+
+def format_changes(prev: Preview, show_diff: bool) -> str:
+    """Return a preview's directories, files added, changed and removed, and the commands around them."""
+    lines = [f"  mkdir      {prev.target.path(d.path)}" for d in prev.missing_dirs]
+    lines += [f"  {_LABELS[c.status]:<10} {prev.target.path(c.file.path)}" for c in prev.changes]
+    lines += [f"  {_LABELS[r.status]:<10} {prev.target.path(r.path)}" for r in prev.removals]
     if prev.nothing_to_do:
         lines.append("Nothing to change: this node already matches.")
         return "\n".join(lines)
@@ -39,13 +59,18 @@ def format_preview(outcome: InitOutcome, show_diff: bool) -> str:
         lines.append(f"  {verb}: {' '.join(command.argv)}   # {command.reason}")
     if show_diff:
         lines += [prev.diff(c).rstrip("\n") for c in prev.changes if c.writes]
+        lines += [prev.diff(r).rstrip("\n") for r in prev.removals if r.removes]
         lines.append("Dry run: nothing was changed.")
     return "\n".join(lines)
 
 
 def format_apply(result: ApplyResult) -> str:
     lines = [f"wrote {len(result.written)} file(s)"]
+    if result.removed:
+        lines.append(f"removed what is no longer planned: {', '.join(result.removed)}")
     lines += [f"kept your edited file as {backup}" for backup in result.backups]
+    lines += [f"kept {path}: no longer planned, but edited since we wrote it (--force moves it aside)"
+              for path in result.kept]  # fmt: skip
     lines += [f"ran: {' '.join(c.argv)}" for c in result.ran]
     if result.skipped:
         lines.append("not run under --root (run them on the real host):")

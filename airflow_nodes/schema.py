@@ -28,6 +28,11 @@ class Field:
     attr: str  # dotted attribute path on the object the file describes
     type: type
     check: Callable[[Any, str], None]
+    option: str | None = None  # the `airflow-node init` option that sets it, so errors name what was typed
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
 
 
 def get_attr(obj: Any, attr: str) -> Any:

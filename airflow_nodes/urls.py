@@ -5,11 +5,11 @@ from __future__ import annotations
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from airflow_nodes.errors import UserError
+from airflow_nodes.redaction import REDACTED
 from airflow_nodes.versions import AirflowVersion
 
 BROKER_SCHEMES = ("redis", "rediss")
 DB_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg")
-REDACTED = "***"
 
 
 def _split(url: str, option: str) -> SplitResult:
@@ -63,6 +63,12 @@ def check_result_backend(url: str, version: AirflowVersion, option: str = "--res
     if url.startswith("db+postgresql+psycopg://") and (version.major, version.minor) < (3, 2):
         raise UserError(f"{option}: db+postgresql+psycopg:// needs Airflow >= 3.2; use db+postgresql+psycopg2://")
     return url
+
+
+def http_url(host: str, port: int) -> str:
+    """Return http://HOST:PORT, with an IPv6 address in brackets."""
+    bare = host.strip("[]")
+    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{host}:{port}"
 
 
 def url_password(url: str) -> str | None:

@@ -1,7 +1,7 @@
 """What differs between Airflow lines, as data.
 
 Everything the renderers and probes need to know about an Airflow version lives here
-(see ../shared/reference/airflow-versions.md for where each fact was read). Supporting a new
+(each read from Airflow's released source for 2.7-2.11 and 3.0-3.3). Supporting a new
 Airflow line should be a change to this table, not a hunt through templates.
 """
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from airflow_nodes.cli import main as cli_main
 from airflow_nodes.cluster import ClusterConfig, ClusterSecrets, dump_cluster
 from airflow_nodes.syncing import SyncRequest, sync
+from airflow_nodes.target import Target
 
 
 def make_tree(source: Path, files: int) -> None:
@@ -80,7 +81,7 @@ def main() -> int:
         source = root / "srv/dags"
         make_tree(source, args.files)
         plain = workdir / "plain"
-        request = SyncRequest(root=root, dags_only=True)
+        request = SyncRequest(target=Target.at(root), dags_only=True)
         dags = root / "opt/airflow/dags"
         rows = []
         with contextlib.redirect_stderr(io.StringIO()):  # the one-line run log

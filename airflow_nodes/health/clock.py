@@ -11,7 +11,6 @@ from email.utils import parsedate_to_datetime
 
 from airflow_nodes.health.model import WORKER, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, http_get
-from airflow_nodes.health.webserver import web_base_url
 
 NAME = "clock"
 WARN_SKEW = 5.0
@@ -35,7 +34,7 @@ def grade(skew: float) -> Status:
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a worker node, return one Result for its clock skew against the master."""
-    url = web_base_url(probe_input) + probe_input.ctx.line.health_path
+    url = probe_input.ctx.cluster.web_url + probe_input.ctx.line.health_path
     sent_at = time.time()
     try:
         response = http_get(url, probe_input.remaining())

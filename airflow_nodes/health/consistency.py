@@ -12,32 +12,16 @@ compared side by side.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 
+from airflow_nodes.digest import sha256_file
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
 from airflow_nodes.node import CLUSTER_FILE, SYNC_STATE_FILE
+from airflow_nodes.timestamps import parse_utc
 
 NAME = "consistency"
 STALE_AFTER_INTERVALS = 3
-
-
-def _sha256(path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
 def judge_sync_state(
@@ -45,7 +29,7 @@ def judge_sync_state(
 ) -> list[tuple[Status, str, str]]:
     """Given the sync state and the current local hashes, return (status, aspect, detail) findings."""
     findings: list[tuple[Status, str, str]] = []
-    last_success = _parse_time(state.get("last_success"))
+    last_success = parse_utc(state.get("last_success"))
     limit = STALE_AFTER_INTERVALS * interval_minutes * 60
     if last_success is None:
         findings.append((Status.WARNING, "last sync", "never succeeded"))
@@ -77,7 +61,7 @@ def judge_sync_state(
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a node, return one Result per consistency aspect (or one if sync never ran)."""
-    path = probe_input.under_root(SYNC_STATE_FILE)
+    path = probe_input.target.path(SYNC_STATE_FILE)
     target = str(path)
     try:
         state = json.loads(path.read_text())
@@ -89,8 +73,8 @@ def check(probe_input: ProbeInput) -> list[Result]:
         return [Result(Status.UNKNOWN, NAME, target, None, "sync state is not a JSON object")]
     findings = judge_sync_state(
         state,
-        _sha256(probe_input.under_root(probe_input.ctx.airflow_cfg)),
-        _sha256(probe_input.under_root(CLUSTER_FILE)),
+        sha256_file(probe_input.target.path(probe_input.ctx.airflow_cfg), unreadable_ok=True),
+        sha256_file(probe_input.target.path(CLUSTER_FILE), unreadable_ok=True),
         probe_input.ctx.cluster.sync_interval_minutes,
         datetime.now(timezone.utc),
     )

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from airflow_nodes.health.model import WORKER, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, http_get
-from airflow_nodes.health.webserver import web_base_url
 
 NAME = "execution-api"
 
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given an Airflow 3 worker node, return one Result for the master's execution API."""
-    url = web_base_url(probe_input) + probe_input.ctx.line.execution_health_path
+    url = probe_input.ctx.cluster.web_url + probe_input.ctx.line.execution_health_path
     try:
         response = http_get(url, probe_input.remaining())
     except ProbeFailure as exc:

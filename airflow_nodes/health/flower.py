@@ -13,15 +13,10 @@ NAME = "flower"
 WORKER_NAME = "worker"
 
 
-def flower_base_url(probe_input: ProbeInput) -> str:
-    cluster = probe_input.ctx.cluster
-    return f"http://{cluster.master_host}:{cluster.flower_port}"
-
-
 def fetch_worker_states(probe_input: ProbeInput) -> tuple[dict[str, bool], float]:
     """Return ({celery node name: alive}, latency) from flower. Raise ProbeFailure with a readable reason."""
     cluster = probe_input.ctx.cluster
-    url = flower_base_url(probe_input) + "/api/workers?status=true"
+    url = probe_input.ctx.cluster.flower_url + "/api/workers?status=true"
     response = http_get(url, probe_input.remaining(), basic_auth(cluster.flower_user, cluster.secrets.flower_password))
     if response.status == 401:
         raise ProbeFailure("flower rejected the credentials (secrets.flower_user / flower_password)")
@@ -46,7 +41,7 @@ def summarize_workers(states: dict[str, bool]) -> tuple[Status, str]:
 
 
 def _healthcheck(probe_input: ProbeInput) -> Result:
-    url = flower_base_url(probe_input) + "/healthcheck"
+    url = probe_input.ctx.cluster.flower_url + "/healthcheck"
     try:
         response = http_get(url, probe_input.remaining())
     except ProbeFailure as exc:
@@ -57,7 +52,7 @@ def _healthcheck(probe_input: ProbeInput) -> Result:
 
 
 def _workers(probe_input: ProbeInput) -> Result:
-    url = flower_base_url(probe_input) + "/api/workers"
+    url = probe_input.ctx.cluster.flower_url + "/api/workers"
     try:
         states, latency = fetch_worker_states(probe_input)
     except ProbeFailure as exc:
@@ -70,7 +65,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
     """Given a master node, return flower's own health and the online-worker count, fetched side by side."""
     calls = [lambda: _healthcheck(probe_input), lambda: _workers(probe_input)]
     answers = run_concurrently(calls, probe_input.deadline)
-    base = flower_base_url(probe_input)
+    base = probe_input.ctx.cluster.flower_url
     missing = Result(Status.CRITICAL, NAME, base, None, "no answer before the deadline")
     return [answer or missing for answer in answers]
 
@@ -78,7 +73,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
 def check_this_worker(probe_input: ProbeInput) -> list[Result]:
     """Given a worker node, return whether flower sees its Celery worker (celery@NODE) online."""
     name = probe_input.ctx.node.celery_name
-    target = f"{flower_base_url(probe_input)}/api/workers {name}"
+    target = f"{probe_input.ctx.cluster.flower_url}/api/workers {name}"
     try:
         states, latency = fetch_worker_states(probe_input)
     except ProbeFailure as exc:

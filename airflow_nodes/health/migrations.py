@@ -8,9 +8,10 @@ the alembic revision in the database on every run.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
+from airflow_nodes import execute
+from airflow_nodes.execute import CommandError
 from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
 
 NAME = "migrations"
@@ -26,16 +27,9 @@ def check(probe_input: ProbeInput) -> list[Result]:
         return [Result(Status.UNKNOWN, NAME, target, None, "Airflow is not installed here")]
     started = time.monotonic()
     try:
-        completed = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=probe_input.remaining(),
-            env={**os.environ, **ctx.environment},
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return [Result(Status.UNKNOWN, NAME, target, None, "airflow did not answer in time")]
+        completed = execute.run(argv, timeout=probe_input.remaining(), env=ctx.environment, ok_codes=None)
+    except CommandError as exc:
+        return [Result(Status.UNKNOWN, NAME, target, None, exc.reason)]
     latency = time.monotonic() - started
     if completed.returncode == 0:
         return [Result(Status.OK, NAME, target, latency, "the schema matches the installed Airflow")]

@@ -6,11 +6,9 @@ import enum
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from airflow_nodes.context import NodeContext
-
-DEFAULT_TIMEOUT = 2.0
+from airflow_nodes.target import Target
 
 
 class Status(enum.IntEnum):
@@ -47,7 +45,7 @@ class ProbeInput:
     """What every probe gets: the node, where its files are, and when it must have answered."""
 
     ctx: NodeContext
-    root: Path
+    target: Target
     timeout: float
     deadline: float  # time.monotonic() value after which the answer is useless
     deep: bool = False
@@ -55,10 +53,6 @@ class ProbeInput:
     def remaining(self) -> float:
         """Return the seconds left before the deadline (never below a few milliseconds)."""
         return max(self.deadline - time.monotonic(), 0.005)
-
-    def under_root(self, path: str) -> Path:
-        """Given an absolute path on the node, return it under --root."""
-        return self.root / path.lstrip("/")
 
 
 @dataclass(frozen=True)

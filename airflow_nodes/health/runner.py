@@ -12,8 +12,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+from airflow_nodes import defaults
 from airflow_nodes.context import load_context
 from airflow_nodes.errors import UserError
 from airflow_nodes.health import (
@@ -29,8 +29,9 @@ from airflow_nodes.health import (
     units,
     webserver,
 )
-from airflow_nodes.health.model import DEFAULT_TIMEOUT, Probe, ProbeInput, Result, Status, worst
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status, worst
 from airflow_nodes.redaction import redact
+from airflow_nodes.target import Target
 
 PROBES: tuple[Probe, ...] = (
     broker.PROBE,
@@ -135,15 +136,15 @@ def seconds_since_process_start() -> float:
 
 
 def run_health(
-    root: Path, timeout: float = DEFAULT_TIMEOUT, only: tuple[str, ...] | None = None, deep: bool = False
+    target: Target, timeout: float = defaults.HEALTH_TIMEOUT, only: tuple[str, ...] | None = None, deep: bool = False
 ) -> HealthReport:
-    """Given --root and options, run the applicable probes and return a HealthReport (passwords redacted).
+    """Given the node and options, run the applicable probes and return a HealthReport (passwords redacted).
 
-    Raise UserError if the node was never initialised under root.
+    Raise UserError if the node was never initialised there.
     """
     started = time.monotonic() - seconds_since_process_start()
-    ctx = load_context(root)
-    probe_input = ProbeInput(ctx=ctx, root=root, timeout=timeout, deadline=started + timeout, deep=deep)
+    ctx = load_context(target)
+    probe_input = ProbeInput(ctx=ctx, target=target, timeout=timeout, deadline=started + timeout, deep=deep)
     probes, skipped = select_probes(probe_input, only)
     secrets = ctx.cluster.secret_values()
     results = tuple(

@@ -13,8 +13,7 @@ NAME = "scheduler"
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a master node, return one Result for its scheduler's health server."""
-    cluster = probe_input.ctx.cluster
-    url = f"http://{cluster.master_host}:{cluster.scheduler_health_port}/health"
+    url = probe_input.ctx.cluster.scheduler_health_url
     try:
         response = http_get(url, probe_input.remaining())
     except ProbeFailure as exc:

@@ -8,9 +8,10 @@ supervisor, whose supervisord.conf path is explicit.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
+from airflow_nodes import execute
+from airflow_nodes.execute import CommandError
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status, worst
 
 NAME = "units"
@@ -32,29 +33,25 @@ def classify(name: str, state: str, oneshot: bool) -> Status:
 
 def applies(probe_input: ProbeInput) -> bool:
     node = probe_input.ctx.node
-    if str(probe_input.root) == "/":
+    if probe_input.target.real_system:
         return True
     return node.init_system == "supervisor" and os.path.exists(node.supervisord_conf)
 
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a node, return one Result summarizing the state of its role's units or programs."""
-    from airflow_nodes.initsystems import get_init_system  # noqa: PLC0415 - pulls in the renderers
+    from airflow_nodes.initsystems import init_system as init_system_named  # pulls in the renderers
 
     ctx = probe_input.ctx
-    init_system = get_init_system(ctx.node.init_system)
+    init_system = init_system_named(ctx.node.init_system)
     target = f"{ctx.node.init_system} {ctx.role_name}"
     started = time.monotonic()
     output = []
     for argv in init_system.control_argv(ctx, "status"):
         try:
-            completed = subprocess.run(
-                argv, capture_output=True, text=True, timeout=probe_input.remaining(), check=False
-            )
-        except FileNotFoundError:
-            return [Result(Status.UNKNOWN, NAME, target, None, f"{argv[0]}: command not found")]
-        except subprocess.TimeoutExpired:
-            return [Result(Status.UNKNOWN, NAME, target, None, f"{argv[0]} did not answer in time")]
+            completed = execute.run(argv, timeout=probe_input.remaining(), ok_codes=None)
+        except CommandError as exc:
+            return [Result(Status.UNKNOWN, NAME, target, None, f"{argv[0]}: {exc.reason}")]
         output.append(completed.stdout)
         if not completed.stdout.strip():
             reason = (completed.stderr or "no output").strip().splitlines()[-1]

@@ -10,28 +10,16 @@ from datetime import datetime, timezone
 
 from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, http_get
+from airflow_nodes.timestamps import parse_utc
 
 NAME = "web"
 COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 
 
-def web_base_url(probe_input: ProbeInput) -> str:
-    """Return http://MASTER:WEB_PORT of the node's cluster."""
-    cluster = probe_input.ctx.cluster
-    return f"http://{cluster.master_host}:{cluster.web_port}"
-
-
 def heartbeat_age(value: str | None, now: datetime) -> float | None:
     """Given an ISO-8601 heartbeat from the health JSON, return its age in seconds, or None."""
-    if not value:
-        return None
-    try:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return (now - stamp).total_seconds()
+    stamp = parse_utc(value)
+    return (now - stamp).total_seconds() if stamp else None
 
 
 def _expected(component: str, has_dag_processor: bool) -> bool:
@@ -73,7 +61,7 @@ def parse_health(
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a master node, return one Result per health component of its web/api server."""
-    url = web_base_url(probe_input) + probe_input.ctx.line.health_path
+    url = probe_input.ctx.cluster.web_url + probe_input.ctx.line.health_path
     try:
         response = http_get(url, probe_input.remaining())
     except ProbeFailure as exc:

@@ -1,19 +1,43 @@
-"""Init systems behind one small interface: files for a node, commands after a change, control.
+"""Init systems behind one small interface: a node's files, what runs after they change, control.
 
-Each module exposes:
-  plan_files(ctx) -> list[PlannedFile]
-  triggers(ctx, files) -> list[Trigger]       commands to run when those files change
-  control_argv(ctx, action) -> list[tuple]    start | stop | restart | status
+Two implementations: `systemd.Systemd` (a hardened unit per daemon and a target per role) and
+`supervisor.Supervisor` (one conf.d file with a program per daemon and a group per role).
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from typing import Protocol
 
-from airflow_nodes.initsystems import supervisor, systemd
+from airflow_nodes.context import NodeContext
+from airflow_nodes.node import NodeSettings
+from airflow_nodes.plan import PlannedFile, Retirement, Trigger
 
-_BY_NAME = {"systemd": systemd, "supervisor": supervisor}
+
+class InitSystem(Protocol):
+    name: str
+
+    def plan_files(self, ctx: NodeContext) -> list[PlannedFile]:
+        """The files that run the role's daemons."""
+
+    def triggers(self, ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
+        """Commands to run when those files (or the daemons' config files) change."""
+
+    def retirements(self, node: NodeSettings) -> list[Retirement]:
+        """How to take such a file out of service when a new plan no longer has it."""
+
+    def control_argv(self, ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
+        """The commands for start | stop | restart | status of the role."""
+
+    def parse_status(self, output: str) -> list[tuple[str, str]]:
+        """Given the status commands' output, return (unit or program, state) pairs."""
 
 
-def get_init_system(name: str) -> ModuleType:
-    return _BY_NAME[name]
+def init_system(name: str) -> InitSystem:
+    from airflow_nodes.initsystems.supervisor import Supervisor
+    from airflow_nodes.initsystems.systemd import Systemd
+
+    return {"systemd": Systemd(), "supervisor": Supervisor()}[name]
+
+
+def all_init_systems() -> tuple[InitSystem, ...]:
+    return tuple(init_system(name) for name in ("systemd", "supervisor"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from airflow_nodes.context import NodeContext
-from airflow_nodes.plan import Command, PlannedFile, Trigger
+from airflow_nodes.node import NodeSettings
+from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
 from airflow_nodes.versions import Daemon
 
@@ -42,57 +43,62 @@ def _program(ctx: NodeContext, daemon: Daemon) -> Program:
     )
 
 
-def plan_files(ctx: NodeContext) -> list[PlannedFile]:
-    text = render(
-        "supervisor/airflow-node.conf.j2",
-        role=ctx.node.role,
-        cluster_name=ctx.cluster.name,
-        group=ctx.role_name,
-        programs=[_program(ctx, d) for d in ctx.daemons],
-        user=ctx.cluster.airflow_user,
-        airflow_home=ctx.airflow_home,
-        environment=ctx.environment,
-    )
-    return [PlannedFile(ctx.node.supervisor_conf_file, text.encode(), 0o644)]
+def supervisorctl(node: NodeSettings, *args: str) -> tuple[str, ...]:
+    return ("supervisorctl", "-c", node.supervisord_conf, *args)
 
 
-def _ctl(ctx: NodeContext, *args: str) -> tuple[str, ...]:
-    return ("supervisorctl", "-c", ctx.node.supervisord_conf, *args)
+class Supervisor:
+    name = "supervisor"
 
+    def plan_files(self, ctx: NodeContext) -> list[PlannedFile]:
+        text = render(
+            "supervisor/airflow-node.conf.j2",
+            role=ctx.node.role,
+            cluster_name=ctx.cluster.name,
+            group=ctx.role_name,
+            programs=[_program(ctx, d) for d in ctx.daemons],
+            user=ctx.cluster.airflow_user,
+            airflow_home=ctx.airflow_home,
+            environment=ctx.environment,
+        )
+        return [PlannedFile(ctx.node.supervisor_conf_file, text.encode(), 0o644)]
 
-def triggers(ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
-    """`update` re-adds a changed group (restarting it); a config-only change restarts the daemons."""
-    conf = ctx.node.supervisor_conf_file
-    reload = Trigger(
-        (conf,),
-        (
-            Command(_ctl(ctx, "reread"), "program definitions changed"),
-            Command(_ctl(ctx, "update", ctx.role_name), "apply the changed programs"),
-        ),
-    )
-    long_running = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if not d.oneshot]
-    restart = Trigger(
-        config_paths,
-        (Command(_ctl(ctx, "restart", *long_running), "airflow config changed"),),
-        unless=(conf,),
-    )
-    return [reload, restart]
+    def triggers(self, ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
+        """`update` re-adds a changed group (restarting it); a config-only change restarts the daemons."""
+        conf = ctx.node.supervisor_conf_file
+        reload = Trigger(
+            (conf,),
+            (
+                Command(supervisorctl(ctx.node, "reread"), "program definitions changed"),
+                Command(supervisorctl(ctx.node, "update", ctx.role_name), "apply the changed programs"),
+            ),
+        )
+        long_running = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if not d.oneshot]
+        restart = Trigger(
+            config_paths,
+            (Command(supervisorctl(ctx.node, "restart", *long_running), "airflow config changed"),),
+            unless=(conf,),
+        )
+        return [reload, restart]
 
+    def retirements(self, node: NodeSettings) -> list[Retirement]:
+        """Our conf.d file no longer planned: once it is gone, `update` stops and removes the role's group."""
+        update = Command(supervisorctl(node, "update", node.role_name), "programs removed")
+        return [Retirement(node.supervisor_conf_file, after=(update,))]
 
-def control_argv(ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
-    group = f"{ctx.role_name}:*"
-    if action == "start" and ctx.node.role == "master":
-        # the migration runs first and exits; starting the rest then finds a migrated DB
-        oneshots = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if d.oneshot]
-        return [_ctl(ctx, "start", *oneshots), _ctl(ctx, "start", group)]
-    return [_ctl(ctx, action, group)]
+    def control_argv(self, ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
+        group = f"{ctx.role_name}:*"
+        if action == "start" and ctx.node.role == "master":
+            # the migration runs first and exits; starting the rest then finds a migrated DB
+            oneshots = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if d.oneshot]
+            return [supervisorctl(ctx.node, "start", *oneshots), supervisorctl(ctx.node, "start", group)]
+        return [supervisorctl(ctx.node, action, group)]
 
-
-def parse_status(output: str) -> list[tuple[str, str]]:
-    """Given `supervisorctl status` output, return (program, state) pairs."""
-    result = []
-    for line in output.strip().splitlines():
-        parts = line.split(None, 2)
-        if len(parts) >= 2:
-            result.append((parts[0], " ".join(parts[1:])))
-    return result
+    def parse_status(self, output: str) -> list[tuple[str, str]]:
+        """Given `supervisorctl status` output, return (program, state) pairs."""
+        result = []
+        for line in output.strip().splitlines():
+            parts = line.split(None, 2)
+            if len(parts) >= 2:
+                result.append((parts[0], " ".join(parts[1:])))
+        return result

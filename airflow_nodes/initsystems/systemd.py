@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from airflow_nodes.context import NodeContext
-from airflow_nodes.node import SYSTEMD_DIR
-from airflow_nodes.plan import Command, PlannedFile, Trigger
+from airflow_nodes.node import SYSTEMD_DIR, NodeSettings
+from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
 from airflow_nodes.versions import Daemon
 
@@ -42,57 +42,65 @@ def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
     )
 
 
-def plan_files(ctx: NodeContext) -> list[PlannedFile]:
-    files = [PlannedFile(unit_path(unit_name(d)), _render_unit(ctx, d).encode(), 0o644) for d in ctx.daemons]
-    target = render(
-        "systemd/airflow-role.target.j2",
-        target=target_name(ctx),
-        role=ctx.node.role,
-        cluster_name=ctx.cluster.name,
-        units=[unit_name(d) for d in ctx.daemons],
-    )
-    files.append(PlannedFile(unit_path(target_name(ctx)), target.encode(), 0o644))
-    return files
+class Systemd:
+    name = "systemd"
 
-
-def triggers(ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
-    """After unit changes: reload and enable. After a daemon's unit or config changes: try-restart it."""
-    units = [unit_name(d) for d in ctx.daemons]
-    unit_files = tuple(unit_path(u) for u in [*units, target_name(ctx)])
-    result = [
-        Trigger(
-            unit_files,
-            (
-                Command(("systemctl", "daemon-reload"), "unit files changed"),
-                Command(("systemctl", "enable", target_name(ctx), *units), "start the role at boot"),
-            ),
+    def plan_files(self, ctx: NodeContext) -> list[PlannedFile]:
+        files = [PlannedFile(unit_path(unit_name(d)), _render_unit(ctx, d).encode(), 0o644) for d in ctx.daemons]
+        target = render(
+            "systemd/airflow-role.target.j2",
+            target=target_name(ctx),
+            role=ctx.node.role,
+            cluster_name=ctx.cluster.name,
+            units=[unit_name(d) for d in ctx.daemons],
         )
-    ]
-    for daemon in ctx.daemons:
-        if daemon.oneshot:
-            continue
-        name = unit_name(daemon)
-        # try-restart leaves a stopped daemon stopped; the worker's stop is a warm shutdown.
-        command = Command(("systemctl", "try-restart", name), f"{name} or its config changed")
-        result.append(Trigger((unit_path(name), *config_paths), (command,)))
-    return result
+        files.append(PlannedFile(unit_path(target_name(ctx)), target.encode(), 0o644))
+        return files
 
-
-def control_argv(ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
-    if action == "status":
+    def triggers(self, ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
+        """After unit changes: reload and enable. After a daemon's unit or config changes: try-restart it."""
         units = [unit_name(d) for d in ctx.daemons]
-        return [("systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts", *units)]
-    return [("systemctl", action, target_name(ctx))]
+        unit_files = tuple(unit_path(u) for u in [*units, target_name(ctx)])
+        result = [
+            Trigger(
+                unit_files,
+                (
+                    Command(("systemctl", "daemon-reload"), "unit files changed"),
+                    Command(("systemctl", "enable", target_name(ctx), *units), "start the role at boot"),
+                ),
+            )
+        ]
+        for daemon in ctx.daemons:
+            if daemon.oneshot:
+                continue
+            name = unit_name(daemon)
+            # try-restart leaves a stopped daemon stopped; the worker's stop is a warm shutdown.
+            command = Command(("systemctl", "try-restart", name), f"{name} or its config changed")
+            result.append(Trigger((unit_path(name), *config_paths), (command,)))
+        return result
 
+    def retirements(self, node: NodeSettings | None) -> list[Retirement]:
+        """A unit no longer planned is stopped and disabled while its file still exists, then forgotten."""
+        reload = Command(("systemctl", "daemon-reload"), "unit files removed")
+        return [
+            Retirement(unit_path(pattern), ("systemctl", "disable", "--now"), (reload,))
+            for pattern in ("airflow-*.service", "airflow-*.target")
+        ]
 
-def parse_status(output: str) -> list[tuple[str, str]]:
-    """Given `systemctl show` output for several units, return (unit, state) pairs."""
-    result = []
-    for block in output.strip().split("\n\n"):
-        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        if "Id" in props:
-            state = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"
-            if props.get("NRestarts", "0") not in ("", "0"):
-                state += f", {props['NRestarts']} restarts"
-            result.append((props["Id"], state))
-    return result
+    def control_argv(self, ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
+        if action == "status":
+            units = [unit_name(d) for d in ctx.daemons]
+            return [("systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts", *units)]
+        return [("systemctl", action, target_name(ctx))]
+
+    def parse_status(self, output: str) -> list[tuple[str, str]]:
+        """Given `systemctl show` output for several units, return (unit, state) pairs."""
+        result = []
+        for block in output.strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if "Id" in props:
+                state = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"
+                if props.get("NRestarts", "0") not in ("", "0"):
+                    state += f", {props['NRestarts']} restarts"
+                result.append((props["Id"], state))
+        return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from airflow_nodes import defaults
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.syncing.releases import BuiltRelease, DagRelease
 
@@ -13,8 +14,8 @@ VALIDATE_MODES = ("off", "warn", "refuse")
 
 @dataclass(frozen=True)
 class Guards:
-    max_delete_ratio: float = 0.5  # share of the current files one sync may delete
-    validate: str = "warn"  # byte-compile changed .py files: off, warn or refuse
+    max_delete_ratio: float = defaults.MAX_DELETE_RATIO
+    validate: str = defaults.VALIDATE
     force: bool = False  # publish even an empty tree or a mass delete
 
 

@@ -20,13 +20,14 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from airflow_nodes import execute
 from airflow_nodes.atomicfile import write_atomically
-from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.digest import sha256, sha256_file
+from airflow_nodes.errors import UserError
 from airflow_nodes.node import DAG_RELEASES_DIR, under_root
 from airflow_nodes.syncing.changes import ITEMIZE_FORMAT, Change, parse_itemized
 
@@ -160,19 +161,8 @@ def local_changes(source: Path, current: Path) -> tuple[Change, ...]:
     """
     argv = ["rsync", "-a", "--checksum", "--delete", "--safe-links", "--dry-run", "--exclude=/.git", ITEMIZE_FORMAT,
             f"{source}/", f"{current}/"]  # fmt: skip
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, errors="surrogateescape")
-    if result.returncode != 0:
-        raise OperationError(f"comparing {source} with {current}: {result.stderr.strip()[-300:]}")
+    result = execute.run(argv, what=f"comparing {source} with {current}", errors="surrogateescape")
     return parse_itemized(result.stdout)
-
-
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return (
-            hashlib.file_digest(handle, "sha256").hexdigest()
-            if hasattr(hashlib, "file_digest")
-            else (hashlib.sha256(handle.read()).hexdigest())
-        )
 
 
 def _link_is_safe(relative: str, target: str) -> bool:
@@ -214,7 +204,7 @@ def build_release(
     staging = _new_staging_dir(layout)
     if current is None or changes is None:
         return _build_full(layout, staging, current, owner)
-    _run(["cp", "-al", "--", str(current.path), str(staging)], "linking the current release")
+    execute.run(["cp", "-al", "--", current.path, staging], what="linking the current release")
     manifest = dict(current.manifest)
     changed: list[str] = []
     skipped: list[str] = []
@@ -256,10 +246,10 @@ def build_release(
                 skipped.append(change.path)
                 continue
             os.symlink(link, target)
-            manifest[change.path] = (LINK, hashlib.sha256(link.encode(errors="surrogateescape")).hexdigest())
+            manifest[change.path] = (LINK, sha256(link.encode(errors="surrogateescape")))
         elif stat.S_ISREG(info.st_mode):
             shutil.copy2(source, target, follow_symlinks=False)
-            manifest[change.path] = (FILE, _file_digest(target))
+            manifest[change.path] = (FILE, sha256_file(target))
             changed.append(change.path)
         else:
             continue  # sockets, fifos, devices: not DAGs
@@ -274,7 +264,10 @@ def build_release(
 def _build_full(
     layout: DagLayout, staging: Path, current: DagRelease | None, owner: tuple[int, int] | None
 ) -> BuiltRelease:
-    _run(["rsync", "-a", "--safe-links", "--exclude=/.git", f"{layout.mirror}/", f"{staging}/"], "copying the mirror")
+    execute.run(
+        ["rsync", "-a", "--safe-links", "--exclude=/.git", f"{layout.mirror}/", f"{staging}/"],
+        what="copying the mirror",
+    )
     manifest: Manifest = {}
     skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(staging):
@@ -290,9 +283,9 @@ def _build_full(
                     os.unlink(full)
                     skipped.append(rel)
                     continue
-                manifest[rel] = (LINK, hashlib.sha256(link.encode(errors="surrogateescape")).hexdigest())
+                manifest[rel] = (LINK, sha256(link.encode(errors="surrogateescape")))
             elif stat.S_ISREG(info.st_mode):
-                manifest[rel] = (FILE, _file_digest(Path(full)))
+                manifest[rel] = (FILE, sha256_file(Path(full)))
             else:
                 os.unlink(full)
                 continue
@@ -304,12 +297,6 @@ def _build_full(
     return BuiltRelease(tree_revision(manifest), staging, manifest, changed, deleted, tuple(skipped))
 
 
-def _run(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise OperationError(f"{what}: {(result.stderr.strip().splitlines() or ['failed'])[-1]}")
-
-
 def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | None) -> DagRelease:
     """Move a built tree to releases/ and flip the DAG folder symlink to it with one rename. Return it.
 
@@ -319,7 +306,7 @@ def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | Non
     if final.exists():
         shutil.rmtree(built.path)
     else:
-        subprocess.run(["sync", "-f", str(built.path)], check=False)  # data on disk before it is visible
+        execute.run(["sync", "-f", built.path], ok_codes=None)  # data on disk before it is visible
         os.rename(built.path, final)
     os.utime(final)  # publish order, for pruning
     entries = {path: list(entry) for path, entry in sorted(built.manifest.items())}

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pwd
 import shutil
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from airflow_nodes.apply import Runner, run_command
+from airflow_nodes import defaults
 from airflow_nodes.context import NodeContext, load_context
+from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import CLUSTER_FILE, SYNC_LOCK_FILE, under_root
+from airflow_nodes.node import CLUSTER_FILE, SYNC_LOCK_FILE
 from airflow_nodes.syncing.checks import Guards, check_guards, check_python
 from airflow_nodes.syncing.commands import TransferRunner
-from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sha256_of, sync_config
+from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sync_config
 from airflow_nodes.syncing.lock import sync_lock
 from airflow_nodes.syncing.logline import log_run
 from airflow_nodes.syncing.releases import (
@@ -32,22 +31,23 @@ from airflow_nodes.syncing.releases import (
 )
 from airflow_nodes.syncing.source import open_source
 from airflow_nodes.syncing.spec import PATH, SSH, DagSourceSpec, parse_dags_source
-from airflow_nodes.syncing.state import SyncState, read_state, utc_now, write_state
+from airflow_nodes.syncing.state import SyncState, read_state, write_state
+from airflow_nodes.target import Target
+from airflow_nodes.timestamps import utc_now
 
 PUBLISHED, UNCHANGED, SKIPPED = "published", "unchanged", "skipped"
 
 
 @dataclass(frozen=True)
 class SyncRequest:
-    root: Path = Path("/")
+    target: Target
     guards: Guards = Guards()
-    keep_releases: int = 5
-    lock_wait: float = 10.0  # seconds to wait for a running sync before giving up (exit 0)
+    keep_releases: int = defaults.KEEP_RELEASES
+    lock_wait: float = defaults.LOCK_WAIT
     ssh_key: str | None = None
     ssh_extra: tuple[str, ...] = ()  # from $AIRFLOW_NODE_SSH_OPTS
     dags_only: bool = False
     master_root: str = ""  # tests: the master's files live under this directory
-    runner: Runner = run_command  # runs apply's restart commands (real system only)
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,9 @@ class SyncResult:
         return f"{text} ({self.seconds:.2f} s)"
 
 
-def _transfer_user(ctx: NodeContext, root: Path) -> tuple[str | None, tuple[int, int] | None]:
+def _transfer_user(ctx: NodeContext, target: Target) -> tuple[str | None, tuple[int, int] | None]:
     """As root on the real system, transfers run as the airflow user and files are owned by it."""
-    if root != Path("/") or os.geteuid() != 0:
+    if not target.privileged:
         return None, None
     try:
         account = pwd.getpwnam(ctx.cluster.airflow_user)
@@ -170,14 +170,14 @@ def sync(request: SyncRequest) -> SyncResult:
     either way the published DAGs and the config stay as they were, and the state file records the error.
     """
     started = time.monotonic()
-    root = request.root
-    ctx = load_context(root)
-    layout = DagLayout(root, under_root(root, f"{ctx.airflow_home}/dags"))
+    target = request.target
+    ctx = load_context(target)
+    layout = DagLayout(target.root, target.path(ctx.dags_folder))
     check_dags_folder(layout)
     spec = effective_source(ctx)
-    user, owner = _transfer_user(ctx, root)
+    user, owner = _transfer_user(ctx, target)
     transfer = TransferRunner(user=user, ssh_key=request.ssh_key, ssh_extra=request.ssh_extra)
-    with sync_lock(under_root(root, SYNC_LOCK_FILE), request.lock_wait) as holder:
+    with sync_lock(target.path(SYNC_LOCK_FILE), request.lock_wait) as holder:
         if holder is not None:
             message = f"another sync is running ({holder}); skipped"
             log_run(message, failed=False)
@@ -186,8 +186,8 @@ def sync(request: SyncRequest) -> SyncResult:
 
 
 def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncResult:
-    root = request.root
-    state = read_state(root)
+    target = request.target
+    state = read_state(target)
     attempt = utc_now()
     details: list[str] = []
     seen: dict[str, str] = {}
@@ -199,7 +199,7 @@ def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncRe
         errors.append(exc)
     if ctx.node.role == "worker" and not request.dags_only:
         try:  # even when the DAGs failed: a rotated secret must still arrive
-            config = sync_config(ctx, root, spec, transfer, request.master_root, request.guards.force, request.runner)
+            config = sync_config(ctx, target, spec, transfer, request.master_root, request.guards.force)
         except (UserError, OperationError) as exc:
             errors.append(exc)
     if dags is not None:
@@ -211,13 +211,13 @@ def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncRe
         state,
         dag_revision=dag_revision,
         source_revision=(dags.source_revision if dags else seen.get("source_revision", state.source_revision)),
-        config_hash=sha256_of(under_root(root, ctx.airflow_cfg)),
-        cluster_file_hash=sha256_of(under_root(root, CLUSTER_FILE)),
+        config_hash=sha256_file(target.path(ctx.airflow_cfg), unreadable_ok=True),
+        cluster_file_hash=sha256_file(target.path(CLUSTER_FILE), unreadable_ok=True),
         last_attempt=attempt,
         last_success=attempt if not errors else state.last_success,
         last_error="; ".join(str(e) for e in errors) if errors else None,
     )
-    write_state(root, new_state)
+    write_state(target, new_state)
     if errors:
         log_run(f"failed: {new_state.last_error}", failed=True)
         error_type = OperationError if any(isinstance(e, OperationError) for e in errors) else UserError
@@ -227,9 +227,9 @@ def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncRe
     return result
 
 
-def format_status(root: Path) -> str:
+def format_status(target: Target) -> str:
     """Return the state file as `key: value` lines (what `airflow-node health` reads)."""
-    state = read_state(root)
+    state = read_state(target)
     width = max(len(f.name) for f in dataclasses.fields(SyncState))
     return "\n".join(
         f"{key:<{width}}  {value if value is not None else '-'}" for key, value in dataclasses.asdict(state).items()

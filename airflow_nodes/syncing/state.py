@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.errors import UserError
-from airflow_nodes.node import SYNC_STATE_FILE, under_root
+from airflow_nodes.node import SYNC_STATE_FILE
+from airflow_nodes.target import Target
 
 
 @dataclass(frozen=True)
@@ -24,17 +23,9 @@ class SyncState:
     last_error: str | None = None  # one line; None after a successful run
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def state_path(root: Path) -> Path:
-    return under_root(root, SYNC_STATE_FILE)
-
-
-def read_state(root: Path) -> SyncState:
+def read_state(target: Target) -> SyncState:
     """Return the recorded state, or an empty one before the first sync. Raise UserError if corrupt."""
-    path = state_path(root)
+    path = target.path(SYNC_STATE_FILE)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -45,8 +36,8 @@ def read_state(root: Path) -> SyncState:
     return SyncState(**{key: value for key, value in data.items() if key in known})
 
 
-def write_state(root: Path, state: SyncState) -> None:
+def write_state(target: Target, state: SyncState) -> None:
     """Write the state file atomically (temp file beside it, fsync, rename); 0644: it holds no secrets."""
-    path = state_path(root)
+    path = target.path(SYNC_STATE_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, (json.dumps(dataclasses.asdict(state), indent=2) + "\n").encode(), 0o644)

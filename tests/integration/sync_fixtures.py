@@ -11,6 +11,7 @@ from pathlib import Path
 
 from airflow_nodes.cluster import dump_cluster
 from airflow_nodes.syncing import Guards, SyncRequest, sync
+from airflow_nodes.target import Target
 
 from conftest import make_cluster, wait_for
 
@@ -83,7 +84,7 @@ def published_revision(root: Path) -> int:
 def sync_now(root: Path, **options) -> object:
     guards = Guards(**{k: options.pop(k) for k in ("max_delete_ratio", "validate", "force") if k in options})
     options.setdefault("dags_only", True)
-    return sync(SyncRequest(root=root, guards=guards, **options))
+    return sync(SyncRequest(target=Target.at(root), guards=guards, **options))
 
 
 def free_port() -> int:

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from airflow_nodes import execute
+from airflow_nodes.apply import apply
 from airflow_nodes.cluster import dump_cluster
+from airflow_nodes.defaults import SUPERVISORD_CONF
+from airflow_nodes.init import InitRequest, plan_init
+from airflow_nodes.target import Target
 
 from conftest import make_cluster, wait_for
 
@@ -62,16 +67,16 @@ class Supervisor:
 def node(tmp_path, run_cli):
     """A node rendered with the stand-in airflow, airflow_home in tmp, run as the current user."""
 
-    def render(role: str) -> Supervisor:
+    def render(role: str, version: str = "3.3.2") -> Supervisor:
         root = tmp_path / "root"
         home = tmp_path / "home"
         markers = tmp_path / "markers"
         for directory in (home, markers, Path("/var/log/airflow")):
             directory.mkdir(parents=True, exist_ok=True)
-        cluster = make_cluster("3.3", airflow_home=str(home), airflow_user="root")
+        cluster = make_cluster(version.rsplit(".", 1)[0], airflow_home=str(home), airflow_user="root")
         cluster_file = tmp_path / "cluster.toml"
         cluster_file.write_text(dump_cluster(cluster))
-        args = ["init", "--role", role, "--root", root, "--airflow-version", "3.3.2", "--init-system",
+        args = ["init", "--role", role, "--root", root, "--airflow-version", version, "--init-system",
                 "supervisor", "--airflow-bin", STAND_IN, "--node-name", "n1",
                 "--airflow-node-bin", "/usr/local/bin/airflow-node"]  # fmt: skip
         if role == "worker":
@@ -117,3 +122,44 @@ def test_killed_worker_is_restarted_and_stop_lets_the_running_task_finish(node, 
     supervisor.ctl("stop", "airflow-worker:*")  # SIGTERM to the worker's main process only
     assert (tmp_path / "markers/task-finished").read_text() == "ok\n"
     assert supervisor.states()[program][0] == "STOPPED"
+
+
+def converge_for_real(supervisor: Supervisor, request: InitRequest) -> list[tuple[str, ...]]:
+    """Re-run init on the node as on a real host: supervisorctl runs against this test's supervisord
+    (the node's supervisord.conf lives under the test root); systemctl, with no systemd here, is recorded."""
+    recorded = []
+
+    def runner(argv):
+        recorded.append(tuple(argv))
+        if argv[0] == "supervisorctl":
+            execute.run([str(supervisor.conf) if arg == SUPERVISORD_CONF else arg for arg in argv])
+
+    apply(plan_init(request, Target(supervisor.root, real_system=True, privileged=False, runner=runner)).preview)
+    return recorded
+
+
+def test_a_program_the_new_plan_drops_is_gone_from_supervisor_after_apply(node):
+    supervisor = node("master", "2.11.2")
+    wait_for(lambda: supervisor.pid("airflow-master:airflow-webserver"), 40, "the 2.x webserver RUNNING")
+
+    converge_for_real(supervisor, InitRequest(role="master", airflow_version="3.3.2"))
+
+    def upgraded():
+        states = supervisor.states()
+        running = {name for name, (state, _) in states.items() if state == "RUNNING"}
+        wanted = {"airflow-master:airflow-api-server", "airflow-master:airflow-dag-processor"}
+        return "airflow-master:airflow-webserver" not in states and wanted <= running and states
+
+    states = wait_for(upgraded, 40, "api-server and dag-processor RUNNING, no webserver program")
+    assert not [name for name in states if "webserver" in name]
+
+
+def test_a_worker_moved_to_systemd_leaves_no_supervisor_program_behind(node):
+    supervisor = node("worker")
+    wait_for(lambda: supervisor.pid("airflow-worker"), 30, "the worker RUNNING under supervisor")
+
+    recorded = converge_for_real(supervisor, InitRequest(role="worker", airflow_version="3.3.2", init_system="systemd"))
+
+    assert supervisor.states() == {}  # `update airflow-worker` after the conf file went: the group is gone
+    assert not (supervisor.root / "etc/supervisor/conf.d/airflow-node.conf").exists()
+    assert ("systemctl", "enable", "airflow-worker.target", "airflow-worker.service") in recorded

@@ -29,25 +29,37 @@ def render_units(run_cli, tmp_path: Path, version: str, role: str) -> list[Path]
             "--airflow-bin", STAND_IN, "--airflow-node-bin", "/usr/local/bin/airflow-node"]  # fmt: skip
     if role == "worker":
         args += ["--config", cluster_file]
-    else:
+    elif not (root / "etc/airflow-node/cluster.toml").exists():
         (root / "etc/airflow-node").mkdir(parents=True)
         shutil.copy(cluster_file, root / "etc/airflow-node/cluster.toml")
     assert run_cli(*args).code == 0
     return sorted((root / "etc/systemd/system").iterdir())
 
 
+def verify(units: list[Path]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "--generators=no", *map(str, units)], capture_output=True, text=True
+    )
+
+
 @pytest.mark.parametrize("version,role", NODES)
 def test_systemd_analyze_verify_passes_without_warnings(run_cli, tmp_path, version, role):
     units = render_units(run_cli, tmp_path, version, role)
-    result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", "--generators=no", *map(str, units)],
-        capture_output=True,
-        text=True,
-    )
+    result = verify(units)
     assert result.returncode == 0, result.stderr
     # verify exits 0 on unknown keys and other mistakes; it only warns about them
     ours = [line for line in result.stderr.splitlines() if "airflow-" in line]
     assert ours == []
+
+
+def test_a_master_upgraded_from_2_11_to_3_3_has_only_3_x_units_and_they_verify(run_cli, tmp_path):
+    render_units(run_cli, tmp_path, "2.11.2", "master")
+    units = render_units(run_cli, tmp_path, "3.3.2", "master")  # the same root, converged to 3.3
+    assert "airflow-webserver.service" not in {u.name for u in units}
+    assert {"airflow-api-server.service", "airflow-dag-processor.service"} <= {u.name for u in units}
+    result = verify(units)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "airflow-" in line] == []
 
 
 def test_verify_catches_a_broken_unit(run_cli, tmp_path):

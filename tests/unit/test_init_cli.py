@@ -159,6 +159,8 @@ def test_uninstall_removes_exactly_what_init_installed(run_cli, tmp_path, cluste
     assert left == {
         "opt", "opt/airflow", "opt/airflow/logs", "opt/airflow/logs/task.log",
         "etc/airflow-node", "etc/airflow-node/cluster.toml",
+        # the manifest records the kept cluster file, so a later init knows it wrote it
+        "var", "var/lib", "var/lib/airflow-node", "var/lib/airflow-node/manifest.json",
     }  # fmt: skip
     purge = run_cli("init", "--role", "worker", "--root", tmp_path, "--airflow-version", "3.3.2",
                     "--airflow-node-bin", "/usr/local/bin/airflow-node")  # fmt: skip

@@ -1,0 +1,23 @@
+"""Option defaults: the one place each lives. The dataclasses that carry a value and the click options
+that set it both read it from here (this module imports nothing, so every command can use it)."""
+
+# cluster file (set on the master)
+AIRFLOW_HOME = "/opt/airflow"
+WEB_PORT = 8080
+FLOWER_PORT = 5555
+VISIBILITY_TIMEOUT = 86400  # seconds; longer than the longest task
+SYNC_INTERVAL_MINUTES = 5
+
+# node file (this node only)
+CONCURRENCY = 16
+STOP_TIMEOUT = 600  # seconds a worker's running tasks get on stop
+SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
+
+# sync
+MAX_DELETE_RATIO = 0.5  # share of the current DAG files one sync may delete
+VALIDATE = "warn"  # byte-compile changed .py files: off, warn or refuse
+KEEP_RELEASES = 5
+LOCK_WAIT = 10.0  # seconds to wait for a running sync before skipping
+
+# health
+HEALTH_TIMEOUT = 2.0  # seconds per probe

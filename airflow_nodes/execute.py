@@ -1,0 +1,129 @@
+"""The one gateway for running commands: argv in, a finished command or an OperationError out.
+
+Every subprocess airflow-node starts goes through `run` (borgmatic's execute.py is the model): one
+place decides the environment, dropping to another user, timeouts, and how a failure is worded
+(the command and the tail of its output, never a traceback). No other module imports subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from airflow_nodes.errors import OperationError
+
+
+class CommandError(OperationError):
+    """A command could not run, timed out, or exited with a code the caller did not accept."""
+
+    def __init__(self, what: str, reason: str, returncode: int | None = None):
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason
+        self.returncode = returncode
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str | bytes
+    stderr: str | bytes
+
+
+def _user_switch(user: str | None) -> tuple[dict, dict[str, str]]:
+    """Return (subprocess keyword arguments, environment) that run a command as `user`."""
+    if not user:
+        return {}, {}
+    account = pwd.getpwnam(user)
+    kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    return kwargs, {"HOME": account.pw_dir, "USER": user, "LOGNAME": user}
+
+
+def _text(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value or ""
+
+
+def failure_reason(argv: Sequence[str], returncode: int, stderr: str | bytes, stdout: str | bytes = "") -> str:
+    """Return one line saying why a command failed: its last meaningful error line, or how it died."""
+    if returncode < 0:
+        return f"{argv[0]} was killed by signal {-returncode}"
+    lines = [line.strip() for line in (_text(stderr) or _text(stdout)).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Warning: Permanently")]
+    # rsync ends with a generic "rsync error: ... (code N)" line; the cause is usually the line before
+    useful = [line for line in lines if not line.startswith(("rsync error:", "rsync: connection unexpectedly"))]
+    reason = (useful or lines or [f"exit {returncode}"])[-1]
+    return f"{reason} (exit {returncode})"
+
+
+def run(
+    argv: Sequence[str | os.PathLike],
+    *,
+    what: str | None = None,
+    timeout: float | None = None,
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+    input: str | bytes | None = None,
+    binary: bool = False,
+    ok_codes: tuple[int, ...] | None = (0,),
+    errors: str = "strict",
+    cwd: str | os.PathLike | None = None,
+) -> Completed:
+    """Run argv and return what it did. `env` is added to our environment; `user` drops to that account.
+
+    Raise CommandError (an OperationError) naming `what` (default: the command) when the program is
+    missing, does not finish within `timeout` seconds, or exits with a code outside `ok_codes`
+    (None accepts every exit code).
+    """
+    argv = tuple(str(arg) for arg in argv)
+    what = what or " ".join(argv)
+    switch, user_env = _user_switch(user)
+    environment = {**os.environ, **(env or {}), **user_env}
+    text = {} if binary else {"text": True, "errors": errors}
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, env=environment, timeout=timeout, input=input, cwd=cwd, check=False,
+            **text, **switch,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise CommandError(what, f"{argv[0]} is not installed") from None
+    except PermissionError:
+        raise CommandError(what, f"{argv[0]} cannot be executed") from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(what, f"no answer within {timeout:g} s") from None
+    if ok_codes is not None and result.returncode not in ok_codes:
+        reason = failure_reason(argv, result.returncode, result.stderr, result.stdout)
+        raise CommandError(what, reason, result.returncode)
+    return Completed(argv, result.returncode, result.stdout, result.stderr)
+
+
+def run_streaming(
+    argv: Sequence[str | os.PathLike], what: str, on_line: Callable[[str], None], env: Mapping[str, str] | None = None
+) -> None:
+    """Run a long command, handing each line of its output to on_line as it comes. Raise CommandError."""
+    argv = tuple(str(arg) for arg in argv)
+    try:
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+        )
+    except FileNotFoundError:
+        raise CommandError(what, f"{argv[0]} is not installed") from None
+    assert process.stdout is not None
+    tail: list[str] = []
+    for line in process.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-5:]
+        if line:
+            on_line(line)
+    if process.wait() != 0:
+        raise CommandError(what, f"{tail[-1] if tail else 'no output'} (exit {process.returncode})", process.returncode)
+
+
+def run_checked(argv: Sequence[str]) -> None:
+    """Run a system command for apply (useradd, systemctl, supervisorctl). Raise CommandError on failure."""
+    run(argv, timeout=600)
