@@ -41,9 +41,10 @@ def main() -> int:
     # pip compiles bytecode for everything it installs; uv and an editable install do not, and with
     # PYTHONDONTWRITEBYTECODE (set on these machines) every start would recompile our modules and
     # jinja2 and click (about 80 ms). Measure the installed state: ours and our dependencies compiled.
-    import airflow_nodes
     import click
     import jinja2
+
+    import airflow_nodes
 
     for package in (airflow_nodes, click, jinja2):
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(package.__file__).parent)], check=True)
