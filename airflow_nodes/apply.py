@@ -20,15 +20,17 @@ import json
 import os
 import pwd
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from airflow_nodes import statefile
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import MANIFEST_FILE
 from airflow_nodes.plan import Command, Plan, PlannedDir, PlannedFile
-from airflow_nodes.redaction import redact
+from airflow_nodes.redaction import redact, redact_secret_values, secret_values_in
 from airflow_nodes.target import Target
 
 CREATE, UPDATE, PERMISSIONS, UNCHANGED = "create", "update", "permissions", "unchanged"
@@ -56,12 +58,13 @@ def read_manifest(target: Target) -> Manifest:
     its paths are acted on as root, so each must be absolute, normalised and a sha256 must be a sha256."""
     path = target.path(MANIFEST_FILE)
     corrupt = UserError(f"{path}: the manifest of written files is corrupt; fix or remove it")
-    try:
-        data = json.loads(path.read_text())
-        files, dirs = dict(data["files"]), tuple(data["dirs"])
-    except FileNotFoundError:
+    text = statefile.read_text(path)
+    if text is None:
         return Manifest()
-    except (ValueError, KeyError, TypeError, OSError):
+    try:
+        data = json.loads(text)
+        files, dirs = dict(data["files"]), tuple(data["dirs"])
+    except (ValueError, KeyError, TypeError):
         raise corrupt from None
     for name in [*files, *dirs]:
         if not isinstance(name, str) or not name.startswith("/") or str(PurePosixPath(name)) != name or "/.." in name:
@@ -76,6 +79,7 @@ class FileChange:
     file: PlannedFile
     status: str
     old: bytes | None
+    keeps_backup: bool = False  # the old file holds a secret the new one does not: never lose it
 
     @property
     def writes(self) -> bool:
@@ -87,7 +91,7 @@ class Removal:
     """A file we wrote that the plan no longer has, and what happens to it."""
 
     path: str
-    status: str  # REMOVE, MOVE_ASIDE (edited, --force), KEEP_EDITED, FORGET (already gone)
+    status: str  # REMOVE, MOVE_ASIDE (edited with --force, or the only copy of a secret), KEEP_EDITED, FORGET
     old: bytes | None
 
     @property
@@ -103,6 +107,7 @@ class Preview:
     changes: tuple[FileChange, ...]
     removals: tuple[Removal, ...]
     missing_dirs: tuple[PlannedDir, ...]
+    wrong_dirs: tuple[PlannedDir, ...]  # exist with another mode (or owner, where we set owners)
     orphan_dirs: tuple[str, ...]  # directories we created that nothing planned needs; removed if empty
     missing_users: tuple[str, ...]
     force: bool = False
@@ -165,7 +170,8 @@ class Preview:
         # under --root, a missing user is only listed (never created), so it is no pending change
         users_pending = self.missing_users and self.real_system
         forgotten = any(r.status == FORGET for r in self.removals)
-        return not (self.changed_paths or self.removed_paths or self.missing_dirs or users_pending or forgotten)
+        pending = self.changed_paths or self.removed_paths or self.missing_dirs or self.wrong_dirs
+        return not (pending or users_pending or forgotten)
 
     def diff(self, change: FileChange | Removal) -> str:
         """Return a unified diff of a change or a removal, with secrets redacted."""
@@ -175,10 +181,13 @@ class Preview:
             label, old, new, secret = change.path, change.old, b"", True  # an old file may hold old secrets
         else:
             label, old, new, secret = change.file.path, change.old, change.file.content, change.file.secret
-        old_lines = (old or b"").decode(errors="replace").splitlines(keepends=True)
-        new_lines = new.decode().splitlines(keepends=True)
-        text = "".join(difflib.unified_diff(old_lines, new_lines, f"{label} (on disk)", f"{label} (planned)"))
-        return redact(text, self.plan.secrets) if secret else text
+        old_text, new_text = (old or b"").decode(errors="replace"), new.decode()
+        if secret:  # both sides: the disk may hold secrets the plan does not know (old or hand-edited)
+            before = secret_values_in(old_text)
+            old_text = redact(redact_secret_values(old_text), self.plan.secrets)
+            new_text = redact(redact_secret_values(new_text, before), self.plan.secrets)
+        old_lines, new_lines = old_text.splitlines(keepends=True), new_text.splitlines(keepends=True)
+        return "".join(difflib.unified_diff(old_lines, new_lines, f"{label} (on disk)", f"{label} (planned)"))
 
 
 def check_root(root: Path) -> None:
@@ -208,15 +217,17 @@ def _user_exists(target: Target, name: str) -> bool:
 
 
 def _read_if_file(path: Path) -> bytes | None:
-    """Return a file's bytes, or None if there is none. Raise UserError if it cannot be read."""
-    if path.is_dir():
+    """Return a file's bytes, or None if there is none. Raise UserError if it is a directory, a link
+    (another account may own the directory: root reads and replaces the file itself, never a target)
+    or unreadable."""
+    if path.is_dir() and not path.is_symlink():
         raise UserError(f"{path}: is a directory where airflow-node writes a file")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    return statefile.read_bytes(path)
+
+
+def _drops_secret(old: bytes, kept: set[str]) -> bool:
+    """Whether old holds a secret (a Fernet key, a password) that is not among the secrets kept."""
+    return bool(secret_values_in(old.decode(errors="replace")) - kept)
 
 
 def _file_change(target: Target, planned: PlannedFile, manifest: Manifest) -> FileChange:
@@ -233,16 +244,29 @@ def _file_change(target: Target, planned: PlannedFile, manifest: Manifest) -> Fi
         status = EDITED
     else:
         status = UPDATE
-    return FileChange(planned, status, old)
+    rewrites = status in (UPDATE, EDITED, FOREIGN) and old is not None
+    keeps_backup = rewrites and planned.secret and _drops_secret(old, secret_values_in(planned.content.decode()))
+    _check_backup_path(path, keeps_backup or status in (EDITED, FOREIGN))
+    return FileChange(planned, status, old, keeps_backup)
 
 
-def _removal(target: Target, path: str, digest: str, force: bool) -> Removal:
+def _check_backup_path(path: Path, needed: bool) -> None:
+    """Refuse before anything changes when the backup we would keep cannot be written."""
+    backup = path.with_name(path.name + BACKUP_SUFFIX)
+    if needed and (backup.is_dir() or backup.is_symlink()):
+        raise UserError(f"{backup}: is in the way of the backup of {path.name}; move it away")
+
+
+def _removal(target: Target, path: str, digest: str, force: bool, kept_secrets: set[str] | None) -> Removal:
     old = _read_if_file(target.path(path))
     if old is None:
         return Removal(path, FORGET, None)
-    if sha256(old) == digest:
-        return Removal(path, REMOVE, old)
-    return Removal(path, MOVE_ASIDE if force else KEEP_EDITED, old)
+    if sha256(old) != digest:
+        status = MOVE_ASIDE if force else KEEP_EDITED
+    else:  # ours; still, the only copy of a secret is moved aside, never deleted
+        status = MOVE_ASIDE if kept_secrets is not None and _drops_secret(old, kept_secrets) else REMOVE
+    _check_backup_path(target.path(path), status == MOVE_ASIDE)
+    return Removal(path, status, old)
 
 
 def _ancestors(path: str) -> list[str]:
@@ -257,8 +281,12 @@ def preview(plan: Plan, target: Target, force: bool = False) -> Preview:
     manifest = read_manifest(target)
     changes = tuple(_file_change(target, planned, manifest) for planned in plan.files)
     planned_paths = plan.paths | set(plan.keep)
+    kept_texts = [(_read_if_file(target.path(p)) or b"").decode(errors="replace") for p in plan.keep]
+    kept_secrets = set().union(*map(secret_values_in, [f.content.decode() for f in plan.files] + kept_texts))
+    if plan.purge_secrets:
+        kept_secrets = None
     removals = tuple(
-        _removal(target, path, digest, force)
+        _removal(target, path, digest, force, kept_secrets)
         for path, digest in sorted(manifest.files.items())
         if path not in planned_paths
     )
@@ -277,9 +305,22 @@ def preview(plan: Plan, target: Target, force: bool = False) -> Preview:
     needed |= {a for path in kept for a in _ancestors(path)}
     orphan_dirs = tuple(sorted((d for d in manifest.dirs if d not in needed), key=lambda d: (-d.count("/"), d)))
     missing_users = tuple(user.name for user in plan.users if not _user_exists(target, user.name))
+    wrong_dirs = tuple(d for d in plan.dirs if d.path not in missing and _dir_differs(target, d))
     return Preview(
-        plan, target, manifest, changes, removals, tuple(missing.values()), orphan_dirs, missing_users, force
-    )
+        plan, target, manifest, changes, removals, tuple(missing.values()), wrong_dirs, orphan_dirs, missing_users,
+        force,
+    )  # fmt: skip
+
+
+def _dir_differs(target: Target, planned: PlannedDir) -> bool:
+    """Whether an existing planned directory has another mode, or (where we set owners) owner."""
+    path = target.path(planned.path)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{path}: airflow-node needs a directory here, not a link or a file")
+    if stat.S_IMODE(info.st_mode) != planned.mode:
+        return True
+    return target.privileged and (info.st_uid, info.st_gid) != _ids(planned.owner, planned.group)
 
 
 @dataclass
@@ -343,6 +384,18 @@ class _Transaction:
         return backups
 
 
+def _set_dir_owner_and_mode(path: Path, planned: PlannedDir, set_owner: bool) -> None:
+    """Give a directory its planned mode (mkdir's is filtered by the umask) and owner, through an fd
+    opened without following links: the parent may belong to another account."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, planned.mode)
+        if set_owner:
+            os.fchown(fd, *_ids(planned.owner, planned.group))
+    finally:
+        os.close(fd)
+
+
 def _write_temp(target: Path, content: bytes, mode: int, ids: tuple[int, int] | None) -> Path:
     """Write content to a new temp file beside target, with its final mode and owner before any byte."""
     for attempt in range(100):
@@ -397,9 +450,9 @@ def apply(prev: Preview) -> ApplyResult:
             path = target.path(planned_dir.path)
             path.mkdir(mode=planned_dir.mode)
             tx.created_dirs.append(path)
-            os.chmod(path, planned_dir.mode)  # mkdir's mode is filtered by the umask
-            if set_owner:
-                os.chown(path, *_ids(planned_dir.owner, planned_dir.group))
+            _set_dir_owner_and_mode(path, planned_dir, set_owner)
+        for planned_dir in prev.wrong_dirs:  # say, a state directory an older version gave to airflow
+            _set_dir_owner_and_mode(target.path(planned_dir.path), planned_dir, set_owner)
         staged = []
         for change in prev.changes:
             manifest_files[change.file.path] = sha256(change.file.content)
@@ -440,7 +493,8 @@ def apply(prev: Preview) -> ApplyResult:
         tx.rollback()
         raise
     moved_aside = {target.path(r.path) for r in prev.removals if r.status == MOVE_ASIDE}
-    result.backups = tx.commit({target.path(c.file.path) for c in prev.conflicts} | moved_aside)
+    backed_up = {target.path(c.file.path) for c in prev.changes if c.keeps_backup or c in prev.conflicts}
+    result.backups = tx.commit(backed_up | moved_aside)
     _remove_orphan_dirs(prev, manifest, result)
     _run_all(prev, prev.after_commands, result)
     return result

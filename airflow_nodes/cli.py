@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import sys
 from pathlib import Path
 
@@ -11,6 +12,17 @@ import click
 from airflow_nodes import defaults
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.target import Target
+
+
+class Finite(click.FloatRange):
+    """A float within [min, max], and finite: click's FloatRange lets nan through (every comparison with
+    nan is false), which would switch off the guard or the timeout the option sets."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 class Exit(enum.IntEnum):
@@ -61,9 +73,18 @@ def cli() -> None:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="Worker: the cluster file to use.")
 @click.option("--from-master", metavar="[USER@]HOST[:PORT]", help="Worker: fetch the cluster file over SSH.")
 @click.option("--master-host", metavar="HOST", help="Master: address workers use to reach this host.")
-@click.option("--broker-url", metavar="URL", help="Master: Redis broker, redis://[:PASSWORD@]HOST:6379/0.")
-@click.option("--db-url", metavar="URL", help="Master: metadata DB, postgresql://USER:PASSWORD@HOST/DB.")
-@click.option("--result-backend", metavar="URL", help="Master: Celery result backend [default: db+ the DB URL].")
+@click.option("--broker-url", metavar="URL", envvar="AIRFLOW_NODE_BROKER_URL", show_envvar=True,
+              help="Master: Redis broker, redis://[:PASSWORD@]HOST:6379/0 (keep the password out of ps and "
+              "shell history: use the environment variable or --broker-url-file).")  # fmt: skip
+@click.option("--broker-url-file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Master: read --broker-url from this file (its first line).")  # fmt: skip
+@click.option("--db-url", metavar="URL", envvar="AIRFLOW_NODE_DB_URL", show_envvar=True,
+              help="Master: metadata DB, postgresql://USER:PASSWORD@HOST/DB (or the environment variable, "
+              "or --db-url-file).")  # fmt: skip
+@click.option("--db-url-file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Master: read --db-url from this file (its first line).")  # fmt: skip
+@click.option("--result-backend", metavar="URL", envvar="AIRFLOW_NODE_RESULT_BACKEND", show_envvar=True,
+              help="Master: Celery result backend [default: db+ the DB URL].")  # fmt: skip
 @click.option("--dags-source", metavar="SPEC", help="Master: where nodes sync DAGs from.")
 @click.option("--sync-interval", "sync_interval_minutes", type=int, metavar="MIN",
               help=f"Master: minutes [{defaults.SYNC_INTERVAL_MINUTES}].")  # fmt: skip
@@ -171,16 +192,16 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
 @click.option("--status", "show_status", is_flag=True, help="Print the last sync's state and exit.")
 @click.option("--force", is_flag=True, help="Publish even an empty source or a mass delete; replace edited config.")
 @click.option(
-    "--max-delete-ratio", type=click.FloatRange(0, 1), default=defaults.MAX_DELETE_RATIO, show_default=True,
+    "--max-delete-ratio", type=Finite(0, 1), default=defaults.MAX_DELETE_RATIO, show_default=True,
     help="Refuse a sync that deletes more than this share of the DAG files.",
 )  # fmt: skip
 @click.option(
     "--validate", type=click.Choice(["off", "warn", "refuse"]), default=defaults.VALIDATE, show_default=True,
     help="Byte-compile changed .py files before publishing; warn about or refuse files that do not parse.",
 )  # fmt: skip
-@click.option("--keep", "keep_releases", type=click.IntRange(min=1), default=defaults.KEEP_RELEASES, show_default=True,
+@click.option("--keep", "keep_releases", type=click.IntRange(1, 100), default=defaults.KEEP_RELEASES, show_default=True,
               help="DAG releases kept on disk (the published one always).")  # fmt: skip
-@click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=defaults.LOCK_WAIT, show_default=True,
+@click.option("--wait", "lock_wait", type=Finite(0, 3600), default=defaults.LOCK_WAIT, show_default=True,
               metavar="SEC",
               help="Wait this long for a running sync, then skip (exit 0).")  # fmt: skip
 @click.option("--ssh-key", metavar="FILE", help="SSH private key [default: the airflow user's]; "
@@ -222,7 +243,7 @@ class _CheckCommand(click.Command):
 
 @cli.command(cls=_CheckCommand)
 @root_option
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=defaults.HEALTH_TIMEOUT, show_default=True,
+@click.option("--timeout", type=Finite(0.1, 300), default=defaults.HEALTH_TIMEOUT, show_default=True,
               help="Seconds per probe.")  # fmt: skip
 @click.option(
     "--only",

@@ -14,8 +14,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes import defaults, urls
+from airflow_nodes import defaults, statefile, urls
 from airflow_nodes.errors import UserError
+from airflow_nodes.node import DAGS_AUTHORING_DIR
+from airflow_nodes.redaction import url_password
 from airflow_nodes.schema import (
     Field,
     check_abs_path,
@@ -23,8 +25,8 @@ from airflow_nodes.schema import (
     check_host,
     check_name,
     check_port,
-    check_positive,
     dump_toml,
+    in_range,
     load_toml,
 )
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
@@ -94,16 +96,16 @@ class ClusterConfig:
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this file holds, for redaction: generated keys and URL passwords."""
-        passwords = (urls.url_password(u) for u in (self.broker_url, self.db_url, self.result_backend))
+        passwords = (url_password(u) for u in (self.broker_url, self.db_url, self.result_backend))
         return self.secrets.values() + tuple(p for p in passwords if p)
 
 
+def default_dags_source(master_host: str, airflow_user: str = "airflow") -> str:
+    """The DAG source a cluster gets unless --dags-source says otherwise: the master's authoring dir."""
+    return f"{airflow_user}@{master_host}:{DAGS_AUTHORING_DIR}/"
+
+
 # -- the schema: (section, key, attribute, type, check, init option) ---------------------------
-
-
-def _interval(value: int, where: str) -> None:
-    if not 1 <= value <= 59:
-        raise UserError(f"{where}: the sync interval is in minutes, 1-59, got {value}")
 
 
 def _package_hash(value: str, where: str) -> None:
@@ -155,12 +157,21 @@ CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("master", "triggerer_log_port", "triggerer_log_port", int, check_port),
     Field("master", "scheduler_health_port", "scheduler_health_port", int, check_port),
     Field("broker", "url", "broker_url", str, _broker, "--broker-url"),
-    Field("broker", "visibility_timeout", "visibility_timeout", int, check_positive, "--visibility-timeout"),
+    Field(
+        "broker",
+        "visibility_timeout",
+        "visibility_timeout",
+        int,
+        in_range(60, 30 * 86400, " seconds"),
+        "--visibility-timeout",
+    ),
     Field("database", "url", "db_url", str, _db, "--db-url"),
     # checked together with the version (validate_cluster)
     Field("database", "result_backend", "result_backend", str, lambda v, w: None, "--result-backend"),
     Field("dags", "source", "dags_source", str, _dags_source, "--dags-source"),
-    Field("dags", "sync_interval_minutes", "sync_interval_minutes", int, _interval, "--sync-interval"),
+    Field(
+        "dags", "sync_interval_minutes", "sync_interval_minutes", int, in_range(1, 59, " minutes"), "--sync-interval"
+    ),
     Field("secrets", "fernet_key", "secrets.fernet_key", str, _fernet),
     Field("secrets", "secret_key", "secrets.secret_key", str, _secret),
     Field("secrets", "jwt_secret", "secrets.jwt_secret", str, _secret),
@@ -199,12 +210,9 @@ def parse_cluster(text: str, where: str) -> ClusterConfig:
 def read_cluster(path: Path, where: str | None = None) -> ClusterConfig:
     """Read and validate the cluster file at path. Raise UserError if it is missing or corrupt."""
     where = where or str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{where}: no such cluster file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: cannot read the cluster file ({exc.__class__.__name__})") from None
+    text = statefile.read_text(path, limit=1 << 20)
+    if text is None:
+        raise UserError(f"{where}: no such cluster file")
     return parse_cluster(text, where)
 
 

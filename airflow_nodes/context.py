@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from airflow_nodes import statefile
 from airflow_nodes.cluster import ClusterConfig, read_cluster
 from airflow_nodes.errors import UserError
 from airflow_nodes.node import CLUSTER_FILE, ENV_FILE, LOG_DIR, NODE_FILE, NodeSettings, parse_node
@@ -70,10 +71,7 @@ def load_context(target: Target) -> NodeContext:
     Cheap on purpose (no templates, no plan machinery): `airflow-node health` starts with it.
     """
     node_path = target.path(NODE_FILE)
-    try:
-        node = parse_node(node_path.read_text(), str(node_path))
-    except FileNotFoundError:
-        raise UserError(f"{node_path}: not found; run `airflow-node init` first") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{node_path}: cannot read it ({exc.__class__.__name__})") from None
-    return NodeContext(read_cluster(target.path(CLUSTER_FILE)), node)
+    text = statefile.read_text(node_path, limit=1 << 20)
+    if text is None:
+        raise UserError(f"{node_path}: not found; run `airflow-node init` first")
+    return NodeContext(read_cluster(target.path(CLUSTER_FILE)), parse_node(text, str(node_path)))

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import socket
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes import urls
-from airflow_nodes.apply import Preview, check_root
+from airflow_nodes import statefile, urls
+from airflow_nodes.apply import Preview, check_root, read_manifest
 from airflow_nodes.cluster import (
     CLUSTER_OPTIONS,
     CLUSTER_SCHEMA,
     ClusterConfig,
     ClusterSecrets,
+    default_dags_source,
     dump_cluster,
     parse_cluster,
     validate_cluster,
@@ -24,7 +27,6 @@ from airflow_nodes.detect import DEFAULT_VENV, AirflowInstall, detect_airflow, d
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import (
     CLUSTER_FILE,
-    DAGS_AUTHORING_DIR,
     NODE_FILE,
     NODE_SCHEMA,
     NodeSettings,
@@ -67,6 +69,8 @@ class InitRequest:
     web_port: int | None = None
     flower_port: int | None = None
     install_airflow: str | None = None  # install this Airflow into the venv first (shipped lock)
+    broker_url_file: Path | None = None  # the URLs hold passwords: they may come from files
+    db_url_file: Path | None = None
 
     def given_cluster_options(self) -> dict[str, object]:
         return {attr: getattr(self, attr) for attr in CLUSTER_OPTIONS if getattr(self, attr) is not None}
@@ -81,12 +85,45 @@ class InitOutcome:
 
 
 def _read_existing(target: Target, path: str) -> bytes | None:
+    return statefile.read_bytes(target.path(path), limit=1 << 20)
+
+
+SECRET_FILE_LIMIT = 4096  # bytes; a URL, not a document
+
+
+def read_secret_file(path: Path, option: str) -> str:
+    """Return the first line of a file holding a secret. Raise UserError naming the option and the
+    file, never its content."""
     try:
-        return target.path(path).read_bytes()
-    except FileNotFoundError:
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not make us wait
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UserError(f"{option}: {path} is not a regular file")
+            data = handle.read(SECRET_FILE_LIMIT + 1)
     except OSError as exc:
-        raise UserError(f"{target.path(path)}: cannot read it ({exc.strerror})") from None
+        raise UserError(f"{option}: cannot read {path} ({exc.strerror})") from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise UserError(f"{option}: {path} is not UTF-8 text") from None
+    line = text.split("\n", 1)[0].strip()
+    if len(data) > SECRET_FILE_LIMIT or not line:
+        raise UserError(f"{option}: {path} must hold one URL on its first line")
+    return line
+
+
+def with_secret_files(request: InitRequest) -> InitRequest:
+    """Return the request with --broker-url-file / --db-url-file read into the URLs they stand for."""
+    values = {}
+    for attr in ("broker_url", "db_url"):
+        path = getattr(request, f"{attr}_file")
+        option = f"--{attr.replace('_', '-')}"
+        if path is None:
+            continue
+        if getattr(request, attr) is not None:
+            raise UserError(f"{option}-file: give {option} one way only (option, variable or file)")
+        values[attr] = read_secret_file(path, f"{option}-file")
+    return dataclasses.replace(request, **values, broker_url_file=None, db_url_file=None) if values else request
 
 
 def master_cluster(request: InitRequest, install: AirflowInstall, existing: ClusterConfig | None) -> ClusterConfig:
@@ -111,11 +148,15 @@ def master_cluster(request: InitRequest, install: AirflowInstall, existing: Clus
             if attr not in given:
                 raise UserError(f"{CLUSTER_OPTIONS[attr]}: required on the master's first init")
         given.setdefault("result_backend", urls.default_result_backend(given["db_url"], version))
-        given.setdefault("dags_source", f"airflow@{given['master_host']}:{DAGS_AUTHORING_DIR}/")
+        given.setdefault("dags_source", default_dags_source(given["master_host"]))
         config = ClusterConfig(airflow_version=version.series, secrets=ClusterSecrets.generate(), **given)
     else:
         if "db_url" in given and "result_backend" not in given:
             given["result_backend"] = urls.default_result_backend(given["db_url"], version)
+        moved = "master_host" in given and "dags_source" not in given
+        if moved and existing.dags_source == default_dags_source(existing.master_host, existing.airflow_user):
+            # the default source names the master: it moves with it
+            given["dags_source"] = default_dags_source(given["master_host"], existing.airflow_user)
         config = dataclasses.replace(existing, airflow_version=version.series, **given)
     return _checked_options(validate_cluster, config)
 
@@ -232,6 +273,7 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
     if request.role not in ("master", "worker"):
         raise UserError(f"--role: unknown role {request.role!r} (expected master or worker)")
     check_root(target.root)
+    request = with_secret_files(request)
     existing_node_text = _read_existing(target, NODE_FILE)
     existing_node = None
     if existing_node_text is not None:
@@ -253,6 +295,13 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         if request.config_file or request.from_master:
             raise UserError("--config: the master creates the cluster file; --config/--from-master are for workers")
         existing = None
+        if not (existing_cluster_text or b"").strip() and CLUSTER_FILE in read_manifest(target).files:
+            state = "empty" if existing_cluster_text is not None else "gone"
+            raise UserError(
+                f"{cluster_where}: airflow-node wrote this cluster file and it is {state}; it held the cluster's "
+                "secrets (the Fernet key of every encrypted connection): restore it (each worker has the same "
+                "file) and run init again, or `airflow-node uninstall --purge` to start a new cluster"
+            )
         if existing_cluster_text:
             try:
                 existing = parse_cluster(existing_cluster_text.decode(), cluster_where)

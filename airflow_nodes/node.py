@@ -14,8 +14,8 @@ from airflow_nodes.schema import (
     check_abs_path,
     check_all,
     check_host,
-    check_positive,
     dump_toml,
+    in_range,
     load_toml,
 )
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
@@ -70,11 +70,6 @@ def check_queues(value: str, where: str) -> None:
             raise UserError(f"{where}: {queue!r} is not a queue name (letters, digits, . _ -)")
 
 
-def _stop_timeout(value: int, where: str) -> None:
-    if not 10 <= value <= 7 * 24 * 3600:
-        raise UserError(f"{where}: the stop timeout is in seconds, 10 to 604800, got {value}")
-
-
 @dataclass(frozen=True)
 class NodeSettings:
     """What only this node knows: its role, how its daemons run, and its worker knobs."""
@@ -120,9 +115,9 @@ NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "airflow_bin", "airflow_bin", str, check_abs_path, "--airflow-bin"),
     Field("node", "airflow_node_bin", "airflow_node_bin", str, check_abs_path, "--airflow-node-bin"),
     Field("node", "supervisord_conf", "supervisord_conf", str, check_abs_path, "--supervisord-conf"),
-    Field("worker", "concurrency", "concurrency", int, check_positive, "--concurrency"),
+    Field("worker", "concurrency", "concurrency", int, in_range(1, 1024), "--concurrency"),
     Field("worker", "queues", "queues", str, check_queues, "--queues"),
-    Field("worker", "stop_timeout", "stop_timeout", int, _stop_timeout, "--stop-timeout"),
+    Field("worker", "stop_timeout", "stop_timeout", int, in_range(10, 7 * 86400, " seconds"), "--stop-timeout"),
 )
 
 NODE_HEADER = "# airflow-node: settings of this node only (written by `airflow-node init`).\n"

@@ -8,7 +8,7 @@ way, including removing what the new plan no longer has.
 from __future__ import annotations
 
 from airflow_nodes.apply import Preview, preview
-from airflow_nodes.cluster import ClusterConfig
+from airflow_nodes.cluster import ClusterConfig, default_dags_source
 from airflow_nodes.context import NodeContext
 from airflow_nodes.errors import UserError
 from airflow_nodes.initsystems import all_init_systems, init_system
@@ -64,8 +64,7 @@ def render_cron(ctx: NodeContext) -> str:
 
 
 def dags_source_is_local_to_master(cluster: ClusterConfig) -> bool:
-    source = cluster.dags_source
-    return source == f"{cluster.airflow_user}@{cluster.master_host}:{DAGS_AUTHORING_DIR}/"
+    return cluster.dags_source == default_dags_source(cluster.master_host, cluster.airflow_user)
 
 
 def build_node_plan(
@@ -79,7 +78,9 @@ def build_node_plan(
 
     dirs = [
         PlannedDir(CONFIG_DIR, 0o755),
-        PlannedDir(STATE_DIR, 0o750, user, user),
+        # root's: it holds what root acts on (the manifest, the sync lock and state); only the DAG
+        # mirror below it belongs to the airflow user
+        PlannedDir(STATE_DIR, 0o755),
         PlannedDir(ctx.airflow_home, 0o750, user, user),
         PlannedDir(f"{ctx.airflow_home}/logs", 0o750, user, user),
         PlannedDir(ctx.dags_folder, 0o750, user, user),

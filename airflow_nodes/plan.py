@@ -68,6 +68,7 @@ class Plan:
     triggers: tuple[Trigger, ...] = field(default=())
     retirements: tuple[Retirement, ...] = ()
     keep: tuple[str, ...] = ()  # files we wrote that stay although not planned (uninstall: the cluster file)
+    purge_secrets: bool = False  # `uninstall --purge`: files holding the only copy of a secret go too
     secrets: tuple[str, ...] = ()  # values to redact from anything we print
 
     @property

@@ -49,6 +49,7 @@ def format_preview(outcome: InitOutcome, show_diff: bool) -> str:
 def format_changes(prev: Preview, show_diff: bool) -> str:
     """Return a preview's directories, files added, changed and removed, and the commands around them."""
     lines = [f"  mkdir      {prev.target.path(d.path)}" for d in prev.missing_dirs]
+    lines += [f"  fix dir    {prev.target.path(d.path)} ({d.mode:o} {d.owner}:{d.group})" for d in prev.wrong_dirs]
     lines += [f"  {_LABELS[c.status]:<10} {prev.target.path(c.file.path)}" for c in prev.changes]
     lines += [f"  {_LABELS[r.status]:<10} {prev.target.path(r.path)}" for r in prev.removals]
     if prev.nothing_to_do:

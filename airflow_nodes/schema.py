@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import sys
 from collections.abc import Callable
@@ -95,14 +96,19 @@ def check_host(value: str, where: str) -> None:
         raise UserError(f"{where}: {value!r} is not a host name or address")
 
 
-def check_port(value: int, where: str) -> None:
-    if not 1 <= value <= 65535:
-        raise UserError(f"{where}: {value} is not a TCP port (1-65535)")
+def in_range(low: int, high: int, unit: str = "") -> Callable[[int, str], None]:
+    """Return a check that a whole number lies in [low, high]: every number we read or write is bounded
+    (a 20-digit one would not even be valid TOML)."""
+
+    def check(value: int, where: str) -> None:
+        if not low <= value <= high:
+            shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:20]}..."
+            raise UserError(f"{where}: must be {low} to {high}{unit}, got {shown}")
+
+    return check
 
 
-def check_positive(value: int, where: str) -> None:
-    if value < 1:
-        raise UserError(f"{where}: must be at least 1, got {value}")
+check_port = in_range(1, 65535, " (a TCP port)")
 
 
 def check_name(value: str, where: str) -> None:
@@ -111,5 +117,6 @@ def check_name(value: str, where: str) -> None:
 
 
 def check_abs_path(value: str, where: str) -> None:
-    if not _PATH_RE.match(value):
-        raise UserError(f"{where}: {value!r} must be an absolute path of letters, digits and ._/@+-")
+    """An absolute, normalised path (no "..", "//" or trailing "/") of letters, digits and ._/@+-."""
+    if not _PATH_RE.match(value) or posixpath.normpath(value) != value or value.startswith("//"):
+        raise UserError(f"{where}: {value!r} must be a normalised absolute path of letters, digits and ._/@+-")

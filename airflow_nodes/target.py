@@ -27,10 +27,13 @@ class Target:
 
     @classmethod
     def at(cls, root: Path | str, runner: Runner = execute.run_checked) -> Target:
-        """Given --root, return the Target for it. Raise UserError for an empty root."""
+        """Given --root, return the Target for it (made absolute). Raise UserError for an empty root or
+        one that is not a directory."""
         if str(root) in ("", "."):
             raise UserError("--root: give a directory (an empty --root would mean the current directory)")
         absolute = Path(os.path.abspath(root))
+        if absolute.exists() and not absolute.is_dir():
+            raise UserError(f"--root: {absolute} is not a directory")
         real = absolute == Path("/")
         return cls(absolute, real, real and os.geteuid() == 0, runner)
 

@@ -36,7 +36,7 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
     except UserError:
         nodes = []  # node.toml already gone: units are still retired by name; a supervisor group is not
     rules = [rule for system in all_init_systems() for node in nodes for rule in system.retirements(node)]
-    plan = Plan(retirements=tuple(rules or Systemd().retirements(None)), keep=keep)
+    plan = Plan(retirements=tuple(rules or Systemd().retirements(None)), keep=keep, purge_secrets=purge)
     result = apply(preview(plan, target, force=force))
     if not read_manifest(target).files:  # nothing of ours is left: neither is the manifest
         target.path(MANIFEST_FILE).unlink(missing_ok=True)

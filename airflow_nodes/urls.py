@@ -1,44 +1,81 @@
-"""Checking and redacting the broker, database and result-backend URLs."""
+"""The one place URLs are parsed: the broker, database and result-backend URLs, checked and redacted.
+
+Everything that reads a URL's parts (init, the cluster file, the health probes) goes through
+`parse_url`, which refuses what two parsers would read differently: urllib splits the host at the
+last "@", SQLAlchemy and libpq at the first, and a "/", "?" or "#" in a password ends urllib's
+host part early. Such characters must be percent-encoded, so every reader agrees.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from airflow_nodes.errors import UserError
-from airflow_nodes.redaction import REDACTED
+from airflow_nodes.redaction import redact_url
 from airflow_nodes.versions import AirflowVersion
 
 BROKER_SCHEMES = ("redis", "rediss")
 DB_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg")
 
 
+@dataclass(frozen=True)
+class ServiceUrl:
+    """A parsed broker or database URL; user and password are percent-decoded."""
+
+    scheme: str
+    host: str  # without IPv6 brackets
+    port: int | None
+    path: str  # without the leading "/": a Redis DB index or a database name
+    user: str = ""
+    password: str = ""
+
+
 def _split(url: str, option: str) -> SplitResult:
-    if any(ch.isspace() for ch in url):
-        raise UserError(f"{option}: the URL contains whitespace")
-    parts = urlsplit(url)
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise UserError(f"{option}: the URL contains whitespace or control characters")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise UserError(f"{option}: {redact_url(url)!r} is not a URL (scheme://...)")
+    userinfo, at, _ = rest.rpartition("@")
+    if at and any(ch in userinfo for ch in "@/?#"):
+        raise UserError(f"{option}: percent-encode @ / ? # in the user or password (%40 %2F %3F %23)")
     try:
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise UserError(f"{option}: the port in {redact_url(url)!r} is not a number") from None
+    except ValueError as exc:
+        raise UserError(f"{option}: {redact_url(url)!r} does not parse ({exc})") from None
     if not parts.hostname:
         raise UserError(f"{option}: {redact_url(url)!r} names no host")
     return parts
 
 
+def parse_url(url: str, option: str) -> ServiceUrl:
+    """Given a service URL, return its parts. Raise UserError (naming option, never the password)."""
+    parts = _split(url, option)
+    return ServiceUrl(
+        scheme=parts.scheme,
+        host=parts.hostname or "",
+        port=parts.port,
+        path=unquote(parts.path.lstrip("/")),
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+    )
+
+
 def check_broker_url(url: str, option: str = "--broker-url") -> str:
     """Given a Redis broker URL, return it unchanged. Raise UserError if it is not redis:// or rediss://."""
-    parts = _split(url, option)
+    parts = parse_url(url, option)
     if parts.scheme not in BROKER_SCHEMES:
         raise UserError(f"{option}: the broker must be Redis (redis:// or rediss://), got {parts.scheme}://")
-    db_index = parts.path.lstrip("/")
-    if db_index and not db_index.isdigit():
-        raise UserError(f"{option}: the Redis database index must be a number, got {db_index!r}")
+    if parts.path and not (parts.path.isdigit() and int(parts.path) < 10000):
+        raise UserError(f"{option}: the Redis database index must be a number (0-9999), got {parts.path[:20]!r}")
     return url
 
 
 def check_db_url(url: str, option: str = "--db-url") -> str:
     """Given a PostgreSQL SQLAlchemy URL, return it unchanged. Raise UserError otherwise."""
-    parts = _split(url, option)
+    parts = parse_url(url, option)
     if parts.scheme not in DB_SCHEMES:
         expected = ", ".join(scheme + "://" for scheme in DB_SCHEMES)
         raise UserError(f"{option}: the metadata database must be PostgreSQL ({expected}), got {parts.scheme}://")
@@ -69,22 +106,3 @@ def http_url(host: str, port: int) -> str:
     """Return http://HOST:PORT, with an IPv6 address in brackets."""
     bare = host.strip("[]")
     return f"http://[{bare}]:{port}" if ":" in bare else f"http://{host}:{port}"
-
-
-def url_password(url: str) -> str | None:
-    """Return the (decoded) password of a URL, or None."""
-    password = urlsplit(url).password
-    return unquote(password) if password else None
-
-
-def redact_url(url: str) -> str:
-    """Return the URL with its password replaced by ***, for messages and output."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return REDACTED
-    if not parts.password:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:{REDACTED}@{hostinfo}").geturl()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from urllib.parse import unquote, urlsplit
 
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, describe_error
-from airflow_nodes.urls import redact_url
+from airflow_nodes.redaction import redact_url
+from airflow_nodes.urls import parse_url
 
 NAME = "redis"
 
@@ -67,9 +67,9 @@ def ping_redis(url: str, timeout: float) -> tuple[float, str]:
 
     Return (round-trip seconds of PING, server detail). Raise RedisError or ProbeFailure.
     """
-    parts = urlsplit(url)
-    host, port = parts.hostname or "localhost", parts.port or 6379
-    db_index = int(parts.path.lstrip("/") or 0)
+    parts = parse_url(url, "broker.url")
+    host, port = parts.host or "localhost", parts.port or 6379
+    db_index = int(parts.path or 0)
     deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -87,9 +87,7 @@ def ping_redis(url: str, timeout: float) -> tuple[float, str]:
 
         try:
             if parts.password:
-                user = unquote(parts.username) if parts.username else ""
-                password = unquote(parts.password)
-                call(*(("AUTH", user, password) if user else ("AUTH", password)))
+                call(*(("AUTH", parts.user, parts.password) if parts.user else ("AUTH", parts.password)))
             if db_index:
                 call("SELECT", str(db_index))
             started = time.monotonic()
@@ -108,7 +106,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
     """Given a node, return one Result for its broker."""
     url = probe_input.ctx.cluster.broker_url
     target = redact_url(url)
-    db_index = int(urlsplit(url).path.lstrip("/") or 0)
+    db_index = int(parse_url(url, "broker.url").path or 0)
     started = time.monotonic()
     try:
         rtt, detail = ping_redis(url, probe_input.remaining())

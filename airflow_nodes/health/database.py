@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import socket
 import time
-from urllib.parse import unquote, urlsplit
 
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, describe_error, run_concurrently
-from airflow_nodes.urls import redact_url
+from airflow_nodes.redaction import redact_url
+from airflow_nodes.urls import parse_url
 
 NAME = "db"
 
@@ -74,10 +74,8 @@ def query_database(url: str, timeout: float) -> str:
 
     Return a detail line. Raise ProbeFailure with a readable reason (no secrets) on failure.
     """
-    parts = urlsplit(url)
-    host, port = parts.hostname or "localhost", parts.port or 5432
-    user = unquote(parts.username or "")
-    database = unquote(parts.path.lstrip("/"))
+    parts = parse_url(url, "database.url")
+    host, port, user, database = parts.host or "localhost", parts.port or 5432, parts.user, parts.path
     try:
         address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
     except OSError as exc:
@@ -90,7 +88,7 @@ def query_database(url: str, timeout: float) -> str:
         hostaddr=address,
         port=port,
         user=user,
-        password=unquote(parts.password or ""),
+        password=parts.password,
         dbname=database,
         connect_timeout=max(2, math.ceil(timeout)),
         application_name="airflow-node-health",

@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from airflow_nodes.statefile import locked_fd
+
 
 @contextlib.contextmanager
 def sync_lock(path: Path, wait_seconds: float) -> Iterator[str | None]:
@@ -17,8 +19,7 @@ def sync_lock(path: Path, wait_seconds: float) -> Iterator[str | None]:
     The kernel drops the lock when the process dies, so a killed run never blocks the next one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with locked_fd(path) as fd:
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
@@ -30,8 +31,6 @@ def sync_lock(path: Path, wait_seconds: float) -> Iterator[str | None]:
                     yield f"pid {holder}"
                     return
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # ours now: a regular file in a root-owned directory, opened without links
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield None
-    finally:
-        os.close(fd)

@@ -6,8 +6,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from airflow_nodes import statefile
 from airflow_nodes.atomicfile import write_atomically
-from airflow_nodes.errors import UserError
+from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import SYNC_STATE_FILE
 from airflow_nodes.target import Target
 
@@ -26,18 +27,28 @@ class SyncState:
 def read_state(target: Target) -> SyncState:
     """Return the recorded state, or an empty one before the first sync. Raise UserError if corrupt."""
     path = target.path(SYNC_STATE_FILE)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    unreadable = UserError(f"{path}: the sync state is unreadable; remove it (the next sync rewrites it)")
+    text = statefile.read_text(path, limit=1 << 20)
+    if text is None:
         return SyncState()
-    except (OSError, ValueError):
-        raise UserError(f"{path}: the sync state is unreadable; remove it (the next sync rewrites it)") from None
-    known = {f.name for f in dataclasses.fields(SyncState)}
-    return SyncState(**{key: value for key, value in data.items() if key in known})
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise unreadable from None
+    if not isinstance(data, dict):
+        raise unreadable
+    fields = {f.name for f in dataclasses.fields(SyncState)}
+    values = {key: value for key, value in data.items() if key in fields}
+    if not all(value is None or isinstance(value, str) for value in values.values()):
+        raise unreadable
+    return SyncState(**values)
 
 
 def write_state(target: Target, state: SyncState) -> None:
     """Write the state file atomically (temp file beside it, fsync, rename); 0644: it holds no secrets."""
     path = target.path(SYNC_STATE_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, (json.dumps(dataclasses.asdict(state), indent=2) + "\n").encode(), 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, (json.dumps(dataclasses.asdict(state), indent=2) + "\n").encode(), 0o644)
+    except OSError as exc:
+        raise OperationError(f"{path}: cannot record the sync state ({exc.strerror})") from None

@@ -1,0 +1,76 @@
+"""Opening the files root acts on (our state, our config) so that no other account can redirect it.
+
+Every such file is opened here: without following a symlink, only if it is a regular file, and only
+up to a size limit, so a link to /etc/shadow, a FIFO or a huge file planted by another account gives
+one line and exit 2 instead of a read of the wrong file, a hang, or a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from airflow_nodes.errors import UserError
+
+LIMIT = 64 << 20  # bytes; our biggest state file (a DAG release manifest) is well below
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """Open path without following a final symlink; return the fd of a regular file. Raise OSError
+    (FileNotFoundError when missing) or UserError when something else is there."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path}: is a symbolic link; airflow-node does not follow links in its state") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path}: is not a regular file")
+    return fd
+
+
+def read_bytes(path: Path, limit: int = LIMIT) -> bytes | None:
+    """Return the content of one of our files, or None when it does not exist. Raise UserError when it
+    is a link, not a regular file, too large or unreadable."""
+    try:
+        fd = _open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{path}: larger than {limit} bytes; not a file airflow-node wrote")
+    return data
+
+
+def read_text(path: Path, limit: int = LIMIT) -> str | None:
+    """read_bytes, decoded as UTF-8. Raise UserError when it is not UTF-8 text."""
+    data = read_bytes(path, limit)
+    try:
+        return None if data is None else data.decode()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+
+
+@contextlib.contextmanager
+def locked_fd(path: Path) -> Iterator[int]:
+    """Open (creating, 0600) a lock file without following links or truncating it; yield its fd."""
+    try:
+        fd = _open_regular(path, os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot open the lock ({exc.strerror})") from None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        yield fd
+    finally:
+        os.close(fd)
