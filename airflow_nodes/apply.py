@@ -110,6 +110,7 @@ class Preview:
     wrong_dirs: tuple[PlannedDir, ...]  # exist with another mode (or owner, where we set owners)
     orphan_dirs: tuple[str, ...]  # directories we created that nothing planned needs; removed if empty
     missing_users: tuple[str, ...]
+    leftovers: tuple[str, ...] = ()  # temp files of a killed run, removed by apply
     force: bool = False
 
     @property
@@ -170,7 +171,7 @@ class Preview:
         # under --root, a missing user is only listed (never created), so it is no pending change
         users_pending = self.missing_users and self.real_system
         forgotten = any(r.status == FORGET for r in self.removals)
-        pending = self.changed_paths or self.removed_paths or self.missing_dirs or self.wrong_dirs
+        pending = self.changed_paths or self.removed_paths or self.missing_dirs or self.wrong_dirs or self.leftovers
         return not (pending or users_pending or forgotten)
 
     def diff(self, change: FileChange | Removal) -> str:
@@ -306,9 +307,10 @@ def preview(plan: Plan, target: Target, force: bool = False) -> Preview:
     orphan_dirs = tuple(sorted((d for d in manifest.dirs if d not in needed), key=lambda d: (-d.count("/"), d)))
     missing_users = tuple(user.name for user in plan.users if not _user_exists(target, user.name))
     wrong_dirs = tuple(d for d in plan.dirs if d.path not in missing and _dir_differs(target, d))
+    leftovers = find_leftovers(target, [*plan.paths, *manifest.files])
     return Preview(
         plan, target, manifest, changes, removals, tuple(missing.values()), wrong_dirs, orphan_dirs, missing_users,
-        force,
+        leftovers, force,
     )  # fmt: skip
 
 
@@ -411,11 +413,51 @@ def _write_temp(target: Path, content: bytes, mode: int, ids: tuple[int, int] | 
         if ids is not None:
             os.fchown(fd, *ids)
         os.fchmod(fd, mode)
-        os.write(fd, content)
+        view = memoryview(content)
+        while view:  # os.write may write less than asked (a full disk writes nothing: ENOSPC)
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
     return temp
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.airflow-node-(?:tmp(?P<tmp>\d+)-\d+|old(?P<old>\d+))$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_leftovers(target: Target, paths: list[str]) -> tuple[str, ...]:
+    """Return the temp and saved files a killed run left beside our files (`.NAME.airflow-node-tmpPID-N`,
+    `.NAME.airflow-node-oldPID`, for a NAME we write and a PID no longer running)."""
+    names: dict[Path, set[str]] = {}
+    for path in [*paths, MANIFEST_FILE]:
+        node_path = target.path(path)
+        names.setdefault(node_path.parent, set()).add(node_path.name)
+    removed = []
+    for directory, ours in names.items():
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _LEFTOVER.match(entry.name)
+            if not match or match["name"] not in ours or not entry.is_file(follow_symlinks=False):
+                continue
+            if not _pid_alive(int(match["tmp"] or match["old"])):
+                removed.append(entry.path)
+    return tuple(removed)
 
 
 def _run_all(prev: Preview, commands: list[Command], result: ApplyResult) -> None:
@@ -436,6 +478,9 @@ def apply(prev: Preview) -> ApplyResult:
     target = prev.target
     set_owner = target.privileged
     result = ApplyResult([], [], [], [], [], [], ownership_skipped=not set_owner)
+    for leftover in prev.leftovers:
+        Path(leftover).unlink(missing_ok=True)
+        result.removed.append(leftover)
     _run_all(prev, prev.user_commands, result)
     _run_all(prev, prev.stop_commands, result)
 

@@ -211,9 +211,10 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
 def sync(target: Target, quiet: bool, verbose: bool, show_status: bool, force: bool, max_delete_ratio: float,
          validate: str, **options: object) -> None:  # fmt: skip
     """Bring DAGs and the cluster config in line with the master (run by cron)."""
-    from airflow_nodes.syncing import Guards, SyncRequest, format_status
-    from airflow_nodes.syncing import sync as run_sync
+    from airflow_nodes.syncing.checks import Guards
     from airflow_nodes.syncing.commands import ssh_extra_from_env
+    from airflow_nodes.syncing.run import SyncRequest, format_status
+    from airflow_nodes.syncing.run import sync as run_sync
 
     if show_status:
         click.echo(format_status(target))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from airflow_nodes import defaults, statefile, urls
 from airflow_nodes.errors import UserError
-from airflow_nodes.node import DAGS_AUTHORING_DIR
+from airflow_nodes.node import CONFIG_DIR, DAGS_AUTHORING_DIR, STATE_DIR
 from airflow_nodes.redaction import url_password
 from airflow_nodes.schema import (
     Field,
@@ -26,9 +26,11 @@ from airflow_nodes.schema import (
     check_name,
     check_port,
     dump_toml,
+    get_attr,
     in_range,
     load_toml,
 )
+from airflow_nodes.syncing.spec import check_source_apart, parse_dags_source
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_=-]{16,}$")
@@ -126,8 +128,7 @@ def _db(value: str, where: str) -> None:
 
 
 def _dags_source(value: str, where: str) -> None:
-    if not value or any(ch.isspace() for ch in value):
-        raise UserError(f"{where}: {value!r} is not a DAG source (a path, [user@]host:/path or a git URL)")
+    parse_dags_source(value, where)
 
 
 def _secret(value: str, where: str) -> None:
@@ -191,10 +192,24 @@ def dump_cluster(config: ClusterConfig) -> str:
     return dump_toml(config, CLUSTER_SCHEMA, HEADER)
 
 
+def _check_across_keys(config: ClusterConfig, where: str) -> None:
+    """The checks no single key can make: distinct ports, a DAG source apart from config and state."""
+    urls.check_result_backend(config.result_backend, config.version, f"{where}: database.result_backend")
+    ports: dict[int, str] = {}
+    for field in CLUSTER_SCHEMA:
+        if field.key.endswith("_port"):
+            port = get_attr(config, field.attr)
+            if port in ports:
+                raise UserError(f"{where}: {field.name}: port {port} is already {ports[port]}")
+            ports[port] = field.name
+    protected = (config.airflow_home, CONFIG_DIR, STATE_DIR)
+    check_source_apart(parse_dags_source(config.dags_source), protected, f"{where}: dags.source")
+
+
 def validate_cluster(config: ClusterConfig, where: str) -> ClusterConfig:
     """Run every schema check on a ClusterConfig. Return it, or raise UserError naming the key."""
     check_all(config, CLUSTER_SCHEMA, where)
-    urls.check_result_backend(config.result_backend, config.version, f"{where}: database.result_backend")
+    _check_across_keys(config, where)
     return config
 
 
@@ -203,7 +218,7 @@ def parse_cluster(text: str, where: str) -> ClusterConfig:
     values = load_toml(text, CLUSTER_SCHEMA, where)
     secret_values = {k.split(".", 1)[1]: values.pop(k) for k in list(values) if k.startswith("secrets.")}
     config = ClusterConfig(secrets=ClusterSecrets(**secret_values), **values)
-    urls.check_result_backend(config.result_backend, config.version, f"{where}: database.result_backend")
+    _check_across_keys(config, where)
     return config
 
 

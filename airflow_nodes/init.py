@@ -180,14 +180,12 @@ def fetch_cluster_from_master(spec: str) -> bytes:
     # imported here, not at the top: the sync machinery costs every other init ~20 ms of start-up
     from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
     from airflow_nodes.syncing.config_sync import fetch_master_cluster_file
+    from airflow_nodes.syncing.spec import parse_ssh_endpoint
 
-    user, _, hostport = spec.rpartition("@")
-    host, _, port = hostport.partition(":")
-    if not host or (port and not port.isdigit()):
-        raise UserError(f"--from-master: {spec!r} is not [user@]host[:port]")
+    user, host, port = parse_ssh_endpoint(spec, "--from-master")
     runner = TransferRunner(ssh_extra=ssh_extra_from_env())
     try:
-        return fetch_master_cluster_file(runner, f"{user or 'airflow'}@{host}", int(port) if port else None, "")
+        return fetch_master_cluster_file(runner, f"{user or 'airflow'}@{host}", port, "")
     except OperationError as exc:
         raise OperationError(f"--from-master: {str(exc).removesuffix('; the published DAGs are unchanged')}") from None
 
@@ -323,5 +321,7 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         cluster = parse_cluster(decoded, source)
 
     node = node_settings(request, existing_node, str(install.version), install.airflow_bin)
+    if node.init_system == "supervisor" and target.path(node.supervisord_conf).is_dir():
+        raise UserError(f"--supervisord-conf: {node.supervisord_conf} is a directory; name supervisord's config file")
     prev = reconcile_node(cluster, cluster_text, node, target, force=force, previous=existing_node)
     return InitOutcome(prev, cluster, node, tuple(notes))

@@ -52,6 +52,7 @@ def format_changes(prev: Preview, show_diff: bool) -> str:
     lines += [f"  fix dir    {prev.target.path(d.path)} ({d.mode:o} {d.owner}:{d.group})" for d in prev.wrong_dirs]
     lines += [f"  {_LABELS[c.status]:<10} {prev.target.path(c.file.path)}" for c in prev.changes]
     lines += [f"  {_LABELS[r.status]:<10} {prev.target.path(r.path)}" for r in prev.removals]
+    lines += [f"  clean up   {path} (left by an interrupted run)" for path in prev.leftovers]
     if prev.nothing_to_do:
         lines.append("Nothing to change: this node already matches.")
         return "\n".join(lines)

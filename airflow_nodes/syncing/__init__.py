@@ -3,9 +3,7 @@
 The contract (as kubernetes/git-sync's): a complete new tree is built beside the published one, then
 {airflow_home}/dags (Airflow's dags_folder, a symlink) is flipped to it with one rename. See
 releases.py for the layout, source.py for the DAG source interface, config_sync.py for the config.
+
+Entry points: `run.sync` (with `run.SyncRequest` and `checks.Guards`) and `run.format_status`. This
+package module imports nothing, so `spec` (used by the cluster file's checks) stays cheap.
 """
-
-from airflow_nodes.syncing.checks import Guards
-from airflow_nodes.syncing.run import SyncRequest, SyncResult, format_status, sync
-
-__all__ = ["Guards", "SyncRequest", "SyncResult", "format_status", "sync"]

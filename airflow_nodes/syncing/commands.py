@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from airflow_nodes import execute
-from airflow_nodes.errors import OperationError
+from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import CommandError, Completed
 
 SSH_OPTS_ENV = "AIRFLOW_NODE_SSH_OPTS"  # extra ssh options, e.g. "-i /path/key -o StrictHostKeyChecking=no"
@@ -45,5 +45,9 @@ class TransferRunner:
 
 
 def ssh_extra_from_env(environ: dict[str, str] | None = None) -> tuple[str, ...]:
-    """Return the extra ssh options of $AIRFLOW_NODE_SSH_OPTS, split like a shell would."""
-    return tuple(shlex.split((environ if environ is not None else os.environ).get(SSH_OPTS_ENV, "")))
+    """Return the extra ssh options of $AIRFLOW_NODE_SSH_OPTS, split like a shell would. Raise UserError
+    naming the variable when it does not split (an unclosed quote)."""
+    try:
+        return tuple(shlex.split((environ if environ is not None else os.environ).get(SSH_OPTS_ENV, "")))
+    except ValueError as exc:
+        raise UserError(f"${SSH_OPTS_ENV}: cannot split it like a shell would ({exc})") from None

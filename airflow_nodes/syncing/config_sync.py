@@ -40,7 +40,7 @@ def master_endpoint(ctx: NodeContext, spec: DagSourceSpec) -> tuple[str, int | N
 def fetch_master_cluster_file(runner: TransferRunner, destination: str, port: int | None, master_root: str) -> bytes:
     """Return the bytes of the master's cluster file, read with `ssh … cat`. Raise OperationError."""
     remote_path = master_root.rstrip("/") + CLUSTER_FILE
-    argv = [*runner.ssh_argv(port), destination, "cat", shlex.quote(remote_path)]
+    argv = [*runner.ssh_argv(port), "--", destination, "cat", shlex.quote(remote_path)]
     result = runner.run(argv, f"reading {destination}:{remote_path}")
     if not result.stdout.strip():
         raise OperationError(f"reading {destination}:{remote_path}: the master's cluster file is empty")

@@ -23,5 +23,5 @@ def rsync_into_mirror(
         import shlex
 
         argv += ["--rsh", shlex.join(rsh)]
-    result = runner.run([*argv, source.rstrip("/") + "/", f"{mirror}/"], what, ok_codes=RSYNC_OK)
+    result = runner.run([*argv, "--", source.rstrip("/") + "/", f"{mirror}/"], what, ok_codes=RSYNC_OK)
     return Fetched(parse_itemized(result.stdout.decode(errors="surrogateescape")))

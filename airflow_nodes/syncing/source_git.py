@@ -21,7 +21,8 @@ class GitSource:
 
     def _git(self, mirror: Path, *args: str) -> str:
         env_ssh = shlex.join(self.runner.ssh_argv())
-        argv = ["git", "-c", "core.sshCommand=" + env_ssh, "-C", str(mirror), *args]
+        # protocol.ext.allow=never: a git URL must never name a command to run (ext::)
+        argv = ["git", "-c", "core.sshCommand=" + env_ssh, "-c", "protocol.ext.allow=never", "-C", str(mirror), *args]
         result = self.runner.run(argv, f"git {args[0]} {self.spec.describe()}")
         return result.stdout.decode(errors="replace")
 

@@ -6,8 +6,13 @@ import re
 from dataclasses import dataclass
 
 from airflow_nodes.errors import UserError
+from airflow_nodes.schema import check_abs_path, check_host, check_port
 
 SSH, PATH, GIT = "ssh", "path", "git"
+# user and host reach ssh's command line: nothing that could read as an option ("-oProxyCommand=...")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+# git transports that only move data (not ext::, which runs a command)
+_GIT_URL = re.compile(r"^(?:(?:https?|ssh|git|file)://[^\s]+|[A-Za-z0-9_][A-Za-z0-9_.-]*@[A-Za-z0-9][^\s:]*:[^\s]+)$")
 
 _SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+):(?P<path>/.*)$")
 _SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
@@ -46,20 +51,58 @@ def parse_dags_source(spec: str, where: str = "dags.source") -> DagSourceSpec:
     text = spec.strip()
     if text.startswith("git+") or re.search(r"\.git/?(#|$)", text):
         url, _, ref = text.removeprefix("git+").partition("#")
-        if not url:
-            raise UserError(f"{where}: {spec!r} has no git URL")
+        if not _GIT_URL.match(url):
+            raise UserError(
+                f"{where}: {url[:60]!r} is not a git URL (https://, ssh://, git://, file:// or user@host:path)"
+            )
+        if ref.startswith("-") or any(ch.isspace() for ch in ref):
+            raise UserError(f"{where}: {ref[:40]!r} is not a branch, tag or commit")
         return DagSourceSpec(GIT, url=url, ref=ref or "HEAD")
     if text.startswith("file://"):
         text = text.removeprefix("file://")
     if text.startswith("/"):
+        check_abs_path(text.rstrip("/") or "/", where)
         return DagSourceSpec(PATH, path=text)
     match = _SSH_URL.match(text) or _SCP_LIKE.match(text)
     if match:
         port = match.groupdict().get("port")
-        return DagSourceSpec(
-            SSH, path=match["path"], user=match["user"], host=match["host"], port=int(port) if port else None
-        )
+        endpoint = check_endpoint(match["user"], match["host"], port, where)
+        return DagSourceSpec(SSH, path=match["path"], user=endpoint[0], host=endpoint[1], port=endpoint[2])
     raise UserError(
         f"{where}: {spec!r} is not a DAG source "
         "(/path, [user@]host:/path, ssh://[user@]host[:port]/path, git+URL[#ref])"
     )
+
+
+def check_endpoint(user: str | None, host: str, port: str | None, where: str) -> tuple[str | None, str, int | None]:
+    """Given the parts of an SSH endpoint, return (user, host, port). Raise UserError naming `where`
+    when one could be read by ssh as an option or is not what it says."""
+    if user is not None and not _USER.match(user):
+        raise UserError(f"{where}: {user[:40]!r} is not a user name")
+    check_host(host, where)
+    if port is None:
+        return user, host, None
+    if not port.isdigit():
+        raise UserError(f"{where}: {port[:20]!r} is not a port")
+    check_port(int(port), where)
+    return user, host, int(port)
+
+
+def parse_ssh_endpoint(text: str, where: str) -> tuple[str | None, str, int | None]:
+    """Given [user@]host[:port], return (user, host, port). Raise UserError naming `where`."""
+    user, at, hostport = text.rpartition("@")
+    host, _, port = hostport.partition(":")
+    return check_endpoint(user if at else None, host, port or None, where)
+
+
+def check_source_apart(spec: DagSourceSpec, protected: tuple[str, ...], where: str) -> None:
+    """Raise UserError if a path or SSH source is, contains or lies in a protected directory (AIRFLOW_HOME,
+    our config and state): syncing from there copies secrets into the DAG tree and grows on every run."""
+    if spec.kind == GIT:
+        return
+    source = spec.path.rstrip("/") or "/"
+    for directory in protected:
+        inside = source == directory or source.startswith(directory + "/")
+        contains = source == "/" or directory.startswith(source + "/")
+        if inside or contains:
+            raise UserError(f"{where}: {spec.path} overlaps {directory}, which holds this node's config or state")

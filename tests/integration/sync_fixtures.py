@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 from airflow_nodes.cluster import dump_cluster
-from airflow_nodes.syncing import Guards, SyncRequest, sync
+from airflow_nodes.syncing.checks import Guards
+from airflow_nodes.syncing.run import SyncRequest, sync
 from airflow_nodes.target import Target
 
 from conftest import make_cluster, wait_for

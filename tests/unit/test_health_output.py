@@ -33,7 +33,7 @@ def render(tmp_path: Path, capsys, role: str = "master") -> Path:
               "--airflow-node-bin", "/usr/local/bin/airflow-node"]  # fmt: skip
     master = root if role == "master" else tmp_path / "master"
     code, _, err = run(
-        capsys, "init", "--role", "master", "--master-host", "127.0.0.1", "--web-port", "1", "--flower-port", "1",
+        capsys, "init", "--role", "master", "--master-host", "127.0.0.1", "--web-port", "1", "--flower-port", "2",
         "--broker-url", f"redis://:{NASTY_QUOTED}@127.0.0.1:1/0",
         "--db-url", f"postgresql://airflow:{NASTY_QUOTED}@127.0.0.1:1/airflow",
         *[master if a == root else a for a in common],
