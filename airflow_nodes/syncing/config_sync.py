@@ -33,7 +33,7 @@ def master_endpoint(ctx: NodeContext, spec: DagSourceSpec) -> tuple[str, int | N
     """Return ([user@]host, port) to read the master's cluster file from: the DAG source's SSH endpoint
     when it has one, else the cluster's airflow user on the master host."""
     if spec.kind == SSH:
-        return (f"{spec.user}@{spec.host}" if spec.user else str(spec.host)), spec.port
+        return spec.ssh_destination, spec.port
     return f"{ctx.cluster.airflow_user}@{ctx.cluster.master_host}", None
 
 

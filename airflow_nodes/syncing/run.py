@@ -107,7 +107,7 @@ def effective_source(ctx: NodeContext) -> DagSourceSpec:
     """The DAG source this node reads: on the master, an SSH spec naming the master itself is read locally."""
     spec = parse_dags_source(ctx.cluster.dags_source, f"{CLUSTER_FILE}: dags.source")
     local_names = {ctx.cluster.master_host, socket.gethostname(), socket.getfqdn()}
-    if ctx.node.role == "master" and spec.kind == SSH and spec.host in local_names:
+    if ctx.node.role == "master" and spec.kind == SSH and str(spec.host).strip("[]") in local_names:
         return DagSourceSpec(PATH, path=spec.path)
     return spec
 

@@ -14,8 +14,9 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 # git transports that only move data (not ext::, which runs a command)
 _GIT_URL = re.compile(r"^(?:(?:https?|ssh|git|file)://[^\s]+|[A-Za-z0-9_][A-Za-z0-9_.-]*@[A-Za-z0-9][^\s:]*:[^\s]+)$")
 
-_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+):(?P<path>/.*)$")
-_SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
+_HOST = r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^@/:\s\[\]]+)"  # an IPv6 address in brackets, as rsync and ssh:// want it
+_SCP_LIKE = re.compile(rf"^(?:(?P<user>[^@/:\s]+)@)?{_HOST}:(?P<path>/.*)$")
+_SSH_URL = re.compile(rf"^ssh://(?:(?P<user>[^@/:\s]+)@)?{_HOST}(?::(?P<port>\d+))?(?P<path>/.*)$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class DagSourceSpec:
     port: int | None = None
     url: str = ""  # git only
     ref: str = "HEAD"  # git only: a branch, tag or commit-ish on the remote
+
+    @property
+    def ssh_destination(self) -> str:
+        """[user@]host for ssh's command line (no brackets: ssh takes a bare IPv6 address)."""
+        host = str(self.host).strip("[]")
+        return f"{self.user}@{host}" if self.user else host
 
     def describe(self) -> str:
         if self.kind == SSH:

@@ -109,6 +109,7 @@ class Cluster:
         self.closers: list = []
         self.workers: dict[str, Worker] = {}
         self.authorization: str | None = None
+        self.printed: list[str] = []  # everything airflow-node printed, scanned for secrets at the end
 
     # -- building ---------------------------------------------------------------------------
 
@@ -169,7 +170,9 @@ class Cluster:
     def node(self, host, *args: object, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         env = {"PATH": f"{self.tool}/bin:/usr/sbin:/usr/bin:/sbin:/bin", "AIRFLOW_NODE_SSH_OPTS": SSH_OPTS}
         argv = ["env", *(f"{k}={v}" for k, v in env.items()), f"{self.tool}/bin/airflow-node", *args]
-        return host.run(*argv, check=check, timeout=timeout)
+        result = host.run(*argv, check=check, timeout=timeout)
+        self.printed.append(result.stdout + result.stderr)
+        return result
 
     def init_master(self) -> None:
         broker = f"redis://:{quote(REDIS_PASSWORD, safe='')}@{MASTER}:6379/0"
@@ -467,6 +470,18 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
             leaks += worker.run(python, "-c", scan, "/etc/airflow-node", "/opt/airflow",
                                 "/var/lib/airflow-node", "/var/log/airflow", "/run", input=listing).stdout  # fmt: skip
         assert leaks.strip() == "", f"world-readable files holding a secret:\n{leaks}"
+
+    with step("7b. no secret in anything airflow-node printed: dry runs, errors, health"):
+        cluster.node(cluster.master, "init", "--role", "master", "--dry-run", "--visibility-timeout", "7200")
+        cluster.node(cluster.workers["worker1"], "init", "--role", "worker", "--dry-run", "-c", "3")
+        unencoded = f"redis://:{REDIS_PASSWORD}#x@{MASTER}:6379/0"  # does not parse: the error must not echo it
+        failed = cluster.node(cluster.master, "init", "--role", "master", "--dry-run", "--broker-url", unencoded,
+                              check=False)  # fmt: skip
+        assert failed.returncode == 2 and "--broker-url" in failed.stderr
+        cluster.health(cluster.master, "--json")
+        printed = "\n".join(cluster.printed)
+        assert "(on disk)" in printed  # the dry runs' diffs are part of what is scanned
+        assert not [s for s in secrets if s in printed], "a secret in airflow-node's output"
 
     memory = cluster.memory_by_daemon()
     print("memory (PSS MiB) by daemon:", json.dumps(memory, indent=1))

@@ -208,6 +208,27 @@ BAD_INPUT = [
     (["init", "--role", "worker", "--airflow-version", "3.2.0"], "--airflow-version"),
     (["init", "--role", "worker", "--airflow-version", "3.3.2", "--venv", "relative/venv"], "--venv"),
     (["init", "--role", "worker", "--venv", "/nonexistent/venv"], "--venv"),
+    # hostile input: paths that leave the root, numbers past any sense, URLs two parsers read apart,
+    # DAG sources that reach ssh as options or copy the node's own secrets
+    (master_with({"--airflow-home": "/../../x"}), "--airflow-home"),
+    (master_with({"--airflow-home": "opt/airflow"}), "--airflow-home"),
+    (master_with({"--visibility-timeout": "99999999999999999999"}), "--visibility-timeout"),
+    (master_with({"--web-port": "5555"}), "--flower-port"),
+    (master_with({"--web-port": "70000"}), "--web-port"),
+    (master_with({"--broker-url": "redis://:S3cretRedisPW#x@m:6379/0"}), "--broker-url"),
+    (master_with({"--broker-url": "redis://[::1:6379/0"}), "--broker-url"),
+    (master_with({"--db-url": "postgresql://a:p@ss@m/db"}), "--db-url"),
+    (master_with({"--db-url": "postgresql://a:p/ss@m/db"}), "--db-url"),
+    (master_with({"--dags-source": "-oProxyCommand=id@m:/dags"}), "--dags-source"),
+    (master_with({"--dags-source": "m:/opt/airflow"}), "--dags-source"),
+    (master_with({"--dags-source": "/"}), "--dags-source"),
+    (master_with({"--dags-source": "/var/lib/airflow-node/dags/releases"}), "--dags-source"),
+    (master_with({"--dags-source": "git+ext::sh -c id"}), "--dags-source"),
+    (master_with({"--dags-source": "git+https://example.invalid/d.git#--upload-pack=id"}), "--dags-source"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "-c", "99999999999999999999"], "--concurrency"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "--from-master", "-oProxyCommand=id@m"],
+     "--from-master"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "--from-master", "m:22x"], "--from-master"),
 ]  # fmt: skip
 
 

@@ -1,0 +1,332 @@
+"""Nothing a user types, a file holds, or a local account does makes airflow-node lose a secret, act
+outside its root, or run a command it did not mean.
+
+Each test states a class of attack or mistake, tries cases of it against the real CLI on real files,
+and checks the exit code, that the error is one line without a traceback or a secret, and that the
+tree (or the file outside it) is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from test_init_cli import init_master, read_secrets
+
+from conftest import NASTY_PASSWORD, NASTY_QUOTED, snapshot, worker_args
+
+SECRET = "S3cretRedisPW"
+STATE = "var/lib/airflow-node"
+
+
+def health(run_cli, *args):
+    """Run `airflow-node health`, which exits through SystemExit for Nagios' UNKNOWN (3)."""
+    try:
+        return run_cli("health", *args)
+    except SystemExit as exc:
+        return type("Result", (), {"code": exc.code, "out": "", "err": ""})()
+
+
+def one_line(result, code: int = 2) -> str:
+    assert result.code == code, (result.code, result.out, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err
+    return lines[0]
+
+
+@pytest.fixture
+def master(run_cli, tmp_path) -> Path:
+    root = tmp_path / "master"
+    result = init_master(run_cli, root)
+    assert result.code == 0, result.err
+    return root
+
+
+# -- 1. secrets are never lost or silently rotated ------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["delete", "empty", "blank"])
+def test_a_lost_cluster_file_is_refused_not_replaced_with_new_secrets(run_cli, master, damage):
+    cluster = master / "etc/airflow-node/cluster.toml"
+    if damage == "delete":
+        cluster.unlink()
+    else:
+        cluster.write_text("" if damage == "empty" else "\n  \n")
+    before = snapshot(master)
+    for extra in ((), ("--force",)):
+        line = one_line(init_master(run_cli, master, *extra))
+        assert str(cluster) in line and "secrets" in line
+        assert snapshot(master) == before  # airflow.cfg keeps the only copy of the Fernet key
+
+
+def test_a_changed_password_keeps_the_old_config_as_a_backup(run_cli, master):
+    cfg = master / "opt/airflow/airflow.cfg"
+    old_cfg = cfg.read_bytes()
+    result = init_master(run_cli, master, "--db-url", "postgresql://airflow:N3wPassw0rd@10.20.0.1/airflow",
+                         "--broker-url", "redis://:N3wRedisPassw0rd@10.20.0.1:6379/0")  # fmt: skip
+    assert result.code == 0, result.err
+    backup = cfg.with_name("airflow.cfg.airflow-node-backup")
+    assert backup.read_bytes() == old_cfg  # the old password's only copy on this host
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o640
+    assert (master / "etc/airflow-node/cluster.toml.airflow-node-backup").exists()
+
+
+def test_a_hand_edited_fernet_key_is_a_conflict_and_force_keeps_it(run_cli, master):
+    cfg = master / "opt/airflow/airflow.cfg"
+    edited = cfg.read_text().replace("fernet_key = ", "fernet_key = HandRotatedKey0123456789abcdefghijklmnop,", 1)
+    cfg.write_text(edited)
+    secrets = read_secrets(master)
+    dry = init_master(run_cli, master, "--dry-run", "--force")
+    assert "HandRotatedKey" not in dry.out and secrets["fernet_key"] not in dry.out
+    assert one_line(init_master(run_cli, master), 2)
+    assert init_master(run_cli, master, "--force").code == 0
+    assert cfg.with_name("airflow.cfg.airflow-node-backup").read_text() == edited
+
+
+# -- 2. no local account can turn root's cron run against the system -------------------------------
+
+
+def test_a_lock_symlinked_to_a_system_file_is_refused_and_the_file_untouched(run_cli, master, tmp_path):
+    victim = tmp_path / "shadow"
+    victim.write_text("root:$6$hash:19000:0:99999:7:::\n")
+    (master / STATE / "sync.lock").symlink_to(victim)
+    line = one_line(run_cli("sync", "--root", master, "--dags-only"))
+    assert "sync.lock" in line and "link" in line
+    assert victim.read_text() == "root:$6$hash:19000:0:99999:7:::\n"
+
+
+@pytest.mark.parametrize("entry", ["/../../outside", "relative/path", "/etc/../../outside", "//outside"])
+def test_a_manifest_entry_outside_the_root_deletes_nothing(run_cli, master, tmp_path, entry):
+    outside = tmp_path / "outside"
+    outside.write_text("precious\n")
+    manifest_path = master / STATE / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][entry] = __import__("hashlib").sha256(b"precious\n").hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    before = snapshot(master)
+    for args in (("uninstall", "--root", master), ("uninstall", "--root", master, "--force", "--purge")):
+        assert "manifest" in one_line(run_cli(*args))
+    assert outside.read_text() == "precious\n"
+    assert snapshot(master) == before
+
+
+def test_state_files_that_are_links_are_refused(run_cli, master, tmp_path):
+    decoy = tmp_path / "decoy.json"
+    decoy.write_text('{"files": {}, "dirs": []}')
+    manifest = master / STATE / "manifest.json"
+    manifest.unlink()
+    manifest.symlink_to(decoy)
+    assert "link" in one_line(init_master(run_cli, master))
+    state = master / STATE / "sync-state.json"
+    state.symlink_to(decoy)
+    assert "link" in one_line(run_cli("sync", "--root", master, "--status"))
+
+
+def test_a_state_directory_given_to_another_account_is_taken_back(run_cli, master):
+    (master / STATE).chmod(0o777)
+    result = init_master(run_cli, master)
+    assert result.code == 0 and "fix dir" in result.out
+    assert stat.S_IMODE((master / STATE).stat().st_mode) == 0o755
+
+
+# -- 3. secrets are never printed -----------------------------------------------------------------
+
+
+def test_dry_run_after_a_password_change_shows_neither_password(run_cli, master):
+    result = init_master(run_cli, master, "--dry-run", "--broker-url", "redis://:N3wRedisSecret@10.20.0.1:6379/0")
+    assert result.code == 0, result.err
+    assert "airflow.cfg (on disk)" in result.out  # the diff is there
+    for secret in (NASTY_PASSWORD, NASTY_QUOTED, NASTY_QUOTED.replace("%", "%%"), "N3wRedisSecret"):
+        assert secret not in result.out
+    assert "(changed)" in result.out  # but a changed secret is visible as such
+
+
+@pytest.mark.parametrize("password", [f"{SECRET}#x", f"{SECRET}/x", f"{SECRET}?x", f"{SECRET}@x"])
+def test_a_url_that_does_not_parse_is_never_echoed_with_its_password(run_cli, tmp_path, password):
+    result = init_master(run_cli, tmp_path / "n", "--broker-url", f"redis://:{password}@127.0.0.1:6379/0")
+    line = one_line(result)
+    assert "--broker-url" in line and SECRET not in line
+    assert not (tmp_path / "n").exists()
+
+
+def test_urls_can_come_from_files_and_the_environment(run_cli, tmp_path, monkeypatch):
+    db_file = tmp_path / "db-url"
+    db_file.write_text("postgresql://airflow:FromAFile@10.20.0.1/airflow\n")
+    db_file.chmod(0o600)
+    monkeypatch.setenv("AIRFLOW_NODE_BROKER_URL", "redis://:FromTheEnv@10.20.0.1:6379/0")
+    root = tmp_path / "n"
+    result = run_cli("init", "--role", "master", "--root", root, "--airflow-version", "3.3.2", "--master-host",
+                     "10.20.0.1", "--db-url-file", db_file,
+                     "--airflow-node-bin", "/usr/local/bin/airflow-node")  # fmt: skip
+    assert result.code == 0, result.err
+    cluster = (root / "etc/airflow-node/cluster.toml").read_text()
+    assert "FromAFile" in cluster and "FromTheEnv" in cluster
+    assert "FromAFile" not in result.out + result.err and "FromTheEnv" not in result.out + result.err
+    both = run_cli("init", "--role", "master", "--root", root, "--airflow-version", "3.3.2",
+                   "--db-url", "postgresql://a:b@m/db", "--db-url-file", db_file)  # fmt: skip
+    assert "--db-url-file" in one_line(both)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in one_line(run_cli("init", "--role", "master", "--root", root, "--airflow-version",
+                                                    "3.3.2", "--db-url-file", fifo))  # fmt: skip
+
+
+def test_help_says_how_to_keep_passwords_off_the_command_line(run_cli):
+    result = run_cli("init", "--help")
+    assert "AIRFLOW_NODE_BROKER_URL" in result.out and "--db-url-file" in result.out
+
+
+# -- 4. nothing written or run outside what was asked ---------------------------------------------
+
+
+def test_an_empty_root_is_refused_and_a_relative_one_made_absolute(run_cli, tmp_path, cluster_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    assert "--root" in one_line(run_cli(*worker_args(Path("x"), cluster_file), "--root", ""))
+    assert snapshot(tmp_path) == before
+    source = tmp_path / "rel/srv/dags"  # a path source is read on the node, under its root
+    source.mkdir(parents=True)
+    (source / "a.py").write_text("x = 1\n")
+    master = run_cli("init", "--role", "master", "--root", "rel", "--airflow-version", "3.3.2", "--master-host",
+                     "10.20.0.1", "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db",
+                     "--dags-source", "/srv/dags", "--airflow-node-bin", "/usr/local/bin/airflow-node")  # fmt: skip
+    assert master.code == 0, master.err
+    assert run_cli("sync", "--root", "rel", "--dags-only").code == 0
+    published = tmp_path / "rel/opt/airflow/dags"
+    assert os.path.isabs(os.readlink(published)) and (published / "a.py").read_text() == "x = 1\n"
+
+
+def test_root_that_is_a_file_is_one_line_for_every_command(run_cli, tmp_path):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for command in ("sync", "status", "start", "uninstall"):
+        assert "--root" in one_line(run_cli(command, "--root", a_file))
+    assert health(run_cli, "--root", a_file).code == 3
+
+
+def test_from_master_never_hands_ssh_an_option(run_cli, tmp_path, monkeypatch):
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    called = tmp_path / "ssh-called"
+    (stub / "ssh").write_text(f'#!/bin/sh\necho "$@" >> {called}\nexit 1\n')
+    (stub / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub}:{os.environ['PATH']}")
+    for spec in ("-oProxyCommand=touch /tmp/pwned@m", "airflow@-oProxyCommand=x", "a@m:-1", "a b@m"):
+        assert "--from-master" in one_line(run_cli("init", "--role", "worker", "--root", tmp_path / "n",
+                                                   "--airflow-version", "3.3.2", "--from-master", spec))  # fmt: skip
+    assert not called.exists()  # refused before any ssh ran
+    result = run_cli("init", "--role", "worker", "--root", tmp_path / "n", "--airflow-version", "3.3.2",
+                     "--from-master", "airflow@m")  # fmt: skip
+    assert result.code == 1 and called.read_text().split()[-4:] == [
+        "--",
+        "airflow@m",
+        "cat",
+        "/etc/airflow-node/cluster.toml",
+    ]
+
+
+def test_ssh_options_that_do_not_split_are_one_line(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_NODE_SSH_OPTS", '-o "x')
+    result = run_cli("init", "--role", "worker", "--root", tmp_path / "n", "--airflow-version", "3.3.2",
+                     "--from-master", "airflow@m")  # fmt: skip
+    assert "AIRFLOW_NODE_SSH_OPTS" in one_line(result)
+
+
+# -- 5. every number is bounded and finite ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (["sync", "--max-delete-ratio", "nan"], "--max-delete-ratio"),
+        (["sync", "--wait", "nan"], "--wait"),
+        (["sync", "--wait", "inf"], "--wait"),
+        (["sync", "--keep", "100000"], "--keep"),
+    ],
+)
+def test_sync_numbers_are_finite_and_bounded(run_cli, master, args, option):
+    before = snapshot(master)
+    assert option in one_line(run_cli(*args, "--root", master))
+    assert snapshot(master) == before
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e9", "0"])
+def test_health_timeout_is_finite_and_bounded(run_cli, master, value, capsys):
+    assert health(run_cli, "--root", master, "--timeout", value).code == 3
+    err = capsys.readouterr().err
+    assert "--timeout" in err and len(err.strip().splitlines()) == 1
+
+
+# -- 6. a user error is one line, exit 2, no traceback, nothing changed -----------------------------
+
+
+@pytest.mark.parametrize("name", ["node.toml", "cluster.toml"])
+def test_binary_config_files_are_one_line(run_cli, master, name):
+    (master / "etc/airflow-node" / name).write_bytes(b"\xff\xfe\x00binary\x80")
+    before = snapshot(master)
+    for args in (("sync", "--root", master), ("status", "--root", master)):
+        assert name in one_line(run_cli(*args))
+    assert health(run_cli, "--root", master).code == 3
+    assert snapshot(master) == before
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', '{"last_error": 5}', "{"])
+def test_a_sync_state_that_is_not_ours_is_one_line(run_cli, master, content):
+    (master / STATE / "sync-state.json").write_text(content)
+    assert "sync-state.json" in one_line(run_cli("sync", "--root", master, "--status"))
+
+
+def test_a_backup_path_in_the_way_fails_before_anything_changes(run_cli, master):
+    cfg = master / "opt/airflow/airflow.cfg"
+    cfg.write_text(cfg.read_text() + "# edited\n")
+    cfg.with_name("airflow.cfg.airflow-node-backup").mkdir()
+    before = snapshot(master)
+    assert "airflow.cfg.airflow-node-backup" in one_line(init_master(run_cli, master, "--force", "--web-port", "8081"))
+    assert snapshot(master) == before
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_by_the_next(run_cli, master):
+    dead_pid = 2**22 + 1  # above pid_max's default: no such process
+    leftovers = [master / f"opt/airflow/.airflow.cfg.airflow-node-tmp{dead_pid}-0",
+                 master / f"etc/airflow-node/.cluster.toml.airflow-node-old{dead_pid}"]  # fmt: skip
+    for leftover in leftovers:
+        leftover.write_text("half a secret")
+    foreign = master / "opt/airflow/.someone-elses.airflow-node-tmp1-0"
+    foreign.write_text("not ours")
+    result = init_master(run_cli, master)
+    assert result.code == 0 and "left by an interrupted run" in result.out
+    assert not any(path.exists() for path in leftovers) and foreign.exists()
+    assert "Nothing to change" in init_master(run_cli, master).out
+
+
+# -- 7. config that cannot work is refused ---------------------------------------------------------
+
+
+def test_an_ipv6_master_is_rendered_in_brackets(run_cli, tmp_path):
+    root = tmp_path / "n"
+    result = run_cli("init", "--role", "master", "--root", root, "--airflow-version", "3.3.2", "--master-host",
+                     "fd00::1", "--broker-url", "redis://[fd00::1]:6379/0", "--db-url", "postgresql://a@[fd00::1]/db",
+                     "--airflow-node-bin", "/usr/local/bin/airflow-node")  # fmt: skip
+    assert result.code == 0, result.err
+    cfg = (root / "opt/airflow/airflow.cfg").read_text()
+    assert "base_url = http://[fd00::1]:8080" in cfg and "http://[fd00::1]:8080/execution/" in cfg
+
+
+def test_a_supervisord_conf_that_is_a_directory_is_refused(run_cli, tmp_path, cluster_file):
+    root = tmp_path / "n"
+    (root / "etc/supervisor").mkdir(parents=True)
+    before = snapshot(root)
+    result = run_cli(*worker_args(root, cluster_file), "--supervisord-conf", "/etc/supervisor")
+    assert "--supervisord-conf" in one_line(result)
+    assert snapshot(root) == before
+
+
+def test_a_moved_master_takes_its_default_dag_source_along(run_cli, master):
+    result = init_master(run_cli, master, "--master-host", "10.20.0.9")
+    assert result.code == 0, result.err
+    cluster = (master / "etc/airflow-node/cluster.toml").read_text()
+    assert 'source = "airflow@10.20.0.9:/srv/airflow/dags/"' in cluster
