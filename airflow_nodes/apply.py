@@ -318,8 +318,10 @@ def _dir_differs(target: Target, planned: PlannedDir) -> bool:
     """Whether an existing planned directory has another mode, or (where we set owners) owner."""
     path = target.path(planned.path)
     info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return False  # the published DAG folder is a link to a release; a link is never followed here
     if not stat.S_ISDIR(info.st_mode):
-        raise UserError(f"{path}: airflow-node needs a directory here, not a link or a file")
+        raise UserError(f"{path}: airflow-node needs a directory here, not a file")
     if stat.S_IMODE(info.st_mode) != planned.mode:
         return True
     return target.privileged and (info.st_uid, info.st_gid) != _ids(planned.owner, planned.group)

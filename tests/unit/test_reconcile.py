@@ -7,6 +7,7 @@ system), converges again, and checks the tree and the manifest against the new p
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from test_init_cli import MASTER_OPTIONS
@@ -172,3 +173,16 @@ def test_sync_converges_through_the_same_path_as_init(tmp_path):
         assert "runs Airflow 3.3.2 but cluster 'airflow' runs 2.11" in str(exc)
     else:
         raise AssertionError("a worker on 3.3 accepted a 2.11 cluster")
+
+
+def test_a_re_init_after_a_sync_leaves_the_published_dag_link_alone(run_cli, tmp_path):
+    root = tmp_path / "m"
+    (root / "srv/dags").mkdir(parents=True)
+    (root / "srv/dags/a.py").write_text("x = 1\n")
+    assert master_at(run_cli, root, "3.3.2", "--dags-source", "/srv/dags").code == 0
+    assert run_cli("sync", "--root", root, "--dags-only").code == 0
+    dags = root / "opt/airflow/dags"
+    link = os.readlink(dags)
+    result = master_at(run_cli, root, "3.3.2", "--visibility-timeout", "7200")
+    assert result.code == 0, result.err
+    assert os.readlink(dags) == link and (dags / "a.py").exists()
