@@ -58,11 +58,13 @@ def read_manifest(target: Target) -> Manifest:
     its paths are acted on as root, so each must be absolute, normalised and a sha256 must be a sha256."""
     path = target.path(MANIFEST_FILE)
     corrupt = UserError(f"{path}: the manifest of written files is corrupt; fix or remove it")
-    text = statefile.read_text(path)
-    if text is None:
+    try:
+        data = statefile.load_json(path)
+    except UserError:
+        raise corrupt from None
+    if data is None:
         return Manifest()
     try:
-        data = json.loads(text)
         files, dirs = dict(data["files"]), tuple(data["dirs"])
     except (ValueError, KeyError, TypeError):
         raise corrupt from None
@@ -211,10 +213,10 @@ def _user_exists(target: Target, name: str) -> bool:
         except KeyError:
             return False
     try:
-        lines = target.path("/etc/passwd").read_text().splitlines()
-    except OSError:
+        passwd = statefile.read_bytes(target.path("/etc/passwd")) or b""
+    except UserError:
         return False
-    return any(line.split(":", 1)[0] == name for line in lines)
+    return any(line.split(":", 1)[0] == name for line in passwd.decode(errors="replace").splitlines())
 
 
 def _read_if_file(path: Path) -> bytes | None:

@@ -98,7 +98,8 @@ class ClusterConfig:
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this file holds, for redaction: generated keys and URL passwords."""
-        passwords = (url_password(u) for u in (self.broker_url, self.db_url, self.result_backend))
+        urls_with_passwords = (self.broker_url, self.db_url, self.result_backend, self.dags_source)
+        passwords = (url_password(u) for u in urls_with_passwords)
         return self.secrets.values() + tuple(p for p in passwords if p)
 
 
@@ -114,6 +115,17 @@ def default_dags_source(master_host: str, airflow_user: str = "airflow") -> str:
 def _package_hash(value: str, where: str) -> None:
     if value and not re.fullmatch(r"[0-9a-f]{16}", value):
         raise UserError(f"{where}: not a package-set hash (16 hex digits, or empty)")
+
+
+# AIRFLOW_HOME gets the airflow user as owner and mode 0750: never a directory the system needs as it is
+_SYSTEM_DIRS = ("/boot", "/dev", "/etc", "/proc", "/run", "/sys", "/usr", CONFIG_DIR, STATE_DIR)
+
+
+def _airflow_home(value: str, where: str) -> None:
+    check_abs_path(value, where)
+    too_high = value.count("/") < 2  # /tmp, /opt, /var
+    if too_high or any(value == d or value.startswith(d + "/") or d.startswith(value + "/") for d in _SYSTEM_DIRS):
+        raise UserError(f"{where}: {value} is a system directory or holds one; use a directory of its own")
 
 
 def _version(value: str, where: str) -> None:
@@ -150,7 +162,7 @@ CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("cluster", "name", "name", str, check_name),
     Field("cluster", "airflow_version", "airflow_version", str, _version),
     Field("cluster", "airflow_packages", "airflow_packages", str, _package_hash),
-    Field("cluster", "airflow_home", "airflow_home", str, check_abs_path, "--airflow-home"),
+    Field("cluster", "airflow_home", "airflow_home", str, _airflow_home, "--airflow-home"),
     Field("cluster", "airflow_user", "airflow_user", str, check_name),
     Field("master", "host", "master_host", str, check_host, "--master-host"),
     Field("master", "web_port", "web_port", int, check_port, "--web-port"),

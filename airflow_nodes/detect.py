@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,16 +61,39 @@ class AirflowInstall:
     package_hash: str = ""  # empty when not detected (--airflow-version)
 
 
+def trusted_for_root(path: Path) -> bool:
+    """Whether root may run this file: it and its directory belong to root and no one else can write
+    them (a venv another account can change would run that account's code as root). Not root: True."""
+    if os.geteuid() != 0:
+        return True
+    resolved = Path(os.path.realpath(path))
+    for item in (resolved, resolved.parent):
+        try:
+            info = item.stat()
+        except OSError:
+            return False
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            return False
+    return True
+
+
 def interpreter_of(airflow_bin: Path) -> Path:
-    """Return the Python that runs an `airflow` console script (from its shebang)."""
+    """Return the Python that runs an `airflow` console script (from its shebang). Raise UserError when
+    the script or that Python is not one root may run (see trusted_for_root)."""
+    first = ""
     try:
-        with airflow_bin.open("rb") as script:
-            first = script.readline(512).decode(errors="replace")
+        fd = os.open(airflow_bin, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not make us wait
+        with os.fdopen(fd, "rb") as script:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                first = script.readline(512).decode(errors="replace")
     except OSError:
-        first = ""
-    if first.startswith("#!") and "python" in first:
-        return Path(first[2:].strip().split()[0])
-    return airflow_bin.parent / "python"
+        pass
+    python = Path(first[2:].strip().split()[0]) if first.startswith("#!") and "python" in first else None
+    python = python or airflow_bin.parent / "python"
+    for item in (airflow_bin, python):
+        if item.exists() and not trusted_for_root(item):
+            raise UserError(f"{item}: not owned by root or writable by others; airflow-node will not run it as root")
+    return python
 
 
 def _locate_airflow(venv: str | None, airflow_bin: str | None) -> tuple[Path, str]:

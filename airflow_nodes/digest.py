@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 
@@ -15,7 +18,10 @@ def sha256_file(path: Path, unreadable_ok: bool = False) -> str | None:
     unless unreadable_ok: then return None."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted there must not make us wait
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
     except OSError:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import socket
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,19 +93,16 @@ def read_secret_file(path: Path, option: str) -> str:
     """Return the first line of a file holding a secret. Raise UserError naming the option and the
     file, never its content."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not make us wait
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UserError(f"{option}: {path} is not a regular file")
-            data = handle.read(SECRET_FILE_LIMIT + 1)
-    except OSError as exc:
-        raise UserError(f"{option}: cannot read {path} ({exc.strerror})") from None
-    try:
-        text = data.decode()
+        data = statefile.read_bytes(path, SECRET_FILE_LIMIT, follow_links=True)
+        text = (data or b"").decode()
+    except UserError as exc:
+        raise UserError(f"{option}: {exc}") from None
     except UnicodeDecodeError:
         raise UserError(f"{option}: {path} is not UTF-8 text") from None
+    if data is None:
+        raise UserError(f"{option}: cannot read {path} (no such file)")
     line = text.split("\n", 1)[0].strip()
-    if len(data) > SECRET_FILE_LIMIT or not line:
+    if not line:
         raise UserError(f"{option}: {path} must hold one URL on its first line")
     return line
 
@@ -202,9 +197,12 @@ def worker_cluster_text(request: InitRequest, existing_text: bytes | None) -> tu
         raise UserError("--config: give either --config or --from-master, not both")
     if request.config_file:
         try:
-            return request.config_file.read_bytes(), str(request.config_file)
-        except OSError as exc:
-            raise UserError(f"--config: cannot read {request.config_file} ({exc.strerror})") from None
+            text = statefile.read_bytes(request.config_file, limit=1 << 20, follow_links=True)
+        except UserError as exc:
+            raise UserError(f"--config: {exc}") from None
+        if text is None:
+            raise UserError(f"--config: cannot read {request.config_file} (no such file)")
+        return text, str(request.config_file)
     if request.from_master:
         return fetch_cluster_from_master(request.from_master), f"{request.from_master}:{CLUSTER_FILE}"
     if existing_text is not None:

@@ -7,6 +7,7 @@ password of every URL, as in an old airflow.cfg shown in a diff).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from urllib.parse import quote, unquote
@@ -23,7 +24,7 @@ def secret_forms(secrets: Iterable[str]) -> list[str]:
     for secret in secrets:
         if not secret:
             continue
-        for form in (secret, quote(secret, safe="")):
+        for form in (secret, quote(secret, safe=""), json.dumps(secret)[1:-1]):  # raw, URL, TOML string
             forms.update((form, form.replace("%", "%%"), form.replace("%", "%25")))
     return sorted(forms, key=len, reverse=True)
 
@@ -88,7 +89,7 @@ def redact_secret_values(text: str, before: set[str] | None = None) -> str:
         if match and match["key"].lower() in SECRET_KEYS:
             line = f"{match['lead']}{REDACTED}{changed}" + ("\n" if line.endswith("\n") else "")
         elif "://" in line:
-            line = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"']+", lambda m: redact_url(m.group(0)), line)
+            line = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), line)
             line = line.rstrip("\n") + changed + ("\n" if line.endswith("\n") else "")
         lines.append(line)
     return "".join(lines)

@@ -62,6 +62,8 @@ def load_toml(text: str, schema: tuple[Field, ...], where: str) -> dict[str, Any
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{where}: not valid TOML ({exc})") from None
+    except (ValueError, RecursionError):  # a 5000-digit integer, arrays nested past any sense
+        raise UserError(f"{where}: not TOML that airflow-node could have written") from None
     known = {(f.section, f.key) for f in schema}
     for section, table in data.items():
         if not isinstance(table, dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -20,13 +21,16 @@ from airflow_nodes.errors import UserError
 LIMIT = 64 << 20  # bytes; our biggest state file (a DAG release manifest) is well below
 
 
-def _open_regular(path: Path, flags: int) -> int:
-    """Open path without following a final symlink; return the fd of a regular file. Raise OSError
-    (FileNotFoundError when missing) or UserError when something else is there."""
+def _open_regular(path: Path, flags: int, follow_links: bool = False) -> int:
+    """Open path (without following a final symlink unless follow_links); return the fd of a regular
+    file. Raise OSError (FileNotFoundError when missing) or UserError when something else is there."""
+    no_follow = 0 if follow_links else os.O_NOFOLLOW
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, flags | no_follow | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except (ValueError, UnicodeEncodeError):  # a NUL byte or a lone surrogate in the name
+        raise UserError(f"{path!r}: not a usable file name") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno == errno.ELOOP and not follow_links:
             raise UserError(f"{path}: is a symbolic link; airflow-node does not follow links in its state") from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -35,11 +39,11 @@ def _open_regular(path: Path, flags: int) -> int:
     return fd
 
 
-def read_bytes(path: Path, limit: int = LIMIT) -> bytes | None:
+def read_bytes(path: Path, limit: int = LIMIT, follow_links: bool = False) -> bytes | None:
     """Return the content of one of our files, or None when it does not exist. Raise UserError when it
-    is a link, not a regular file, too large or unreadable."""
+    is a link (unless follow_links: a file a person named), not a regular file, too large or unreadable."""
     try:
-        fd = _open_regular(path, os.O_RDONLY)
+        fd = _open_regular(path, os.O_RDONLY, follow_links)
     except FileNotFoundError:
         return None
     except NotADirectoryError:
@@ -50,6 +54,21 @@ def read_bytes(path: Path, limit: int = LIMIT) -> bytes | None:
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise UserError(f"{path}: larger than {limit} bytes; not a file airflow-node wrote")
+    return data
+
+
+def load_json(path: Path, limit: int = LIMIT) -> object:
+    """Return the parsed JSON of one of our state files (None when missing). Raise UserError naming the
+    file when it is not JSON we could have written: nested past any sense, or holding a lone surrogate
+    (which could never be printed)."""
+    text = read_text(path, limit)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+        json.dumps(data, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        raise UserError(f"{path}: not JSON that airflow-node wrote; fix or remove it") from None
     return data
 
 

@@ -7,6 +7,7 @@ Every "real system or a rendered tree?" decision reads this one value, so tests 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,5 +39,25 @@ class Target:
         return cls(absolute, real, real and os.geteuid() == 0, runner)
 
     def path(self, node_path: str) -> Path:
-        """Given an absolute path on the node, return where it is under root."""
-        return under_root(self.root, node_path)
+        """Given an absolute path on the node, return where it is under root. Raise UserError when a
+        directory on the way is a link another account made, or (under --root) leads out of the root:
+        root would otherwise write, chmod or delete wherever that link points."""
+        path = under_root(self.root, node_path)
+        current = self.root
+        for part in path.relative_to(self.root).parts[:-1]:
+            current = current / part
+            try:
+                info = current.lstat()
+            except OSError:
+                break  # not there yet: nothing on the way can redirect us
+            if stat.S_ISLNK(info.st_mode) and not self._trusted_link(current, info):
+                raise UserError(f"{current}: a link on the way to {node_path}; airflow-node does not follow it")
+        return path
+
+    def _trusted_link(self, link: Path, info: os.stat_result) -> bool:
+        """An administrator's link (/opt -> /data/opt) is followed; one another account could make, or
+        one out of a --root tree, is not."""
+        if info.st_uid not in (0, os.geteuid()):
+            return False
+        resolved = Path(os.path.realpath(link))
+        return self.real_system or resolved == self.root or self.root in resolved.parents

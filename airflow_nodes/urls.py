@@ -8,8 +8,9 @@ host part early. Such characters must be percent-encoded, so every reader agrees
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from airflow_nodes.errors import UserError
 from airflow_nodes.redaction import redact_url
@@ -38,13 +39,17 @@ def _split(url: str, option: str) -> SplitResult:
     if not sep:
         raise UserError(f"{option}: {redact_url(url)!r} is not a URL (scheme://...)")
     userinfo, at, _ = rest.rpartition("@")
-    if at and any(ch in userinfo for ch in "@/?#"):
-        raise UserError(f"{option}: percent-encode @ / ? # in the user or password (%40 %2F %3F %23)")
+    if at and any(ch in userinfo for ch in '@/?#"\\'):
+        raise UserError(f'{option}: percent-encode @ / ? # " \\ in the user or password (%40 %2F %3F %23 %22 %5C)')
+    if not url.isascii():
+        raise UserError(f"{option}: {redact_url(url)!r} has non-ASCII characters; percent-encode them")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise UserError(f"{option}: {redact_url(url)!r} does not parse ({exc})") from None
+    except ValueError:  # its message may quote the password: never shown
+        raise UserError(f"{option}: {redact_url(url)!r} does not parse as a URL") from None
+    if any(name.lower() in ("password", "passwd") for name, _ in parse_qsl(parts.query)):
+        raise UserError(f"{option}: put the password in the URL's user part, not in ?password= (it is redacted there)")
     if not parts.hostname:
         raise UserError(f"{option}: {redact_url(url)!r} names no host")
     return parts
@@ -68,7 +73,7 @@ def check_broker_url(url: str, option: str = "--broker-url") -> str:
     parts = parse_url(url, option)
     if parts.scheme not in BROKER_SCHEMES:
         raise UserError(f"{option}: the broker must be Redis (redis:// or rediss://), got {parts.scheme}://")
-    if parts.path and not (parts.path.isdigit() and int(parts.path) < 10000):
+    if parts.path and not re.fullmatch(r"[0-9]{1,4}", parts.path):
         raise UserError(f"{option}: the Redis database index must be a number (0-9999), got {parts.path[:20]!r}")
     return url
 

@@ -99,7 +99,7 @@ AIRFLOW_3 = AirflowLine(
 )
 
 _LINES = {2: AIRFLOW_2, 3: AIRFLOW_3}
-_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:[.+-]?[0-9A-Za-z.+-]*)?$")
+_VERSION_RE = re.compile(r"^([0-9]{1,3})\.([0-9]{1,3})(?:\.([0-9]{1,4}))?(?:[.+-]?[0-9A-Za-z.+-]{0,40})?$")
 
 
 @dataclass(frozen=True, order=True)

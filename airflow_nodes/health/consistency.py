@@ -12,10 +12,11 @@ compared side by side.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
+from airflow_nodes import statefile
 from airflow_nodes.digest import sha256_file
+from airflow_nodes.errors import UserError
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
 from airflow_nodes.node import CLUSTER_FILE, SYNC_STATE_FILE
 from airflow_nodes.timestamps import parse_utc
@@ -64,11 +65,11 @@ def check(probe_input: ProbeInput) -> list[Result]:
     path = probe_input.target.path(SYNC_STATE_FILE)
     target = str(path)
     try:
-        state = json.loads(path.read_text())
-    except FileNotFoundError:
+        state = statefile.load_json(path, limit=1 << 20)
+    except UserError:
+        return [Result(Status.UNKNOWN, NAME, target, None, "unreadable sync state (not JSON airflow-node wrote)")]
+    if state is None:
         return [Result(Status.WARNING, NAME, target, None, "never synced (no sync state file)")]
-    except (OSError, ValueError) as exc:
-        return [Result(Status.UNKNOWN, NAME, target, None, f"unreadable sync state ({exc.__class__.__name__})")]
     if not isinstance(state, dict):
         return [Result(Status.UNKNOWN, NAME, target, None, "sync state is not a JSON object")]
     findings = judge_sync_state(

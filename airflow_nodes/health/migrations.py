@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from airflow_nodes import execute
+from airflow_nodes.detect import trusted_for_root
 from airflow_nodes.execute import CommandError
 from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
 
@@ -25,6 +27,8 @@ def check(probe_input: ProbeInput) -> list[Result]:
     target = " ".join(argv)
     if not os.access(ctx.node.airflow_bin, os.X_OK):
         return [Result(Status.UNKNOWN, NAME, target, None, "Airflow is not installed here")]
+    if not trusted_for_root(Path(ctx.node.airflow_bin)):
+        return [Result(Status.CRITICAL, NAME, target, None, "not owned by root or writable by others: not run")]
     started = time.monotonic()
     try:
         completed = execute.run(argv, timeout=probe_input.remaining(), env=ctx.environment, ok_codes=None)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from airflow_nodes.detect import interpreter_of, package_set_hash, probe_interpreter
+from airflow_nodes.errors import UserError
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
 
 NAME = "packages"
@@ -18,7 +19,10 @@ NAME = "packages"
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a node, return one Result comparing its installed package set with the master's."""
     ctx = probe_input.ctx
-    python = interpreter_of(Path(ctx.node.airflow_bin))
+    try:
+        python = interpreter_of(Path(ctx.node.airflow_bin))
+    except UserError as exc:
+        return [Result(Status.CRITICAL, NAME, ctx.node.airflow_bin, None, str(exc))]
     started = time.monotonic()
     probed = probe_interpreter(python, timeout=probe_input.remaining())
     latency = time.monotonic() - started

@@ -13,7 +13,8 @@ _LOGGER = logging.getLogger("airflow_nodes.sync")
 def log_run(line: str, failed: bool) -> None:
     """Send the run's one line to syslog (facility daemon, tag airflow-node). Never pass secrets here."""
     if not os.path.exists("/dev/log"):
-        print(f"airflow-node sync: {line}", file=sys.stderr)  # the current stderr, not the first one seen
+        if not failed:  # a failure is raised, and the CLI prints it as its one line
+            print(f"airflow-node sync: {line}", file=sys.stderr)  # the current stderr, not the first one seen
         return
     if not _LOGGER.handlers:
         handler = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_DAEMON)

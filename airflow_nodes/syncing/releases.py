@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes import execute
+from airflow_nodes import execute, statefile
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.digest import sha256, sha256_file
 from airflow_nodes.errors import UserError
@@ -130,27 +130,43 @@ def current_release(layout: DagLayout) -> DagRelease | None:
     if not layout.dags_folder.is_symlink():
         return None
     target = Path(os.readlink(layout.dags_folder))
-    if target.parent != layout.releases or not target.is_dir():
+    if target.parent != layout.releases or not _is_real_dir(target):
         return None
     try:
-        data = json.loads(layout.manifest_file(target).read_text())
+        data = json.loads(statefile.read_text(layout.manifest_file(target)) or "")
         manifest = {path: (kind, digest) for path, (kind, digest) in data["entries"].items()}
         return DagRelease(data["revision"], target, manifest)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (UserError, ValueError, KeyError, TypeError, RecursionError):
         return None  # rebuilt in full from the mirror: slower, never wrong
+
+
+def _is_real_dir(path: Path) -> bool:
+    """A directory, not a link to one: the release tree is root's, and root never follows a link there."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def prepare_work_dirs(layout: DagLayout, owner: tuple[int, int] | None) -> None:
     """Create the release directories; remove staging left by a run that died. owner: for the mirror."""
-    for directory in (layout.base, layout.releases, layout.manifests):
+    for directory in (layout.base, layout.releases, layout.manifests, layout.mirror):
         directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.base, 0o755)  # the airflow user walks through it to its releases
+        if not _is_real_dir(directory):  # a link planted there would send rsync --delete elsewhere
+            raise UserError(f"{directory}: is a link or a file where sync keeps a directory; remove it")
+    for leftover in (layout.staging, layout.unpublished_marker):  # a link or a stray file: never followed
+        if leftover.is_symlink() or (leftover == layout.staging and leftover.is_file()):
+            leftover.unlink()
+    fd = os.open(layout.base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, 0o755)  # the airflow user walks through it to its releases
+    finally:
+        os.close(fd)
     if layout.staging.exists():
         shutil.rmtree(layout.staging)
     layout.staging.mkdir()
-    layout.mirror.mkdir(exist_ok=True)
     if owner is not None:
-        os.chown(layout.mirror, *owner)
+        os.chown(layout.mirror, *owner, follow_symlinks=False)
 
 
 def local_changes(source: Path, current: Path) -> tuple[Change, ...]:
@@ -303,7 +319,9 @@ def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | Non
     A revision already on disk (say, a revert) is re-used as it is: releases are never modified.
     """
     final = layout.release_dir(built.revision)
-    if final.exists():
+    if final.is_symlink() or (final.exists() and not _is_real_dir(final)):
+        final.unlink()  # not a release we made: rebuilt below
+    if _is_real_dir(final):
         shutil.rmtree(built.path)
     else:
         execute.run(["sync", "-f", built.path], ok_codes=None)  # data on disk before it is visible
@@ -338,12 +356,15 @@ def flip_dags_folder(dags_folder: Path, target: Path, owner: tuple[int, int] | N
 def prune_releases(layout: DagLayout, keep: int) -> list[str]:
     """Remove all but the `keep` newest releases (never the published one). Return the names removed."""
     published = Path(os.readlink(layout.dags_folder)).name if layout.dags_folder.is_symlink() else None
-    releases = sorted(layout.releases.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    releases = sorted(layout.releases.iterdir(), key=lambda p: p.lstat().st_mtime_ns, reverse=True)
     removed = []
     for release in releases[keep:]:
         if release.name == published:
             continue
-        shutil.rmtree(release, ignore_errors=True)
+        if release.is_symlink():
+            release.unlink()
+        else:
+            shutil.rmtree(release, ignore_errors=True)
         layout.manifest_file(release).unlink(missing_ok=True)
         removed.append(release.name)
     return removed

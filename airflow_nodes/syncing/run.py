@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pwd
 import shutil
 import socket
@@ -121,7 +122,8 @@ def sync_dags(
     prepare_work_dirs(layout, owner)
     current = current_release(layout)
     pending = layout.unpublished_marker.exists()
-    layout.unpublished_marker.touch()  # the mirror may move ahead of the published tree from here on
+    # the mirror may move ahead of the published tree from here on (a link there was removed above)
+    os.close(os.open(layout.unpublished_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
     source = open_source(spec, transfer, layout.root)
     fetched = source.fetch(layout.mirror, state.source_revision if current and not pending else None)
     details.append(f"fetched from {spec.describe()} in {time.monotonic() - started:.2f} s")
@@ -197,6 +199,9 @@ def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncRe
         dags = sync_dags(layout, request, spec, transfer, owner, state, details, seen)
     except (UserError, OperationError) as exc:
         errors.append(exc)
+    except OSError as exc:  # the release tree on this node, not the source: one line all the same
+        where = exc.filename or layout.base
+        errors.append(OperationError(f"{where}: {exc.strerror}; the published DAGs are unchanged"))
     if ctx.node.role == "worker" and not request.dags_only:
         try:  # even when the DAGs failed: a rotated secret must still arrive
             config = sync_config(ctx, target, spec, transfer, request.master_root, request.guards.force)

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from airflow_nodes.errors import UserError
+from airflow_nodes.redaction import redact_url
 from airflow_nodes.schema import check_abs_path, check_host, check_port
 
 SSH, PATH, GIT = "ssh", "path", "git"
@@ -42,7 +43,7 @@ class DagSourceSpec:
             port = f":{self.port}" if self.port else ""
             return f"{self.user + '@' if self.user else ''}{self.host}{port}:{self.path}"
         if self.kind == GIT:
-            return f"{self.url}#{self.ref}"
+            return f"{redact_url(self.url)}#{self.ref}"
         return self.path
 
 
@@ -89,7 +90,7 @@ def check_endpoint(user: str | None, host: str, port: str | None, where: str) ->
     check_host(host, where)
     if port is None:
         return user, host, None
-    if not port.isdigit():
+    if not re.fullmatch(r"[0-9]{1,5}", port):
         raise UserError(f"{where}: {port[:20]!r} is not a port")
     check_port(int(port), where)
     return user, host, int(port)

@@ -28,13 +28,12 @@ def read_state(target: Target) -> SyncState:
     """Return the recorded state, or an empty one before the first sync. Raise UserError if corrupt."""
     path = target.path(SYNC_STATE_FILE)
     unreadable = UserError(f"{path}: the sync state is unreadable; remove it (the next sync rewrites it)")
-    text = statefile.read_text(path, limit=1 << 20)
-    if text is None:
-        return SyncState()
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = statefile.load_json(path, limit=1 << 20)
+    except UserError:
         raise unreadable from None
+    if data is None:
+        return SyncState()
     if not isinstance(data, dict):
         raise unreadable
     fields = {f.name for f in dataclasses.fields(SyncState)}

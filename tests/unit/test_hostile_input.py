@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -330,3 +334,116 @@ def test_a_moved_master_takes_its_default_dag_source_along(run_cli, master):
     assert result.code == 0, result.err
     cluster = (master / "etc/airflow-node/cluster.toml").read_text()
     assert 'source = "airflow@10.20.0.9:/srv/airflow/dags/"' in cluster
+
+
+# -- found by a hostile review: links part-way down a path, special files, parser limits, our own runs --
+
+
+def test_a_link_part_way_down_a_path_is_never_followed(run_cli, master, tmp_path, cluster_file):
+    outside = tmp_path / "outside"
+    (outside / "system").mkdir(parents=True)
+    (outside / "system" / "precious.service").write_text("keep\n")
+    systemd = master / "etc/systemd"
+    for unit in (systemd / "system").iterdir():
+        (outside / "system" / unit.name).write_bytes(unit.read_bytes())
+    os.rename(systemd, tmp_path / "moved-away")
+    systemd.symlink_to(outside)
+    assert "link" in one_line(run_cli("uninstall", "--root", master))
+    assert sorted(p.name for p in (outside / "system").iterdir())[-1] == "precious.service"
+    assert len(list((outside / "system").iterdir())) == 8  # nothing deleted through the link
+
+    fresh = tmp_path / "fresh"
+    (fresh / "etc").mkdir(parents=True)
+    (fresh / "etc/cron.d").symlink_to(outside)
+    assert "link" in one_line(run_cli(*worker_args(fresh, cluster_file)))
+    assert not (outside / "airflow-node").exists()
+
+
+def test_sync_never_follows_a_link_planted_in_its_work_tree(run_cli, tmp_path):
+    root = tmp_path / "m"
+    (root / "srv/dags").mkdir(parents=True)
+    (root / "srv/dags/a.py").write_text("x = 1\n")
+    assert run_cli("init", "--role", "master", "--root", root, "--airflow-version", "3.3.2", "--master-host", "m",
+                   "--broker-url", "redis://m:6379/0", "--db-url", "postgresql://a@m/db", "--dags-source",
+                   "/srv/dags", "--airflow-node-bin", "/usr/local/bin/airflow-node").code == 0  # fmt: skip
+    assert run_cli("sync", "--root", root, "--dags-only").code == 0
+    work = root / STATE / "dags"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep\n")
+    shutil.rmtree(work / "mirror")
+    (work / "mirror").symlink_to(victim)
+    assert "mirror" in one_line(run_cli("sync", "--root", root, "--dags-only"))
+    assert (victim / "precious.txt").read_text() == "keep\n" and not (victim / "a.py").exists()
+
+    (work / "mirror").unlink()
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "a.py").write_text("import os\n")
+    release = next((work / "releases").iterdir())
+    shutil.rmtree(release)
+    release.symlink_to(evil)
+    (root / "opt/airflow/dags").unlink()
+    assert run_cli("sync", "--root", root, "--dags-only").code == 0
+    published = Path(os.path.realpath(root / "opt/airflow/dags"))
+    assert root in published.parents and (published / "a.py").read_text() == "x = 1\n"
+
+
+def run_in_a_process(*args: object, timeout: float = 30) -> subprocess.CompletedProcess:
+    """The CLI in its own process, so that a hang is a failure and not a stuck test run."""
+    argv = [sys.executable, "-m", "airflow_nodes", *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[2])
+
+
+def test_special_files_never_make_it_wait(master, tmp_path, cluster_file):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    config = run_in_a_process(*worker_args(tmp_path / "w", fifo))
+    assert config.returncode == 2 and "--config" in config.stderr
+    bin_fifo = tmp_path / "airflow"
+    os.mkfifo(bin_fifo, 0o755)
+    airflow_bin = run_in_a_process("init", "--role", "master", "--root", master, "--airflow-bin", bin_fifo, "--dry-run")
+    assert airflow_bin.returncode == 2 and "Traceback" not in airflow_bin.stderr
+    cfg = master / "opt/airflow/airflow.cfg"
+    cfg.unlink()
+    os.mkfifo(cfg)
+    assert run_in_a_process("sync", "--root", master, "--dags-only").returncode in (0, 1, 2)  # it returns
+
+
+@pytest.mark.parametrize(
+    "where,content,command",
+    [
+        (f"{STATE}/manifest.json", "[" * 200000, "uninstall"),
+        (f"{STATE}/sync-state.json", '{"a":' * 200000, "sync --status"),
+        (f"{STATE}/sync-state.json", '{"last_error": "\\ud800 boom"}', "sync --status"),
+        ("etc/airflow-node/node.toml", "x = " + "[" * 100000, "status"),
+        ("etc/airflow-node/node.toml", "[worker]\nconcurrency = " + "1" * 5000, "status"),
+    ],
+)
+def test_state_past_any_parser_limit_is_one_line(run_cli, master, where, content, command):
+    (master / where).write_text(content)
+    assert Path(where).name in one_line(run_cli(*command.split(), "--root", master))
+
+
+def test_a_git_token_never_reaches_output_or_state(run_cli, master):
+    result = init_master(run_cli, master, "--dags-source", "git+https://user:GitTok3nXYZ@127.0.0.1:9/repo.git")
+    assert result.code == 0, result.err
+    failed = run_cli("sync", "--root", master, "--dags-only")
+    assert failed.code == 1 and "GitTok3nXYZ" not in failed.err + failed.out
+    assert "GitTok3nXYZ" not in (master / STATE / "sync-state.json").read_text()
+    assert "GitTok3nXYZ" not in run_cli("sync", "--root", master, "--status").out
+
+
+def test_health_never_runs_an_interpreter_others_can_change(run_cli, master, tmp_path):
+    marker = tmp_path / "ran"
+    fake_python = tmp_path / "fakepython"
+    fake_python.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake_python.chmod(0o777)  # anyone could have written it
+    airflow = tmp_path / "airflow"
+    airflow.write_text(f"#!{fake_python} python\n")
+    airflow.chmod(0o755)
+    node_toml = master / "etc/airflow-node/node.toml"
+    node_toml.write_text(re.sub(r'airflow_bin = ".*"', f'airflow_bin = "{airflow}"', node_toml.read_text()))
+    result = health(run_cli, "--root", master, "--only", "packages", "--json")
+    assert result.code == 2 and not marker.exists()
+    assert "not owned by root or writable by others" in result.out

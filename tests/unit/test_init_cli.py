@@ -212,6 +212,15 @@ BAD_INPUT = [
     # DAG sources that reach ssh as options or copy the node's own secrets
     (master_with({"--airflow-home": "/../../x"}), "--airflow-home"),
     (master_with({"--airflow-home": "opt/airflow"}), "--airflow-home"),
+    (master_with({"--airflow-home": "/tmp"}), "--airflow-home"),
+    (master_with({"--airflow-home": "/etc/airflow"}), "--airflow-home"),
+    (master_with({"--airflow-home": "/var/lib"}), "--airflow-home"),
+    (master_with({"--airflow-version": "3." + "3" * 5000}), "--airflow-version"),
+    (master_with({"--broker-url": "redis://:S3cret\uff20RedisPW@m:6379/0"}), "--broker-url"),
+    (master_with({"--broker-url": 'redis://:Sec"retQQ@m:6379/0'}), "--broker-url"),
+    (master_with({"--broker-url": "redis://m:6379/0?password=TopSecretQ"}), "--broker-url"),
+    (master_with({"--db-url": "postgresql://a@m/db?password=TopSecretDB"}), "--db-url"),
+    (master_with({"--broker-url": "redis://m:6379/\u00b2"}), "--broker-url"),
     (master_with({"--visibility-timeout": "99999999999999999999"}), "--visibility-timeout"),
     (master_with({"--web-port": "5555"}), "--flower-port"),
     (master_with({"--web-port": "70000"}), "--web-port"),
@@ -229,6 +238,7 @@ BAD_INPUT = [
     (["init", "--role", "worker", "--airflow-version", "3.3.2", "--from-master", "-oProxyCommand=id@m"],
      "--from-master"),
     (["init", "--role", "worker", "--airflow-version", "3.3.2", "--from-master", "m:22x"], "--from-master"),
+    (["init", "--role", "worker", "--airflow-version", "3.3.2", "--from-master", "m:\u00b2"], "--from-master"),
 ]  # fmt: skip
 
 
@@ -242,6 +252,7 @@ def test_bad_input_is_one_line_naming_the_option_exit_2_nothing_written(run_cli,
     assert len(result.err.strip().splitlines()) == 1, result.err
     assert option in result.err
     assert "Traceback" not in result.err
+    assert not any(secret in result.err for secret in ("S3cret", 'Sec"ret', "TopSecret"))
     assert not root.exists()
 
 
