@@ -338,6 +338,7 @@ class ApplyResult:
     ran: list[Command]
     skipped: list[Command]
     ownership_skipped: bool
+    warnings: list[str] = field(default_factory=list)
 
 
 def _ids(owner: str, group: str) -> tuple[int, int]:
@@ -464,13 +465,21 @@ def find_leftovers(target: Target, paths: list[str]) -> tuple[str, ...]:
     return tuple(removed)
 
 
-def _run_all(prev: Preview, commands: list[Command], result: ApplyResult) -> None:
+def _run_all(prev: Preview, commands: list[Command], result: ApplyResult, tolerate: bool = False) -> None:
+    """Run commands on the real system (list them otherwise). With tolerate, a failure is a warning: a
+    unit or program to retire that is already gone must not keep its files in place."""
     for command in commands:
-        if prev.real_system:
-            prev.target.runner(command.argv)
-            result.ran.append(command)
-        else:
+        if not prev.real_system:
             result.skipped.append(command)
+            continue
+        try:
+            prev.target.runner(command.argv)
+        except OperationError as exc:
+            if not tolerate:
+                raise
+            result.warnings.append(str(exc))
+            continue
+        result.ran.append(command)
 
 
 def apply(prev: Preview) -> ApplyResult:
@@ -486,7 +495,7 @@ def apply(prev: Preview) -> ApplyResult:
         Path(leftover).unlink(missing_ok=True)
         result.removed.append(leftover)
     _run_all(prev, prev.user_commands, result)
-    _run_all(prev, prev.stop_commands, result)
+    _run_all(prev, prev.stop_commands, result, tolerate=True)
 
     tx = _Transaction()
     manifest_files = {r.path: prev.manifest.files[r.path] for r in prev.removals if r.status == KEEP_EDITED}

@@ -72,6 +72,13 @@ def cli() -> None:
 @click.option("--supervisord-conf", metavar="PATH", help="supervisord.conf whose conf.d/ gets our programs.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="Worker: the cluster file to use.")
 @click.option("--from-master", metavar="[USER@]HOST[:PORT]", help="Worker: fetch the cluster file over SSH.")
+@click.option("--join", metavar="TOKEN", envvar="AIRFLOW_NODE_JOIN_TOKEN", show_envvar=True,
+              help="Worker: join the master this token names (`airflow-node join-token` prints it there): "
+              "enroll, fetch the cluster file, render and start this node.")  # fmt: skip
+@click.option("--join-file", type=click.Path(path_type=Path), metavar="FILE", help="Worker: read --join from a file.")
+@click.option("--advertise-address", metavar="ADDRESS",
+              help="The address the other nodes reach this one at (task logs) [default: this host's address "
+              "on its route to the master].")  # fmt: skip
 @click.option("--master-host", metavar="HOST", help="Master: address workers use to reach this host.")
 @click.option("--broker-url", metavar="URL", envvar="AIRFLOW_NODE_BROKER_URL", show_envvar=True,
               help="Master: Redis broker, redis://[:PASSWORD@]HOST:6379/0 (keep the password out of ps and "
@@ -100,17 +107,24 @@ def init(target: Target, dry_run: bool, force: bool, **options: object) -> None:
     """Write this node's config, units and cron entry, and enable its daemons; remove what a previous
     init wrote that this one no longer needs."""
     from airflow_nodes.apply import apply
-    from airflow_nodes.init import InitRequest, install_requested_airflow, plan_init
+    from airflow_nodes.init import InitRequest, after_init, install_requested_airflow, plan_init
+    from airflow_nodes.join import check_token, read_token
     from airflow_nodes.report import format_apply, format_preview
 
+    options["join"] = read_token(options["join"], options.pop("join_file"))
+    if dry_run and options["join"]:  # joining changes the master: a dry run only checks the token
+        click.echo(check_token(options["join"]))
+        return
     request, installed = install_requested_airflow(InitRequest(**options), target, dry_run, progress=click.echo)
     outcome = plan_init(request, target, force=force)
     click.echo(format_preview(outcome, show_diff=dry_run))
     if installed:
         click.echo(installed)
-    if dry_run or outcome.preview.nothing_to_do:
+    if dry_run:
         return
-    click.echo(format_apply(apply(outcome.preview)))
+    if not outcome.preview.nothing_to_do:
+        click.echo(format_apply(apply(outcome.preview)))
+    click.echo(after_init(outcome, target, joined=bool(request.join)))
 
 
 def _control(action: str, target: Target) -> None:
@@ -145,6 +159,41 @@ def stop(target: Target) -> None:
 def restart(target: Target) -> None:
     """Restart every daemon of this node's role (workers finish their running tasks first)."""
     _control("restart", target)
+
+
+@cli.command("join-token")
+@root_option
+@click.option("--ttl", type=click.IntRange(60, 7 * 86400), default=3600, show_default=True, metavar="SEC",
+              help="How long the token can enroll workers.")  # fmt: skip
+@click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True,
+              help="The port of the master's sshd.")  # fmt: skip
+@click.option("--list", "show", is_flag=True, help="List the tokens and the enrolled workers.")
+@click.option("--revoke", metavar="ID|WORKER", help="Revoke a token, or an enrolled worker's key.")
+def join_token(target: Target, ttl: int, ssh_port: int, show: bool, revoke: str | None) -> None:
+    """On the master: print the command that joins a worker (a new token), or list or revoke."""
+    from airflow_nodes import join
+
+    if show:
+        click.echo(join.list_joins(target))
+    elif revoke:
+        click.echo(join.revoke(target, revoke))
+    else:
+        click.echo(join.token_command(join.master_join_token(target, ttl, ssh_port)))
+
+
+@cli.command("ssh-gate", hidden=True)
+@click.option("--keys", type=click.Path(path_type=Path), required=True)
+@click.option("--root", "gate_root", default="/")
+@click.argument("words", nargs=-1)
+def ssh_gate(keys: Path, gate_root: str, words: tuple[str, ...]) -> None:
+    """The forced command of every key airflow-node adds on the master (see join.py)."""
+    import os
+
+    from airflow_nodes import join
+
+    keys_file = join.KeysFile(keys, sys.argv[0], gate_root)
+    output = join.gate(keys_file, list(words), os.environ.get("SSH_ORIGINAL_COMMAND", ""), sys.stdin.buffer)
+    sys.stdout.buffer.write(output)
 
 
 @cli.command()
@@ -249,8 +298,8 @@ class _CheckCommand(click.Command):
 @click.option(
     "--only",
     metavar="P1,P2",
-    help="Run only these probes: redis, db, migrations, flower, web, scheduler, worker, execution-api, units, "
-    "consistency, clock, packages.",
+    help="Run only these probes: redis, db, migrations, flower, web, scheduler, worker, logs, execution-api, "
+    "units, consistency, clock, packages.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.prom",

@@ -55,11 +55,18 @@ class NodeContext:
     def environment(self) -> dict[str, str]:
         """The daemons' environment. No secrets: those live in airflow.cfg (0640 root:airflow)."""
         bin_dir = self.node.airflow_bin.rsplit("/", 1)[0]
-        return {
+        environment = {
             "AIRFLOW_HOME": self.airflow_home,
             "AIRFLOW_CONFIG": self.airflow_cfg,
             "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
         }
+        if self.node.advertise_address:  # read by [core] hostname_callable (airflow_node_hostname.py)
+            environment["AIRFLOW_NODE_ADVERTISE_ADDRESS"] = self.node.advertise_address
+        return environment
+
+    @property
+    def hostname_module(self) -> str:
+        return f"{self.airflow_home}/config/airflow_node_hostname.py"
 
     def argv(self, daemon: Daemon) -> tuple[str, ...]:
         return (self.node.airflow_bin, *daemon.args)

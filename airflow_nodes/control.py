@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from airflow_nodes import execute
 from airflow_nodes.context import load_context
+from airflow_nodes.errors import OperationError
 from airflow_nodes.execute import CommandError, failure_reason
 from airflow_nodes.initsystems import init_system
+from airflow_nodes.initsystems.supervisor import supervisor_bin, supervisorctl
+from airflow_nodes.node import NodeSettings
+from airflow_nodes.nodeplan import owns_supervisord
 from airflow_nodes.target import Target
 
 
@@ -16,6 +22,8 @@ def control(action: str, target: Target) -> str:
     commands = manager.control_argv(ctx, action)
     if not target.real_system:
         return "\n".join(["not run under --root:", *(f"  {' '.join(argv)}" for argv in commands)])
+    if action in ("start", "restart") and owns_supervisord(ctx.node):
+        start_own_supervisord(ctx.node)
     outputs = []
     for argv in commands:
         # supervisorctl status exits 3 when a program is not running: that is an answer, not a failure
@@ -28,3 +36,16 @@ def control(action: str, target: Target) -> str:
         width = max((len(name) for name, _ in rows), default=0)
         return "\n".join(f"{name:<{width}}  {state}" for name, state in rows)
     return f"{action}: {ctx.role_name} ({ctx.node.init_system})"
+
+
+def start_own_supervisord(node: NodeSettings, timeout: float = 20) -> None:
+    """Start the supervisord init set up (a host without one) unless it answers already; wait until it does."""
+    ctl = supervisorctl(node, "pid")
+    if execute.run(ctl, ok_codes=None).returncode == 0:
+        return
+    execute.run([supervisor_bin(node, "supervisord"), "-c", node.supervisord_conf], what="starting supervisord")
+    deadline = time.monotonic() + timeout
+    while execute.run(ctl, ok_codes=None).returncode != 0:
+        if time.monotonic() > deadline:
+            raise OperationError(f"supervisord ({node.supervisord_conf}) did not answer within {timeout:g} s")
+        time.sleep(0.2)

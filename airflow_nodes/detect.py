@@ -135,6 +135,20 @@ def detect_airflow(venv: str | None, airflow_bin: str | None, override: str | No
     return AirflowInstall(parsed, str(executable), package_set_hash(packages))
 
 
+def route_address(host: str) -> str:
+    """Return this host's address on its route to `host` (a UDP connect sends no packet), or "" when
+    there is none: the address the others most likely reach this node at."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(address)
+            return probe.getsockname()[0]
+    except OSError:
+        return ""
+
+
 def detect_init_system() -> str:
     """systemd when it is PID 1 (as sd_booted() decides), supervisor otherwise."""
     return "systemd" if Path("/run/systemd/system").is_dir() else "supervisor"

@@ -21,17 +21,18 @@ from airflow_nodes.cluster import (
     parse_cluster,
     validate_cluster,
 )
-from airflow_nodes.detect import DEFAULT_VENV, AirflowInstall, detect_airflow, detect_init_system
+from airflow_nodes.detect import DEFAULT_VENV, AirflowInstall, detect_airflow, detect_init_system, route_address
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import (
     CLUSTER_FILE,
     NODE_FILE,
     NODE_SCHEMA,
+    OWN_SUPERVISORD_CONF,
     NodeSettings,
     parse_node,
     validate_node,
 )
-from airflow_nodes.nodeplan import reconcile_node
+from airflow_nodes.nodeplan import NodeCredentials, reconcile_node
 from airflow_nodes.target import Target
 
 # The option that sets each key of the cluster and node files, so an error names what the user typed.
@@ -69,6 +70,8 @@ class InitRequest:
     install_airflow: str | None = None  # install this Airflow into the venv first (shipped lock)
     broker_url_file: Path | None = None  # the URLs hold passwords: they may come from files
     db_url_file: Path | None = None
+    advertise_address: str | None = None
+    join: str | None = None  # a worker's join token (from --join, --join-file or the environment)
 
     def given_cluster_options(self) -> dict[str, object]:
         return {attr: getattr(self, attr) for attr in CLUSTER_OPTIONS if getattr(self, attr) is not None}
@@ -216,9 +219,15 @@ def default_airflow_node_bin() -> str:
 
 
 def node_settings(
-    request: InitRequest, existing: NodeSettings | None, installed: str, airflow_bin: str
+    request: InitRequest,
+    existing: NodeSettings | None,
+    installed: str,
+    airflow_bin: str,
+    target: Target,
+    master_host: str,
 ) -> NodeSettings:
-    """Return this node's settings: options given now, else what the last init recorded, else defaults."""
+    """Return this node's settings: options given now, else what the last init recorded, else defaults
+    (the address: this host's on its route to the master, found on the real system only)."""
     if existing and existing.role != request.role:
         raise UserError(f"--role: this node is already a {existing.role}; run `airflow-node uninstall` first")
 
@@ -228,17 +237,25 @@ def node_settings(
             return value
         return getattr(existing, attr) if existing else NODE_DEFAULTS.get(attr)
 
+    init_system = pick("init_system") or detect_init_system()
+    supervisord_conf = pick("supervisord_conf")
+    if init_system == "supervisor" and not request.supervisord_conf and not target.path(supervisord_conf).exists():
+        supervisord_conf = OWN_SUPERVISORD_CONF  # none set up here: init sets up its own
+    address = pick("advertise_address")
+    if not address and target.real_system:
+        address = master_host if request.role == "master" else route_address(master_host)
     settings = NodeSettings(
         role=request.role,
         airflow_version=installed,
-        init_system=pick("init_system") or detect_init_system(),
+        init_system=init_system,
         airflow_bin=airflow_bin,
         airflow_node_bin=pick("airflow_node_bin") or default_airflow_node_bin(),
         node_name=pick("node_name") or socket.gethostname(),
         concurrency=pick("concurrency"),
         queues=pick("queues"),
         stop_timeout=pick("stop_timeout"),
-        supervisord_conf=pick("supervisord_conf"),
+        supervisord_conf=supervisord_conf,
+        advertise_address=address.strip("[]"),
     )
     return _checked_options(validate_node, settings)
 
@@ -286,6 +303,7 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         request.airflow_version,
     )
     notes = []
+    credentials = None
 
     if request.role == "master":
         if request.config_file or request.from_master:
@@ -310,6 +328,9 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
             cluster_text = dump_cluster(cluster).encode()
             if existing is None:
                 notes.append("generated the cluster secrets (fernet key, secret key, JWT secret, flower password)")
+    elif request.join:
+        cluster_text, credentials = join_master(request, existing_node, target)
+        cluster = parse_cluster(cluster_text.decode(errors="replace"), "--join: the master's cluster file")
     else:
         cluster_text, source = worker_cluster_text(request, existing_cluster_text)
         try:
@@ -318,8 +339,42 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
             raise UserError(f"{source}: the cluster file is not UTF-8 text") from None
         cluster = parse_cluster(decoded, source)
 
-    node = node_settings(request, existing_node, str(install.version), install.airflow_bin)
+    node = node_settings(request, existing_node, str(install.version), install.airflow_bin, target, cluster.master_host)
     if node.init_system == "supervisor" and target.path(node.supervisord_conf).is_dir():
         raise UserError(f"--supervisord-conf: {node.supervisord_conf} is a directory; name supervisord's config file")
-    prev = reconcile_node(cluster, cluster_text, node, target, force=force, previous=existing_node)
+    prev = reconcile_node(
+        cluster, cluster_text, node, target, force=force, previous=existing_node, credentials=credentials
+    )
     return InitOutcome(prev, cluster, node, tuple(notes))
+
+
+def after_init(outcome: InitOutcome, target: Target, joined: bool) -> str:
+    """What follows an applied init: the master prints the command that joins a worker (a fresh token);
+    a worker that joined starts its role, as the join command promises."""
+    from airflow_nodes import join
+    from airflow_nodes.control import control
+
+    if outcome.node.role == "master":
+        try:
+            token = join.master_join_token(target)
+        except (UserError, OperationError) as exc:
+            return f"no join token: {exc}"
+        return (
+            f"join a worker (valid for an hour; `airflow-node join-token` mints more):\n  {join.token_command(token)}"
+        )
+    if joined:
+        return control("start", target)
+    return "start it: airflow-node start"
+
+
+def join_master(request: InitRequest, existing: NodeSettings | None, target: Target) -> tuple[bytes, NodeCredentials]:
+    """Enroll with the master a join token names; return its cluster file and this worker's credentials."""
+    from airflow_nodes.join import join, parse_token  # the key machinery: only joins need it
+
+    if request.config_file or request.from_master:
+        raise UserError("--join: give --join, --config or --from-master, one of them")
+    token = parse_token(request.join)
+    name = request.node_name or (existing.node_name if existing else socket.gethostname())
+    address = request.advertise_address or route_address(token.host) or name
+    joined = join(token, name, address.strip("[]"))
+    return joined.cluster_text, NodeCredentials(joined.key_file, joined.known_hosts)

@@ -364,3 +364,86 @@ def read_token(value: str | None, file: Path | None) -> str | None:
             raise UserError(f"--join-file: cannot read {file} (no such file)")
         return data.decode(errors="replace").strip()
     return value
+
+
+# -- the commands around it: on the master, and the worker's leaving --------------------------------
+
+
+def keys_file_of(target, ctx) -> KeysFile:
+    """The authorized_keys of the master's airflow user (its home is AIRFLOW_HOME)."""
+    path = target.path(f"{ctx.cluster.airflow_home}/.ssh/authorized_keys")
+    return KeysFile(path, ctx.node.airflow_node_bin, str(target.root))
+
+
+def master_join_token(target, ttl: int = DEFAULT_TTL, ssh_port: int = 22) -> JoinToken:
+    """On the master: mint a token for its address and SSH host key. Raise UserError when this node is
+    no master or has no ed25519 host key (sshd not installed)."""
+    from airflow_nodes.context import load_context
+
+    ctx = load_context(target)
+    if ctx.node.role != "master":
+        raise UserError("join-token: run it on the master (this node is a worker)")
+    host_key_text = statefile.read_text(target.path(HOST_KEY), limit=4096)
+    if not host_key_text or len(host_key_text.split()) < 2:
+        raise UserError(f"{target.path(HOST_KEY)}: no SSH host key; install and start openssh-server on the master")
+    host_key = " ".join(host_key_text.split()[:2])
+    user = ctx.cluster.airflow_user if target.privileged else None
+    return as_user(user, mint, keys_file_of(target, ctx), ctx.cluster.master_host, ssh_port, ctx.cluster.airflow_user,
+                   host_key, ttl)  # fmt: skip
+
+
+def list_joins(target) -> str:
+    from airflow_nodes.context import load_context
+
+    keys = keys_file_of(target, load_context(target))
+    lines = [f"token {line.tag[len(TOKEN_TAG):]}  {line.options.split('expiry-time=')[1].split(',')[0]}"
+             for line in keys.tokens()]  # fmt: skip
+    lines += [f"worker {name}  {address}" for name, address in keys.workers()]
+    return "\n".join(lines) or "no tokens, no enrolled workers"
+
+
+def revoke(target, what: str) -> str:
+    from airflow_nodes.context import load_context
+
+    ctx = load_context(target)
+    user = ctx.cluster.airflow_user if target.privileged else None
+    gone = as_user(user, keys_file_of(target, ctx).revoke, what)
+    if not gone:
+        raise UserError(f"join-token --revoke: no token or enrolled worker named {what!r}")
+    return "revoked " + ", ".join(gone)
+
+
+def check_token(text: str) -> str:
+    """--dry-run --join: check the token and the master's identity; enroll nothing."""
+    token = parse_token(text)
+    if token.expires < time.time():
+        raise UserError("--join: the token has expired; mint another with `airflow-node join-token`")
+    verified_host_key(token)
+    return (f"token {token.id} for {token.user}@{token.host}:{token.port} is valid; the master presents host key "
+            f"{token.fingerprint}. Dry run: nothing was sent or changed.")  # fmt: skip
+
+
+def leave(target, ctx) -> str:
+    """A joined worker tells the master to drop its key (uninstall). Return a line for the report."""
+    from airflow_nodes.node import KNOWN_HOSTS_FILE, SSH_KEY_FILE
+    from airflow_nodes.syncing.commands import TransferRunner
+    from airflow_nodes.syncing.config_sync import master_endpoint
+    from airflow_nodes.syncing.spec import parse_dags_source
+
+    key = target.path(SSH_KEY_FILE)
+    if not key.exists():
+        return ""
+    runner = TransferRunner(ssh_key=str(key), ssh_extra=pinned(target.path(KNOWN_HOSTS_FILE)))
+    destination, port = master_endpoint(ctx, parse_dags_source(ctx.cluster.dags_source))
+    if not target.real_system:
+        return f"not run under --root: ssh {destination} leave   # the master drops this worker's key"
+    try:
+        runner.run([*runner.ssh_argv(port), "--", destination, "leave"], f"leaving {destination}")
+    except OperationError as exc:
+        return f"warning: {exc}; revoke it on the master: airflow-node join-token --revoke {ctx.node.node_name}"
+    return f"the master dropped this worker's key ({destination})"
+
+
+def pinned(known_hosts: Path) -> tuple[str, ...]:
+    """ssh options that trust only the master's host key pinned at join time."""
+    return ("-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes")

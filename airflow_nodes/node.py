@@ -32,6 +32,11 @@ MANIFEST_FILE = f"{STATE_DIR}/manifest.json"
 LOG_DIR = "/var/log/airflow"
 SYSTEMD_DIR = "/etc/systemd/system"
 CRON_FILE = "/etc/cron.d/airflow-node"  # no dot in the name: cron ignores such files
+OWN_SUPERVISORD_CONF = f"{CONFIG_DIR}/supervisord.conf"  # where no supervisord was set up: ours
+OWN_SUPERVISOR_SOCKET = "/run/airflow-node-supervisor.sock"
+SSH_DIR = f"{CONFIG_DIR}/ssh"  # a joined worker's key and the master's pinned host key
+SSH_KEY_FILE = f"{SSH_DIR}/id_ed25519"
+KNOWN_HOSTS_FILE = f"{SSH_DIR}/known_hosts"
 DAGS_AUTHORING_DIR = "/srv/airflow/dags"  # on the master: where people put DAGs; workers pull from it
 
 
@@ -53,6 +58,11 @@ _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 def _role(value: str, where: str) -> None:
     if value not in ROLES:
         raise UserError(f"{where}: unknown role {value!r} (expected master or worker)")
+
+
+def _address(value: str, where: str) -> None:
+    if value:
+        check_host(value, where)
 
 
 def _init_system(value: str, where: str) -> None:
@@ -84,6 +94,7 @@ class NodeSettings:
     queues: str = ""  # comma-separated; empty means Airflow's default queue
     stop_timeout: int = defaults.STOP_TIMEOUT
     supervisord_conf: str = defaults.SUPERVISORD_CONF
+    advertise_address: str = ""  # what the other nodes reach this one at (logs); "" means its FQDN
 
     @property
     def version(self) -> AirflowVersion:
@@ -115,6 +126,7 @@ NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "airflow_bin", "airflow_bin", str, check_abs_path, "--airflow-bin"),
     Field("node", "airflow_node_bin", "airflow_node_bin", str, check_abs_path, "--airflow-node-bin"),
     Field("node", "supervisord_conf", "supervisord_conf", str, check_abs_path, "--supervisord-conf"),
+    Field("node", "advertise_address", "advertise_address", str, _address, "--advertise-address"),
     Field("worker", "concurrency", "concurrency", int, in_range(1, 1024), "--concurrency"),
     Field("worker", "queues", "queues", str, check_queues, "--queues"),
     Field("worker", "stop_timeout", "stop_timeout", int, in_range(10, 7 * 86400, " seconds"), "--stop-timeout"),

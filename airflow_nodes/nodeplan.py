@@ -7,6 +7,9 @@ way, including removing what the new plan no longer has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from airflow_nodes import statefile
 from airflow_nodes.apply import Preview, preview
 from airflow_nodes.cluster import ClusterConfig, default_dags_source
 from airflow_nodes.context import NodeContext
@@ -17,7 +20,12 @@ from airflow_nodes.node import (
     CONFIG_DIR,
     CRON_FILE,
     DAGS_AUTHORING_DIR,
+    KNOWN_HOSTS_FILE,
     NODE_FILE,
+    OWN_SUPERVISOR_SOCKET,
+    OWN_SUPERVISORD_CONF,
+    SSH_DIR,
+    SSH_KEY_FILE,
     STATE_DIR,
     NodeSettings,
     dump_node,
@@ -43,13 +51,7 @@ def render_airflow_cfg(ctx: NodeContext) -> str:
 
 
 def render_env_file(ctx: NodeContext) -> str:
-    env = ctx.environment
-    return render(
-        "config/airflow.env.j2",
-        airflow_home=env["AIRFLOW_HOME"],
-        airflow_cfg=env["AIRFLOW_CONFIG"],
-        path=env["PATH"],
-    )
+    return render("config/airflow.env.j2", environment=ctx.environment)
 
 
 def render_cron(ctx: NodeContext) -> str:
@@ -60,7 +62,34 @@ def render_cron(ctx: NodeContext) -> str:
         # daemons; sync itself runs its transfers (ssh, rsync, git) as the airflow user.
         user="root",
         sync_command=(ctx.node.airflow_node_bin, "sync", "--quiet"),
+        # our own supervisord has no other way to start at boot
+        boot_command=(ctx.node.airflow_node_bin, "start") if owns_supervisord(ctx.node) else None,
     )
+
+
+def owns_supervisord(node: NodeSettings) -> bool:
+    return node.init_system == "supervisor" and node.supervisord_conf == OWN_SUPERVISORD_CONF
+
+
+def render_supervisord_conf(ctx: NodeContext) -> str:
+    from airflow_nodes.initsystems.supervisor import supervisor_bin
+
+    return render(
+        "supervisor/supervisord.conf.j2",
+        conf=OWN_SUPERVISORD_CONF,
+        supervisord=supervisor_bin(ctx.node, "supervisord"),
+        socket=OWN_SUPERVISOR_SOCKET,
+        pidfile="/run/airflow-node-supervisord.pid",
+        log_dir=ctx.log_dir,
+    )
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """A joined worker's own SSH key and the master's pinned host key (the sync channel)."""
+
+    key_file: bytes
+    known_hosts: bytes
 
 
 def dags_source_is_local_to_master(cluster: ClusterConfig) -> bool:
@@ -68,10 +97,14 @@ def dags_source_is_local_to_master(cluster: ClusterConfig) -> bool:
 
 
 def build_node_plan(
-    cluster: ClusterConfig, cluster_text: bytes, node: NodeSettings, previous: NodeSettings | None = None
+    cluster: ClusterConfig,
+    cluster_text: bytes,
+    node: NodeSettings,
+    previous: NodeSettings | None = None,
+    credentials: NodeCredentials | None = None,
 ) -> Plan:
-    """Given the cluster config (and its exact bytes), this node's settings and the settings it was
-    installed with (if any), return the node's Plan."""
+    """Given the cluster config (and its exact bytes), this node's settings, the settings it was
+    installed with (if any) and its SSH credentials (a joined worker), return the node's Plan."""
     ctx = NodeContext(cluster, node)
     user = cluster.airflow_user
     manager = init_system(node.init_system)
@@ -94,11 +127,21 @@ def build_node_plan(
         PlannedFile(NODE_FILE, dump_node(node).encode(), 0o644),
         PlannedFile(ctx.env_file, render_env_file(ctx).encode(), 0o644),
         PlannedFile(ctx.airflow_cfg, render_airflow_cfg(ctx).encode(), 0o640, "root", user, secret=True),
+        PlannedFile(ctx.hostname_module, render("config/airflow_node_hostname.py.j2").encode(), 0o644),
         *manager.plan_files(ctx),
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]
     if node.init_system == "supervisor":
         dirs.append(PlannedDir(node.supervisor_conf_file.rsplit("/", 1)[0], 0o755))
+    if owns_supervisord(node):
+        files.append(PlannedFile(OWN_SUPERVISORD_CONF, render_supervisord_conf(ctx).encode(), 0o644))
+    if credentials:
+        dirs.append(PlannedDir(SSH_DIR, 0o755))
+        files += [
+            # the transfers run as the airflow user: its key, in a directory only root can change
+            PlannedFile(SSH_KEY_FILE, credentials.key_file, 0o600, user, user, secret=True),
+            PlannedFile(KNOWN_HOSTS_FILE, credentials.known_hosts, 0o644),
+        ]
 
     return Plan(
         # on the master, workers log in as this user (key only: it has no password) to pull DAGs
@@ -125,6 +168,7 @@ def reconcile_node(
     target: Target,
     force: bool = False,
     previous: NodeSettings | None = None,
+    credentials: NodeCredentials | None = None,
 ) -> Preview:
     """Given what this node should be and where it lives, return the previewed change (added, changed
     and removed files, and the commands around them). Raise UserError if this node's Airflow cannot
@@ -134,4 +178,11 @@ def reconcile_node(
             f"--airflow-version: this node runs Airflow {node.airflow_version} but cluster {cluster.name!r} "
             f"runs {cluster.airflow_version}; install {cluster.airflow_version}.x here"
         )
-    return preview(build_node_plan(cluster, cluster_text, node, previous), target, force)
+    credentials = credentials or read_credentials(target)
+    return preview(build_node_plan(cluster, cluster_text, node, previous, credentials), target, force)
+
+
+def read_credentials(target: Target) -> NodeCredentials | None:
+    """The credentials a join left on this node (kept in every later plan), or None."""
+    key, known = statefile.read_bytes(target.path(SSH_KEY_FILE)), statefile.read_bytes(target.path(KNOWN_HOSTS_FILE))
+    return NodeCredentials(key, known) if key and known else None

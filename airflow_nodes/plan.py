@@ -51,12 +51,13 @@ class Trigger:
 class Retirement:
     """How to take a file we wrote out of service once a plan no longer has it.
 
-    Applies to removed paths matching `pattern` (fnmatch). `stop` runs before the file goes, with the
-    file's name appended (`systemctl disable --now NAME` needs the unit file); `after` runs once it is gone.
+    Applies to removed paths matching `pattern` (fnmatch). `before` runs while the file still exists
+    (`systemctl disable --now NAME` needs the unit file), `after` once it is gone; a word "{name}" in
+    their commands stands for the file's name.
     """
 
     pattern: str
-    stop: tuple[str, ...] = ()
+    before: tuple[Command, ...] = ()
     after: tuple[Command, ...] = ()
 
 
@@ -89,9 +90,11 @@ class Plan:
         after: list[Command] = []
         for path in removed:
             for rule in self.retirements:
-                if not fnmatch.fnmatchcase(path, rule.pattern):
-                    continue
-                if rule.stop:
-                    before.append(Command((*rule.stop, posixpath.basename(path)), f"{path} is no longer planned"))
-                after += [c for c in rule.after if c.argv not in {d.argv for d in after}]
+                if fnmatch.fnmatchcase(path, rule.pattern):
+                    name = posixpath.basename(path)
+                    for commands, found in ((rule.before, before), (rule.after, after)):
+                        for command in commands:
+                            argv = tuple(name if word == "{name}" else word for word in command.argv)
+                            if argv not in {c.argv for c in found}:
+                                found.append(Command(argv, command.reason))
         return before, after

@@ -68,6 +68,7 @@ def format_changes(prev: Preview, show_diff: bool) -> str:
 
 def format_apply(result: ApplyResult) -> str:
     lines = [f"wrote {len(result.written)} file(s)"]
+    lines += [f"warning: {warning}" for warning in result.warnings]
     if result.removed:
         lines.append(f"removed what is no longer planned: {', '.join(result.removed)}")
     lines += [f"kept your edited file as {backup}" for backup in result.backups]

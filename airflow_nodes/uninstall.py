@@ -14,6 +14,7 @@ from airflow_nodes.context import load_context
 from airflow_nodes.errors import UserError
 from airflow_nodes.initsystems import all_init_systems
 from airflow_nodes.initsystems.systemd import Systemd
+from airflow_nodes.join import leave
 from airflow_nodes.node import CLUSTER_FILE, MANIFEST_FILE
 from airflow_nodes.plan import Plan
 from airflow_nodes.report import format_apply
@@ -31,8 +32,11 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
     keep = () if purge else (CLUSTER_FILE,)
     if not set(manifest.files) - set(keep):
         raise UserError(f"{target.path(MANIFEST_FILE)}: nothing was installed here by airflow-node")
+    left = ""
     try:
-        nodes = [load_context(target).node]
+        ctx = load_context(target)
+        nodes = [ctx.node]
+        left = leave(target, ctx)  # a joined worker's key on the master goes with it
     except UserError:
         nodes = []  # node.toml already gone: units are still retired by name; a supervisor group is not
     rules = [rule for system in all_init_systems() for node in nodes for rule in system.retirements(node)]
@@ -43,7 +47,7 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
         for directory in sorted(manifest.dirs, key=len, reverse=True):
             with contextlib.suppress(OSError):
                 target.path(directory).rmdir()
-    lines = [format_apply(result)]
+    lines = [format_apply(result), *([left] if left else [])]
     if not purge:
         lines.append(f"kept {target.path(CLUSTER_FILE)} (holds the cluster secrets; --purge removes it)")
     return "\n".join(lines)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from airflow_nodes.context import NodeContext
-from airflow_nodes.node import NodeSettings
+from airflow_nodes.node import OWN_SUPERVISORD_CONF, NodeSettings
 from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
 from airflow_nodes.versions import Daemon
@@ -43,8 +44,14 @@ def _program(ctx: NodeContext, daemon: Daemon) -> Program:
     )
 
 
+def supervisor_bin(node: NodeSettings, name: str) -> str:
+    """supervisorctl or supervisord from airflow-node's own environment (supervisor is one of our
+    dependencies), by absolute path: cron's PATH does not hold that environment."""
+    return str(PurePosixPath(node.airflow_node_bin).parent / name)
+
+
 def supervisorctl(node: NodeSettings, *args: str) -> tuple[str, ...]:
-    return ("supervisorctl", "-c", node.supervisord_conf, *args)
+    return (supervisor_bin(node, "supervisorctl"), "-c", node.supervisord_conf, *args)
 
 
 class Supervisor:
@@ -82,9 +89,17 @@ class Supervisor:
         return [reload, restart]
 
     def retirements(self, node: NodeSettings) -> list[Retirement]:
-        """Our conf.d file no longer planned: once it is gone, `update` stops and removes the role's group."""
-        update = Command(supervisorctl(node, "update", node.role_name), "programs removed")
-        return [Retirement(node.supervisor_conf_file, after=(update,))]
+        """Our conf.d file no longer planned: the role's group is stopped (gracefully) and removed while
+        supervisord can still be asked; our own supervisord, no longer planned, is shut down."""
+        group = (
+            Command(supervisorctl(node, "stop", f"{node.role_name}:*"), "programs no longer planned"),
+            Command(supervisorctl(node, "remove", node.role_name), "programs no longer planned"),
+        )
+        shutdown = Command(supervisorctl(node, "shutdown"), "our supervisord is no longer needed")
+        rules = [Retirement(node.supervisor_conf_file, before=group)]
+        if node.supervisord_conf == OWN_SUPERVISORD_CONF:
+            rules.append(Retirement(OWN_SUPERVISORD_CONF, before=(shutdown,)))
+        return rules
 
     def control_argv(self, ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
         group = f"{ctx.role_name}:*"

@@ -81,9 +81,10 @@ class Systemd:
 
     def retirements(self, node: NodeSettings | None) -> list[Retirement]:
         """A unit no longer planned is stopped and disabled while its file still exists, then forgotten."""
+        disable = Command(("systemctl", "disable", "--now", "{name}"), "no longer planned")
         reload = Command(("systemctl", "daemon-reload"), "unit files removed")
         return [
-            Retirement(unit_path(pattern), ("systemctl", "disable", "--now"), (reload,))
+            Retirement(unit_path(pattern), (disable,), (reload,))
             for pattern in ("airflow-*.service", "airflow-*.target")
         ]
 

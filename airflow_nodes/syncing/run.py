@@ -14,7 +14,8 @@ from airflow_nodes import defaults
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import CLUSTER_FILE, SYNC_LOCK_FILE
+from airflow_nodes.join import pinned
+from airflow_nodes.node import CLUSTER_FILE, KNOWN_HOSTS_FILE, SSH_KEY_FILE, SYNC_LOCK_FILE
 from airflow_nodes.syncing.checks import Guards, check_guards, check_python
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sync_config
@@ -178,7 +179,10 @@ def sync(request: SyncRequest) -> SyncResult:
     check_dags_folder(layout)
     spec = effective_source(ctx)
     user, owner = _transfer_user(ctx, target)
-    transfer = TransferRunner(user=user, ssh_key=request.ssh_key, ssh_extra=request.ssh_extra)
+    ssh_key, ssh_extra = request.ssh_key, request.ssh_extra
+    if ssh_key is None and target.path(SSH_KEY_FILE).exists():  # a joined worker: its key, the pinned master
+        ssh_key, ssh_extra = str(target.path(SSH_KEY_FILE)), (*ssh_extra, *pinned(target.path(KNOWN_HOSTS_FILE)))
+    transfer = TransferRunner(user=user, ssh_key=ssh_key, ssh_extra=ssh_extra)
     with sync_lock(target.path(SYNC_LOCK_FILE), request.lock_wait) as holder:
         if holder is not None:
             message = f"another sync is running ({holder}); skipped"

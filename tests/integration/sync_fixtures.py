@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,10 @@ SSHD = "/usr/sbin/sshd"
 NO_HOST_CHECK = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR")
 
 
+# supervisorctl and supervisord come from airflow-node's own environment, as on a real node
+TOOL_BIN = Path(sys.executable).parent
+
+
 def render_node(
     tmp_path: Path, run_cli, dags_source: str, role: str = "worker", init_system: str = "supervisor", **cluster
 ) -> Path:
@@ -31,7 +36,7 @@ def render_node(
     cluster_file = tmp_path / "cluster.toml"
     cluster_file.write_text(dump_cluster(make_cluster("3.3", **values)))
     args = ["init", "--role", role, "--root", root, "--airflow-version", "3.3.2", "--init-system", init_system,
-            "--airflow-bin", STAND_IN, "--node-name", "n1", "--airflow-node-bin", "/usr/local/bin/airflow-node",
+            "--airflow-bin", STAND_IN, "--node-name", "n1", "--airflow-node-bin", TOOL_BIN / "airflow-node",
             "--supervisord-conf", f"{root}/etc/supervisor/supervisord.conf"]  # fmt: skip
     if role == "worker":
         args += ["--config", cluster_file]

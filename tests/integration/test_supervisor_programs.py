@@ -77,8 +77,8 @@ def node(tmp_path, run_cli):
         cluster_file = tmp_path / "cluster.toml"
         cluster_file.write_text(dump_cluster(cluster))
         args = ["init", "--role", role, "--root", root, "--airflow-version", version, "--init-system",
-                "supervisor", "--airflow-bin", STAND_IN, "--node-name", "n1",
-                "--airflow-node-bin", "/usr/local/bin/airflow-node"]  # fmt: skip
+                "supervisor", "--airflow-bin", STAND_IN, "--node-name", "n1", "--supervisord-conf", SUPERVISORD_CONF,
+                "--airflow-node-bin", Path(sys.executable).parent / "airflow-node"]  # fmt: skip
         if role == "worker":
             args += ["--config", cluster_file, "-c", "2", "--stop-timeout", "30"]
         else:
@@ -131,7 +131,7 @@ def converge_for_real(supervisor: Supervisor, request: InitRequest) -> list[tupl
 
     def runner(argv):
         recorded.append(tuple(argv))
-        if argv[0] == "supervisorctl":
+        if Path(argv[0]).name == "supervisorctl":
             execute.run([str(supervisor.conf) if arg == SUPERVISORD_CONF else arg for arg in argv])
 
     apply(plan_init(request, Target(supervisor.root, real_system=True, privileged=False, runner=runner)).preview)

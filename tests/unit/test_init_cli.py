@@ -80,7 +80,7 @@ def test_dry_run_never_prints_generated_secrets(run_cli, tmp_path):
 def test_an_edited_file_is_kept_unless_forced_and_then_backed_up(run_cli, tmp_path, cluster_file):
     args = worker_args(tmp_path, cluster_file)
     assert run_cli(*args).code == 0
-    conf = tmp_path / "etc/supervisor/conf.d/airflow-node.conf"
+    conf = tmp_path / "etc/airflow-node/conf.d/airflow-node.conf"
     conf.write_text(conf.read_text() + "; my local tweak\n")
     before = snapshot(tmp_path)
     refused = run_cli(*[*args[:-2], "--airflow-node-bin", "/opt/other/airflow-node"])

@@ -108,21 +108,25 @@ def test_a_worker_moved_between_init_systems_keeps_only_what_it_needs(run_cli, t
     to_supervisor = run_cli(*worker_args(root, cluster_file, init_system="supervisor"))
     assert to_supervisor.code == 0, to_supervisor.err
     assert units(root) == set() and not (root / UNITS).exists()  # the directory we made is gone too
-    conf = "/etc/supervisor/conf.d/airflow-node.conf"
-    assert files_under(root) == {f for f in systemd_files if not f.startswith(f"/{UNITS}")} | {conf}
+    # no supervisord was set up on this host: init sets up its own, started at boot by cron
+    supervisor_files = {"/etc/airflow-node/conf.d/airflow-node.conf", "/etc/airflow-node/supervisord.conf"}
+    assert files_under(root) == {f for f in systemd_files if not f.startswith(f"/{UNITS}")} | supervisor_files
     assert set(manifest(root)["files"]) == files_under(root)
     assert "systemctl disable --now airflow-worker.service" in to_supervisor.out
     assert "systemctl disable --now airflow-worker.target" in to_supervisor.out
     assert "update airflow-worker" in to_supervisor.out
+    assert "@reboot root /usr/local/bin/airflow-node start" in (root / "etc/cron.d/airflow-node").read_text()
 
     back = run_cli(*worker_args(root, cluster_file, init_system="systemd"))
     assert back.code == 0, back.err
     assert files_under(root) == systemd_files
     assert set(manifest(root)["files"]) == systemd_files
-    assert not (root / "etc/supervisor").exists()
-    # the supervisor group goes once its file is gone: `update` after the removal
-    lines = back.out.splitlines()
-    assert any("supervisorctl -c /etc/supervisor/supervisord.conf update airflow-worker" in line for line in lines)
+    assert not (root / "etc/airflow-node/conf.d").exists()
+    # the group is stopped and removed while supervisord can still be asked, then our supervisord goes
+    ctl = "/usr/local/bin/supervisorctl -c /etc/airflow-node/supervisord.conf"
+    listed = [line.strip() for line in back.out.splitlines()]
+    stop, remove, shutdown = f"{ctl} stop airflow-worker:*", f"{ctl} remove airflow-worker", f"{ctl} shutdown"
+    assert listed.index(stop) < listed.index(remove) < listed.index(shutdown)
 
 
 def test_retiring_runs_disable_while_the_unit_exists_and_reload_after_it_is_gone(run_cli, tmp_path):
