@@ -6,8 +6,8 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 from airflow_nodes.cluster import dump_cluster
