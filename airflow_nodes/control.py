@@ -43,7 +43,8 @@ def start_own_supervisord(node: NodeSettings, timeout: float = 20) -> None:
     ctl = supervisorctl(node, "pid")
     if execute.run(ctl, ok_codes=None).returncode == 0:
         return
-    execute.run([supervisor_bin(node, "supervisord"), "-c", node.supervisord_conf], what="starting supervisord")
+    supervisord = [supervisor_bin(node, "supervisord"), "-c", node.supervisord_conf]
+    execute.run(supervisord, what="starting supervisord", clean_env=True)
     deadline = time.monotonic() + timeout
     while execute.run(ctl, ok_codes=None).returncode != 0:
         if time.monotonic() > deadline:

@@ -73,17 +73,20 @@ def run(
     ok_codes: tuple[int, ...] | None = (0,),
     errors: str = "strict",
     cwd: str | os.PathLike | None = None,
+    clean_env: bool = False,
 ) -> Completed:
     """Run argv and return what it did. `env` is added to our environment; `user` drops to that account.
 
     Raise CommandError (an OperationError) naming `what` (default: the command) when the program is
     missing, does not finish within `timeout` seconds, or exits with a code outside `ok_codes`
-    (None accepts every exit code).
+    (None accepts every exit code). With clean_env, the command gets none of our environment (a daemon
+    we start must not inherit a join token or a password that came to us that way).
     """
     argv = tuple(str(arg) for arg in argv)
     what = what or " ".join(argv)
     switch, user_env = _user_switch(user)
-    environment = {**os.environ, **(env or {}), **user_env}
+    inherited = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"} if clean_env else os.environ
+    environment = {**inherited, **(env or {}), **user_env}
     text = {} if binary else {"text": True, "errors": errors}
     try:
         result = subprocess.run(

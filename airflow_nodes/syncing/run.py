@@ -181,7 +181,8 @@ def sync(request: SyncRequest) -> SyncResult:
     user, owner = _transfer_user(ctx, target)
     ssh_key, ssh_extra = request.ssh_key, request.ssh_extra
     if ssh_key is None and target.path(SSH_KEY_FILE).exists():  # a joined worker: its key, the pinned master
-        ssh_key, ssh_extra = str(target.path(SSH_KEY_FILE)), (*ssh_extra, *pinned(target.path(KNOWN_HOSTS_FILE)))
+        # ssh takes the first value of an option: the pinned host key is not overridable from the environment
+        ssh_key, ssh_extra = str(target.path(SSH_KEY_FILE)), (*pinned(target.path(KNOWN_HOSTS_FILE)), *ssh_extra)
     transfer = TransferRunner(user=user, ssh_key=ssh_key, ssh_extra=ssh_extra)
     with sync_lock(target.path(SYNC_LOCK_FILE), request.lock_wait) as holder:
         if holder is not None:

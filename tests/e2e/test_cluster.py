@@ -2,11 +2,13 @@
 
 master  10.231.7.1   systemd (nspawn container): api-server, scheduler, dag-processor, triggerer, flower,
                      plus the test's Redis (password) and PostgreSQL (scram) on the same host
-worker1 10.231.7.11  supervisord: airflow celery worker -c 2 -q q1,default
-worker2 10.231.7.12  supervisord: airflow celery worker -c 2 -q q2,default
+worker1 10.231.7.11  supervisord (set up by init): airflow celery worker -c 2 -q q1,default
+worker2 10.231.7.12  supervisord (set up by init): airflow celery worker -c 2 -q q2,default
 
-Only product commands configure the hosts: `airflow-node install-airflow`, `init`, `sync`, `start`,
-`restart`, `health`. The test drives Airflow through its REST API and checks the result.
+Only product commands configure the hosts: `airflow-node install-airflow`, `init` (the master's prints
+the worker's join command), `init --join` on the workers, `sync`, `restart`, `health`. Nothing is done
+by hand that a user would not do: no hosts file (no host name resolves between the hosts), no SSH key
+copied, no supervisord set up. The test drives Airflow through its REST API and checks the result.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ WORKERS = {"worker1": (f"{SUBNET}.11", "q1,default"), "worker2": (f"{SUBNET}.12"
 # Secrets with characters that need URL quoting and %-escaping in every format we write.
 REDIS_PASSWORD = "redis-Pw%42!e2e"
 DB_PASSWORD = "pg-P@ss%w0rd:e2e"
-SSH_OPTS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
 DAG_FILE = """
 from datetime import datetime
@@ -128,16 +129,9 @@ class Cluster:
         print(result.stdout.splitlines()[-1])
         return venv
 
-    def keys(self) -> Path:
-        keys = self.workdir / "keys"
-        keys.mkdir()
-        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "airflow@workers", "-f", keys / "id_ed25519"])
-        return keys
-
     def start(self) -> None:
         self.tool = self.tool_venv()
         self.venv = self.airflow_venv()
-        self.keydir = self.keys()
         self.network = Network()
         self.closers.append(self.network.close)
         master_ns = self.network.add_host("master", MASTER)
@@ -153,10 +147,6 @@ class Cluster:
             worker = Worker(name, namespace, self.workdir / name)
             self.closers.append(worker.close)
             self.workers[name] = worker
-        hosts = f"{MASTER} master\n" + "".join(f"{a} {n}\n" for n, (a, _) in WORKERS.items())
-        self.master.run("sh", "-c", f"cat >> /etc/hosts <<'EOF'\n{hosts}EOF")
-        for worker in self.workers.values():
-            worker.run("sh", "-c", f"cat >> /etc/hosts <<'EOF'\n{hosts}EOF")
 
     def close(self) -> None:
         for closer in reversed(self.closers):
@@ -167,53 +157,38 @@ class Cluster:
 
     # -- product commands on the hosts ------------------------------------------------------------
 
-    def node(self, host, *args: object, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        env = {"PATH": f"{self.tool}/bin:/usr/sbin:/usr/bin:/sbin:/bin", "AIRFLOW_NODE_SSH_OPTS": SSH_OPTS}
-        argv = ["env", *(f"{k}={v}" for k, v in env.items()), f"{self.tool}/bin/airflow-node", *args]
-        result = host.run(*argv, check=check, timeout=timeout)
+    def node(self, host, *args: object, check: bool = True, timeout: float = 300, env: dict | None = None):
+        """Run airflow-node on a host. `env` (passwords, the join token) reaches it through nsenter's
+        inherited environment, never through a command line."""
+        env = {"PATH": f"{self.tool}/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **(env or {})}
+        result = host.run(f"{self.tool}/bin/airflow-node", *args, check=check, timeout=timeout, env=env)
         self.printed.append(result.stdout + result.stderr)
         return result
 
     def init_master(self) -> None:
         broker = f"redis://:{quote(REDIS_PASSWORD, safe='')}@{MASTER}:6379/0"
         db = f"postgresql://airflow:{quote(DB_PASSWORD, safe='')}@{MASTER}:5432/airflow"
-        print(self.node(self.master, "init", "--role", "master", "--master-host", MASTER, "--broker-url", broker,
-                        "--db-url", db, "--venv", self.venv, "--node-name", "master").stdout)  # fmt: skip
-        # the workers' key may log in as airflow (the admin's one-time step on a real master)
-        public = (self.keydir / "id_ed25519.pub").read_text()
-        self.master.run("sh", "-c", "install -d -o airflow -g airflow -m 0700 /opt/airflow/.ssh && "
-                        f"echo '{public.strip()}' > /opt/airflow/.ssh/authorized_keys && "
-                        "chown airflow:airflow /opt/airflow/.ssh/authorized_keys && "
-                        "chmod 0600 /opt/airflow/.ssh/authorized_keys && systemctl start ssh")  # fmt: skip
+        # the passwords go in as a user should pass them: through the environment, not argv
+        secrets = {"AIRFLOW_NODE_BROKER_URL": broker, "AIRFLOW_NODE_DB_URL": db}
+        init = self.node(self.master, "init", "--role", "master", "--master-host", MASTER, "--venv", self.venv,
+                         "--node-name", "master", env=secrets)  # fmt: skip
+        print(init.stdout)
+        # what a user copies from the master's output to each worker
+        self.join_command = re.search(r"^\s*(airflow-node init --role worker --join \S+)$", init.stdout, re.M).group(1)
         self.master.run("sh", "-c", f"cat > /srv/airflow/dags/e2e_dags.py <<'EOF'\n{DAGS}EOF\n"
                         "chown airflow:airflow /srv/airflow/dags/e2e_dags.py")  # fmt: skip
         print(self.node(self.master, "sync", "-v").stdout)
         print(self.node(self.master, "start").stdout)
 
     def init_worker(self, name: str) -> None:
+        """The README's worker line: the join command the master printed, plus this worker's options.
+        It enrolls, fetches the cluster file, renders the node and starts it (its own supervisord)."""
         worker = self.workers[name]
         queues = WORKERS[name][1]
-        conf = worker.workdir / "etc/supervisor/supervisord.conf"
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        # what Debian's supervisor package ships, in short
-        conf.write_text("[unix_http_server]\nfile=/run/supervisor.sock\nchmod=0700\n\n"
-                        "[supervisord]\nlogfile=/var/log/supervisord.log\npidfile=/run/supervisord.pid\n\n"
-                        "[rpcinterface:supervisor]\n"
-                        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
-                        "[supervisorctl]\nserverurl=unix:///run/supervisor.sock\n\n"
-                        "[include]\nfiles = /etc/supervisor/conf.d/*.conf\n")  # fmt: skip
-        worker.run(f"{self.tool}/bin/supervisord", "-c", "/etc/supervisor/supervisord.conf")
-        key = self.keydir / "id_ed25519"
-        env_key = f"{SSH_OPTS} -i {key}"  # root's one-off fetch of the cluster file
-        result = worker.run("env", f"PATH={self.tool}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                            f"AIRFLOW_NODE_SSH_OPTS={env_key}", f"{self.tool}/bin/airflow-node", "init",
-                            "--role", "worker", "-c", "2", "--queues", queues, "--from-master", f"airflow@{MASTER}",
-                            "--venv", self.venv, "--node-name", name, "--init-system", "supervisor")  # fmt: skip
+        token = self.join_command.split()[-1]
+        result = self.node(worker, "init", "--role", "worker", "-c", "2", "--queues", queues, "--venv", self.venv,
+                           "--node-name", name, env={"AIRFLOW_NODE_JOIN_TOKEN": token})  # fmt: skip
         print(result.stdout)
-        # the airflow user's own key for the cron sync (the admin's one-time step on a real worker)
-        worker.run("sh", "-c", f"install -d -o airflow -g airflow -m 0700 /opt/airflow/.ssh && "
-                   f"install -o airflow -g airflow -m 0600 {key} /opt/airflow/.ssh/id_ed25519 && "
-                   "printf 'StrictHostKeyChecking accept-new\\n' > /opt/airflow/.ssh/config")  # fmt: skip
         print(self.node(worker, "sync", "-v").stdout)
 
     # -- looking at the cluster --------------------------------------------------------------------
@@ -378,10 +353,10 @@ def test_three_host_cluster_built_only_with_airflow_node(cluster):
 
 
 def run_scenario(cluster: Cluster, step: Steps) -> None:
-    with step("master: init, sync, start under systemd"):
+    with step("master: init (prints the join command), sync, start under systemd"):
         cluster.init_master()
     for name in WORKERS:
-        with step(f"{name}: init --from-master, sync, supervisor starts the worker"):
+        with step(f"{name}: init --join TOKEN (own supervisord, started), sync"):
             cluster.init_worker(name)
     with step("the web/api server answers and we are logged in"):
         cluster.login()
@@ -395,9 +370,11 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
     with step("2. a DAG placed on the master runs on both workers"):
         run_id = cluster.run_dag("e2e_spread")
         hosts = {t["task_id"]: t["hostname"] for t in cluster.task_instances("e2e_spread", run_id)}
-        assert hosts == {"on_worker1": "worker1", "on_worker2": "worker2"}, hosts
+        # the recorded hostname is each worker's advertised address: no name needs to resolve
+        assert hosts == {"on_worker1": WORKERS["worker1"][0], "on_worker2": WORKERS["worker2"][0]}, hosts
 
-    with step("3. a worker's task log is readable through the master's API"):
+    with step("3. a worker's task log is readable through the master's API, no host name resolvable"):
+        assert cluster.master.run("getent", "hosts", "worker1", check=False).returncode != 0
         status, log = cluster.api(
             "GET", f"{API}/dags/e2e_spread/dagRuns/{quote(run_id)}/taskInstances/on_worker1/logs/1?full_content=true"
         )
@@ -406,7 +383,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
 
     with step("4a. kill -9 of a worker's Celery process: supervisor restarts it, a DAG run still succeeds"):
         worker1 = cluster.workers["worker1"]
-        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", "/etc/supervisor/supervisord.conf")
+        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", "/etc/airflow-node/supervisord.conf")
         old = int(worker1.run(*supervisorctl, "pid", "airflow-worker:airflow-worker").stdout)
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: (p := worker1.run(*supervisorctl, "pid", "airflow-worker:airflow-worker",
@@ -482,6 +459,19 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         printed = "\n".join(cluster.printed)
         assert "(on disk)" in printed  # the dry runs' diffs are part of what is scanned
         assert not [s for s in secrets if s in printed], "a secret in airflow-node's output"
+
+    with step("8. a cluster change reaches a worker through a cron-like sync (env -i, cron's PATH) that restarts it"):
+        worker2 = cluster.workers["worker2"]
+        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", "/etc/airflow-node/supervisord.conf")
+        program = "airflow-worker:airflow-worker"
+        before = int(worker2.run(*supervisorctl, "pid", program).stdout)
+        cluster.node(cluster.master, "init", "--role", "master", "--visibility-timeout", "7200")
+        cron = worker2.run("env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", f"{cluster.tool}/bin/airflow-node",
+                           "sync", "--quiet", timeout=900)  # fmt: skip
+        print(cron.stdout, cron.stderr)
+        assert "visibility_timeout = 7200" in worker2.run("cat", "/opt/airflow/airflow.cfg").stdout
+        wait_for(lambda: (p := worker2.run(*supervisorctl, "pid", program, check=False).stdout.strip()).isdigit()
+                 and int(p) not in (0, before), 120, "the worker restarted by the cron-like sync")  # fmt: skip
 
     memory = cluster.memory_by_daemon()
     print("memory (PSS MiB) by daemon:", json.dumps(memory, indent=1))
