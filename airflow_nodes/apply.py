@@ -473,6 +473,11 @@ def _run_all(prev: Preview, commands: list[Command], result: ApplyResult, tolera
             result.skipped.append(command)
             continue
         try:
+            if command.only_if:
+                try:
+                    prev.target.runner(command.only_if)
+                except OperationError:
+                    continue  # say, supervisord not running yet: starting it reads the new config
             prev.target.runner(command.argv)
         except OperationError as exc:
             if not tolerate:

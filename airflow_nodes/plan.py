@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import posixpath
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class SystemUser:
 class Command:
     argv: tuple[str, ...]
     reason: str
+    only_if: tuple[str, ...] = ()  # run only when this succeeds (as systemctl try-restart: "if running")
 
 
 @dataclass(frozen=True)
@@ -96,5 +98,5 @@ class Plan:
                         for command in commands:
                             argv = tuple(name if word == "{name}" else word for word in command.argv)
                             if argv not in {c.argv for c in found}:
-                                found.append(Command(argv, command.reason))
+                                found.append(dataclasses.replace(command, argv=argv))
         return before, after

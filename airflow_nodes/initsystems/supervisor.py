@@ -54,6 +54,11 @@ def supervisorctl(node: NodeSettings, *args: str) -> tuple[str, ...]:
     return (supervisor_bin(node, "supervisorctl"), "-c", node.supervisord_conf, *args)
 
 
+def if_running(node: NodeSettings, argv: tuple[str, ...], reason: str) -> Command:
+    """A supervisorctl command that runs only while supervisord answers (it reads the config when it starts)."""
+    return Command(argv, reason, only_if=supervisorctl(node, "pid"))
+
+
 class Supervisor:
     name = "supervisor"
 
@@ -76,14 +81,14 @@ class Supervisor:
         reload = Trigger(
             (conf,),
             (
-                Command(supervisorctl(ctx.node, "reread"), "program definitions changed"),
-                Command(supervisorctl(ctx.node, "update", ctx.role_name), "apply the changed programs"),
+                if_running(ctx.node, supervisorctl(ctx.node, "reread"), "program definitions changed"),
+                if_running(ctx.node, supervisorctl(ctx.node, "update", ctx.role_name), "apply the changed programs"),
             ),
         )
         long_running = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if not d.oneshot]
         restart = Trigger(
             config_paths,
-            (Command(supervisorctl(ctx.node, "restart", *long_running), "airflow config changed"),),
+            (if_running(ctx.node, supervisorctl(ctx.node, "restart", *long_running), "airflow config changed"),),
             unless=(conf,),
         )
         return [reload, restart]
@@ -92,10 +97,10 @@ class Supervisor:
         """Our conf.d file no longer planned: the role's group is stopped (gracefully) and removed while
         supervisord can still be asked; our own supervisord, no longer planned, is shut down."""
         group = (
-            Command(supervisorctl(node, "stop", f"{node.role_name}:*"), "programs no longer planned"),
-            Command(supervisorctl(node, "remove", node.role_name), "programs no longer planned"),
+            if_running(node, supervisorctl(node, "stop", f"{node.role_name}:*"), "programs no longer planned"),
+            if_running(node, supervisorctl(node, "remove", node.role_name), "programs no longer planned"),
         )
-        shutdown = Command(supervisorctl(node, "shutdown"), "our supervisord is no longer needed")
+        shutdown = if_running(node, supervisorctl(node, "shutdown"), "our supervisord is no longer needed")
         rules = [Retirement(node.supervisor_conf_file, before=group)]
         if node.supervisord_conf == OWN_SUPERVISORD_CONF:
             rules.append(Retirement(OWN_SUPERVISORD_CONF, before=(shutdown,)))
