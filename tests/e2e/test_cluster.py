@@ -30,6 +30,8 @@ from urllib.parse import quote
 import pytest
 from hosts import SUBNET, Master, Network, Postgres, Redis, Worker, cached_rootfs, sh, wait_for
 
+from airflow_nodes.node import OWN_SUPERVISORD_CONF
+
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 # Airflow venvs kept between runs; outside /root, which the airflow user cannot enter.
@@ -323,7 +325,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster():
-    for tool in ("systemd-nspawn", "debootstrap", "redis-server", "uv", "ssh-keygen"):
+    for tool in ("systemd-nspawn", "debootstrap", "redis-server", "uv", "ssh", "rsync"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: run `bash scripts/run-tests` (it installs what e2e needs)")
     workdir = Path(tempfile.mkdtemp(prefix="afe2e-"))
@@ -383,7 +385,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
 
     with step("4a. kill -9 of a worker's Celery process: supervisor restarts it, a DAG run still succeeds"):
         worker1 = cluster.workers["worker1"]
-        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", "/etc/airflow-node/supervisord.conf")
+        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", OWN_SUPERVISORD_CONF)  # the one init set up
         old = int(worker1.run(*supervisorctl, "pid", "airflow-worker:airflow-worker").stdout)
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: (p := worker1.run(*supervisorctl, "pid", "airflow-worker:airflow-worker",
@@ -462,7 +464,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
 
     with step("8. a cluster change reaches a worker through a cron-like sync (env -i, cron's PATH) that restarts it"):
         worker2 = cluster.workers["worker2"]
-        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", "/etc/airflow-node/supervisord.conf")
+        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", OWN_SUPERVISORD_CONF)  # the one init set up
         program = "airflow-worker:airflow-worker"
         before = int(worker2.run(*supervisorctl, "pid", program).stdout)
         cluster.node(cluster.master, "init", "--role", "master", "--visibility-timeout", "7200")
