@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +43,7 @@ MAX_TTL = 7 * 86400
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 TOKEN_TAG, WORKER_TAG = "airflow-node-token:", "airflow-node-worker:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
-_ADDRESS = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
+_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,62}$")  # an IP address, or a name if that is all there is
 _ED25519_LINE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}$")
 _OUR_LINE = re.compile(rf"^(.+?) (ssh-ed25519 [A-Za-z0-9+/=]+) ((?:{TOKEN_TAG}|{WORKER_TAG})\S+)$")
 
@@ -176,24 +178,35 @@ class KeysFile:
                 found.append((name, address))
         return found
 
+    @contextlib.contextmanager
+    def _editing(self):
+        """Hold a lock for a read-change-write of the file: two workers may join at the same moment."""
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        with statefile.locked_fd(self.path.with_name(".airflow-node-keys.lock")) as fd:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+
     def add_token(self, seed: bytes, expires: int) -> None:
         now = time.time()
         stamp = time.strftime("%Y%m%d%H%M%SZ", time.gmtime(expires))
         options = f'restrict,expiry-time="{stamp}",command="{self.gate("join")}"'
-        kept = [line for line in self.read() if not (isinstance(line, KeyLine) and _expired(line, now))]
         key = public_key_line(seed)
-        self.write([*kept, KeyLine(options, key, TOKEN_TAG + fingerprint_of(key)[7:19])])
+        with self._editing():
+            kept = [line for line in self.read() if not (isinstance(line, KeyLine) and _expired(line, now))]
+            self.write([*kept, KeyLine(options, key, TOKEN_TAG + fingerprint_of(key)[7:19])])
 
     def enroll(self, name: str, key: str, address: str) -> None:
         options = f'restrict,command="{self.gate("worker", name)}"'
-        kept = [line for line in self.read() if not _is_worker(line, name)]
-        self.write([*kept, KeyLine(options, key, f"{WORKER_TAG}{name}@{address}")])
+        with self._editing():
+            kept = [line for line in self.read() if not _is_worker(line, name)]
+            self.write([*kept, KeyLine(options, key, f"{WORKER_TAG}{name}@{address}")])
 
     def revoke(self, what: str) -> list[str]:
         """Remove the token with this id, or the worker with this name. Return the tags removed."""
-        lines = self.read()
-        gone = [line.tag for line in lines if isinstance(line, KeyLine) and _names(line, what)]
-        self.write([line for line in lines if not (isinstance(line, KeyLine) and _names(line, what))])
+        with self._editing():
+            lines = self.read()
+            gone = [line.tag for line in lines if isinstance(line, KeyLine) and _names(line, what)]
+            self.write([line for line in lines if not (isinstance(line, KeyLine) and _names(line, what))])
         return gone
 
     def gate(self, *args: str) -> str:
