@@ -90,6 +90,9 @@ def cli() -> None:
               "or --db-url-file).")  # fmt: skip
 @click.option("--db-url-file", type=click.Path(path_type=Path), metavar="FILE",
               help="Master: read --db-url from this file (its first line).")  # fmt: skip
+@click.option("--sentinel-master", metavar="NAME", help="Master: the master name, with a sentinel:// broker list.")
+@click.option("--expect-workers", "expected_workers", metavar="N|NAME,...",
+              help="Master: the workers to expect; `airflow-node cluster` flags a missing one.")  # fmt: skip
 @click.option("--result-backend", metavar="URL", envvar="AIRFLOW_NODE_RESULT_BACKEND", show_envvar=True,
               help="Master: Celery result backend [default: db+ the DB URL].")  # fmt: skip
 @click.option("--dags-source", metavar="SPEC", help="Master: where nodes sync DAGs from.")

@@ -78,6 +78,8 @@ class ClusterConfig:
     visibility_timeout: int = defaults.VISIBILITY_TIMEOUT
     sync_interval_minutes: int = defaults.SYNC_INTERVAL_MINUTES
     airflow_packages: str = ""  # hash of the master's installed package set; "" when unknown
+    sentinel_master: str = ""  # the master name of a Sentinel broker (Celery's master_name)
+    expected_workers: str = ""  # "", a count, or worker names: `airflow-node cluster` flags a missing one
 
     @property
     def version(self) -> AirflowVersion:
@@ -128,6 +130,19 @@ def _airflow_home(value: str, where: str) -> None:
         raise UserError(f"{where}: {value} is a system directory or holds one; use a directory of its own")
 
 
+def _sentinel_master(value: str, where: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise UserError(f"{where}: {value[:40]!r} is not a Sentinel master name")
+
+
+def _expected_workers(value: str, where: str) -> None:
+    """ "", a count (1-1000), or comma-separated worker names."""
+    if not value or re.fullmatch(r"[0-9]{1,4}", value) and 1 <= int(value) <= 1000:
+        return
+    for name in value.split(","):
+        check_host(name, where)
+
+
 def _version(value: str, where: str) -> None:
     parse_airflow_version(value, where)
 
@@ -164,6 +179,7 @@ CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("cluster", "airflow_packages", "airflow_packages", str, _package_hash),
     Field("cluster", "airflow_home", "airflow_home", str, _airflow_home, "--airflow-home"),
     Field("cluster", "airflow_user", "airflow_user", str, check_name),
+    Field("cluster", "expected_workers", "expected_workers", str, _expected_workers, "--expect-workers", since="0.2"),
     Field("master", "host", "master_host", str, check_host, "--master-host"),
     Field("master", "web_port", "web_port", int, check_port, "--web-port"),
     Field("master", "flower_port", "flower_port", int, check_port, "--flower-port"),
@@ -171,6 +187,7 @@ CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("master", "triggerer_log_port", "triggerer_log_port", int, check_port),
     Field("master", "scheduler_health_port", "scheduler_health_port", int, check_port),
     Field("broker", "url", "broker_url", str, _broker, "--broker-url"),
+    Field("broker", "sentinel_master", "sentinel_master", str, _sentinel_master, "--sentinel-master", since="0.2"),
     Field(
         "broker",
         "visibility_timeout",
@@ -215,6 +232,9 @@ def _check_across_keys(config: ClusterConfig, where: str) -> None:
             if port in ports:
                 raise UserError(f"{where}: {field.name}: port {port} is already {ports[port]}")
             ports[port] = field.name
+    sentinel = config.broker_url.startswith(f"{urls.SENTINEL}://")
+    if sentinel != bool(config.sentinel_master):
+        raise UserError(f"{where}: broker.sentinel_master: needed with a sentinel:// broker, and only then")
     protected = (config.airflow_home, CONFIG_DIR, STATE_DIR)
     check_source_apart(parse_dags_source(config.dags_source), protected, f"{where}: dags.source")
 

@@ -67,6 +67,8 @@ class InitRequest:
     visibility_timeout: int | None = None
     web_port: int | None = None
     flower_port: int | None = None
+    sentinel_master: str | None = None
+    expected_workers: str | None = None
     install_airflow: str | None = None  # install this Airflow into the venv first (shipped lock)
     broker_url_file: Path | None = None  # the URLs hold passwords: they may come from files
     db_url_file: Path | None = None

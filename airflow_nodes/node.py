@@ -126,7 +126,7 @@ NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "airflow_bin", "airflow_bin", str, check_abs_path, "--airflow-bin"),
     Field("node", "airflow_node_bin", "airflow_node_bin", str, check_abs_path, "--airflow-node-bin"),
     Field("node", "supervisord_conf", "supervisord_conf", str, check_abs_path, "--supervisord-conf"),
-    Field("node", "advertise_address", "advertise_address", str, _address, "--advertise-address"),
+    Field("node", "advertise_address", "advertise_address", str, _address, "--advertise-address", since="0.2"),
     Field("worker", "concurrency", "concurrency", int, in_range(1, 1024), "--concurrency"),
     Field("worker", "queues", "queues", str, check_queues, "--queues"),
     Field("worker", "stop_timeout", "stop_timeout", int, in_range(10, 7 * 86400, " seconds"), "--stop-timeout"),

@@ -30,6 +30,7 @@ class Field:
     type: type
     check: Callable[[Any, str], None]
     option: str | None = None  # the `airflow-node init` option that sets it, so errors name what was typed
+    since: str = ""  # the tool version that added it: files written before may lack it (its default then)
 
     @property
     def name(self) -> str:
@@ -76,6 +77,8 @@ def load_toml(text: str, schema: tuple[Field, ...], where: str) -> dict[str, Any
         try:
             value = data[field.section][field.key]
         except KeyError:
+            if field.since:
+                continue
             raise UserError(f"{where}: missing key {field.section}.{field.key}") from None
         if type(value) is not field.type:
             raise UserError(f"{where}: {field.section}.{field.key} must be a {field.type.__name__}")

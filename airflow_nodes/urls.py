@@ -17,6 +17,7 @@ from airflow_nodes.redaction import redact_url
 from airflow_nodes.versions import AirflowVersion
 
 BROKER_SCHEMES = ("redis", "rediss")
+SENTINEL = "sentinel"
 DB_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg")
 
 
@@ -68,13 +69,27 @@ def parse_url(url: str, option: str) -> ServiceUrl:
     )
 
 
+def broker_endpoints(url: str, option: str = "--broker-url") -> list[ServiceUrl]:
+    """Given a broker URL as Celery takes it, return its endpoints: one for redis:// or rediss:// (an ACL
+    user may precede the password), one per Sentinel for `sentinel://h1:26379;sentinel://h2:26379`.
+    Raise UserError when it is no Redis broker."""
+    endpoints = [parse_url(part, option) for part in url.split(";")]
+    schemes = {endpoint.scheme for endpoint in endpoints}
+    if len(endpoints) > 1 and schemes != {SENTINEL}:
+        raise UserError(f"{option}: only a Sentinel list (sentinel://...;sentinel://...) has several URLs")
+    if not schemes <= {*BROKER_SCHEMES, SENTINEL}:
+        raise UserError(
+            f"{option}: the broker must be Redis (redis://, rediss:// or sentinel://), got {url.split(':')[0]}://"
+        )
+    for endpoint in endpoints:
+        if endpoint.path and not re.fullmatch(r"[0-9]{1,4}", endpoint.path):
+            raise UserError(f"{option}: the Redis database index must be a number (0-9999), got {endpoint.path[:20]!r}")
+    return endpoints
+
+
 def check_broker_url(url: str, option: str = "--broker-url") -> str:
-    """Given a Redis broker URL, return it unchanged. Raise UserError if it is not redis:// or rediss://."""
-    parts = parse_url(url, option)
-    if parts.scheme not in BROKER_SCHEMES:
-        raise UserError(f"{option}: the broker must be Redis (redis:// or rediss://), got {parts.scheme}://")
-    if parts.path and not re.fullmatch(r"[0-9]{1,4}", parts.path):
-        raise UserError(f"{option}: the Redis database index must be a number (0-9999), got {parts.path[:20]!r}")
+    """Given a Redis broker URL, return it unchanged. Raise UserError if it is not one (see broker_endpoints)."""
+    broker_endpoints(url, option)
     return url
 
 

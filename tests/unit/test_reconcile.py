@@ -190,3 +190,22 @@ def test_a_re_init_after_a_sync_leaves_the_published_dag_link_alone(run_cli, tmp
     result = master_at(run_cli, root, "3.3.2", "--visibility-timeout", "7200")
     assert result.code == 0, result.err
     assert os.readlink(dags) == link and (dags / "a.py").exists()
+
+
+def test_files_written_by_the_previous_version_still_load(tmp_path):
+    """Keys added later (advertise_address, sentinel_master, expected_workers) may be absent: defaults."""
+    from airflow_nodes.cluster import dump_cluster, parse_cluster
+    from airflow_nodes.node import parse_node
+
+    old_cluster = "\n".join(
+        line for line in dump_cluster(make_cluster()).splitlines()
+        if not line.startswith(("sentinel_master", "expected_workers"))
+    )  # fmt: skip
+    assert parse_cluster(old_cluster, "old").expected_workers == ""
+    node = (
+        '[node]\nrole = "worker"\nname = "w1"\nairflow_version = "3.3.2"\ninit_system = "systemd"\n'
+        'airflow_bin = "/opt/airflow/venv/bin/airflow"\nairflow_node_bin = "/usr/local/bin/airflow-node"\n'
+        'supervisord_conf = "/etc/supervisor/supervisord.conf"\n[worker]\nconcurrency = 4\nqueues = ""\n'
+        "stop_timeout = 600\n"
+    )
+    assert parse_node(node, "old").advertise_address == ""
