@@ -149,6 +149,16 @@ def route_address(host: str) -> str:
         return ""
 
 
+def installed_package_hash(airflow_bin: str) -> str:
+    """The package-set hash of the Airflow install an airflow executable belongs to, or "" (not
+    installed, not one root may run)."""
+    try:
+        probed = probe_interpreter(interpreter_of(Path(airflow_bin)))
+    except UserError:
+        return ""
+    return package_set_hash(probed[1]) if probed and probed[0] else ""
+
+
 def detect_init_system() -> str:
     """systemd when it is PID 1 (as sd_booted() decides), supervisor otherwise."""
     return "systemd" if Path("/run/systemd/system").is_dir() else "supervisor"

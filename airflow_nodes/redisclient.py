@@ -15,6 +15,8 @@ def connect(broker_url: str, sentinel_master: str, timeout: float, option: str =
     """Return a redis.Redis for the broker (for a Sentinel list: its current master). Raise UserError for
     a URL that is no Redis broker; connection errors come from redis-py on the first command."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
     from redis.sentinel import Sentinel
 
     endpoints = broker_endpoints(broker_url, option)
@@ -25,9 +27,12 @@ def connect(broker_url: str, sentinel_master: str, timeout: float, option: str =
         db=int(first.path or 0),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),  # one try: callers have a deadline, and cron runs us again
     )
     if first.scheme == SENTINEL:
         sentinels = [(e.host, e.port or 26379) for e in endpoints]
-        sentinel = Sentinel(sentinels, socket_timeout=timeout, socket_connect_timeout=timeout)
+        sentinel = Sentinel(
+            sentinels, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
         return sentinel.master_for(sentinel_master, **options)
     return redis.Redis(host=first.host, port=first.port or 6379, ssl=first.scheme == "rediss", **options)

@@ -137,6 +137,23 @@ def seconds_since_process_start() -> float:
     return since if 0.0 <= since <= 0.5 else 0.0
 
 
+def publish_health(probe_input: ProbeInput, results: tuple[Result, ...]) -> None:
+    """Add what this run saw to the node's fleet record, when the broker just answered (a broker that did
+    not must not cost a second timeout) and time is left."""
+    by_probe = {result.probe: result for result in results}
+    left = probe_input.deadline - time.monotonic()
+    if by_probe.get("redis") is None or by_probe["redis"].status != Status.OK or left < 0.05:
+        return
+    from airflow_nodes.fleet import publish_record
+
+    facts: dict[str, object] = {}
+    if "units" in by_probe:
+        facts["daemons"] = by_probe["units"].detail
+    if "worker" in by_probe:
+        facts["worker_online"] = by_probe["worker"].status == Status.OK
+    publish_record(probe_input.ctx, probe_input.target, facts, timeout=min(left, 1.0))
+
+
 def run_health(
     target: Target, timeout: float = defaults.HEALTH_TIMEOUT, only: tuple[str, ...] | None = None, deep: bool = False
 ) -> HealthReport:
@@ -153,6 +170,7 @@ def run_health(
         replace(result, target=redact(result.target, secrets), detail=redact(result.detail, secrets))
         for result in run_probes(probes, probe_input)
     )
+    publish_health(probe_input, results)
     return HealthReport(
         results=results,
         status=worst(result.status for result in results) if results else Status.UNKNOWN,

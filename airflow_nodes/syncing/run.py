@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 
 from airflow_nodes import defaults
 from airflow_nodes.context import NodeContext, load_context
+from airflow_nodes.detect import installed_package_hash
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.fleet import publish_record
 from airflow_nodes.join import pinned
 from airflow_nodes.node import CLUSTER_FILE, KNOWN_HOSTS_FILE, SSH_KEY_FILE, SYNC_LOCK_FILE
+from airflow_nodes.redaction import redact
 from airflow_nodes.syncing.checks import Guards, check_guards, check_python
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sync_config
@@ -228,6 +231,13 @@ def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncRe
         last_error="; ".join(str(e) for e in errors) if errors else None,
     )
     write_state(target, new_state)
+    if target.real_system:  # a rendered tree has no broker of its own to report to
+        publish_record(ctx, target, {
+            "dags": dag_revision or "",
+            "last_sync": attempt,
+            "sync_error": redact(new_state.last_error or "", ctx.cluster.secret_values()),
+            "packages": installed_package_hash(ctx.node.airflow_bin),
+        })  # fmt: skip
     if errors:
         log_run(f"failed: {new_state.last_error}", failed=True)
         error_type = OperationError if any(isinstance(e, OperationError) for e in errors) else UserError
