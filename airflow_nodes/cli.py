@@ -331,6 +331,27 @@ def health(
         raise click.exceptions.Exit(int(report.status))
 
 
+@cli.command("cluster", cls=_CheckCommand)
+@root_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--timeout", type=Finite(0.1, 300), default=defaults.HEALTH_TIMEOUT, show_default=True,
+              help="Seconds to read the records from the broker.")  # fmt: skip
+def cluster_view(target: Target, as_json: bool, timeout: float) -> None:
+    """Every node of this cluster from its record in the broker, the master's values as the reference
+    (Nagios exit codes: 0 consistent, 1 drift or a stale node, 2 a node missing or no broker, 3 unknown)."""
+    from airflow_nodes.fleet import as_json as fleet_json
+    from airflow_nodes.fleet import fleet_report, format_fleet
+
+    try:
+        report = fleet_report(target, timeout)
+    except UserError as exc:
+        click.echo(f"airflow-node cluster: {exc}", err=True)
+        sys.exit(HEALTH_UNKNOWN)
+    click.echo(fleet_json(report) if as_json else format_fleet(report))
+    if report.status:
+        raise click.exceptions.Exit(report.status)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one line on stderr and exit code 2, never a traceback."""
     try:

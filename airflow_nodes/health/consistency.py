@@ -79,7 +79,41 @@ def check(probe_input: ProbeInput) -> list[Result]:
         probe_input.ctx.cluster.sync_interval_minutes,
         datetime.now(timezone.utc),
     )
+    if probe_input.ctx.node.role == "worker" and broker_is_ours(probe_input):
+        findings.append(compare_with_master(probe_input, state))
     return [Result(status, NAME, aspect, None, detail) for status, aspect, detail in findings]
+
+
+def broker_is_ours(probe_input: ProbeInput) -> bool:
+    """On the real system the broker is the cluster's; a tree rendered under --root only asks one on
+    this machine (tests render clusters whose addresses must never be contacted)."""
+    from airflow_nodes.urls import broker_endpoints
+
+    if probe_input.target.real_system:
+        return True
+    hosts = {e.host for e in broker_endpoints(probe_input.ctx.cluster.broker_url)}
+    return hosts <= {"127.0.0.1", "::1", "localhost"}
+
+
+def compare_with_master(probe_input: ProbeInput, state: dict) -> tuple[Status, str, str]:
+    """This node against the master's live record in the broker (what the master published last)."""
+    from redis.exceptions import RedisError
+
+    from airflow_nodes.fleet import COMPARED, node_facts, read_records
+
+    aspect = "the master's live record"
+    try:
+        records, _ = read_records(probe_input.ctx, probe_input.remaining())
+    except (RedisError, UserError) as exc:
+        return Status.UNKNOWN, aspect, f"cannot read it from the broker ({exc.__class__.__name__})"
+    master = next((r for r in records if r.get("role") == "master"), None)
+    if master is None:
+        return Status.WARNING, aspect, "the master has published no record (not synced or health not run there)"
+    mine = {**node_facts(probe_input.ctx, probe_input.target), "dags": state.get("dag_revision") or ""}
+    differing = [name for name in COMPARED if name in master and name in mine and master[name] != mine[name]]
+    if differing:
+        return Status.WARNING, aspect, f"differs from the master's: {', '.join(differing)}"
+    return Status.OK, aspect, f"same as the master's ({master['node']})"
 
 
 PROBE = Probe(NAME, ANY_ROLE, check, description="airflow.cfg, cluster file and DAGs as last synced")
