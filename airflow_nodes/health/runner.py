@@ -8,6 +8,7 @@ and an abandoned daemon thread never keeps the process alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from airflow_nodes.health import (
 )
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status, worst
 from airflow_nodes.redaction import redact
+from airflow_nodes.syncing.state import read_state
 from airflow_nodes.target import Target
 
 PROBES: tuple[Probe, ...] = (
@@ -147,6 +149,8 @@ def publish_health(probe_input: ProbeInput, results: tuple[Result, ...]) -> None
     from airflow_nodes.fleet import publish_record
 
     facts: dict[str, object] = {}
+    with contextlib.suppress(UserError):  # the DAG revision this node serves, as its last sync left it
+        facts["dags"] = read_state(probe_input.target).dag_revision or ""
     if "units" in by_probe:
         facts["daemons"] = by_probe["units"].detail
     if "worker" in by_probe:

@@ -1,0 +1,180 @@
+"""The fleet view against a real redis-server: three nodes rendered under --root report through
+`airflow-node health`, and `airflow-node cluster` compares them with the master's record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis
+from servers import REDIS_PASSWORD, REDIS_SERVER, RedisServer, free_port, stop_pid, wait_for
+
+from airflow_nodes.cli import main
+from airflow_nodes.cluster import dump_cluster, read_cluster
+
+pytestmark = pytest.mark.integration
+DB = "postgresql://airflow:pw@127.0.0.1:1/airflow"  # never reached: health runs --only redis here
+
+
+def cli(capsys, *args: object) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def fleet(tmp_path, capsys):
+    """A master and two workers of one cluster under tmp_path, their broker a real redis-server."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", password=REDIS_PASSWORD)
+    roots = {name: tmp_path / name for name in ("master", "w1", "w2")}
+    common = ["--airflow-version", "3.3.2", "--init-system", "systemd", "--airflow-node-bin",
+              "/usr/local/bin/airflow-node"]  # fmt: skip
+    code, _, err = cli(capsys, "init", "--role", "master", "--root", roots["master"], "--master-host", "127.0.0.1",
+                       "--broker-url", server.url(), "--db-url", DB, "--node-name", "master",
+                       "--expect-workers", "w1,w2", *common)  # fmt: skip
+    assert code == 0, err
+    cluster_file = roots["master"] / "etc/airflow-node/cluster.toml"
+    for name in ("w1", "w2"):
+        code, _, err = cli(capsys, "init", "--role", "worker", "--root", roots[name], "--config", cluster_file,
+                           "--node-name", name, *common)  # fmt: skip
+        assert code == 0, err
+    yield server, roots
+    server.stop()
+
+
+def report(capsys, root: Path, name: str = "all") -> None:
+    """What a node does on every health run: probe, then publish its record."""
+    code, out, err = cli(capsys, "health", "--root", root, "--only", "redis", "--json")
+    assert code == 0, out + err
+
+
+def cluster_view(capsys, root: Path) -> tuple[int, dict]:
+    code, out, _ = cli(capsys, "cluster", "--root", root, "--json")
+    return code, json.loads(out)
+
+
+def findings(view: dict, node: str) -> list[str]:
+    return next(n for n in view["nodes"] if n["node"] == node)["findings"]
+
+
+def test_three_nodes_report_and_are_consistent(fleet, capsys):
+    server, roots = fleet
+    for root in roots.values():
+        report(capsys, root)
+    code, view = cluster_view(capsys, roots["w2"])  # any node sees the whole cluster
+    assert code == 0, view
+    assert [n["node"] for n in view["nodes"]] == ["master", "w1", "w2"] and view["verdict"].startswith("OK")
+    code, table, _ = cli(capsys, "cluster", "--root", roots["w1"])
+    assert code == 0 and table.splitlines()[0].split()[:3] == ["NODE", "ROLE", "ADDRESS"]
+    client = redis.Redis(port=server.port, password=REDIS_PASSWORD)
+    keys = sorted(k.decode() for k in client.keys("airflow-node:*"))
+    assert keys == ["airflow-node:airflow:node:master", "airflow-node:airflow:node:w1", "airflow-node:airflow:node:w2"]
+    assert 0 < client.ttl(keys[0]) <= 3 * 5 * 60  # three sync periods: a dead node disappears
+    records = b"".join(client.get(k) for k in keys).decode()
+    secrets = read_cluster(roots["master"] / "etc/airflow-node/cluster.toml").secret_values()
+    assert not [s for s in secrets if s in records + table], "a secret in a record or the table"
+    assert len(json.dumps(json.loads(client.get(keys[0])))) < 1024  # a small record
+
+
+def test_drift_is_flagged_by_name(fleet, capsys):
+    server, roots = fleet
+    cfg = roots["w1"] / "opt/airflow/airflow.cfg"
+    cfg.write_text(cfg.read_text() + "# edited on w1 only\n")
+    node_toml = roots["w2"] / "etc/airflow-node/node.toml"
+    node_toml.write_text(node_toml.read_text().replace('airflow_version = "3.3.2"', 'airflow_version = "3.3.1"'))
+    for root in roots.values():
+        report(capsys, root)
+    code, view = cluster_view(capsys, roots["master"])
+    assert code == 1 and view["verdict"].startswith("WARNING")
+    assert findings(view, "w1") == ["cfg differs from the master's"]
+    assert findings(view, "w2") == ["airflow differs from the master's"]
+    assert findings(view, "master") == []
+    code, table, _ = cli(capsys, "cluster", "--root", roots["master"])
+    assert "!" in table and "w1: cfg differs from the master's" in table
+
+
+def test_a_different_secret_and_an_old_dag_revision_are_flagged(fleet, capsys):
+    server, roots = fleet
+    cluster_file = roots["w2"] / "etc/airflow-node/cluster.toml"
+    config = read_cluster(cluster_file)
+    rotated = config.secrets.__class__(**{**config.secrets.__dict__, "jwt_secret": "another-jwt-secret-0123456789"})
+    cluster_file.write_text(dump_cluster(config.__class__(**{**config.__dict__, "secrets": rotated})))
+    for name, revision in (("master", "new-revision"), ("w1", "old-revision"), ("w2", "new-revision")):
+        state = roots[name] / "var/lib/airflow-node/sync-state.json"
+        state.write_text(json.dumps({"dag_revision": revision}))
+        report(capsys, roots[name])
+    code, view = cluster_view(capsys, roots["w1"])
+    assert code == 1
+    assert "dags differs from the master's" in findings(view, "w1")
+    assert set(findings(view, "w2")) == {"secrets differs from the master's", "cluster_file differs from the master's"}
+    assert "another-jwt-secret" not in json.dumps(view)
+    code, out, _ = cli(capsys, "health", "--root", roots["w1"], "--only", "consistency", "--json")
+    consistency = {r["target"]: r for r in json.loads(out)["results"]}
+    assert "differs from the master's: dags" in consistency["the master's live record"]["detail"]
+
+
+def test_a_node_that_stops_reporting_turns_stale_then_missing(fleet, capsys):
+    server, roots = fleet
+    for root in roots.values():
+        report(capsys, root)
+    client = redis.Redis(port=server.port, password=REDIS_PASSWORD)
+    key = "airflow-node:airflow:node:w2"
+    record = json.loads(client.get(key))
+    record["published"] = time.time() - 11 * 60  # two sync periods (5 min) and more ago
+    client.set(key, json.dumps(record), keepttl=True)
+    code, view = cluster_view(capsys, roots["master"])
+    assert code == 1 and findings(view, "w2")[0].startswith("stale: last report")
+    client.delete(key)  # what the expiry does three periods after its last report
+    code, view = cluster_view(capsys, roots["master"])
+    assert code == 2 and view["missing"] == ["w2"] and "missing w2" in view["verdict"]
+
+
+def test_the_broker_down_is_a_clean_critical_and_health_still_runs(fleet, capsys):
+    server, roots = fleet
+    server.stop()
+    code, out, err = cli(capsys, "cluster", "--root", roots["w1"])
+    assert code == 2 and "the broker cannot be read" in out and "Traceback" not in err
+    code, out, err = cli(capsys, "health", "--root", roots["w1"], "--json", "--timeout", "0.5")
+    statuses = {r["probe"]: r["status"] for r in json.loads(out)["results"]}
+    assert statuses["redis"] == "CRITICAL" and "packages" in statuses and "Traceback" not in err
+
+
+def test_a_sentinel_broker_list_is_understood_by_the_probe_and_the_fleet(tmp_path, capsys):
+    """sentinel://h1:p1;sentinel://h2:p2 with a master name, as Celery takes it: a real Sentinel here."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", password=REDIS_PASSWORD)
+    sentinel_port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {server.port} 1\n"
+                    f"sentinel auth-pass mymaster {REDIS_PASSWORD}\n")  # fmt: skip
+    sentinel = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: redis.Redis(port=sentinel_port).ping(), 10, "redis sentinel")
+        quoted = quote(REDIS_PASSWORD, safe="")
+        url = f"sentinel://:{quoted}@127.0.0.1:{sentinel_port}/0;sentinel://:{quoted}@127.0.0.1:{free_port()}/0"
+        root = tmp_path / "master"
+        code, _, err = cli(capsys, "init", "--role", "master", "--root", root, "--master-host", "127.0.0.1",
+                           "--broker-url", url, "--sentinel-master", "mymaster", "--db-url", DB, "--node-name", "m",
+                           "--airflow-version", "3.3.2",
+                           "--airflow-node-bin", "/usr/local/bin/airflow-node")  # fmt: skip
+        assert code == 0, err
+        assert "master_name = mymaster" in (root / "opt/airflow/airflow.cfg").read_text()
+        code, out, err = cli(capsys, "health", "--root", root, "--only", "redis", "--json")
+        assert code == 0, out + err
+        assert REDIS_PASSWORD not in out and quoted not in out
+        code, view = cluster_view(capsys, root)
+        assert [n["node"] for n in view["nodes"]] == ["m"]
+        code, _, err = cli(capsys, "init", "--role", "master", "--root", tmp_path / "x", "--master-host", "m",
+                           "--broker-url", url, "--db-url", DB, "--airflow-version", "3.3.2")  # fmt: skip
+        assert code == 2 and "--sentinel-master" in err
+    finally:
+        stop_pid(sentinel)
+        server.stop()
