@@ -3,7 +3,8 @@
 Starts real servers (redis-server with a password, a private PostgreSQL, flower, and a stand-in
 web/api + scheduler health server), renders a master node under a temp root, and times
 `python -m airflow_nodes health --root ROOT` as a new process each run.
-Targets: all up < 300 ms; one blackholed < timeout + 10 %. Needs root (network namespace) for the second.
+Targets: all up < 400 ms (300 ms before health spoke to Redis through redis-py); one blackholed
+< timeout + 10 %. Needs root (network namespace) for the second.
 
     python benchmarks/bench_health.py [--runs 10] [--timeout 2]
 """
@@ -64,18 +65,19 @@ def main() -> None:
     redis = RedisServer(work, password=REDIS_PASSWORD)
     postgres = PostgresServer()
     celery = CeleryProcesses(work, redis.url())
-    web = StubHttpServer({"/api/v2/monitor/health": (200, HEALTHY_3), "/health": (200, b"")})
+    web = StubHttpServer({"/api/v2/monitor/health": (200, HEALTHY_3)})
+    scheduler = StubHttpServer({"/health": (200, b"")})  # its own port: a cluster file may not share one
     try:
         up = render_node(
             work / "up", "master", broker=redis.url(), db=postgres.url(),
-            web_port=web.port, flower_port=celery.port, scheduler_health_port=web.port,
+            web_port=web.port, flower_port=celery.port, scheduler_health_port=scheduler.port,
                 flower_password=celery.password,
         )  # fmt: skip
         base = [sys.executable, "-m", "airflow_nodes", "health", "--timeout", str(args.timeout), "--root"]
         all_up, code = timed([*base, str(up), "--only", "redis,db,flower,web,scheduler"], args.runs)
         print(f"all targets up (redis, db, flower x2, web x4, scheduler; exit {code}), {args.runs} runs:")
         print(f"  median {statistics.median(all_up) * 1000:.0f} ms, min {min(all_up) * 1000:.0f} ms, "
-              f"max {max(all_up) * 1000:.0f} ms; target < 300 ms; median/timeout = "
+              f"max {max(all_up) * 1000:.0f} ms; target < 400 ms; median/timeout = "
               f"{statistics.median(all_up) / args.timeout:.3f}")  # fmt: skip
         table = subprocess.run(
             [*base, str(up), "--only", "redis,db,flower,web,scheduler"], capture_output=True, text=True
@@ -88,7 +90,7 @@ def main() -> None:
         try:
             holed = render_node(
                 work / "holed", "master", broker=broker_url(6379, REDIS_PASSWORD, host=blackhole.BLACKHOLE_IP),
-                db=postgres.url(), web_port=web.port, flower_port=celery.port, scheduler_health_port=web.port,
+                db=postgres.url(), web_port=web.port, flower_port=celery.port, scheduler_health_port=scheduler.port,
                 flower_password=celery.password,
             )  # fmt: skip
             argv = ["ip", "netns", "exec", blackhole.name, *base, str(holed), "--only", "redis,db,flower,web,scheduler"]
@@ -102,6 +104,7 @@ def main() -> None:
               f"max/timeout = {worst / args.timeout:.3f} (target < 1.100)")  # fmt: skip
     finally:
         web.stop()
+        scheduler.stop()
         celery.stop()
         postgres.remove()
         redis.stop()

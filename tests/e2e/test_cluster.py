@@ -173,7 +173,7 @@ class Cluster:
         # the passwords go in as a user should pass them: through the environment, not argv
         secrets = {"AIRFLOW_NODE_BROKER_URL": broker, "AIRFLOW_NODE_DB_URL": db}
         init = self.node(self.master, "init", "--role", "master", "--master-host", MASTER, "--venv", self.venv,
-                         "--node-name", "master", env=secrets)  # fmt: skip
+                         "--node-name", "master", "--expect-workers", ",".join(WORKERS), env=secrets)  # fmt: skip
         print(init.stdout)
         # what a user copies from the master's output to each worker
         self.join_command = re.search(r"^\s*(airflow-node init --role worker --join \S+)$", init.stdout, re.M).group(1)
@@ -368,6 +368,21 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
             result = wait_for(lambda host=host: (r := cluster.health(host)).returncode == 0 and r, 180,
                               f"health OK on {name}", interval=3)  # fmt: skip
             print(f"--- {name}\n{result.stdout}")
+
+    with step("1b. `airflow-node cluster` on a worker: every node consistent; a drift injected is flagged"):
+        worker1 = cluster.workers["worker1"]
+        view = cluster.node(worker1, "cluster", check=False)
+        print(view.stdout)
+        assert view.returncode == 0 and "OK: 3 node(s) consistent with the master" in view.stdout, view.stdout
+        cfg = worker1.run("cat", "/opt/airflow/airflow.cfg").stdout
+        worker1.run("sh", "-c", "echo '# edited by hand on worker1' >> /opt/airflow/airflow.cfg")
+        cluster.health(worker1)  # every health run publishes the node's record
+        drift = cluster.node(worker1, "cluster", check=False)
+        print(drift.stdout)
+        assert drift.returncode == 1 and "worker1: cfg differs from the master's" in drift.stdout, drift.stdout
+        worker1.run("sh", "-c", f"cat > /opt/airflow/airflow.cfg <<'EOF'\n{cfg}EOF")
+        cluster.health(worker1)
+        assert cluster.node(worker1, "cluster", check=False).returncode == 0
 
     with step("2. a DAG placed on the master runs on both workers"):
         run_id = cluster.run_dag("e2e_spread")
