@@ -31,7 +31,7 @@ from airflow_nodes.schema import (
     load_toml,
 )
 from airflow_nodes.syncing.spec import check_source_apart, parse_dags_source
-from airflow_nodes.versions import AirflowVersion, parse_airflow_version
+from airflow_nodes.versions import AirflowVersion, check_version, parse_airflow_version
 
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_=-]{16,}$")
 
@@ -143,10 +143,6 @@ def _expected_workers(value: str, where: str) -> None:
         check_host(name, where)
 
 
-def _version(value: str, where: str) -> None:
-    parse_airflow_version(value, where)
-
-
 def _broker(value: str, where: str) -> None:
     urls.check_broker_url(value, where)
 
@@ -175,7 +171,7 @@ def _fernet(value: str, where: str) -> None:
 
 CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("cluster", "name", "name", str, check_name),
-    Field("cluster", "airflow_version", "airflow_version", str, _version),
+    Field("cluster", "airflow_version", "airflow_version", str, check_version),
     Field("cluster", "airflow_packages", "airflow_packages", str, _package_hash),
     Field("cluster", "airflow_home", "airflow_home", str, _airflow_home, "--airflow-home"),
     Field("cluster", "airflow_user", "airflow_user", str, check_name),

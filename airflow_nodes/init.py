@@ -331,7 +331,7 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
             if existing is None:
                 notes.append("generated the cluster secrets (fernet key, secret key, JWT secret, flower password)")
     elif request.join:
-        cluster_text, credentials = join_master(request, existing_node, target)
+        cluster_text, credentials = join_master(request, existing_node)
         cluster = parse_cluster(cluster_text.decode(errors="replace"), "--join: the master's cluster file")
     else:
         cluster_text, source = worker_cluster_text(request, existing_cluster_text)
@@ -369,7 +369,7 @@ def after_init(outcome: InitOutcome, target: Target, joined: bool) -> str:
     return "start it: airflow-node start"
 
 
-def join_master(request: InitRequest, existing: NodeSettings | None, target: Target) -> tuple[bytes, NodeCredentials]:
+def join_master(request: InitRequest, existing: NodeSettings | None) -> tuple[bytes, NodeCredentials]:
     """Enroll with the master a join token names; return its cluster file and this worker's credentials."""
     from airflow_nodes.join import join, parse_token  # the key machinery: only joins need it
 

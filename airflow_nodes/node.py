@@ -18,7 +18,7 @@ from airflow_nodes.schema import (
     in_range,
     load_toml,
 )
-from airflow_nodes.versions import AirflowVersion, parse_airflow_version
+from airflow_nodes.versions import AirflowVersion, check_version, parse_airflow_version
 
 ROLES = ("master", "worker")
 INIT_SYSTEMS = ("systemd", "supervisor")
@@ -70,10 +70,6 @@ def _init_system(value: str, where: str) -> None:
         raise UserError(f"{where}: unknown init system {value!r} (expected systemd or supervisor)")
 
 
-def _version(value: str, where: str) -> None:
-    parse_airflow_version(value, where)
-
-
 def check_queues(value: str, where: str) -> None:
     for queue in filter(None, value.split(",")):
         if not _QUEUE_RE.match(queue):
@@ -121,7 +117,7 @@ class NodeSettings:
 NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "role", "role", str, _role),
     Field("node", "name", "node_name", str, check_host, "--node-name"),
-    Field("node", "airflow_version", "airflow_version", str, _version),
+    Field("node", "airflow_version", "airflow_version", str, check_version),
     Field("node", "init_system", "init_system", str, _init_system),
     Field("node", "airflow_bin", "airflow_bin", str, check_abs_path, "--airflow-bin"),
     Field("node", "airflow_node_bin", "airflow_node_bin", str, check_abs_path, "--airflow-node-bin"),

@@ -121,6 +121,11 @@ class AirflowVersion:
         return self.series if self.patch is None else f"{self.series}.{self.patch}"
 
 
+def check_version(value: str, where: str) -> None:
+    """A schema check: value is a supported Airflow version. Raise UserError naming `where`."""
+    parse_airflow_version(value, where)
+
+
 def parse_airflow_version(text: str, option: str = "--airflow-version") -> AirflowVersion:
     """Given "3.3.2" or "2.11", return a supported AirflowVersion. Raise UserError otherwise."""
     match = _VERSION_RE.match(text.strip())
