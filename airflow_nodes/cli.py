@@ -11,6 +11,7 @@ import click
 
 from airflow_nodes import defaults
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.join import DEFAULT_TTL, MAX_TTL
 from airflow_nodes.target import Target
 
 
@@ -166,7 +167,7 @@ def restart(target: Target) -> None:
 
 @cli.command("join-token")
 @root_option
-@click.option("--ttl", type=click.IntRange(60, 7 * 86400), default=3600, show_default=True, metavar="SEC",
+@click.option("--ttl", type=click.IntRange(60, MAX_TTL), default=DEFAULT_TTL, show_default=True, metavar="SEC",
               help="How long the token can enroll workers.")  # fmt: skip
 @click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True,
               help="The port of the master's sshd.")  # fmt: skip
@@ -178,7 +179,7 @@ def join_token(target: Target, ttl: int, ssh_port: int, show: bool, revoke: str 
 
     if show:
         click.echo(join.list_joins(target))
-    elif revoke:
+    elif revoke is not None:
         click.echo(join.revoke(target, revoke))
     else:
         click.echo(join.token_command(join.master_join_token(target, ttl, ssh_port)))
@@ -344,7 +345,7 @@ def cluster_view(target: Target, as_json: bool, timeout: float) -> None:
 
     try:
         report = fleet_report(target, timeout)
-    except UserError as exc:
+    except (UserError, OperationError) as exc:
         click.echo(f"airflow-node cluster: {exc}", err=True)
         sys.exit(HEALTH_UNKNOWN)
     click.echo(fleet_json(report) if as_json else format_fleet(report))

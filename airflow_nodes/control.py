@@ -41,12 +41,12 @@ def control(action: str, target: Target) -> str:
 def start_own_supervisord(node: NodeSettings, timeout: float = 20) -> None:
     """Start the supervisord init set up (a host without one) unless it answers already; wait until it does."""
     ctl = supervisorctl(node, "pid")
-    if execute.run(ctl, ok_codes=None).returncode == 0:
+    if execute.run(ctl, ok_codes=None, timeout=10).returncode == 0:
         return
     supervisord = [supervisor_bin(node, "supervisord"), "-c", node.supervisord_conf]
-    execute.run(supervisord, what="starting supervisord", clean_env=True)
+    execute.run(supervisord, what="starting supervisord", clean_env=True, timeout=30)
     deadline = time.monotonic() + timeout
-    while execute.run(ctl, ok_codes=None).returncode != 0:
+    while execute.run(ctl, ok_codes=None, timeout=10).returncode != 0:
         if time.monotonic() > deadline:
             raise OperationError(f"supervisord ({node.supervisord_conf}) did not answer within {timeout:g} s")
         time.sleep(0.2)

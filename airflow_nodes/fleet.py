@@ -14,6 +14,7 @@ them together, which includes the 256-bit generated keys, so nothing about any o
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -69,11 +70,12 @@ def publish_record(ctx: NodeContext, target: Target, facts: dict, timeout: float
         client = connect(ctx.cluster.broker_url, ctx.cluster.sentinel_master, timeout)
         key = key_of(ctx.cluster.name, ctx.node.node_name)
         try:
-            before = json.loads(client.get(key) or "{}")
+            before = valid_record(client.get(key)) or {}  # what this node published last (if it is one)
             seconds, micros = client.time()
+            broker_time = seconds + micros / 1e6
             record = {**before, **node_facts(ctx, target), **facts}
-            record["published"] = time.time()
-            record["clock_offset"] = round(record["published"] - (seconds + micros / 1e6), 3)
+            record["published"] = broker_time  # ages are measured on the broker's clock, as `cluster` reads it
+            record["clock_offset"] = round(time.time() - broker_time, 3)
             client.set(key, json.dumps(record, sort_keys=True), ex=3 * period_seconds(ctx))
         finally:
             client.close()
@@ -93,15 +95,38 @@ def read_records(ctx: NodeContext, timeout: float) -> tuple[list[dict], float]:
         seconds, micros = client.time()
     finally:
         client.close()
-    records = []
-    for value in values:
-        try:
-            record = json.loads(value) if value else None
-        except ValueError:
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("node"), str):
-            records.append(record)
-    return records, seconds + micros / 1e6
+    return [record for record in map(valid_record, values) if record], seconds + micros / 1e6
+
+
+# Anyone with the broker URL (every node's airflow user, any task) can write these keys: a record is
+# read as data of known fields, each of its type and printable, or not at all.
+_TEXT_FIELDS = ("node", "role", "address", "tool", "airflow", "packages", "cfg", "cluster_file", "secrets", "dags",
+                "last_sync", "sync_error", "daemons")  # fmt: skip
+_NUMBER_FIELDS = ("published", "clock_offset")
+
+
+def valid_record(value: bytes | str | None) -> dict | None:
+    """Given a stored value, return it as a record, or None when it is not one a node could have written."""
+    try:
+        record = json.loads(value) if value else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("node"), str) or not record["node"]:
+        return None
+    clean: dict = {}
+    for name in _TEXT_FIELDS:
+        text = record.get(name, "")
+        if not isinstance(text, str) or len(text) > 200 or not text.isprintable():
+            return None
+        clean[name] = text
+    for name in _NUMBER_FIELDS:
+        number = record.get(name, 0)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            return None
+        clean[name] = float(number)
+    online = record.get("worker_online")
+    clean["worker_online"] = online if isinstance(online, bool) else None
+    return clean
 
 
 @dataclass
@@ -141,7 +166,8 @@ def expected_missing(expected: str, present: set[str], workers_seen: int) -> lis
 def compare(records: list[dict], expected_workers: str, period: int, now: float) -> FleetReport:
     """Given the records and the broker's time, return the fleet: the master's values as the reference,
     every differing value, stale and missing nodes, and a verdict with a Nagios status."""
-    master = next((r for r in records if r.get("role") == "master"), None)
+    masters = [r for r in records if r.get("role") == "master"]
+    master = masters[0] if len(masters) == 1 else None  # two claim it: neither is a reference
     rows = []
     for record in sorted(records, key=lambda r: (r.get("role") != "master", r["node"])):
         row = NodeRow(record)
@@ -164,7 +190,8 @@ def compare(records: list[dict], expected_workers: str, period: int, now: float)
         rows.append(row)
     names = {r["node"] for r in records}
     workers = sum(1 for r in records if r.get("role") == "worker")
-    missing = (["the master"] if master is None else []) + expected_missing(expected_workers, names, workers)
+    lost = [] if master else ([f"the master ({len(masters)} records claim it)"] if masters else ["the master"])
+    missing = lost + expected_missing(expected_workers, names, workers)
     status = MISSING if missing else max((row.status for row in rows), default=OK)
     drifting = [row.record["node"] for row in rows if row.status]
     if missing:

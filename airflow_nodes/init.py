@@ -33,6 +33,7 @@ from airflow_nodes.node import (
     validate_node,
 )
 from airflow_nodes.nodeplan import NodeCredentials, reconcile_node
+from airflow_nodes.schema import check_host
 from airflow_nodes.target import Target
 
 # The option that sets each key of the cluster and node files, so an error names what the user typed.
@@ -357,7 +358,9 @@ def after_init(outcome: InitOutcome, target: Target, joined: bool) -> str:
     from airflow_nodes.control import control
 
     if outcome.node.role == "master":
-        try:
+        if not any(note.startswith("generated the cluster secrets") for note in outcome.notes):
+            return "join a worker: run `airflow-node join-token` here for its command (a token valid for an hour)"
+        try:  # the first init of a cluster: print how to join, as kubeadm init does
             token = join.master_join_token(target)
         except (UserError, OperationError) as exc:
             return f"no join token: {exc}"
@@ -377,6 +380,7 @@ def join_master(request: InitRequest, existing: NodeSettings | None) -> tuple[by
         raise UserError("--join: give --join, --config or --from-master, one of them")
     token = parse_token(request.join)
     name = request.node_name or (existing.node_name if existing else socket.gethostname())
+    check_host(name, "--node-name")  # before anything is enrolled on the master
     address = request.advertise_address or route_address(token.host) or name
     joined = join(token, name, address.strip("[]"))
     return joined.cluster_text, NodeCredentials(joined.key_file, joined.known_hosts)

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def parse_token(text: str, option: str = "--join") -> JoinToken:
     except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise bad from None
     check_host(token.host, option)
-    if not (0 < token.port < 65536 and _NAME.match(token.user) and len(token.seed) == 32):
+    if not (0 < token.port < 65536 and _NAME.fullmatch(token.user) and len(token.seed) == 32):
         raise bad
     if not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", token.fingerprint):
         raise bad
@@ -133,14 +134,19 @@ class KeyLine:
     tag: str  # our comment: airflow-node-token:ID or airflow-node-worker:NAME@ADDRESS
 
     def text(self) -> str:
-        return f"{self.options} {self.key} {self.tag}".strip()
+        text = f"{self.options} {self.key} {self.tag}".strip()
+        if any(ch in text for ch in "\r\n\0"):  # one key, one line: a line break would smuggle in another
+            raise UserError("ssh-gate: a key line may not contain a line break")
+        return text
 
 
 def _parse_key_lines(text: str) -> list[KeyLine | str]:
     """Our lines parsed, anyone else's kept as they are (a person's own keys stay untouched)."""
     lines: list[KeyLine | str] = []
-    for line in text.splitlines():
-        match = _OUR_LINE.match(line)
+    for line in text.split("\n"):  # "\n" only: other line breaks inside a person's line stay in it
+        if not line:
+            continue
+        match = _OUR_LINE.fullmatch(line)
         lines.append(KeyLine(*match.groups()) if match else line)
     return lines
 
@@ -201,29 +207,37 @@ class KeysFile:
             kept = [line for line in self.read() if not _is_worker(line, name)]
             self.write([*kept, KeyLine(options, key, f"{WORKER_TAG}{name}@{address}")])
 
-    def revoke(self, what: str) -> list[str]:
-        """Remove the token with this id, or the worker with this name. Return the tags removed."""
+    def revoke(self, matches) -> list[str]:
+        """Remove our lines that `matches`; return their tags. The file is rewritten only if one went."""
         with self._editing():
             lines = self.read()
-            gone = [line.tag for line in lines if isinstance(line, KeyLine) and _names(line, what)]
-            self.write([line for line in lines if not (isinstance(line, KeyLine) and _names(line, what))])
+            gone = [line.tag for line in lines if isinstance(line, KeyLine) and matches(line)]
+            if gone:
+                self.write([line for line in lines if not (isinstance(line, KeyLine) and matches(line))])
         return gone
+
+    def revoke_token(self, token_id: str) -> list[str]:
+        return self.revoke(lambda line: line.tag == TOKEN_TAG + token_id)
+
+    def revoke_worker(self, name: str) -> list[str]:
+        return self.revoke(lambda line: _is_worker(line, name))
 
     def gate(self, *args: str) -> str:
         return _gate_command(self.airflow_node_bin, str(self.path), self.root, *args)
 
 
-def _expired(line: KeyLine, now: float) -> bool:
+def _expiry(line: KeyLine) -> str:
     match = re.search(r'expiry-time="(\d{14})Z"', line.options)
-    return bool(match) and calendar.timegm(time.strptime(match[1], "%Y%m%d%H%M%S")) < now
+    return match[1] if match else ""
+
+
+def _expired(line: KeyLine, now: float) -> bool:
+    stamp = _expiry(line)
+    return bool(stamp) and calendar.timegm(time.strptime(stamp, "%Y%m%d%H%M%S")) < now
 
 
 def _is_worker(line: KeyLine | str, name: str) -> bool:
     return isinstance(line, KeyLine) and line.tag.startswith(f"{WORKER_TAG}{name}@")
-
-
-def _names(line: KeyLine, what: str) -> bool:
-    return line.tag == TOKEN_TAG + what or _is_worker(line, what)
 
 
 # -- the forced command: what a key may do on the master -----------------------------------------
@@ -235,25 +249,46 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
     root = Path(keys.root)
     cluster_file = root / CLUSTER_FILE.lstrip("/")
     if args == ["join"]:
-        request = json.loads(stdin.read(8192) or b"{}")
+        try:
+            request = json.loads(stdin.read(8192) or b"{}")
+        except (ValueError, RecursionError):
+            request = None
+        if not isinstance(request, dict):
+            raise UserError("ssh-gate: a join request is one JSON object")
         name, key, address = request.get("name", ""), request.get("key", ""), request.get("address", "")
-        if not (_NAME.match(str(name)) and _ED25519_LINE.match(str(key)) and _ADDRESS.match(str(address))):
+        if not (_NAME.fullmatch(str(name)) and _ED25519_LINE.fullmatch(str(key)) and _ADDRESS.fullmatch(str(address))):
             raise UserError("ssh-gate: a join needs a node name, an ed25519 public key and an address")
         keys.enroll(name, key, address)
         return statefile.read_bytes(cluster_file) or b""
     if len(args) == 2 and args[0] == "worker":
-        words = shlex.split(original_command)
+        try:
+            words = shlex.split(original_command)
+        except ValueError:
+            words = []
         if words in (["cat", CLUSTER_FILE], ["cat", str(cluster_file)]):
             return statefile.read_bytes(cluster_file) or b""
         if words == ["leave"]:
-            keys.revoke(args[1])
+            keys.revoke_worker(args[1])
             return b"left\n"
-        if words[:3] == ["rsync", "--server", "--sender"] and words[-1].rstrip("/") in (DAGS_AUTHORING_DIR,):
+        if words[:3] == ["rsync", "--server", "--sender"] and words[-1].rstrip("/") == served_dags_dir(cluster_file):
             # rrsync checks every option; it roots the transfer at the DAG tree and refuses writes
             os.environ["SSH_ORIGINAL_COMMAND"] = shlex.join([*words[:-1], "./"])
-            dags = str(root / DAGS_AUTHORING_DIR.lstrip("/"))
-            os.execvp("rrsync", ["rrsync", "-ro", dags])
+            rrsync = shutil.which("rrsync")
+            if rrsync is None:
+                raise UserError("ssh-gate: rrsync (from the rsync package) is not installed on the master")
+            os.execv(rrsync, [rrsync, "-ro", str(root / words[-1].rstrip("/").lstrip("/"))])
     raise UserError(f"ssh-gate: this key may not run {original_command[:60]!r}")
+
+
+def served_dags_dir(cluster_file: Path) -> str:
+    """The one directory the master serves to workers: its DAG source's path (the cluster file says)."""
+    from airflow_nodes.cluster import read_cluster
+    from airflow_nodes.syncing.spec import parse_dags_source
+
+    try:
+        return parse_dags_source(read_cluster(cluster_file).dags_source).path.rstrip("/") or DAGS_AUTHORING_DIR
+    except UserError:  # no cluster file to say otherwise: the default
+        return DAGS_AUTHORING_DIR
 
 
 # -- the worker's side ----------------------------------------------------------------------------
@@ -309,8 +344,8 @@ def join(token: JoinToken, node_name: str, address: str, worker_seed: bytes | No
         with os.fdopen(fd, "wb") as handle:
             handle.write(private_key_file(token.seed))
         known.write_text(known_hosts_line(token, host_key))
-        argv = ["ssh", "-i", token_key, "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+        argv = ["ssh", "-F", "/dev/null", "-i", token_key, "-o", "IdentitiesOnly=yes", *pinned(known),
+                "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
                 "-p", str(token.port), "--", f"{token.user}@{token.host.strip('[]')}", "join"]  # fmt: skip
         result = execute.run(argv, what="--join", input=request, binary=True, timeout=60, ok_codes=None)
     if result.returncode == 255 and b"Permission denied" in result.stderr:
@@ -332,95 +367,114 @@ def mint(keys: KeysFile, host: str, port: int, user: str, host_key: str, ttl: in
 
 def as_user(user: str | None, action, *args):
     """Run action(*args) as `user` in a child process (root edits the airflow user's files only as that
-    user: a link that user planted then leads nowhere root could not otherwise go). Return its result."""
+    user: a link that user planted then leads nowhere root could not otherwise go). Return its result,
+    which must be JSON; the child's UserError or OperationError is raised here."""
     if not user:
         return action(*args)
-    import pickle  # the child hands its result (or its error) back through a pipe
     import pwd
 
-    account = pwd.getpwnam(user)
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise UserError(f"{user}: no such user here (run `airflow-node init` first)") from None
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        os.close(read_end)
+    if pid == 0:  # pragma: no cover - the child
         try:
+            os.close(read_end)
             os.setgroups([])
             os.setgid(account.pw_gid)
             os.setuid(account.pw_uid)
-            outcome = (True, action(*args))
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            outcome = (False, exc if isinstance(exc, UserError | OperationError) else OperationError(str(exc)))
-        with os.fdopen(write_end, "wb") as pipe:
-            pickle.dump(outcome, pipe)
-        os._exit(0)
+            try:
+                outcome = {"ok": True, "value": action(*args)}
+            except (UserError, OperationError) as exc:
+                outcome = {"ok": False, "user_error": isinstance(exc, UserError), "message": str(exc)}
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, never run on as the caller
+                outcome = {"ok": False, "user_error": False, "message": f"{exc.__class__.__name__}: {exc}"}
+            os.write(write_end, json.dumps(outcome).encode())
+        finally:
+            os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
+        data = pipe.read(1 << 20)
     os.waitpid(pid, 0)
-    ok, value = pickle.loads(data) if data else (False, OperationError(f"editing as {user} failed"))
-    if not ok:
-        raise value
-    return value
+    try:
+        outcome = json.loads(data)
+    except ValueError:
+        outcome = {"ok": False, "user_error": False, "message": f"editing as {user} failed"}
+    if outcome["ok"]:
+        return outcome["value"]
+    raise (UserError if outcome["user_error"] else OperationError)(outcome["message"])
 
 
 def token_command(token: JoinToken) -> str:
-    return f"airflow-node init --role worker --join {token.encode()}"
+    """The worker's command, the token in its environment: not in argv (ps), only the shell's history."""
+    return f"AIRFLOW_NODE_JOIN_TOKEN={token.encode()} airflow-node init --role worker"
 
 
 def read_token(value: str | None, file: Path | None) -> str | None:
     """The token from --join, --join-file or $AIRFLOW_NODE_JOIN_TOKEN (so it need not be in argv)."""
+    from airflow_nodes.init import read_secret_file
+
     if value and file:
         raise UserError("--join-file: give the token one way only")
-    if file:
-        data = statefile.read_bytes(file, limit=4096, follow_links=True)
-        if data is None:
-            raise UserError(f"--join-file: cannot read {file} (no such file)")
-        return data.decode(errors="replace").strip()
-    return value
+    return read_secret_file(file, "--join-file") if file else value
 
 
 # -- the commands around it: on the master, and the worker's leaving --------------------------------
 
 
 def keys_file_of(target, ctx) -> KeysFile:
-    """The authorized_keys of the master's airflow user (its home is AIRFLOW_HOME)."""
-    path = target.path(f"{ctx.cluster.airflow_home}/.ssh/authorized_keys")
+    """The authorized_keys of the master's airflow user: in its home (AIRFLOW_HOME when init made the
+    user; on the real system, wherever the account says)."""
+    home = ctx.cluster.airflow_home
+    if target.real_system:
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            home = pwd.getpwnam(ctx.cluster.airflow_user).pw_dir
+    path = target.path(f"{home}/.ssh/authorized_keys")
     return KeysFile(path, ctx.node.airflow_node_bin, str(target.root))
 
 
 def master_join_token(target, ttl: int = DEFAULT_TTL, ssh_port: int = 22) -> JoinToken:
     """On the master: mint a token for its address and SSH host key. Raise UserError when this node is
     no master or has no ed25519 host key (sshd not installed)."""
+    ctx, user = _master(target)
+    host_key_text = statefile.read_text(target.path(HOST_KEY), limit=4096)
+    if not host_key_text or len(host_key_text.split()) < 2:
+        raise UserError(f"{target.path(HOST_KEY)}: no SSH host key; install and start openssh-server on the master")
+    host_key = " ".join(host_key_text.split()[:2])
+    encoded = as_user(user, lambda *a: mint(*a).encode(), keys_file_of(target, ctx), ctx.cluster.master_host, ssh_port,
+                      ctx.cluster.airflow_user, host_key, ttl)  # fmt: skip
+    return parse_token(encoded)
+
+
+def _master(target):
+    """This master's context and the account its authorized_keys is edited as. Raise UserError on a worker."""
     from airflow_nodes.context import load_context
 
     ctx = load_context(target)
     if ctx.node.role != "master":
         raise UserError("join-token: run it on the master (this node is a worker)")
-    host_key_text = statefile.read_text(target.path(HOST_KEY), limit=4096)
-    if not host_key_text or len(host_key_text.split()) < 2:
-        raise UserError(f"{target.path(HOST_KEY)}: no SSH host key; install and start openssh-server on the master")
-    host_key = " ".join(host_key_text.split()[:2])
-    user = ctx.cluster.airflow_user if target.privileged else None
-    return as_user(user, mint, keys_file_of(target, ctx), ctx.cluster.master_host, ssh_port, ctx.cluster.airflow_user,
-                   host_key, ttl)  # fmt: skip
+    return ctx, (ctx.cluster.airflow_user if target.privileged else None)
 
 
 def list_joins(target) -> str:
-    from airflow_nodes.context import load_context
-
-    keys = keys_file_of(target, load_context(target))
-    lines = [f"token {line.tag[len(TOKEN_TAG):]}  {line.options.split('expiry-time=')[1].split(',')[0]}"
-             for line in keys.tokens()]  # fmt: skip
+    ctx, _ = _master(target)
+    keys = keys_file_of(target, ctx)
+    now = time.time()
+    lines = [f"token {line.tag[len(TOKEN_TAG):]}  {'expired' if _expired(line, now) else 'valid'} until "
+             f"{_expiry(line) or '?'}" for line in keys.tokens()]  # fmt: skip
     lines += [f"worker {name}  {address}" for name, address in keys.workers()]
     return "\n".join(lines) or "no tokens, no enrolled workers"
 
 
 def revoke(target, what: str) -> str:
-    from airflow_nodes.context import load_context
-
-    ctx = load_context(target)
-    user = ctx.cluster.airflow_user if target.privileged else None
-    gone = as_user(user, keys_file_of(target, ctx).revoke, what)
+    """Revoke the token with this id, or else the enrolled worker with this name."""
+    ctx, user = _master(target)
+    keys = keys_file_of(target, ctx)
+    gone = as_user(user, keys.revoke_token, what) or as_user(user, keys.revoke_worker, what)
     if not gone:
         raise UserError(f"join-token --revoke: no token or enrolled worker named {what!r}")
     return "revoked " + ", ".join(gone)
@@ -459,4 +513,5 @@ def leave(target, ctx) -> str:
 
 def pinned(known_hosts: Path) -> tuple[str, ...]:
     """ssh options that trust only the master's host key pinned at join time."""
-    return ("-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes")
+    return ("-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "HostKeyAlgorithms=ssh-ed25519", "-o", "StrictHostKeyChecking=yes")  # fmt: skip

@@ -32,13 +32,12 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
     keep = () if purge else (CLUSTER_FILE,)
     if not set(manifest.files) - set(keep):
         raise UserError(f"{target.path(MANIFEST_FILE)}: nothing was installed here by airflow-node")
-    left = ""
     try:
         ctx = load_context(target)
         nodes = [ctx.node]
-        left = leave(target, ctx)  # a joined worker's key on the master goes with it
     except UserError:
-        nodes = []  # node.toml already gone: units are still retired by name; a supervisor group is not
+        ctx, nodes = None, []  # node.toml already gone: units are still retired by name; a supervisor group is not
+    left = leave(target, ctx) if ctx else ""  # a joined worker's key on the master goes with it
     rules = [rule for system in all_init_systems() for node in nodes for rule in system.retirements(node)]
     plan = Plan(retirements=tuple(rules or Systemd().retirements(None)), keep=keep, purge_secrets=purge)
     result = apply(preview(plan, target, force=force))

@@ -176,7 +176,9 @@ class Cluster:
                          "--node-name", "master", "--expect-workers", ",".join(WORKERS), env=secrets)  # fmt: skip
         print(init.stdout)
         # what a user copies from the master's output to each worker
-        self.join_command = re.search(r"^\s*(airflow-node init --role worker --join \S+)$", init.stdout, re.M).group(1)
+        self.join_token = re.search(
+            r"AIRFLOW_NODE_JOIN_TOKEN=(\S+) airflow-node init --role worker", init.stdout
+        ).group(1)
         self.master.run("sh", "-c", f"cat > /srv/airflow/dags/e2e_dags.py <<'EOF'\n{DAGS}EOF\n"
                         "chown airflow:airflow /srv/airflow/dags/e2e_dags.py")  # fmt: skip
         print(self.node(self.master, "sync", "-v").stdout)
@@ -187,7 +189,7 @@ class Cluster:
         It enrolls, fetches the cluster file, renders the node and starts it (its own supervisord)."""
         worker = self.workers[name]
         queues = WORKERS[name][1]
-        token = self.join_command.split()[-1]
+        token = self.join_token
         result = self.node(worker, "init", "--role", "worker", "-c", "2", "--queues", queues, "--venv", self.venv,
                            "--node-name", name, env={"AIRFLOW_NODE_JOIN_TOKEN": token})  # fmt: skip
         print(result.stdout)

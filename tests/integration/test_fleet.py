@@ -178,3 +178,20 @@ def test_a_sentinel_broker_list_is_understood_by_the_probe_and_the_fleet(tmp_pat
     finally:
         stop_pid(sentinel)
         server.stop()
+
+
+def test_records_anyone_could_write_neither_crash_nor_mislead(fleet, capsys):
+    """Every node's airflow user (and its tasks) can write to the broker: a record is data, checked."""
+    server, roots = fleet
+    for root in roots.values():
+        report(capsys, root)
+    client = redis.Redis(port=server.port, password=REDIS_PASSWORD)
+    forged = {"junk": "not json", "nested": "[" * 100000, "typed": json.dumps({"node": "t", "published": "x"}),
+              "lines": json.dumps({"node": "w9\nOK: all fine", "role": "worker"})}  # fmt: skip
+    for name, value in forged.items():
+        client.set(f"airflow-node:airflow:node:{name}", value)
+    code, view = cluster_view(capsys, roots["master"])
+    assert code == 0 and [n["node"] for n in view["nodes"]] == ["master", "w1", "w2"]  # ignored, not printed
+    client.set("airflow-node:airflow:node:impostor", json.dumps({"node": "impostor", "role": "master"}))
+    code, view = cluster_view(capsys, roots["w1"])
+    assert code == 2 and "2 records claim it" in view["verdict"]  # two masters: neither is the reference

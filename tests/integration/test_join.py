@@ -78,7 +78,7 @@ def master(tmp_path, run_cli):
 def mint(run_cli, root: Path, sshd: MasterSshd) -> str:
     result = run_cli("join-token", "--root", root, "--ssh-port", sshd.port)
     assert result.code == 0, result.err
-    return re.search(r"--join (\S+)", result.out).group(1)
+    return re.search(r"AIRFLOW_NODE_JOIN_TOKEN=(\S+) airflow-node init --role worker", result.out).group(1)
 
 
 def join(run_cli, tmp_path: Path, token: str, name: str = "worker1"):
@@ -169,7 +169,7 @@ def test_expired_revoked_and_forged_tokens_are_refused_with_nothing_written(mast
     assert not (tmp_path / "worker1").exists()
 
     revoked = mint(run_cli, root, sshd)
-    token_id = run_cli("join-token", "--root", root, "--list").out.split()[-2]
+    token_id = re.findall(r"^token (\S+)  valid", run_cli("join-token", "--root", root, "--list").out, re.M)[-1]
     assert run_cli("join-token", "--root", root, "--revoke", token_id).code == 0
     result = join(run_cli, tmp_path, revoked)
     assert result.code == 2 and "refused the token" in result.err, result.err

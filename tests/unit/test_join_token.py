@@ -121,6 +121,23 @@ def test_revoke_removes_a_token_or_a_worker(tmp_path):
     (tmp_path / "etc/airflow-node/cluster.toml").write_text("x")
     token = mint(keys, "m", 22, "airflow", HOST_KEY, 3600)
     enroll(keys)
-    assert keys.revoke(token.id) == [f"airflow-node-token:{token.id}"]
-    assert keys.revoke("worker1") == ["airflow-node-worker:worker1@10.0.0.11"]
+    assert keys.revoke_worker(token.id) == []  # a worker name never matches a token, nor the reverse
+    assert keys.revoke_token(token.id) == [f"airflow-node-token:{token.id}"]
+    assert keys.revoke_token("worker1") == []
+    assert keys.revoke_worker("worker1") == ["airflow-node-worker:worker1@10.0.0.11"]
     assert keys.tokens() == [] and keys.workers() == []
+
+
+def test_a_join_request_cannot_smuggle_a_second_line(tmp_path):
+    """A trailing newline in the key, name or address would put an unrevokable key line in the file."""
+    keys = keys_file(tmp_path)
+    key = public_key_line(b"w" * 32)
+    for request_body in ({"name": "w", "key": key + "\n", "address": "10.0.0.1"},
+                         {"name": "w\n", "key": key, "address": "10.0.0.1"},
+                         {"name": "w", "key": key, "address": "10.0.0.1\n"}):  # fmt: skip
+        with pytest.raises(UserError):
+            gate(keys, ["join"], "join", io.BytesIO(json.dumps(request_body).encode()))
+    assert not keys.path.exists()
+    for body in (b"[1, 2]", b"not json", b"\xff\xfe", b"[" * 100000):
+        with pytest.raises(UserError, match="one JSON object"):
+            gate(keys, ["join"], "join", io.BytesIO(body))
