@@ -163,11 +163,17 @@ def expected_missing(expected: str, present: set[str], workers_seen: int) -> lis
     return [name for name in expected.split(",") if name not in present]
 
 
+def master_of(records: list[dict]) -> dict | None:
+    """The master's record, the reference: None when there is none, or when two claim the role."""
+    masters = [r for r in records if r.get("role") == "master"]
+    return masters[0] if len(masters) == 1 else None
+
+
 def compare(records: list[dict], expected_workers: str, period: int, now: float) -> FleetReport:
     """Given the records and the broker's time, return the fleet: the master's values as the reference,
     every differing value, stale and missing nodes, and a verdict with a Nagios status."""
     masters = [r for r in records if r.get("role") == "master"]
-    master = masters[0] if len(masters) == 1 else None  # two claim it: neither is a reference
+    master = master_of(records)
     rows = []
     for record in sorted(records, key=lambda r: (r.get("role") != "master", r["node"])):
         row = NodeRow(record)

@@ -99,16 +99,16 @@ def compare_with_master(probe_input: ProbeInput, state: dict) -> tuple[Status, s
     """This node against the master's live record in the broker (what the master published last)."""
     from redis.exceptions import RedisError
 
-    from airflow_nodes.fleet import COMPARED, node_facts, read_records
+    from airflow_nodes.fleet import COMPARED, master_of, node_facts, read_records
 
     aspect = "the master's live record"
     try:
         records, _ = read_records(probe_input.ctx, probe_input.remaining())
     except (RedisError, UserError) as exc:
         return Status.UNKNOWN, aspect, f"cannot read it from the broker ({exc.__class__.__name__})"
-    master = next((r for r in records if r.get("role") == "master"), None)
+    master = master_of(records)
     if master is None:
-        return Status.WARNING, aspect, "the master has published no record (not synced or health not run there)"
+        return Status.WARNING, aspect, "no single master record (none published yet, or two claim the role)"
     mine = {**node_facts(probe_input.ctx, probe_input.target), "dags": state.get("dag_revision") or ""}
     differing = [name for name in COMPARED if name in master and name in mine and master[name] != mine[name]]
     if differing:

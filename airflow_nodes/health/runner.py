@@ -155,7 +155,8 @@ def publish_health(probe_input: ProbeInput, results: tuple[Result, ...]) -> None
         facts["daemons"] = by_probe["units"].detail
     if "worker" in by_probe:
         facts["worker_online"] = by_probe["worker"].status == Status.OK
-    publish_record(probe_input.ctx, probe_input.target, facts, timeout=min(left, 1.0))
+    # four round trips at most (connect, GET, TIME, SET): each gets a quarter of what is left
+    publish_record(probe_input.ctx, probe_input.target, facts, timeout=min(left / 4, 0.5))
 
 
 def run_health(
