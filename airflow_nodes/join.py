@@ -194,7 +194,9 @@ class KeysFile:
 
     def add_token(self, seed: bytes, expires: int) -> None:
         now = time.time()
-        stamp = time.strftime("%Y%m%d%H%M%SZ", time.gmtime(expires))
+        # the master's local time, without the "Z" (UTC) suffix only OpenSSH 8.5 and later understand:
+        # sshd reads it on this very host
+        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(expires))
         options = f'restrict,expiry-time="{stamp}",command="{self.gate("join")}"'
         key = public_key_line(seed)
         with self._editing():
@@ -227,13 +229,16 @@ class KeysFile:
 
 
 def _expiry(line: KeyLine) -> str:
-    match = re.search(r'expiry-time="(\d{14})Z"', line.options)
+    match = re.search(r'expiry-time="(\d{14}Z?)"', line.options)
     return match[1] if match else ""
 
 
 def _expired(line: KeyLine, now: float) -> bool:
     stamp = _expiry(line)
-    return bool(stamp) and calendar.timegm(time.strptime(stamp, "%Y%m%d%H%M%S")) < now
+    if not stamp:
+        return False
+    parsed = time.strptime(stamp.rstrip("Z"), "%Y%m%d%H%M%S")
+    return (calendar.timegm(parsed) if stamp.endswith("Z") else time.mktime(parsed)) < now
 
 
 def _is_worker(line: KeyLine | str, name: str) -> bool:
