@@ -284,7 +284,20 @@ class Cluster:
                 lines.append(f"--- health on {name}: {exc}")
         with contextlib.suppress(Exception):
             lines.append(self.daemon_logs())
+        with contextlib.suppress(Exception):
+            lines.append(self.scheduler_stacks())
         return "\n".join(lines)
+
+    def scheduler_stacks(self) -> str:
+        """Where each scheduler process is (py-spy dump, by its PID on this machine): what a stalled
+        scheduler waits on. The 2.11 scheduler has stalled right after start in about one run of ten."""
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        pids = sh(["pgrep", "-f", "airflow scheduler"], check=False).stdout.split()
+        dumps = []
+        for pid in pids:
+            dump = sh([py_spy, "dump", "--pid", pid], check=False, timeout=60)
+            dumps.append(f"--- py-spy dump of scheduler pid {pid}\n{dump.stdout}{dump.stderr}")
+        return "\n".join(dumps)
 
     def secrets(self) -> list[str]:
         cluster = self.master.run("cat", "/etc/airflow-node/cluster.toml").stdout
