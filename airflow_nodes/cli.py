@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         code = cli.main(args=argv, prog_name="airflow-node", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except SystemExit as exc:  # health and cluster exit 3 (Nagios UNKNOWN) from inside click
+        return exc.code if isinstance(exc.code, int) else Exit.FAILED
     except click.Abort:
         click.echo("airflow-node: aborted", err=True)
         return Exit.FAILED

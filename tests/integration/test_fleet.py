@@ -21,10 +21,7 @@ DB = "postgresql://airflow:pw@127.0.0.1:1/airflow"  # never reached: health runs
 
 
 def cli(capsys, *args: object) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
+    code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

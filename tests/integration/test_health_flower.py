@@ -26,10 +26,7 @@ def celery(tmp_path_factory):
 
 
 def run_health(capsys, root, only: str) -> tuple[int, list[dict], str]:
-    try:
-        code = main(["health", "--root", str(root), "--only", only, "--json"])
-    except SystemExit as exc:
-        code = exc.code
+    code = main(["health", "--root", str(root), "--only", only, "--json"])
     captured = capsys.readouterr()
     return code, json.loads(captured.out)["results"], captured.out + captured.err
 

@@ -23,10 +23,7 @@ def postgres():
 def probe_db(tmp_path, capsys, db_url: str, role: str = "master", **overrides) -> tuple[int, list[dict], str]:
     root = render_node(tmp_path / "node", role, broker=broker_url(free_port()), db=db_url, **overrides)
     capsys.readouterr()
-    try:
-        code = main(["health", "--root", str(root), "--only", "db", "--json"])
-    except SystemExit as exc:
-        code = exc.code
+    code = main(["health", "--root", str(root), "--only", "db", "--json"])
     captured = capsys.readouterr()
     return code, json.loads(captured.out)["results"], captured.out + captured.err
 

@@ -33,10 +33,7 @@ def redis_auth(tmp_path_factory):
 def probe_redis(tmp_path, capsys, url: str, *extra: str) -> tuple[int, dict, str]:
     root = render_node(tmp_path / "node", "master", broker=url, db=DB)
     capsys.readouterr()  # init's own report
-    try:
-        code = main(["health", "--root", str(root), "--only", "redis", "--json", *extra])
-    except SystemExit as exc:
-        code = exc.code
+    code = main(["health", "--root", str(root), "--only", "redis", "--json", *extra])
     captured = capsys.readouterr()
     (result,) = json.loads(captured.out)["results"]
     return code, result, captured.out + captured.err

@@ -19,10 +19,7 @@ from conftest import NASTY_PASSWORD, NASTY_QUOTED
 
 
 def run(capsys, *args: object) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
+    code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -91,10 +91,7 @@ def health_json(tmp_path, capsys, version: str, port: int, only: str = "web", ro
         args = ["init", "--role", "worker", "--config", cluster, *common]
     assert main([str(a) for a in args]) == 0
     capsys.readouterr()
-    try:
-        code = main(["health", "--root", str(root), "--only", only, "--json"])
-    except SystemExit as exc:
-        code = exc.code
+    code = main(["health", "--root", str(root), "--only", only, "--json"])
     return code, json.loads(capsys.readouterr().out)
 
 

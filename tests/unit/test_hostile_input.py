@@ -26,14 +26,6 @@ SECRET = "S3cretRedisPW"
 STATE = "var/lib/airflow-node"
 
 
-def health(run_cli, *args):
-    """Run `airflow-node health`, which exits through SystemExit for Nagios' UNKNOWN (3)."""
-    try:
-        return run_cli("health", *args)
-    except SystemExit as exc:
-        return type("Result", (), {"code": exc.code, "out": "", "err": ""})()
-
-
 def one_line(result, code: int = 2) -> str:
     assert result.code == code, (result.code, result.out, result.err)
     lines = result.err.strip().splitlines()
@@ -209,7 +201,7 @@ def test_root_that_is_a_file_is_one_line_for_every_command(run_cli, tmp_path):
     a_file.write_text("x")
     for command in ("sync", "status", "start", "uninstall"):
         assert "--root" in one_line(run_cli(command, "--root", a_file))
-    assert health(run_cli, "--root", a_file).code == 3
+    assert run_cli("health", "--root", a_file).code == 3
 
 
 def test_from_master_never_hands_ssh_an_option(run_cli, tmp_path, monkeypatch):
@@ -259,10 +251,10 @@ def test_sync_numbers_are_finite_and_bounded(run_cli, master, args, option):
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e9", "0"])
-def test_health_timeout_is_finite_and_bounded(run_cli, master, value, capsys):
-    assert health(run_cli, "--root", master, "--timeout", value).code == 3
-    err = capsys.readouterr().err
-    assert "--timeout" in err and len(err.strip().splitlines()) == 1
+def test_health_timeout_is_finite_and_bounded(run_cli, master, value):
+    result = run_cli("health", "--root", master, "--timeout", value)
+    assert result.code == 3
+    assert "--timeout" in result.err and len(result.err.strip().splitlines()) == 1
 
 
 # -- 6. a user error is one line, exit 2, no traceback, nothing changed -----------------------------
@@ -274,7 +266,7 @@ def test_binary_config_files_are_one_line(run_cli, master, name):
     before = snapshot(master)
     for args in (("sync", "--root", master), ("status", "--root", master)):
         assert name in one_line(run_cli(*args))
-    assert health(run_cli, "--root", master).code == 3
+    assert run_cli("health", "--root", master).code == 3
     assert snapshot(master) == before
 
 
@@ -444,6 +436,6 @@ def test_health_never_runs_an_interpreter_others_can_change(run_cli, master, tmp
     airflow.chmod(0o755)
     node_toml = master / "etc/airflow-node/node.toml"
     node_toml.write_text(re.sub(r'airflow_bin = ".*"', f'airflow_bin = "{airflow}"', node_toml.read_text()))
-    result = health(run_cli, "--root", master, "--only", "packages", "--json")
+    result = run_cli("health", "--root", master, "--only", "packages", "--json")
     assert result.code == 2 and not marker.exists()
     assert "not owned by root or writable by others" in result.out
