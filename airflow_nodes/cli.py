@@ -71,6 +71,9 @@ def cli() -> None:
 @click.option("--stop-timeout", type=int, metavar="SEC",
               help=f"Worker: time running tasks get on stop [{defaults.STOP_TIMEOUT}].")  # fmt: skip
 @click.option("--supervisord-conf", metavar="PATH", help="supervisord.conf whose conf.d/ gets our programs.")
+@click.option("--writable-path", "writable_paths", multiple=True, metavar="DIR",
+              help="A directory this node's daemons (and so tasks) may write under systemd's sandbox; "
+              "repeat for more; replaces the recorded list ('' clears it).")  # fmt: skip
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="Worker: the cluster file to use.")
 @click.option("--from-master", metavar="[USER@]HOST[:PORT]", help="Worker: fetch the cluster file over SSH.")
 @click.option("--join", metavar="TOKEN", envvar="AIRFLOW_NODE_JOIN_TOKEN", show_envvar=True,
@@ -116,6 +119,7 @@ def init(target: Target, dry_run: bool, force: bool, **options: object) -> None:
     from airflow_nodes.report import format_apply, format_preview
 
     options["join"] = read_token(options["join"], options.pop("join_file"))
+    options["writable_paths"] = ",".join(options["writable_paths"]) if options["writable_paths"] else None
     if dry_run and options["join"]:  # joining changes the master: a dry run only checks the token
         click.echo(check_token(options["join"]))
         return

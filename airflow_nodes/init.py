@@ -55,6 +55,7 @@ class InitRequest:
     queues: str | None = None
     stop_timeout: int | None = None
     supervisord_conf: str | None = None
+    writable_paths: str | None = None  # comma-separated; "" clears what the last init recorded
     config_file: Path | None = None
     from_master: str | None = None
     # cluster options (master only)
@@ -259,6 +260,7 @@ def node_settings(
         stop_timeout=pick("stop_timeout"),
         supervisord_conf=supervisord_conf,
         advertise_address=address.strip("[]"),
+        writable_paths=pick("writable_paths"),
     )
     return _checked_options(validate_node, settings)
 

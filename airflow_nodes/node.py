@@ -76,6 +76,13 @@ def check_queues(value: str, where: str) -> None:
             raise UserError(f"{where}: {queue!r} is not a queue name (letters, digits, . _ -)")
 
 
+def check_writable_paths(value: str, where: str) -> None:
+    for path in filter(None, value.split(",")):
+        check_abs_path(path, where)
+        if path == "/":
+            raise UserError(f"{where}: '/' would lift the sandbox; drop ProtectSystem= in a drop-in instead")
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """What only this node knows: its role, how its daemons run, and its worker knobs."""
@@ -91,6 +98,7 @@ class NodeSettings:
     stop_timeout: int = defaults.STOP_TIMEOUT
     supervisord_conf: str = defaults.SUPERVISORD_CONF
     advertise_address: str = ""  # what the other nodes reach this one at (logs); "" means its FQDN
+    writable_paths: str = ""  # comma-separated directories the systemd sandbox lets daemons write
 
     @property
     def version(self) -> AirflowVersion:
@@ -110,6 +118,10 @@ class NodeSettings:
         return tuple(filter(None, self.queues.split(",")))
 
     @property
+    def writable_path_list(self) -> tuple[str, ...]:
+        return tuple(filter(None, self.writable_paths.split(",")))
+
+    @property
     def supervisor_conf_file(self) -> str:
         return str(PurePosixPath(self.supervisord_conf).parent / "conf.d" / "airflow-node.conf")
 
@@ -123,6 +135,7 @@ NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "airflow_node_bin", "airflow_node_bin", str, check_abs_path, "--airflow-node-bin"),
     Field("node", "supervisord_conf", "supervisord_conf", str, check_abs_path, "--supervisord-conf"),
     Field("node", "advertise_address", "advertise_address", str, _address, "--advertise-address", since="0.2"),
+    Field("node", "writable_paths", "writable_paths", str, check_writable_paths, "--writable-path", since="0.3"),
     Field("worker", "concurrency", "concurrency", int, in_range(1, 1024), "--concurrency"),
     Field("worker", "queues", "queues", str, check_queues, "--queues"),
     Field("worker", "stop_timeout", "stop_timeout", int, in_range(10, 7 * 86400, " seconds"), "--stop-timeout"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from airflow_nodes import statefile
+from airflow_nodes import defaults, statefile
 from airflow_nodes.apply import Preview, preview
 from airflow_nodes.cluster import ClusterConfig, default_dags_source
 from airflow_nodes.context import NodeContext
@@ -45,6 +45,7 @@ def render_airflow_cfg(ctx: NodeContext) -> str:
         cluster_file=CLUSTER_FILE,
         dags_folder=ctx.dags_folder,
         task_log_folder=f"{ctx.airflow_home}/logs",
+        dag_refresh_interval=defaults.DAG_REFRESH_INTERVAL,
         web_url=c.web_url,
         execution_api_url=f"{c.web_url}/execution/",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import shutil
 import signal
@@ -24,9 +25,13 @@ wait_for = functools.partial(conftest.wait_for, interval=0.5)
 PREFIX = "afe2e"
 SUBNET = "10.231.7"
 CACHE = Path(os.environ.get("AIRFLOW_NODES_TEST_CACHE", Path.home() / ".cache" / "airflow-nodes-tests"))
-ROOTFS_PACKAGES = (
-    "systemd,systemd-sysv,dbus,python3,cron,rsync,procps,libpam-systemd,openssh-server,openssh-client,iproute2,passwd"
-)
+# what each container needs: systemd, cron, python3 with venv (the README's install path), ssh, rsync
+ROOTFS_PACKAGES = {
+    "bookworm": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,openssh-server,"
+    "openssh-client,iproute2,passwd",
+    "trixie": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,openssh-client,"
+    "iproute2,passwd",
+}
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -87,16 +92,17 @@ def debian_mirror() -> str:
     raise AssertionError("no Debian mirror in /etc/apt: cannot debootstrap the master's root file system")
 
 
-def cached_rootfs() -> Path:
-    """A Debian bookworm root file system for the master container, built once (about 70 s) and kept."""
-    rootfs = CACHE / "rootfs-bookworm"
-    done = CACHE / "rootfs-bookworm.complete"
+def cached_rootfs(suite: str) -> Path:
+    """A Debian root file system of `suite` for a container, built once (70-100 s) and kept; its name
+    carries a hash of the package list, so a changed list builds a new one."""
+    packages = ROOTFS_PACKAGES[suite]
+    name = f"rootfs-{suite}-{hashlib.sha256(packages.encode()).hexdigest()[:8]}"
+    rootfs, done = CACHE / name, CACHE / f"{name}.complete"
     if done.exists():
         return rootfs
     shutil.rmtree(rootfs, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
-    sh(["debootstrap", "--variant=minbase", f"--include={ROOTFS_PACKAGES}", "bookworm", rootfs, debian_mirror()],
-       timeout=900)  # fmt: skip
+    sh(["debootstrap", "--variant=minbase", f"--include={packages}", suite, rootfs, debian_mirror()], timeout=900)
     done.touch()
     return rootfs
 

@@ -148,3 +148,28 @@ def test_cron_entry_is_one_valid_line_with_a_final_newline(run_cli, tmp_path):
     cron = (root / "etc/cron.d/airflow-node").read_text()
     assert cron.endswith("\n")
     assert "*/5 * * * * root /usr/local/bin/airflow-node sync --quiet\n" in cron
+
+
+def test_dag_refresh_interval_is_short_on_both_lines(run_cli, tmp_path):
+    """A new DAG file must show within a minute: Airflow's own 300 s listing interval is replaced."""
+    three = read_cfg(render_node(run_cli, tmp_path, "3.3.2", "worker", "systemd"))
+    two = read_cfg(render_node(run_cli, tmp_path, "2.11.2", "worker", "systemd"))
+    assert int(three["dag_processor"]["refresh_interval"]) <= 30
+    assert int(two["scheduler"]["dag_dir_list_interval"]) <= 30
+
+
+def test_writable_paths_widen_every_unit_sandbox_and_are_kept_by_a_rerun(run_cli, tmp_path):
+    root = render_node(run_cli, tmp_path, "3.3.2", "worker", "systemd")
+    cluster_path = tmp_path / "cluster-3.3.2.toml"
+    args = worker_args(root, cluster_path, "3.3.2", "systemd")
+    result = run_cli(*args, "--writable-path", "/data/airflow", "--writable-path", "/srv/exports")
+    assert result.code == 0, result.err
+    unit = (root / "etc/systemd/system/airflow-worker.service").read_text()
+    assert "ReadWritePaths=-/opt/airflow -/var/log/airflow -/data/airflow -/srv/exports\n" in unit
+    assert run_cli(*args).code == 0  # a re-run without the option keeps the recorded list
+    assert (root / "etc/systemd/system/airflow-worker.service").read_text() == unit
+    assert 'writable_paths = "/data/airflow,/srv/exports"' in (root / "etc/airflow-node/node.toml").read_text()
+    assert run_cli(*args, "--writable-path", "").code == 0  # '' clears it
+    assert "ReadWritePaths=-/opt/airflow -/var/log/airflow\n" in (
+        root / "etc/systemd/system/airflow-worker.service"
+    ).read_text()
