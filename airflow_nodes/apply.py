@@ -308,7 +308,7 @@ def preview(plan: Plan, target: Target, force: bool = False) -> Preview:
     needed |= {a for path in kept for a in _ancestors(path)}
     orphan_dirs = tuple(sorted((d for d in manifest.dirs if d not in needed), key=lambda d: (-d.count("/"), d)))
     missing_users = tuple(user.name for user in plan.users if not _user_exists(target, user.name))
-    wrong_dirs = tuple(d for d in plan.dirs if d.path not in missing and _dir_differs(target, d))
+    wrong_dirs = tuple(d for d in plan.dirs if d.path not in missing and not d.created_only and _dir_differs(target, d))
     leftovers = find_leftovers(target, [*plan.paths, *manifest.files])
     return Preview(
         plan, target, manifest, changes, removals, tuple(missing.values()), wrong_dirs, orphan_dirs, missing_users,

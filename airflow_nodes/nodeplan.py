@@ -120,6 +120,8 @@ def build_node_plan(
         PlannedDir(ctx.dags_folder, 0o750, user, user),
         PlannedDir(ctx.log_dir, 0o750, user, user),
     ]
+    # where tasks may write under the systemd sandbox: made for the airflow user if missing
+    dirs += [PlannedDir(path, 0o750, user, user, created_only=True) for path in node.writable_path_list]
     if node.role == "master" and dags_source_is_local_to_master(cluster):
         dirs += [PlannedDir("/srv/airflow", 0o755), PlannedDir(DAGS_AUTHORING_DIR, 0o755, user, user)]
 

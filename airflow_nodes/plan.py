@@ -24,6 +24,7 @@ class PlannedDir:
     mode: int
     owner: str = "root"
     group: str = "root"
+    created_only: bool = False  # made when missing; an existing one is the operator's, its mode and owner kept
 
 
 @dataclass(frozen=True)

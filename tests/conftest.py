@@ -126,3 +126,12 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def interpreter(python: str) -> str | None:
+    """An interpreter of Python `python` ("3.12") on this machine: this one, the system's, or pyenv's."""
+    if python == f"{sys.version_info[0]}.{sys.version_info[1]}":
+        return sys.executable
+    pyenv = sorted(Path.home().glob(f".pyenv/versions/{python}.*/bin/python3"))
+    candidates = [Path(f"/usr/bin/python{python}"), *pyenv]
+    return next((str(path) for path in candidates if path.exists()), None)

@@ -1,6 +1,7 @@
-"""Hosts for the end-to-end test, all on this machine: network namespaces joined by a bridge, a master
-booted under a real systemd (systemd-nspawn), workers as processes with their own network, mount
-and UTS namespaces (own /etc, /opt, /var/lib, /var/log, /run and host name), and servers.
+"""Hosts for the end-to-end test, all on this machine: network namespaces joined by a bridge, hosts
+booted under a real systemd (systemd-nspawn containers of Debian 12 and 13), workers as processes with
+their own network, mount and UTS namespaces (own /etc, /opt, /var/lib, /var/log, /run and host name),
+and servers.
 
 Everything is started by PID or namespace and removed by close(), also when the test fails.
 """
@@ -89,7 +90,7 @@ def debian_mirror() -> str:
                 words = line.split()
                 if words[:1] == ["URIs:"] or (words[:1] == ["deb"] and len(words) > 2):
                     return words[1] if words[0] == "URIs:" else words[1]
-    raise AssertionError("no Debian mirror in /etc/apt: cannot debootstrap the master's root file system")
+    raise AssertionError("no Debian mirror in /etc/apt: cannot debootstrap the containers' root file systems")
 
 
 def cached_rootfs(suite: str) -> Path:
@@ -107,17 +108,18 @@ def cached_rootfs(suite: str) -> Path:
     return rootfs
 
 
-class Master:
-    """The master host: a booted systemd-nspawn container that joins the master's network namespace."""
+class Container:
+    """A host under a real systemd: a booted systemd-nspawn container in the host's network namespace."""
 
-    def __init__(self, rootfs: Path, namespace: str, binds: Sequence[Path], log: Path, hostname: str = "master"):
+    def __init__(self, rootfs: Path, namespace: str, binds: Sequence[Path], log: Path, hostname: str):
+        self.name = hostname
         self.log = open(log, "wb")  # noqa: SIM115 - closed in close()
         argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--console=passive",
                 f"--network-namespace-path=/run/netns/{namespace}", "--volatile=overlay", "-D", str(rootfs),
                 f"--hostname={hostname}", f"--machine={PREFIX}-{hostname}",
                 *(f"--bind={path}" for path in binds), "-b"]  # fmt: skip
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
-        wait_for(self._booted, 60, "the master container to boot")
+        wait_for(self._booted, 60, f"the {hostname} container to boot")
 
     def init_pid(self) -> int | None:
         for child in sh(["pgrep", "-P", self.process.pid], check=False).stdout.split():
@@ -135,7 +137,7 @@ class Master:
 
     def run(self, *argv: object, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
         pid = self.init_pid()
-        assert pid, "the master container is not running"
+        assert pid, f"the {self.name} container is not running"
         return sh(["nsenter", "-t", pid, "-a", *argv], check=check, timeout=timeout, **kwargs)
 
     def close(self) -> None:
@@ -151,9 +153,10 @@ class Master:
 
 class Worker:
     """A worker host: processes in their own network, mount and UTS namespaces, with private
-    /etc (a copy of this machine's), /opt, /var/lib, /var/log and /run, and their own host name."""
+    /etc (a copy of this machine's), /opt, /usr/local/bin, /var/lib, /var/log and /run, and their own
+    host name."""
 
-    PRIVATE = ("etc", "opt", "var/lib", "var/log")
+    PRIVATE = ("etc", "opt", "usr/local/bin", "var/lib", "var/log")
 
     def __init__(self, name: str, namespace: str, workdir: Path):
         self.name, self.workdir = name, workdir

@@ -1,14 +1,18 @@
-"""End-to-end proof: a real three-host Airflow cluster built only with `airflow-node`.
+"""End-to-end proof: a real four-host Airflow cluster built only with `airflow-node`.
 
-master  10.231.7.1   systemd (nspawn container): api-server, scheduler, dag-processor, triggerer, flower,
-                     plus the test's Redis (password) and PostgreSQL (scram) on the same host
+master  10.231.7.1   Debian 12, systemd (nspawn container): api-server, scheduler, dag-processor, triggerer,
+                     flower, plus the test's Redis (password) and PostgreSQL (scram) on the same host
 worker1 10.231.7.11  supervisord (set up by init): airflow celery worker -c 2 -q q1,default
 worker2 10.231.7.12  supervisord (set up by init): airflow celery worker -c 2 -q q2,default
+worker3 10.231.7.13  Debian 13 and its python3.13 (Debian 12 on Airflow 2.11, which stops at 3.12), systemd
+                     (nspawn container), the hardened worker unit: airflow celery worker -c 2 -q q3
 
-Only product commands configure the hosts: `airflow-node install-airflow`, `init` (the master's prints
-the worker's join command), `init --join` on the workers, `sync`, `restart`, `health`. Nothing is done
-by hand that a user would not do: no hosts file (no host name resolves between the hosts), no SSH key
-copied, no supervisord set up. The test drives Airflow through its REST API and checks the result.
+Every host gets the tool as the README says for a PEP 668 system: a venv in /opt/airflow-node and a
+link in /usr/local/bin (from a directory of wheels: the hosts have no network). Only product commands
+configure the hosts: `airflow-node install-airflow`, `init` (the master's prints the worker's join
+command), `init --join` on the workers, `sync`, `restart`, `health`. Nothing is done by hand that a
+user would not do: no hosts file (no host name resolves between the hosts), no SSH key copied, no
+supervisord set up. The test drives Airflow through its REST API and checks the result.
 """
 
 from __future__ import annotations
@@ -28,18 +32,29 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hosts import SUBNET, Master, Network, Postgres, Redis, Worker, cached_rootfs, sh, wait_for
+from hosts import SUBNET, Container, Network, Postgres, Redis, Worker, cached_rootfs, sh, wait_for
 
+from airflow_nodes.install import find_lock
 from airflow_nodes.node import OWN_SUPERVISORD_CONF
+
+from conftest import interpreter
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 # Airflow venvs kept between runs; outside /root, which the airflow user cannot enter.
 VENVS = Path(os.environ.get("AIRFLOW_NODES_E2E_VENVS", "/var/cache/airflow-nodes-e2e"))
-DEBIAN_PYTHON = "/usr/bin/python3.11"  # the same interpreter exists inside the master's Debian rootfs
+DEBIAN_PYTHON = "/usr/bin/python3.11"  # the same interpreter exists inside the Debian 12 containers
 AIRFLOW_VERSION = os.environ.get("E2E_AIRFLOW_VERSION", "3.3.2")
+AIRFLOW_3 = AIRFLOW_VERSION.startswith("3.")
 MASTER = f"{SUBNET}.1"
-WORKERS = {"worker1": (f"{SUBNET}.11", "q1,default"), "worker2": (f"{SUBNET}.12", "q2,default")}
+# name: (address, queues); worker3 is the systemd container below, the others supervisord hosts
+WORKERS = {"worker1": (f"{SUBNET}.11", "q1,default"), "worker2": (f"{SUBNET}.12", "q2,default"),
+           "worker3": (f"{SUBNET}.13", "q3")}  # fmt: skip
+SYSTEMD_WORKER = "worker3"
+# Debian 13's python3.13 is past what Airflow 2.11 supports (3.10-3.12): there, Debian 12's python3.11
+SYSTEMD_WORKER_SUITE, SYSTEMD_WORKER_PYTHON = ("trixie", "3.13") if AIRFLOW_3 else ("bookworm", "3.11")
+DATA_DIR = "/srv/data"  # on worker3: the directory `init --writable-path` lets tasks write
+TOOL = "/opt/airflow-node"  # the README's venv for the tool on a PEP 668 host
 # Secrets with characters that need URL quoting and %-escaping in every format we write.
 REDIS_PASSWORD = "redis-Pw%42!e2e"
 DB_PASSWORD = "pg-P@ss%w0rd:e2e"
@@ -57,18 +72,36 @@ with DAG("e2e_spread", schedule=None, start_date=datetime(2024, 1, 1), catchup=F
 with DAG("e2e_long", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
          is_paused_upon_creation=False):
     BashOperator(task_id="sleepy", bash_command="sleep 25; echo finished-through-a-restart", queue="q1")
+
+# worker3's hardened unit: DATA_DIR was allowed with --writable-path; the README says what else holds
+with DAG("e2e_sandbox", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
+         is_paused_upon_creation=False):
+    BashOperator(task_id="writes_data", queue="q3",
+                 bash_command="echo written-on-$(hostname) > /srv/data/e2e-data.txt && cat /srv/data/e2e-data.txt")
+    BashOperator(task_id="sandbox_as_documented", queue="q3", bash_command=(
+        "test ! -e /home/e2e/notes.txt"  # ProtectHome=yes: /home is empty
+        " && ! touch /etc/e2e-probe 2>/dev/null && ! touch /srv/e2e-probe 2>/dev/null"  # the rest is read-only
+        " && echo private > /tmp/e2e-probe"  # PrivateTmp=yes: a /tmp of the daemon's own
+        " && echo sandbox-as-documented"))
 """
-AIRFLOW_3 = AIRFLOW_VERSION.startswith("3.")
+NEW_DAG_FILE = """
+from datetime import datetime
+
+{imports}
+
+with DAG("e2e_new", schedule=None, start_date=datetime(2024, 1, 1), catchup=False, is_paused_upon_creation=False):
+    BashOperator(task_id="new_on_worker1", bash_command="echo new", queue="q1")
+    BashOperator(task_id="new_on_worker3", bash_command="echo new", queue="q3")
+"""
 if AIRFLOW_3:
-    DAGS = DAG_FILE.format(
-        imports="from airflow.providers.standard.operators.bash import BashOperator\nfrom airflow.sdk import DAG"
-    )
+    IMPORTS = "from airflow.providers.standard.operators.bash import BashOperator\nfrom airflow.sdk import DAG"
     API = "/api/v2"
     MASTER_DAEMONS = ("api-server", "scheduler", "dag-processor", "triggerer", "celery flower")
 else:
-    DAGS = DAG_FILE.format(imports="from airflow import DAG\nfrom airflow.operators.bash import BashOperator")
+    IMPORTS = "from airflow import DAG\nfrom airflow.operators.bash import BashOperator"
     API = "/api/v1"
     MASTER_DAEMONS = ("webserver", "scheduler", "triggerer", "celery flower")
+DAGS, NEW_DAG = DAG_FILE.format(imports=IMPORTS), NEW_DAG_FILE.format(imports=IMPORTS)
 
 API_CLIENT = r"""
 import json, sys, urllib.request
@@ -117,12 +150,30 @@ class Cluster:
     # -- building ---------------------------------------------------------------------------
 
     def tool_venv(self) -> Path:
-        """airflow-nodes installed (not editable) for Debian's python, as `pip install` would."""
+        """airflow-nodes for this machine's Debian python: it builds the Airflow venvs and wheelhouse
+        the hosts install from (they have no network)."""
         venv = self.workdir / "tool"
         sh([DEBIAN_PYTHON, "-m", "venv", "--without-pip", venv])
         # --no-cache: uv would reuse a wheel built from an older state of this work tree
         sh(["uv", "pip", "install", "-q", "--no-cache", "--python", venv / "bin" / "python", REPO], timeout=600)
         return venv
+
+    def tool_wheels(self) -> Path:
+        """Wheels of airflow-nodes and what it needs, for each Python the hosts run: what `pip install
+        airflow-nodes` would fetch from PyPI, for hosts without network."""
+        wheels = self.workdir / "wheels"
+        for python in sorted({"3.11", SYSTEMD_WORKER_PYTHON}):
+            sh([interpreter(python), "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", wheels, REPO],
+               timeout=600)  # fmt: skip
+        return wheels
+
+    def install_tool(self, host) -> None:
+        """The README's install on a PEP 668 host (the system python refuses pip): a venv in /opt,
+        a link on PATH; offline here, so pip reads the wheels instead of PyPI."""
+        host.run("/usr/bin/python3", "-m", "venv", TOOL)
+        host.run(f"{TOOL}/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index", "--find-links",
+                 self.wheels, "airflow-nodes", timeout=600)  # fmt: skip
+        host.run("ln", "-sfn", f"{TOOL}/bin/airflow-node", "/usr/local/bin/airflow-node")
 
     def airflow_venv(self) -> Path:
         venv = VENVS / f"airflow-{AIRFLOW_VERSION}" / "venv"
@@ -131,8 +182,27 @@ class Cluster:
         print(result.stdout.splitlines()[-1])
         return venv
 
+    def systemd_worker_venv(self, host: Container) -> Path:
+        """worker3's Airflow, for its own python: `airflow-node wheelhouse` here (with network), then
+        `install-airflow --wheelhouse` on the host, the README's offline path."""
+        if SYSTEMD_WORKER_PYTHON == "3.11":
+            return self.venv  # the same interpreter as the master's: the same venv
+        venv = VENVS / f"airflow-{AIRFLOW_VERSION}-py{SYSTEMD_WORKER_PYTHON}" / "venv"
+        lock = find_lock(AIRFLOW_VERSION, SYSTEMD_WORKER_PYTHON)
+        wheelhouse = VENVS / f"wheels-{AIRFLOW_VERSION}-py{SYSTEMD_WORKER_PYTHON}-{lock.package_hash[:8]}"
+        if not (wheelhouse / ".complete").exists():  # kept between runs: 155 downloads
+            sh([self.tool / "bin" / "airflow-node", "wheelhouse", wheelhouse, "--version", AIRFLOW_VERSION,
+                "--python", interpreter(SYSTEMD_WORKER_PYTHON)], timeout=1800)  # fmt: skip
+            (wheelhouse / ".complete").touch()
+        python = f"/usr/bin/python{SYSTEMD_WORKER_PYTHON}"
+        result = self.node(host, "install-airflow", "--version", AIRFLOW_VERSION, "--venv", venv, "--python", python,
+                           "--wheelhouse", wheelhouse, timeout=1800)  # fmt: skip
+        print(result.stdout.splitlines()[-1])
+        return venv
+
     def start(self) -> None:
         self.tool = self.tool_venv()
+        self.wheels = self.tool_wheels()
         self.venv = self.airflow_venv()
         self.network = Network()
         self.closers.append(self.network.close)
@@ -142,13 +212,21 @@ class Cluster:
         self.postgres = Postgres(master_ns, MASTER, DB_PASSWORD, self.workdir / "postgres")
         self.closers.append(self.postgres.close)
         binds = [self.workdir, VENVS]
-        self.master = Master(cached_rootfs(), master_ns, binds, self.workdir / "master-console.log")
+        self.master = Container(cached_rootfs("bookworm"), master_ns, binds, self.workdir / "master.log", "master")
         self.closers.append(self.master.close)
         for name, (address, _) in WORKERS.items():
             namespace = self.network.add_host(name, address)
-            worker = Worker(name, namespace, self.workdir / name)
+            if name == SYSTEMD_WORKER:
+                worker = Container(cached_rootfs(SYSTEMD_WORKER_SUITE), namespace, binds,
+                                   self.workdir / f"{name}.log", name)  # fmt: skip
+            else:
+                worker = Worker(name, namespace, self.workdir / name)
             self.closers.append(worker.close)
             self.workers[name] = worker
+        for host in [self.master, *self.workers.values()]:
+            self.install_tool(host)
+        self.venvs = {name: self.venv for name in WORKERS}
+        self.venvs[SYSTEMD_WORKER] = self.systemd_worker_venv(self.workers[SYSTEMD_WORKER])
 
     def close(self) -> None:
         for closer in reversed(self.closers):
@@ -160,10 +238,10 @@ class Cluster:
     # -- product commands on the hosts ------------------------------------------------------------
 
     def node(self, host, *args: object, check: bool = True, timeout: float = 300, env: dict | None = None):
-        """Run airflow-node on a host. `env` (passwords, the join token) reaches it through nsenter's
-        inherited environment, never through a command line."""
-        env = {"PATH": f"{self.tool}/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **(env or {})}
-        result = host.run(f"{self.tool}/bin/airflow-node", *args, check=check, timeout=timeout, env=env)
+        """Run airflow-node on a host, found on PATH as the README installs it. `env` (passwords, the
+        join token) reaches it through nsenter's inherited environment, never through a command line."""
+        env = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **(env or {})}
+        result = host.run("airflow-node", *args, check=check, timeout=timeout, env=env)
         self.printed.append(result.stdout + result.stderr)
         return result
 
@@ -179,19 +257,25 @@ class Cluster:
         self.join_token = re.search(
             r"AIRFLOW_NODE_JOIN_TOKEN=(\S+) airflow-node init --role worker", init.stdout
         ).group(1)
-        self.master.run("sh", "-c", f"cat > /srv/airflow/dags/e2e_dags.py <<'EOF'\n{DAGS}EOF\n"
-                        "chown airflow:airflow /srv/airflow/dags/e2e_dags.py")  # fmt: skip
+        self.put_dag_file("e2e_dags.py", DAGS)
         print(self.node(self.master, "sync", "-v").stdout)
         print(self.node(self.master, "start").stdout)
 
+    def put_dag_file(self, name: str, text: str) -> None:
+        """What a DAG author does on the master: a file in /srv/airflow/dags."""
+        self.master.run("sh", "-c", f"cat > /srv/airflow/dags/{name} <<'EOF'\n{text}EOF\n"
+                        f"chown airflow:airflow /srv/airflow/dags/{name}")  # fmt: skip
+
     def init_worker(self, name: str) -> None:
         """The README's worker line: the join command the master printed, plus this worker's options.
-        It enrolls, fetches the cluster file, renders the node and starts it (its own supervisord)."""
+        It enrolls, fetches the cluster file, renders the node and starts it (its own supervisord, or
+        systemd's units on worker3, whose tasks may write DATA_DIR)."""
         worker = self.workers[name]
         queues = WORKERS[name][1]
-        token = self.join_token
-        result = self.node(worker, "init", "--role", "worker", "-c", "2", "--queues", queues, "--venv", self.venv,
-                           "--node-name", name, env={"AIRFLOW_NODE_JOIN_TOKEN": token})  # fmt: skip
+        options = ["--writable-path", DATA_DIR] if name == SYSTEMD_WORKER else []
+        result = self.node(worker, "init", "--role", "worker", "-c", "2", "--queues", queues, "--venv",
+                           self.venvs[name], "--node-name", name, *options,
+                           env={"AIRFLOW_NODE_JOIN_TOKEN": self.join_token})  # fmt: skip
         print(result.stdout)
         print(self.node(worker, "sync", "-v").stdout)
 
@@ -270,6 +354,10 @@ class Cluster:
             journal = self.master.run("journalctl", "--no-pager", "-n", "25", "-u", f"airflow-{unit}", check=False)
             parts.append(f"--- master airflow-{unit}\n{journal.stdout}")
         for name, worker in self.workers.items():
+            if isinstance(worker, Container):
+                journal = worker.run("journalctl", "--no-pager", "-n", "40", "-u", "airflow-worker", check=False)
+                parts.append(f"--- {name} airflow-worker\n{journal.stdout}")
+                continue
             for log in sorted((worker.workdir / "var/log/airflow").glob("*.log")):
                 parts.append(f"--- {name} {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
         return "\n".join(parts)
@@ -298,6 +386,15 @@ class Cluster:
             dump = sh([py_spy, "dump", "--pid", pid], check=False, timeout=60)
             dumps.append(f"--- py-spy dump of scheduler pid {pid}\n{dump.stdout}{dump.stderr}")
         return "\n".join(dumps)
+
+    def cron_sync(self, host) -> subprocess.CompletedProcess:
+        """Run the sync line of the host's cron file as cron would: its own command, with nothing from
+        our environment but the PATH the file sets (so the tool must be found as init wrote it)."""
+        cron = host.run("cat", "/etc/cron.d/airflow-node").stdout
+        path = re.search(r"^PATH=(.*)$", cron, re.M).group(1)
+        command = re.search(r"^\*/\d+ \* \* \* \* root (.*)$", cron, re.M).group(1)
+        assert command.startswith(f"{TOOL}/bin/airflow-node sync"), command  # found through the README's link
+        return host.run("env", "-i", f"PATH={path}", "/bin/sh", "-c", command, timeout=900)
 
     def secrets(self) -> list[str]:
         cluster = self.master.run("cat", "/etc/airflow-node/cluster.toml").stdout
@@ -388,7 +485,8 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         worker1 = cluster.workers["worker1"]
         view = cluster.node(worker1, "cluster", check=False)
         print(view.stdout)
-        assert view.returncode == 0 and "OK: 3 node(s) consistent with the master" in view.stdout, view.stdout
+        nodes = 1 + len(WORKERS)
+        assert view.returncode == 0 and f"OK: {nodes} node(s) consistent with the master" in view.stdout, view.stdout
         cfg = worker1.run("cat", "/opt/airflow/airflow.cfg").stdout
         worker1.run("sh", "-c", "echo '# edited by hand on worker1' >> /opt/airflow/airflow.cfg")
         cluster.health(worker1)  # every health run publishes the node's record
@@ -413,9 +511,31 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         assert status == 200, log
         assert "ran-on-worker1" in json.dumps(log), log
 
+    with step("2b. worker3 (Debian 13, systemd, hardened unit): a task writes the allowed data directory"):
+        worker3 = cluster.workers[SYSTEMD_WORKER]
+        # something private in a home directory, which the README says tasks cannot see
+        worker3.run("sh", "-c", "mkdir -p /home/e2e && echo private > /home/e2e/notes.txt")
+        run_id = cluster.run_dag("e2e_sandbox")
+        hosts = {t["task_id"]: t["hostname"] for t in cluster.task_instances("e2e_sandbox", run_id)}
+        assert set(hosts.values()) == {WORKERS[SYSTEMD_WORKER][0]}, hosts
+        assert worker3.run("cat", f"{DATA_DIR}/e2e-data.txt").stdout == "written-on-worker3\n"
+        assert worker3.run("stat", "-c", "%U", f"{DATA_DIR}/e2e-data.txt").stdout.strip() == "airflow"
+        assert worker3.run("test", "-e", "/tmp/e2e-probe", check=False).returncode != 0  # the task's /tmp was its own
+        status, log = cluster.api(
+            "GET", f"{API}/dags/e2e_sandbox/dagRuns/{quote(run_id)}/taskInstances/sandbox_as_documented/logs/1"
+            "?full_content=true",
+        )  # fmt: skip
+        assert status == 200 and "sandbox-as-documented" in json.dumps(log), log
+        show = worker3.run("systemctl", "show", "-p", "ProtectSystem,ProtectHome,PrivateTmp,NRestarts,ActiveState",
+                           "airflow-worker.service").stdout  # fmt: skip
+        print(show)
+        assert all(line in show.splitlines() for line in ("ProtectSystem=strict", "ProtectHome=yes",
+                   "PrivateTmp=yes", "NRestarts=0", "ActiveState=active")), show  # fmt: skip
+        print(worker3.run("python3", "--version").stdout, worker3.run("cat", "/etc/debian_version").stdout)
+
     with step("4a. kill -9 of a worker's Celery process: supervisor restarts it, a DAG run still succeeds"):
         worker1 = cluster.workers["worker1"]
-        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", OWN_SUPERVISORD_CONF)  # the one init set up
+        supervisorctl = (f"{TOOL}/bin/supervisorctl", "-c", OWN_SUPERVISORD_CONF)  # the one init set up
         old = int(worker1.run(*supervisorctl, "pid", "airflow-worker:airflow-worker").stdout)
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: (p := worker1.run(*supervisorctl, "pid", "airflow-worker:airflow-worker",
@@ -472,7 +592,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
             "            except OSError: pass\n"
         )
         listing = "\n".join(secrets)
-        python = f"{cluster.tool}/bin/python"
+        python = f"{TOOL}/bin/python"
         leaks = cluster.master.run(python, "-c", scan, "/etc", "/opt/airflow", "/srv", "/var/lib/airflow-node",
                                    "/var/log/airflow", "/run", input=listing).stdout  # fmt: skip
         for worker in cluster.workers.values():
@@ -492,18 +612,30 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         assert "(on disk)" in printed  # the dry runs' diffs are part of what is scanned
         assert not [s for s in secrets if s in printed], "a secret in airflow-node's output"
 
-    with step("8. a cluster change reaches a worker through a cron-like sync (env -i, cron's PATH) that restarts it"):
+    with step("8. a cluster change reaches a worker through its cron line (env -i, cron's PATH) that restarts it"):
         worker2 = cluster.workers["worker2"]
-        supervisorctl = (f"{cluster.tool}/bin/supervisorctl", "-c", OWN_SUPERVISORD_CONF)  # the one init set up
+        supervisorctl = (f"{TOOL}/bin/supervisorctl", "-c", OWN_SUPERVISORD_CONF)  # the one init set up
         program = "airflow-worker:airflow-worker"
         before = int(worker2.run(*supervisorctl, "pid", program).stdout)
         cluster.node(cluster.master, "init", "--role", "master", "--visibility-timeout", "7200")
-        cron = worker2.run("env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", f"{cluster.tool}/bin/airflow-node",
-                           "sync", "--quiet", timeout=900)  # fmt: skip
+        cron = cluster.cron_sync(worker2)
         print(cron.stdout, cron.stderr)
         assert "visibility_timeout = 7200" in worker2.run("cat", "/opt/airflow/airflow.cfg").stdout
         wait_for(lambda: (p := worker2.run(*supervisorctl, "pid", program, check=False).stdout.strip()).isdigit()
                  and int(p) not in (0, before), 120, "the worker restarted by the cron-like sync")  # fmt: skip
+
+    with step("9. a new DAG file on the master runs on the workers soon after `airflow-node sync` there and on them"):
+        cluster.put_dag_file("e2e_new.py", NEW_DAG)
+        started = time.monotonic()
+        for host in [cluster.master, *cluster.workers.values()]:
+            cluster.node(host, "sync", "--quiet", timeout=600)
+        synced = time.monotonic() - started
+        wait_for(lambda: cluster.api("GET", f"{API}/dags/e2e_new")[0] == 200, 120, "e2e_new visible", interval=1)
+        visible = time.monotonic() - started
+        cluster.run_dag("e2e_new", timeout=120)
+        ran = time.monotonic() - started
+        print(f"new DAG: synced on all hosts {synced:.1f}s, visible {visible:.1f}s, run succeeded {ran:.1f}s")
+        assert ran < 90, f"a new DAG took {ran:.0f}s from sync to a finished run"
 
     memory = cluster.memory_by_daemon()
     print("memory (PSS MiB) by daemon:", json.dumps(memory, indent=1))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from airflow_nodes.detect import package_set_hash
 from airflow_nodes.install import available_locks
+
+from conftest import interpreter
 
 pytestmark = pytest.mark.integration
 # Installed venvs are kept between runs (and shared with the end-to-end test): an install from a
@@ -19,10 +22,10 @@ CACHE = Path(os.environ.get("AIRFLOW_NODES_TEST_CACHE", Path.home() / ".cache" /
 PYTHON = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def cached_venv(version: str) -> Path:
+def cached_venv(version: str, python: str = f"{sys.version_info[0]}.{sys.version_info[1]}") -> Path:
     """Where a lock's venv is kept; a changed lock gets a new place (its hash is in the name)."""
-    lock = next(lock for lock in available_locks() if lock.airflow_version == version)
-    return CACHE / f"airflow-{version}-{lock.package_hash[:8]}" / "venv"
+    lock = next(lock for lock in available_locks() if (lock.airflow_version, lock.python) == (version, python))
+    return CACHE / f"airflow-{version}-py{python}-{lock.package_hash[:8]}" / "venv"
 
 
 def airflow_node(*args: str) -> subprocess.CompletedProcess:
@@ -31,13 +34,14 @@ def airflow_node(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("lock", available_locks(), ids=lambda lock: f"{lock.airflow_version}-py{lock.python}")
 def test_each_shipped_lock_installs_and_runs_airflow(lock):
-    if lock.python != f"{sys.version_info[0]}.{sys.version_info[1]}":
-        pytest.skip(f"needs Python {lock.python}")
-    venv = cached_venv(lock.airflow_version)
-    first = airflow_node(
-        "install-airflow", "--version", lock.airflow_version, "--venv", venv, "--python", sys.executable
-    )
+    python = interpreter(lock.python)
+    if python is None:
+        pytest.skip(f"no Python {lock.python} on this host (looked for /usr/bin/python{lock.python} and pyenv's)")
+    venv = cached_venv(lock.airflow_version, lock.python)
+    started = time.monotonic()
+    first = airflow_node("install-airflow", "--version", lock.airflow_version, "--venv", venv, "--python", python)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr
+    print(f"install-airflow {lock.airflow_version} on Python {lock.python}: {time.monotonic() - started:.1f}s")
     env = {**os.environ, "AIRFLOW_HOME": str(venv.parent / "home")}
     version = subprocess.run([venv / "bin" / "airflow", "version"], capture_output=True, text=True, env=env)
     assert version.stdout.strip().splitlines()[-1] == lock.airflow_version
@@ -47,9 +51,7 @@ def test_each_shipped_lock_installs_and_runs_airflow(lock):
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert imports.returncode == 0, imports.stderr[-2000:]
-    again = airflow_node(
-        "install-airflow", "--version", lock.airflow_version, "--venv", venv, "--python", sys.executable
-    )
+    again = airflow_node("install-airflow", "--version", lock.airflow_version, "--venv", venv, "--python", python)
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
@@ -111,14 +113,16 @@ def test_unwritable_venv_path_is_refused(tmp_path):
     assert tree(tmp_path) == [str(blocker)]
 
 
-def test_unsupported_python_is_refused(tmp_path):
-    other = next((p for p in ("/usr/bin/python3.9", "/usr/bin/python3.12", "/usr/bin/python3.13")
-                  if Path(p).exists()), None)  # fmt: skip
-    other = other or next(iter(sorted(Path.home().glob(".pyenv/versions/3.1[02]*/bin/python3"))), None)
+@pytest.mark.parametrize(
+    "version,python,covered", [("3.3.2", "3.9", "3.10, 3.11, 3.12, 3.13"), ("2.11.2", "3.13", "3.10, 3.11, 3.12")]
+)
+def test_a_python_no_lock_covers_is_refused_naming_the_covered_ones(tmp_path, version, python, covered):
+    other = interpreter(python)
     if other is None:
-        pytest.skip("no second Python version on this host")
-    result = airflow_node("install-airflow", "--version", "3.3.2", "--venv", tmp_path / "venv", "--python", other)
-    assert result.returncode == 2 and "--python: the Airflow 3.3.2 lock covers Python 3.11" in result.stderr
+        pytest.skip(f"no Python {python} on this host (looked for /usr/bin/python{python} and pyenv's)")
+    result = airflow_node("install-airflow", "--version", version, "--venv", tmp_path / "venv", "--python", other)
+    assert result.returncode == 2, result.stderr
+    assert f"--python: the Airflow {version} lock covers Python {covered}, not {python}" in result.stderr
     assert tree(tmp_path) == []
 
 

@@ -162,14 +162,19 @@ def test_writable_paths_widen_every_unit_sandbox_and_are_kept_by_a_rerun(run_cli
     root = render_node(run_cli, tmp_path, "3.3.2", "worker", "systemd")
     cluster_path = tmp_path / "cluster-3.3.2.toml"
     args = worker_args(root, cluster_path, "3.3.2", "systemd")
+    (root / "srv/exports").mkdir(parents=True, mode=0o775)  # the operator's: left as it is
+    os.chmod(root / "srv/exports", 0o775)
     result = run_cli(*args, "--writable-path", "/data/airflow", "--writable-path", "/srv/exports")
     assert result.code == 0, result.err
+    assert (root / "data/airflow").stat().st_mode & 0o777 == 0o750  # made, for the airflow user
+    assert (root / "srv/exports").stat().st_mode & 0o777 == 0o775
     unit = (root / "etc/systemd/system/airflow-worker.service").read_text()
     assert "ReadWritePaths=-/opt/airflow -/var/log/airflow -/data/airflow -/srv/exports\n" in unit
     assert run_cli(*args).code == 0  # a re-run without the option keeps the recorded list
     assert (root / "etc/systemd/system/airflow-worker.service").read_text() == unit
     assert 'writable_paths = "/data/airflow,/srv/exports"' in (root / "etc/airflow-node/node.toml").read_text()
     assert run_cli(*args, "--writable-path", "").code == 0  # '' clears it
-    assert "ReadWritePaths=-/opt/airflow -/var/log/airflow\n" in (
-        root / "etc/systemd/system/airflow-worker.service"
-    ).read_text()
+    assert (
+        "ReadWritePaths=-/opt/airflow -/var/log/airflow\n"
+        in (root / "etc/systemd/system/airflow-worker.service").read_text()
+    )
