@@ -46,12 +46,16 @@ def probe_interpreter(python: Path, timeout: float = 30) -> tuple[str, list[str]
 def package_set_hash(requirements: list[str]) -> str:
     """Given name==version lines, return a short hash that ignores order and name spelling."""
     normalised = set()
-    for line in requirements:
-        name, _, version = line.strip().partition("==")
-        name = re.sub(r"[-_.]+", "-", name).lower()
+    for name, version in map(parse_pin, requirements):
         if name not in ("pip", "setuptools", "wheel"):  # tooling, not what Airflow runs on
             normalised.add(f"{name}=={version}")
     return sha256("\n".join(sorted(normalised)).encode())[:16]
+
+
+def parse_pin(line: str) -> tuple[str, str]:
+    """Given "Flask_Login==0.6.3", return ("flask-login", "0.6.3"): the name as PEP 503 spells it."""
+    name, _, version = line.strip().partition("==")
+    return re.sub(r"[-_.]+", "-", name).lower(), version
 
 
 @dataclass(frozen=True)

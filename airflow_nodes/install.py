@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import execute
-from airflow_nodes.detect import package_set_hash, probe_interpreter
+from airflow_nodes.detect import package_set_hash, parse_pin, probe_interpreter
 from airflow_nodes.errors import OperationError, UserError
 
 LOCKS_DIR = Path(__file__).resolve().parent / "locks"
 _LOCK_NAME = re.compile(r"^airflow-(\d+\.\d+\.\d+)-py(\d+\.\d+)\.txt$")
+# What every node of a cluster must run alike, whatever its Python: Airflow, its providers and task
+# SDK, and the Celery stack tasks travel through. The rest of a lock may differ by Python line
+# (backports, environment markers), so the locks of one Airflow version agree on these only.
+_CLUSTER_WIDE = re.compile(r"^(apache-airflow(-.+)?|celery|kombu|billiard|flower|redis)$")
 
 # The imports that fail when celery and the celery provider do not fit together (celery 5.7), and
 # when the Redis transport cannot load (redis without async-timeout on Python < 3.11.3).
@@ -43,6 +47,11 @@ class Lock:
     @property
     def package_hash(self) -> str:
         return package_set_hash(self.requirements())
+
+    @property
+    def cluster_pins(self) -> dict[str, str]:
+        """The pins every node of a cluster must share, whatever its Python: {name: version}."""
+        return {name: version for name, version in map(parse_pin, self.requirements()) if _CLUSTER_WIDE.match(name)}
 
 
 def available_locks() -> list[Lock]:
@@ -75,6 +84,18 @@ def find_lock(version: str, python: str) -> Lock:
             return lock
     covered = ", ".join(lock.python for lock in matching)
     raise UserError(f"--python: the Airflow {version} lock covers Python {covered}, not {python}")
+
+
+def lock_with_hash(package_hash: str) -> Lock | None:
+    """The shipped lock whose package set has this hash, if any."""
+    return next((lock for lock in available_locks() if lock.package_hash == package_hash), None)
+
+
+def reference_constraints(version: str, python: str) -> str:
+    """Constraint lines for a new lock of `version` for Python `python`: the cluster-wide pins of the
+    first shipped lock of that version for another Python, so all of them agree (make-airflow-lock)."""
+    others = [lock for lock in available_locks() if lock.airflow_version == version and lock.python != python]
+    return "".join(f"{name}=={pin}\n" for name, pin in sorted(others[0].cluster_pins.items())) if others else ""
 
 
 def installed_packages(python: Path) -> list[str]:

@@ -153,7 +153,7 @@ class Cluster:
         """airflow-nodes for this machine's Debian python: it builds the Airflow venvs and wheelhouse
         the hosts install from (they have no network)."""
         venv = self.workdir / "tool"
-        sh([DEBIAN_PYTHON, "-m", "venv", "--without-pip", venv])
+        sh([DEBIAN_PYTHON, "-m", "venv", venv])
         # --no-cache: uv would reuse a wheel built from an older state of this work tree
         sh(["uv", "pip", "install", "-q", "--no-cache", "--python", venv / "bin" / "python", REPO], timeout=600)
         return venv
@@ -162,18 +162,21 @@ class Cluster:
         """Wheels of airflow-nodes and what it needs, for each Python the hosts run: what `pip install
         airflow-nodes` would fetch from PyPI, for hosts without network."""
         wheels = self.workdir / "wheels"
+        # each with the hosts' own Python: Debian 12's 3.11.2 needs a package pyenv's 3.11.7 does not
+        pythons = {"3.11": self.tool / "bin" / "python", "3.13": interpreter("3.13")}
         for python in sorted({"3.11", SYSTEMD_WORKER_PYTHON}):
-            sh([interpreter(python), "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", wheels, REPO],
+            sh([pythons[python], "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", wheels, REPO],
                timeout=600)  # fmt: skip
         return wheels
 
     def install_tool(self, host) -> None:
         """The README's install on a PEP 668 host (the system python refuses pip): a venv in /opt,
         a link on PATH; offline here, so pip reads the wheels instead of PyPI."""
-        host.run("/usr/bin/python3", "-m", "venv", TOOL)
+        env = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # not our PIP_*
+        host.run("python3", "-m", "venv", TOOL, env=env)
         host.run(f"{TOOL}/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index", "--find-links",
-                 self.wheels, "airflow-nodes", timeout=600)  # fmt: skip
-        host.run("ln", "-sfn", f"{TOOL}/bin/airflow-node", "/usr/local/bin/airflow-node")
+                 self.wheels, "airflow-nodes", timeout=600, env=env)  # fmt: skip
+        host.run("ln", "-sfn", f"{TOOL}/bin/airflow-node", "/usr/local/bin/airflow-node", env=env)
 
     def airflow_venv(self) -> Path:
         venv = VENVS / f"airflow-{AIRFLOW_VERSION}" / "venv"
@@ -470,12 +473,13 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
     with step("master: init (prints the join command), sync, start under systemd"):
         cluster.init_master()
     for name in WORKERS:
-        with step(f"{name}: init --join TOKEN (own supervisord, started), sync"):
+        runs_under = "systemd" if name == SYSTEMD_WORKER else "own supervisord"
+        with step(f"{name}: init --join TOKEN ({runs_under}, started), sync"):
             cluster.init_worker(name)
     with step("the web/api server answers and we are logged in"):
         cluster.login()
 
-    with step("1. airflow-node health exits 0 on all three hosts"):
+    with step("1. airflow-node health exits 0 on every host"):
         for name, host in [("master", cluster.master), *cluster.workers.items()]:
             result = wait_for(lambda host=host: (r := cluster.health(host)).returncode == 0 and r, 180,
                               f"health OK on {name}", interval=3)  # fmt: skip

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from airflow_nodes.cluster import dump_cluster
-from airflow_nodes.detect import package_set_hash
+from airflow_nodes.detect import package_set_hash, parse_pin
+from airflow_nodes.install import Lock, available_locks
 
 from conftest import make_cluster
 
@@ -39,4 +40,37 @@ def test_package_set_is_compared_with_the_masters(run_cli, tmp_path, make_venv, 
     recorded = package_set_hash([f"{k}=={v}" for k, v in MASTER_SET.items()])
     code, row = worker_health(run_cli, tmp_path, make_venv(**installed), recorded)
     assert (code, row["status"]) == (expected_code, expected_status)
+    assert words in row["detail"]
+
+
+def lock(version: str, python: str) -> Lock:
+    return next(lk for lk in available_locks() if (lk.airflow_version, lk.python) == (version, python))
+
+
+def test_locks_of_one_airflow_version_agree_on_airflow_providers_and_celery():
+    """A node on another Python line must run the same Airflow, providers and Celery. Only a lock whose
+    header says so may differ: Python 3.10, which the newest providers dropped."""
+    for version in {lk.airflow_version for lk in available_locks()}:
+        shared = [lk for lk in available_locks() if lk.airflow_version == version and not own_pins(lk)]
+        assert len(shared) >= 2, [lk.python for lk in shared]
+        assert all(lk.cluster_pins == shared[0].cluster_pins for lk in shared), version
+        assert {lk.python for lk in available_locks() if own_pins(lk)} <= {"3.10"}
+
+
+def own_pins(lk: Lock) -> bool:
+    return "its own provider and Celery pins" in lk.path.read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "python,expected_code,expected_status,words",
+    [
+        ("3.13", 0, "OK", "the lock for Python 3.13: same Airflow, providers and Celery as the master's (Python 3.11)"),
+        ("3.10", 1, "WARNING", "the lock for Python 3.10 has apache-airflow-providers-"),
+    ],
+)
+def test_a_node_on_another_python_line_is_compared_by_its_lock(run_cli, tmp_path, make_venv, python, expected_code,
+                                                               expected_status, words):  # fmt: skip
+    installed = dict(parse_pin(line) for line in lock("3.3.2", python).requirements())
+    code, row = worker_health(run_cli, tmp_path, make_venv(**installed), lock("3.3.2", "3.11").package_hash)
+    assert (code, row["status"]) == (expected_code, expected_status), row
     assert words in row["detail"]
