@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from airflow_nodes.context import NodeContext
 from airflow_nodes.digest import sha256, sha256_file
+from airflow_nodes.install import compare_package_sets
 from airflow_nodes.node import CLUSTER_FILE
 from airflow_nodes.target import Target
 
@@ -169,6 +170,12 @@ def master_of(records: list[dict]) -> dict | None:
     return masters[0] if len(masters) == 1 else None
 
 
+def _same(name: str, value: object, masters: object) -> bool:
+    if name == "packages" and isinstance(value, str) and isinstance(masters, str):
+        return compare_package_sets(value, masters)[0]  # another Python's lock may agree where it matters
+    return value == masters
+
+
 def compare(records: list[dict], expected_workers: str, period: int, now: float) -> FleetReport:
     """Given the records and the broker's time, return the fleet: the master's values as the reference,
     every differing value, stale and missing nodes, and a verdict with a Nagios status."""
@@ -182,7 +189,7 @@ def compare(records: list[dict], expected_workers: str, period: int, now: float)
             row.findings.append(f"stale: last report {age:.0f} s ago")
         if master is not None and record is not master:
             for name in COMPARED:
-                if record.get(name) != master.get(name):
+                if not _same(name, record.get(name), master.get(name)):
                     row.differing.add(name)
                     row.findings.append(f"{name} differs from the master's")
         if abs(float(record.get("clock_offset") or 0)) > CLOCK_WARN:

@@ -91,6 +91,25 @@ def lock_with_hash(package_hash: str) -> Lock | None:
     return next((lock for lock in available_locks() if lock.package_hash == package_hash), None)
 
 
+def compare_package_sets(here: str, master: str) -> tuple[bool, str]:
+    """Given the hashes of a node's and the master's package sets, return whether they may run in one
+    cluster (the same set, or the shipped locks of one Airflow version for two Pythons that agree on
+    Airflow, providers and Celery) and a phrase that says how they compare."""
+    if here == master:
+        return True, f"same set as the master ({here})"
+    here_lock, master_lock = lock_with_hash(here), lock_with_hash(master)
+    if not (here_lock and master_lock and here_lock.airflow_version == master_lock.airflow_version):
+        return False, f"set {here} differs from the master's {master} (install from the same lock)"
+    ours, theirs = here_lock.cluster_pins, master_lock.cluster_pins
+    differing = sorted(set(ours.items()) ^ set(theirs.items()))
+    if not differing:
+        return True, (f"the lock for Python {here_lock.python}: same Airflow, providers and Celery as the "
+                      f"master's (Python {master_lock.python})")  # fmt: skip
+    name = differing[0][0]
+    return False, (f"the lock for Python {here_lock.python} has {name} {ours.get(name, 'missing')}, the "
+                   f"master's (Python {master_lock.python}) {theirs.get(name, 'missing')}")  # fmt: skip
+
+
 def reference_constraints(version: str, python: str) -> str:
     """Constraint lines for a new lock of `version` for Python `python`: the cluster-wide pins of the
     first shipped lock of that version for another Python, so all of them agree (make-airflow-lock)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from airflow_nodes.detect import interpreter_of, package_set_hash, probe_interpreter
 from airflow_nodes.errors import UserError
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
-from airflow_nodes.install import lock_with_hash
+from airflow_nodes.install import compare_package_sets
 
 NAME = "packages"
 
@@ -39,22 +39,9 @@ def check(probe_input: ProbeInput) -> list[Result]:
     if not expected:
         detail = f"Airflow {version}, set {local}; the master recorded no set to compare with"
         return [Result(Status.OK, NAME, str(python), latency, detail)]
-    if local == expected:
-        return [Result(Status.OK, NAME, str(python), latency, f"Airflow {version}, same set as the master ({local})")]
-    here, master = lock_with_hash(local), lock_with_hash(expected)
-    if here and master and here.airflow_version == master.airflow_version:
-        differing = sorted(set(here.cluster_pins.items()) ^ set(master.cluster_pins.items()))
-        if not differing:  # another Python line: its lock shares Airflow, providers and Celery
-            detail = (f"Airflow {version}, the lock for Python {here.python}: same Airflow, providers and Celery "
-                      f"as the master's (Python {master.python})")  # fmt: skip
-            return [Result(Status.OK, NAME, str(python), latency, detail)]
-        name = differing[0][0]
-        detail = (f"Airflow {version}, the lock for Python {here.python} has {name} "
-                  f"{here.cluster_pins.get(name, 'missing')}, the master's (Python {master.python}) "
-                  f"{master.cluster_pins.get(name, 'missing')}")  # fmt: skip
-        return [Result(Status.WARNING, NAME, str(python), latency, detail)]
-    detail = f"Airflow {version}, set {local} differs from the master's {expected} (install from the same lock)"
-    return [Result(Status.WARNING, NAME, str(python), latency, detail)]
+    compatible, how = compare_package_sets(local, expected)
+    status = Status.OK if compatible else Status.WARNING
+    return [Result(status, NAME, str(python), latency, f"Airflow {version}, {how}")]
 
 
 PROBE = Probe(NAME, ANY_ROLE, check, description="installed package set equals the master's")

@@ -199,7 +199,7 @@ class Cluster:
             (wheelhouse / ".complete").touch()
         python = f"/usr/bin/python{SYSTEMD_WORKER_PYTHON}"
         result = self.node(host, "install-airflow", "--version", AIRFLOW_VERSION, "--venv", venv, "--python", python,
-                           "--wheelhouse", wheelhouse, timeout=1800)  # fmt: skip
+                           "--wheelhouse", wheelhouse, "--force", timeout=1800)  # fmt: skip
         print(result.stdout.splitlines()[-1])
         return venv
 
@@ -457,7 +457,7 @@ def cluster():
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_three_host_cluster_built_only_with_airflow_node(cluster):
+def test_cluster_built_only_with_airflow_node(cluster):
     step = Steps()
     try:
         run_scenario(cluster, step)

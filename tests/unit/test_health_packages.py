@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from airflow_nodes import fleet
 from airflow_nodes.cluster import dump_cluster
 from airflow_nodes.detect import package_set_hash, parse_pin
 from airflow_nodes.install import Lock, available_locks
@@ -74,3 +75,12 @@ def test_a_node_on_another_python_line_is_compared_by_its_lock(run_cli, tmp_path
     code, row = worker_health(run_cli, tmp_path, make_venv(**installed), lock("3.3.2", "3.11").package_hash)
     assert (code, row["status"]) == (expected_code, expected_status), row
     assert words in row["detail"]
+
+
+def test_the_fleet_view_applies_the_same_rule_to_a_node_on_another_python_line():
+    def record(name: str, role: str, python: str) -> dict:
+        return {"node": name, "role": role, "packages": lock("3.3.2", python).package_hash, "published": 1000.0}
+
+    records = [record("m", "master", "3.11"), record("w13", "worker", "3.13"), record("w10", "worker", "3.10")]
+    report = fleet.compare(records, "", period=300, now=1000.0)
+    assert {row.record["node"]: row.differing for row in report.rows} == {"m": set(), "w13": set(), "w10": {"packages"}}
