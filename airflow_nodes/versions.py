@@ -28,6 +28,7 @@ class Daemon:
     oneshot: bool = False
     needs_migrated_db: bool = False  # ordered after the migrate step
     graceful_stop: bool = False  # SIGTERM to the main process only, long stop timeout
+    runs_tasks: bool = False  # DAG code runs inside it (the Celery worker)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class AirflowLine:
             restart="always",
             restart_sec=10,
             graceful_stop=True,
+            runs_tasks=True,
         )
 
 

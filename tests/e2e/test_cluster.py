@@ -515,7 +515,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         assert status == 200, log
         assert "ran-on-worker1" in json.dumps(log), log
 
-    with step("2b. worker3 (Debian 13, systemd, hardened unit): a task writes the allowed data directory"):
+    with step("3b. worker3 (Debian 13, systemd, hardened unit): a task writes the allowed data directory"):
         worker3 = cluster.workers[SYSTEMD_WORKER]
         # something private in a home directory, which the README says tasks cannot see
         worker3.run("sh", "-c", "mkdir -p /home/e2e && echo private > /home/e2e/notes.txt")

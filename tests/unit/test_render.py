@@ -178,3 +178,12 @@ def test_writable_paths_widen_every_unit_sandbox_and_are_kept_by_a_rerun(run_cli
         "ReadWritePaths=-/opt/airflow -/var/log/airflow\n"
         in (root / "etc/systemd/system/airflow-worker.service").read_text()
     )
+
+
+def test_only_the_worker_unit_goes_without_hidepid(run_cli, tmp_path):
+    """Airflow 3 tasks make themselves non-dumpable; under ProtectProc= (hidepid) their own supervisor
+    then cannot see them and every task fails at start (found running tasks on a systemd worker)."""
+    worker = render_node(run_cli, tmp_path, "3.3.2", "worker", "systemd") / "etc/systemd/system"
+    master = render_node(run_cli, tmp_path, "3.3.2", "master", "systemd") / "etc/systemd/system"
+    assert "ProtectProc=" not in (worker / "airflow-worker.service").read_text()
+    assert "ProtectProc=invisible\n" in (master / "airflow-scheduler.service").read_text()
