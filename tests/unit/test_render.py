@@ -185,5 +185,5 @@ def test_only_the_worker_unit_goes_without_hidepid(run_cli, tmp_path):
     then cannot see them and every task fails at start (found running tasks on a systemd worker)."""
     worker = render_node(run_cli, tmp_path, "3.3.2", "worker", "systemd") / "etc/systemd/system"
     master = render_node(run_cli, tmp_path, "3.3.2", "master", "systemd") / "etc/systemd/system"
-    assert "ProtectProc=" not in (worker / "airflow-worker.service").read_text()
+    assert "\nProtectProc=" not in (worker / "airflow-worker.service").read_text()
     assert "ProtectProc=invisible\n" in (master / "airflow-scheduler.service").read_text()
