@@ -77,7 +77,7 @@ with DAG("e2e_long", schedule=None, start_date=datetime(2024, 1, 1), catchup=Fal
 with DAG("e2e_sandbox", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
          is_paused_upon_creation=False):
     BashOperator(task_id="writes_data", queue="q3",
-                 bash_command="echo written-on-$(hostname) > /srv/data/e2e-data.txt && cat /srv/data/e2e-data.txt")
+                 bash_command="echo written-by-$(id -un) > /srv/data/e2e-data.txt && cat /srv/data/e2e-data.txt")
     BashOperator(task_id="sandbox_as_documented", queue="q3", bash_command=(
         "test ! -e /home/e2e/notes.txt"  # ProtectHome=yes: /home is empty
         " && ! touch /etc/e2e-probe 2>/dev/null && ! touch /srv/e2e-probe 2>/dev/null"  # the rest is read-only
@@ -522,7 +522,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         run_id = cluster.run_dag("e2e_sandbox")
         hosts = {t["task_id"]: t["hostname"] for t in cluster.task_instances("e2e_sandbox", run_id)}
         assert set(hosts.values()) == {WORKERS[SYSTEMD_WORKER][0]}, hosts
-        assert worker3.run("cat", f"{DATA_DIR}/e2e-data.txt").stdout == "written-on-worker3\n"
+        assert worker3.run("cat", f"{DATA_DIR}/e2e-data.txt").stdout == "written-by-airflow\n"
         assert worker3.run("stat", "-c", "%U", f"{DATA_DIR}/e2e-data.txt").stdout.strip() == "airflow"
         assert worker3.run("test", "-e", "/tmp/e2e-probe", check=False).returncode != 0  # the task's /tmp was its own
         status, log = cluster.api(
