@@ -631,14 +631,19 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
     with step("9. a new DAG file on the master runs on the workers soon after `airflow-node sync` there and on them"):
         cluster.put_dag_file("e2e_new.py", NEW_DAG)
         started = time.monotonic()
-        for host in [cluster.master, *cluster.workers.values()]:
+        cluster.node(cluster.master, "sync", "--quiet")
+        published = time.monotonic() - started
+        for host in cluster.workers.values():
             cluster.node(host, "sync", "--quiet", timeout=600)
         synced = time.monotonic() - started
         wait_for(lambda: cluster.api("GET", f"{API}/dags/e2e_new")[0] == 200, 120, "e2e_new visible", interval=1)
         visible = time.monotonic() - started
         cluster.run_dag("e2e_new", timeout=120)
         ran = time.monotonic() - started
-        print(f"new DAG: synced on all hosts {synced:.1f}s, visible {visible:.1f}s, run succeeded {ran:.1f}s")
+        print(
+            f"new DAG, from the master's sync: published {published:.1f}s, synced on every worker {synced:.1f}s, "
+            f"visible in the API {visible:.1f}s, run succeeded {ran:.1f}s"
+        )
         assert ran < 90, f"a new DAG took {ran:.0f}s from sync to a finished run"
 
     memory = cluster.memory_by_daemon()
