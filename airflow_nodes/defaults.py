@@ -8,7 +8,7 @@ FLOWER_PORT = 5555
 VISIBILITY_TIMEOUT = 86400  # seconds; longer than the longest task
 SYNC_INTERVAL_MINUTES = 5
 # seconds between Airflow's looks for new DAG files (its own default, 300, keeps a synced DAG hidden for
-# minutes); one look at 10,000 files costs about 0.1 s (benchmarks/bench_dag_refresh.py)
+# minutes); one look at 10,000 files takes about 0.6 s, 2% of a core (benchmarks/bench_dag_refresh.py)
 DAG_REFRESH_INTERVAL = 30
 
 # node file (this node only)

@@ -24,12 +24,14 @@ from pathlib import Path
 from airflow_nodes import defaults
 
 LISTING = """
-import json, sys, time
+import inspect, json, sys, time
 from airflow.utils.file import list_py_file_paths
+# 2.x adds Airflow's example DAGs unless told not to (load_examples = False in our airflow.cfg)
+options = {"include_examples": False} if "include_examples" in inspect.signature(list_py_file_paths).parameters else {}
 times = []
 for _ in range(int(sys.argv[2])):
     started = time.perf_counter()
-    found = list_py_file_paths(sys.argv[1], safe_mode=True)
+    found = list_py_file_paths(sys.argv[1], safe_mode=True, **options)
     times.append(time.perf_counter() - started)
 print(json.dumps({"files": len(found), "times": times}))
 """
