@@ -443,6 +443,8 @@ def cluster():
     for tool in ("systemd-nspawn", "debootstrap", "redis-server", "uv", "ssh", "rsync"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: run `bash scripts/run-tests` (it installs what e2e needs)")
+    if interpreter(SYSTEMD_WORKER_PYTHON) is None:  # builds the wheels worker3 installs from
+        pytest.fail(f"no Python {SYSTEMD_WORKER_PYTHON} here (/usr/bin or pyenv) for worker3's wheels")
     workdir = Path(tempfile.mkdtemp(prefix="afe2e-"))
     os.chmod(workdir, 0o755)
     built = Cluster(workdir)
