@@ -293,9 +293,11 @@ def preview(plan: Plan, target: Target, force: bool = False) -> Preview:
         for path, digest in sorted(manifest.files.items())
         if path not in planned_paths
     )
-    wanted_dirs = list(plan.dirs)
+    wanted_dirs = [d for d in plan.dirs if not d.created_only]
     for planned in plan.files:  # parents of our files, e.g. /etc/cron.d on a minimal root
         wanted_dirs.append(PlannedDir(str(PurePosixPath(planned.path).parent), 0o755))
+    # last: a missing directory goes to the first who wants it, and these are another user's
+    wanted_dirs += [d for d in plan.dirs if d.created_only]
     missing: dict[str, PlannedDir] = {}
     for planned_dir in wanted_dirs:
         for ancestor in [*reversed(_ancestors(planned_dir.path)), planned_dir.path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from airflow_nodes import defaults, statefile, urls
 from airflow_nodes.errors import UserError
-from airflow_nodes.node import CONFIG_DIR, DAGS_AUTHORING_DIR, STATE_DIR
+from airflow_nodes.node import CONFIG_DIR, DAGS_AUTHORING_DIR, STATE_DIR, SYSTEM_DIRS, overlaps
 from airflow_nodes.redaction import url_password
 from airflow_nodes.schema import (
     Field,
@@ -120,13 +120,10 @@ def _package_hash(value: str, where: str) -> None:
 
 
 # AIRFLOW_HOME gets the airflow user as owner and mode 0750: never a directory the system needs as it is
-_SYSTEM_DIRS = ("/boot", "/dev", "/etc", "/proc", "/run", "/sys", "/usr", CONFIG_DIR, STATE_DIR)
-
-
 def _airflow_home(value: str, where: str) -> None:
     check_abs_path(value, where)
     too_high = value.count("/") < 2  # /tmp, /opt, /var
-    if too_high or any(value == d or value.startswith(d + "/") or d.startswith(value + "/") for d in _SYSTEM_DIRS):
+    if too_high or any(overlaps(value, d) for d in SYSTEM_DIRS):
         raise UserError(f"{where}: {value} is a system directory or holds one; use a directory of its own")
 
 

@@ -8,6 +8,7 @@ working, and scripts' shebangs (which name the release directory) stay valid.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ _LOCK_NAME = re.compile(r"^airflow-(\d+\.\d+\.\d+)-py(\d+\.\d+)\.txt$")
 # SDK, and the Celery stack tasks travel through. The rest of a lock may differ by Python line
 # (backports, environment markers), so the locks of one Airflow version agree on these only.
 _CLUSTER_WIDE = re.compile(r"^(apache-airflow(-.+)?|celery|kombu|billiard|flower|redis)$")
+OWN_PINS_NOTE = "its own provider and Celery pins"  # in the first line of such a lock (make-airflow-lock)
 
 # The imports that fail when celery and the celery provider do not fit together (celery 5.7), and
 # when the Redis transport cannot load (redis without async-timeout on Python < 3.11.3).
@@ -47,6 +49,15 @@ class Lock:
     @property
     def package_hash(self) -> str:
         return package_set_hash(self.requirements())
+
+    @property
+    def own_pins(self) -> bool:
+        """Whether make-airflow-lock had to resolve this lock apart from the other Pythons' pins."""
+        return OWN_PINS_NOTE in self.path.read_text().partition("\n")[0]
+
+    @property
+    def python_key(self) -> tuple[int, ...]:
+        return tuple(map(int, self.python.split(".")))
 
     @property
     def cluster_pins(self) -> dict[str, str]:
@@ -88,7 +99,12 @@ def find_lock(version: str, python: str) -> Lock:
 
 def lock_with_hash(package_hash: str) -> Lock | None:
     """The shipped lock whose package set has this hash, if any."""
-    return next((lock for lock in available_locks() if lock.package_hash == package_hash), None)
+    return _locks_by_hash().get(package_hash)
+
+
+@functools.cache
+def _locks_by_hash() -> dict[str, Lock]:
+    return {lock.package_hash: lock for lock in available_locks()}
 
 
 def compare_package_sets(here: str, master: str) -> tuple[bool, str]:
@@ -112,9 +128,14 @@ def compare_package_sets(here: str, master: str) -> tuple[bool, str]:
 
 def reference_constraints(version: str, python: str) -> str:
     """Constraint lines for a new lock of `version` for Python `python`: the cluster-wide pins of the
-    first shipped lock of that version for another Python, so all of them agree (make-airflow-lock)."""
-    others = [lock for lock in available_locks() if lock.airflow_version == version and lock.python != python]
-    return "".join(f"{name}=={pin}\n" for name, pin in sorted(others[0].cluster_pins.items())) if others else ""
+    shipped lock of that version for the newest other Python (never one with pins of its own), so all
+    of them agree (make-airflow-lock)."""
+    others = [lock for lock in available_locks()
+              if lock.airflow_version == version and lock.python != python and not lock.own_pins]  # fmt: skip
+    if not others:
+        return ""
+    reference = max(others, key=lambda lock: lock.python_key)
+    return "".join(f"{name}=={pin}\n" for name, pin in sorted(reference.cluster_pins.items()))
 
 
 def installed_packages(python: Path) -> list[str]:

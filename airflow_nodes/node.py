@@ -38,6 +38,15 @@ SSH_DIR = f"{CONFIG_DIR}/ssh"  # a joined worker's key and the master's pinned h
 SSH_KEY_FILE = f"{SSH_DIR}/id_ed25519"
 KNOWN_HOSTS_FILE = f"{SSH_DIR}/known_hosts"
 DAGS_AUTHORING_DIR = "/srv/airflow/dags"  # on the master: where people put DAGs; workers pull from it
+# what no directory of the cluster's may be, sit in or hold: the system's and ours
+SYSTEM_DIRS = ("/boot", "/dev", "/etc", "/proc", "/run", "/sys", "/usr", CONFIG_DIR, STATE_DIR)
+# what the daemons' sandbox hides or gives them a private copy of (ProtectHome=, PrivateTmp=)
+SANDBOX_PRIVATE_DIRS = ("/home", "/root", "/tmp", "/var/tmp")
+
+
+def overlaps(path: str, other: str) -> bool:
+    """Whether one of two normalised absolute paths is the other or lies under it."""
+    return path == other or path.startswith(other.rstrip("/") + "/") or other.startswith(path.rstrip("/") + "/")
 
 
 def under_root(root: Path, path: str) -> Path:
@@ -77,10 +86,22 @@ def check_queues(value: str, where: str) -> None:
 
 
 def check_writable_paths(value: str, where: str) -> None:
-    for path in filter(None, value.split(",")):
+    """Directories the sandbox lets daemons write: never the system's or ours (root acts on what is
+    there), nor what the sandbox hides anyway, nor one inside another."""
+    paths = list(filter(None, value.split(",")))
+    for index, path in enumerate(paths):
         check_abs_path(path, where)
         if path == "/":
             raise UserError(f"{where}: '/' would lift the sandbox; drop ProtectSystem= in a drop-in instead")
+        clash = next((d for d in SYSTEM_DIRS if overlaps(path, d)), None)
+        if clash:
+            raise UserError(f"{where}: {path} is a system directory, or holds or lies in {clash}")
+        hidden = next((d for d in SANDBOX_PRIVATE_DIRS if overlaps(path, d)), None)
+        if hidden:
+            raise UserError(f"{where}: {path}: the sandbox hides {hidden} or gives each daemon its own; use a drop-in")
+        nested = next((p for p in paths[:index] if overlaps(path, p)), None)
+        if nested:
+            raise UserError(f"{where}: {path} and {nested}: one lies in the other; give the outer one only")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ way, including removing what the new plan no longer has.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 
 from airflow_nodes import defaults, statefile
@@ -29,6 +30,7 @@ from airflow_nodes.node import (
     STATE_DIR,
     NodeSettings,
     dump_node,
+    overlaps,
 )
 from airflow_nodes.plan import Plan, PlannedDir, PlannedFile, SystemUser
 from airflow_nodes.render import render
@@ -120,8 +122,6 @@ def build_node_plan(
         PlannedDir(ctx.dags_folder, 0o750, user, user),
         PlannedDir(ctx.log_dir, 0o750, user, user),
     ]
-    # where tasks may write under the systemd sandbox: made for the airflow user if missing
-    dirs += [PlannedDir(path, 0o750, user, user, created_only=True) for path in node.writable_path_list]
     if node.role == "master" and dags_source_is_local_to_master(cluster):
         dirs += [PlannedDir("/srv/airflow", 0o755), PlannedDir(DAGS_AUTHORING_DIR, 0o755, user, user)]
 
@@ -145,6 +145,15 @@ def build_node_plan(
             PlannedFile(SSH_KEY_FILE, credentials.key_file, 0o600, user, user, secret=True),
             PlannedFile(KNOWN_HOSTS_FILE, credentials.known_hosts, 0o644),
         ]
+    # where tasks may write under the systemd sandbox: made for the airflow user if missing, never
+    # where our own directories and files are (the airflow user would own or could change them)
+    ours = [d.path for d in dirs] + [posixpath.dirname(f.path) for f in files]
+    for path in node.writable_path_list:
+        clash = next((other for other in ours if overlaps(path, other)), None)
+        if clash:
+            raise UserError(f"--writable-path: {path} overlaps {clash}, which airflow-node manages; use a directory "
+                            "of its own")  # fmt: skip
+        dirs.append(PlannedDir(path, 0o750, user, user, created_only=True))
 
     return Plan(
         # on the master, workers log in as this user (key only: it has no password) to pull DAGs

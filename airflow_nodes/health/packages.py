@@ -44,4 +44,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     return [Result(status, NAME, str(python), latency, f"Airflow {version}, {how}")]
 
 
-PROBE = Probe(NAME, ANY_ROLE, check, description="installed package set equals the master's")
+PROBE = Probe(NAME, ANY_ROLE, check, description="installed package set equals the master's, or is its Python's lock")

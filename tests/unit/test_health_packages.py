@@ -9,7 +9,7 @@ import pytest
 from airflow_nodes import fleet
 from airflow_nodes.cluster import dump_cluster
 from airflow_nodes.detect import package_set_hash, parse_pin
-from airflow_nodes.install import Lock, available_locks
+from airflow_nodes.install import Lock, available_locks, reference_constraints
 
 from conftest import make_cluster
 
@@ -52,14 +52,15 @@ def test_locks_of_one_airflow_version_agree_on_airflow_providers_and_celery():
     """A node on another Python line must run the same Airflow, providers and Celery. Only a lock whose
     header says so may differ: Python 3.10, which the newest providers dropped."""
     for version in {lk.airflow_version for lk in available_locks()}:
-        shared = [lk for lk in available_locks() if lk.airflow_version == version and not own_pins(lk)]
+        shared = [lk for lk in available_locks() if lk.airflow_version == version and not lk.own_pins]
         assert len(shared) >= 2, [lk.python for lk in shared]
         assert all(lk.cluster_pins == shared[0].cluster_pins for lk in shared), version
-        assert {lk.python for lk in available_locks() if own_pins(lk)} <= {"3.10"}
+        assert {lk.python for lk in available_locks() if lk.own_pins} <= {"3.10"}
 
 
-def own_pins(lk: Lock) -> bool:
-    return "its own provider and Celery pins" in lk.path.read_text().splitlines()[0]
+def test_a_new_lock_is_constrained_by_the_newest_python_lock_that_shares_the_pins():
+    constraints = dict(parse_pin(line) for line in reference_constraints("3.3.2", "3.14").splitlines())
+    assert constraints == lock("3.3.2", "3.13").cluster_pins != lock("3.3.2", "3.10").cluster_pins
 
 
 @pytest.mark.parametrize(
