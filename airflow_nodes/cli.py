@@ -232,6 +232,33 @@ def install_airflow_command(
 
 
 @cli.command()
+@root_option
+@click.option("--to", "to", required=True, metavar="X.Y.Z", help="The Airflow version to move the cluster to.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and check the input; change nothing.")
+@click.option("--backup-dir", type=click.Path(path_type=Path), default=defaults.BACKUP_DIR, show_default=True,
+              help="Where the pg_dump of the metadata DB goes before the migration.")  # fmt: skip
+@click.option("--health-timeout", type=Finite(10, 3600), default=defaults.UPGRADE_HEALTH_TIMEOUT, show_default=True,
+              metavar="SEC", help="How long the upgraded master gets to report healthy before a rollback.")  # fmt: skip
+@click.option(
+    "--wheelhouse", type=click.Path(path_type=Path), help="Install the new Airflow offline from these wheels."
+)
+def upgrade(target: Target, to: str, dry_run: bool, backup_dir: Path, health_timeout: float,
+            wheelhouse: Path | None) -> None:  # fmt: skip
+    """Master: move the cluster to a newer Airflow (backup, migrate, re-render, health; rollback on failure)."""
+    from airflow_nodes.upgrade import plan_upgrade
+    from airflow_nodes.upgrade import upgrade as run_upgrade
+
+    plan = plan_upgrade(target, to, backup_dir, wheelhouse)
+    click.echo(f"upgrade the master from Airflow {plan.current} to {plan.to}:")
+    click.echo("\n".join(f"  {number}. {step}" for number, step in enumerate(plan.steps(), 1)))
+    if dry_run:
+        return
+    if not target.real_system:
+        raise UserError("upgrade: runs on the real master only (not under --root); use --dry-run to see the plan")
+    click.echo(run_upgrade(plan, target, click.echo, health_timeout))
+
+
+@cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--version", "airflow_version", default="3.3.2", show_default=True, help="Airflow version.")
 @click.option("--python", default=sys.executable, show_default=True, help="Interpreter of the target hosts.")

@@ -22,5 +22,9 @@ VALIDATE = "warn"  # byte-compile changed .py files: off, warn or refuse
 KEEP_RELEASES = 5
 LOCK_WAIT = 10.0  # seconds to wait for a running sync before skipping
 
+# upgrade
+BACKUP_DIR = "/var/backups/airflow-node"  # pg_dump of the metadata DB before a migration
+UPGRADE_HEALTH_TIMEOUT = 300.0  # seconds the upgraded master gets to report healthy
+
 # health
 HEALTH_TIMEOUT = 2.0  # seconds per probe

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,8 +57,12 @@ def failure_reason(argv: Sequence[str], returncode: int, stderr: str | bytes, st
     lines = [line.strip() for line in (_text(stderr) or _text(stdout)).splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith("Warning: Permanently")]
     # rsync ends with a generic "rsync error: ... (code N)" line; the cause is usually the line before
-    useful = [line for line in lines if not line.startswith(("rsync error:", "rsync: connection unexpectedly"))]
-    reason = (useful or lines or [f"exit {returncode}"])[-1]
+    # SQLAlchemy ends with the statement and a link; the error itself comes before them
+    noise = ("rsync error:", "rsync: connection unexpectedly", "(Background on this error at:", "[SQL:", "[parameters:")
+    useful = [line for line in lines if not line.startswith(noise)]
+    # a Python program's own error line ("sqlalchemy.exc.ProgrammingError: ..."), else the last line
+    errors = [line for line in useful if re.match(r"^[\w.]*(Error|Exception)\b[^ ]*:", line)]
+    reason = (errors or useful or lines or [f"exit {returncode}"])[-1]
     return f"{reason} (exit {returncode})"
 
 

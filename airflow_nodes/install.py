@@ -222,7 +222,19 @@ def install_airflow(
                 f"--venv: {venv} holds a different package set ({installed}); re-run with --force to replace it"
             )
 
-    release = Path(f"{venv}.releases") / f"airflow-{version}-py{lock.python}-{lock.package_hash[:8]}"
+    release = build_release(lock, venv, python, wheelhouse, progress)
+    switch_venv(venv, release, progress)
+    return InstallResult(venv, release, version, lock.package_hash, True, f"{venv} -> {release}")
+
+
+def build_release(
+    lock: Lock, venv: Path, python: str, wheelhouse: Path | None, progress: Callable[[str], None]
+) -> Path:
+    """Build and verify a lock's venv beside `venv` (VENV.releases/...), not yet in use. Return its path;
+    raise OperationError (nothing left behind) when the install fails."""
+    release = Path(f"{venv}.releases") / f"airflow-{lock.airflow_version}-py{lock.python}-{lock.package_hash[:8]}"
+    if release.exists() and package_set_hash(installed_packages(release / "bin" / "python")) == lock.package_hash:
+        return release  # built and verified before (a re-run, or an upgrade tried again)
     if release.exists():  # a failed or abandoned earlier attempt: the symlink does not point here
         shutil.rmtree(release)
     release.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +255,11 @@ def install_airflow(
     except BaseException:
         shutil.rmtree(release, ignore_errors=True)
         raise
+    return release
 
+
+def switch_venv(venv: Path, release: Path, progress: Callable[[str], None] = lambda line: None) -> None:
+    """Point the venv link at a release with one rename: daemons see the old venv or the new one, never none."""
     if venv.exists() and not venv.is_symlink():
         aside = venv.with_name(f"{venv.name}.replaced-by-airflow-node")
         venv.rename(aside)
@@ -251,8 +267,7 @@ def install_airflow(
     link = venv.with_name(f".{venv.name}.new-link")
     link.unlink(missing_ok=True)
     link.symlink_to(release)
-    os.replace(link, venv)  # one rename: the daemons see the old venv or the new one, never none
-    return InstallResult(venv, release, version, lock.package_hash, True, f"{venv} -> {release}")
+    os.replace(link, venv)
 
 
 def build_wheelhouse(

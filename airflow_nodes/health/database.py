@@ -36,12 +36,12 @@ def _targets(probe_input: ProbeInput) -> list[tuple[str, str]]:
     # Airflow 3 workers never open the metadata DB; Airflow 2 workers do.
     if probe_input.ctx.node.role == "master" or not probe_input.ctx.line.has_execution_api:
         targets.append(("metadata", cluster.db_url))
-    if _libpq_url(result_backend) not in {_libpq_url(url) for _, url in targets}:
+    if libpq_url(result_backend) not in {libpq_url(url) for _, url in targets}:
         targets.append(("result backend", result_backend))
-    return [(label, _libpq_url(url)) for label, url in targets]
+    return [(label, libpq_url(url)) for label, url in targets]
 
 
-def _libpq_url(sqlalchemy_url: str) -> str:
+def libpq_url(sqlalchemy_url: str) -> str:
     """Given postgresql+driver://..., return postgresql://... (libpq does not know SQLAlchemy drivers)."""
     scheme, rest = sqlalchemy_url.split("://", 1)
     return f"{scheme.split('+', 1)[0]}://{rest}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from airflow_nodes.apply import apply
 from airflow_nodes.cluster import parse_cluster
 from airflow_nodes.context import NodeContext
+from airflow_nodes.control import control
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import CLUSTER_FILE
 from airflow_nodes.nodeplan import reconcile_node
@@ -66,11 +67,16 @@ def sync_config(
         cluster = parse_cluster(fetched.decode(), where)
     except UnicodeDecodeError:
         raise UserError(f"{where}: the cluster file is not UTF-8 text") from None
-    result = apply(reconcile_node(cluster, fetched, ctx.node, target, force=force, previous=ctx.node))
+    from airflow_nodes.upgrade import follow_master  # only a changed cluster file needs the machinery
+
+    node, upgraded = follow_master(ctx, cluster, target)
+    result = apply(reconcile_node(cluster, fetched, node, target, force=force, previous=ctx.node))
+    if upgraded and target.real_system:  # drained for the upgrade: back to work on the new Airflow
+        upgraded.append(control("start", target))
     commands = result.ran or result.skipped
     return ConfigSyncOutcome(
         changed=True,
         written=tuple(result.written + result.removed),
-        commands=tuple(" ".join(c.argv) for c in commands if c.argv[0] != "useradd"),
-        ran_commands=bool(result.ran),
+        commands=tuple(upgraded) + tuple(" ".join(c.argv) for c in commands if c.argv[0] != "useradd"),
+        ran_commands=bool(result.ran or upgraded),
     )

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from airflow_nodes import statefile
 from airflow_nodes.atomicfile import write_atomically
+from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import SYNC_STATE_FILE
+from airflow_nodes.node import CLUSTER_FILE, SYNC_STATE_FILE
 from airflow_nodes.target import Target
 
 
@@ -51,3 +52,14 @@ def write_state(target: Target, state: SyncState) -> None:
         write_atomically(path, (json.dumps(dataclasses.asdict(state), indent=2) + "\n").encode(), 0o644)
     except OSError as exc:
         raise OperationError(f"{path}: cannot record the sync state ({exc.strerror})") from None
+
+
+def record_rendered_config(target: Target, airflow_cfg: str) -> None:
+    """After a render outside sync (an upgrade): the config on disk is what this node should run, so
+    health's consistency probe compares with it."""
+    state = dataclasses.replace(
+        read_state(target),
+        config_hash=sha256_file(target.path(airflow_cfg), unreadable_ok=True),
+        cluster_file_hash=sha256_file(target.path(CLUSTER_FILE), unreadable_ok=True),
+    )
+    write_state(target, state)

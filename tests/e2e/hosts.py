@@ -29,7 +29,7 @@ CACHE = Path(os.environ.get("AIRFLOW_NODES_TEST_CACHE", Path.home() / ".cache" /
 # what each container needs: systemd, cron, python3 with venv (the README's install path), ssh, rsync
 ROOTFS_PACKAGES = {
     "bookworm": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,openssh-server,"
-    "openssh-client,iproute2,passwd",
+    "openssh-client,iproute2,passwd,postgresql-client",  # pg_dump for `airflow-node upgrade`
     "trixie": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,openssh-client,"
     "iproute2,passwd",
 }
@@ -259,6 +259,11 @@ class Postgres:
         sql = f"CREATE ROLE airflow LOGIN PASSWORD '{quoted}';\nCREATE DATABASE airflow OWNER airflow;\n"
         sh([PG_BIN.parent / "bin" / "psql", "-h", workdir, "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"],
            input=sql, **as_postgres)  # fmt: skip
+
+    def sql(self, text: str) -> None:
+        """Run SQL as the superuser over the local socket (what a DBA would do by hand)."""
+        sh([PG_BIN / "psql", "-h", self.dir, "-U", "postgres", "-d", "airflow", "-v", "ON_ERROR_STOP=1", "-q"],
+           input=text, user="postgres", group="postgres", extra_groups=[])  # fmt: skip
 
     def close(self) -> None:
         if self.process.poll() is None:

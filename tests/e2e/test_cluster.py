@@ -146,6 +146,7 @@ class Cluster:
         self.workers: dict[str, Worker] = {}
         self.authorization: str | None = None
         self.printed: list[str] = []  # everything airflow-node printed, scanned for secrets at the end
+        self.airflow3, self.api_root = AIRFLOW_3, API  # the upgrade scenario moves both
 
     # -- building ---------------------------------------------------------------------------
 
@@ -185,18 +186,23 @@ class Cluster:
         print(result.stdout.splitlines()[-1])
         return venv
 
+    def wheelhouse(self, version: str, python: str) -> Path:
+        """`airflow-node wheelhouse` here (with network) for hosts without: a lock's wheels, kept between runs."""
+        lock = find_lock(version, python)
+        wheelhouse = VENVS / f"wheels-{version}-py{python}-{lock.package_hash[:8]}"
+        if not (wheelhouse / ".complete").exists():  # 155 downloads
+            sh([self.tool / "bin" / "airflow-node", "wheelhouse", wheelhouse, "--version", version,
+                "--python", interpreter(python)], timeout=1800)  # fmt: skip
+            (wheelhouse / ".complete").touch()
+        return wheelhouse
+
     def systemd_worker_venv(self, host: Container) -> Path:
         """worker3's Airflow, for its own python: `airflow-node wheelhouse` here (with network), then
         `install-airflow --wheelhouse` on the host, the README's offline path."""
         if SYSTEMD_WORKER_PYTHON == "3.11":
             return self.venv  # the same interpreter as the master's: the same venv
         venv = VENVS / f"airflow-{AIRFLOW_VERSION}-py{SYSTEMD_WORKER_PYTHON}" / "venv"
-        lock = find_lock(AIRFLOW_VERSION, SYSTEMD_WORKER_PYTHON)
-        wheelhouse = VENVS / f"wheels-{AIRFLOW_VERSION}-py{SYSTEMD_WORKER_PYTHON}-{lock.package_hash[:8]}"
-        if not (wheelhouse / ".complete").exists():  # kept between runs: 155 downloads
-            sh([self.tool / "bin" / "airflow-node", "wheelhouse", wheelhouse, "--version", AIRFLOW_VERSION,
-                "--python", interpreter(SYSTEMD_WORKER_PYTHON)], timeout=1800)  # fmt: skip
-            (wheelhouse / ".complete").touch()
+        wheelhouse = self.wheelhouse(AIRFLOW_VERSION, SYSTEMD_WORKER_PYTHON)
         python = f"/usr/bin/python{SYSTEMD_WORKER_PYTHON}"
         result = self.node(host, "install-airflow", "--version", AIRFLOW_VERSION, "--venv", venv, "--python", python,
                            "--wheelhouse", wheelhouse, "--force", timeout=1800)  # fmt: skip
@@ -299,7 +305,7 @@ class Cluster:
             return answer["status"], answer["body"]
 
     def login(self) -> None:
-        if AIRFLOW_3:
+        if self.airflow3:
             self.login_simple_auth_manager()
         else:
             self.login_fab()
@@ -326,19 +332,23 @@ class Cluster:
                         "admin", "--password", password, "--role", "Admin", "--email", "admin@example.invalid",
                         "--firstname", "E2E", "--lastname", "Admin", timeout=180)  # fmt: skip
         self.authorization = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
-        wait_for(lambda: self.api("GET", f"{API}/dags")[0] == 200, 180, "the webserver to answer with basic auth")
+        wait_for(
+            lambda: self.api("GET", f"{self.api_root}/dags")[0] == 200, 180, "the webserver to answer with basic auth"
+        )
 
     def run_dag(self, dag_id: str, timeout: float = 240, while_running=None) -> str:
         """Trigger a DAG, wait for the run to finish, return its run_id. Assert it succeeded."""
-        wait_for(lambda: self.api("GET", f"{API}/dags/{dag_id}")[0] == 200, 180, f"DAG {dag_id} parsed")
-        status, body = self.api("POST", f"{API}/dags/{dag_id}/dagRuns", {"logical_date": None} if AIRFLOW_3 else {})
+        wait_for(lambda: self.api("GET", f"{self.api_root}/dags/{dag_id}")[0] == 200, 180, f"DAG {dag_id} parsed")
+        status, body = self.api(
+            "POST", f"{self.api_root}/dags/{dag_id}/dagRuns", {"logical_date": None} if self.airflow3 else {}
+        )
         assert status == 200, body
         run_id = body["dag_run_id"]
         if while_running:
             while_running(run_id)
 
         def finished():
-            state = self.api("GET", f"{API}/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
+            state = self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
             return state if state in ("success", "failed") else None
 
         state = wait_for(finished, timeout, f"{dag_id} run {run_id} to finish", interval=1)
@@ -346,7 +356,9 @@ class Cluster:
         return run_id
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"{API}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1]["task_instances"]
+        return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1][
+            "task_instances"
+        ]
 
     def task_states(self, dag_id: str, run_id: str) -> list[tuple]:
         return [(t["task_id"], t["state"], t.get("hostname")) for t in self.task_instances(dag_id, run_id)]
@@ -463,6 +475,8 @@ def test_cluster_built_only_with_airflow_node(cluster):
     step = Steps()
     try:
         run_scenario(cluster, step)
+        if not AIRFLOW_3:
+            run_upgrade_scenario(cluster, step)
     except BaseException:
         print(f"\n!!! FAILED at step: {step.current}\n{cluster.diagnose()}", flush=True)
         raise
@@ -651,3 +665,60 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
     memory = cluster.memory_by_daemon()
     print("memory (PSS MiB) by daemon:", json.dumps(memory, indent=1))
     assert len(memory) == len(MASTER_DAEMONS) + len(WORKERS), memory
+
+
+def run_upgrade_scenario(cluster: Cluster, step: Steps) -> None:
+    """The 2.11 cluster moves to Airflow 3.3.2: `airflow-node upgrade` on the master, `sync` on the workers."""
+    master, to = cluster.master, "3.3.2"
+    wheelhouse = cluster.wheelhouse(to, "3.11")  # the hosts have no network: the README's offline path
+
+    def state(host) -> str:
+        return host.run("sh", "-c", f"sha256sum /etc/airflow-node/*.toml /opt/airflow/airflow.cfg "
+                        f"/etc/systemd/system/airflow-* 2>&1; readlink {cluster.venv}").stdout  # fmt: skip
+
+    with step("U1. upgrade: an unknown target, a downgrade, a worker: one line, exit 2, nothing changed"):
+        before = state(master)
+        for host, args, words in [(master, ["--to", "3.3.1"], "no lock file for Airflow 3.3.1"),
+                                  (master, ["--to", "2.10.5"], "not newer than the installed 2.11.2"),
+                                  (cluster.workers["worker1"], ["--to", to], "this node is a worker")]:  # fmt: skip
+            result = cluster.node(host, "upgrade", *args, check=False)
+            assert result.returncode == 2 and words in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        print(cluster.node(master, "upgrade", "--to", to, "--dry-run").stdout)
+        assert state(master) == before
+
+    runs_before = cluster.api("GET", f"{cluster.api_root}/dags/e2e_spread/dagRuns")[1]["total_entries"]
+    with step("U2. a migration made to fail (a table in its way): rolled back to a working 2.11"):
+        cluster.postgres.sql("SET ROLE airflow; CREATE TABLE dag_bundle (name varchar(250) PRIMARY KEY);")
+        failed = cluster.node(master, "upgrade", "--to", to, "--wheelhouse", wheelhouse, check=False, timeout=2400)
+        print(failed.stdout[-3000:], failed.stderr)
+        assert failed.returncode == 1 and "rolled back to Airflow 2.11.2" in failed.stderr, failed.stderr
+        assert 'relation "dag_bundle" already exists' in failed.stderr  # the cause, in the one line
+        assert master.run("test", "-e", "/etc/systemd/system/airflow-webserver.service", check=False).returncode == 0
+        assert 'airflow_version = "2.11"' in master.run("cat", "/etc/airflow-node/cluster.toml").stdout
+        cluster.run_dag("e2e_spread")
+        cluster.postgres.sql("SET ROLE airflow; DROP TABLE dag_bundle;")  # what the operator fixes
+
+    with step("U3. upgrade --to 3.3.2 on the master: migrated, re-rendered, healthy, the 2.11 history kept"):
+        started = time.monotonic()
+        done = cluster.node(master, "upgrade", "--to", to, "--wheelhouse", wheelhouse, timeout=2400)
+        print(done.stdout[-3000:])
+        print(f"upgrade took {time.monotonic() - started:.1f}s")
+        cluster.airflow3, cluster.api_root, cluster.authorization = True, "/api/v2", None
+        cluster.login()
+        runs = cluster.api("GET", "/api/v2/dags/e2e_spread/dagRuns")[1]
+        assert runs["total_entries"] >= runs_before + 1, runs  # the 2.11 runs, and the one after the rollback
+        units = master.run("sh", "-c", "ls /etc/systemd/system/").stdout
+        assert "airflow-api-server.service" in units and "airflow-webserver.service" not in units, units
+
+    with step("U4. the workers follow with `airflow-node sync`: drained, the same lock, restarted on 3.3.2"):
+        for worker in cluster.workers.values():
+            print(cluster.node(worker, "sync", "-v", timeout=1800).stdout)
+        for name, host in [("master", master), *cluster.workers.items()]:
+            wait_for(lambda host=host: cluster.health(host).returncode == 0, 180, f"health OK on {name}", interval=3)
+        run_id = cluster.run_dag("e2e_spread")
+        hosts = {t["task_id"]: t["hostname"] for t in cluster.task_instances("e2e_spread", run_id)}
+        assert hosts == {"on_worker1": WORKERS["worker1"][0], "on_worker2": WORKERS["worker2"][0]}, hosts
+        view = cluster.node(cluster.workers["worker1"], "cluster", check=False).stdout
+        print(view)
+        assert view.count(" 3.3.2 ") == 1 + len(WORKERS) and "OK:" in view, view
