@@ -238,7 +238,7 @@ def upgrade(plan: UpgradePlan, target: Target, progress: Callable[[str], None], 
 
     def phase(name: str, started: float) -> None:
         timings.append(f"{name} {time.monotonic() - started:.1f}s")
-        progress(f"  done: {name} ({time.monotonic() - started:.1f}s)")
+        progress(f"  done: {timings[-1]}")
 
     started = time.monotonic()
     blocking, deprecated = check_dags(plan, target)
@@ -277,7 +277,11 @@ def upgrade(plan: UpgradePlan, target: Target, progress: Callable[[str], None], 
         phase("start and health", started)
     except (OperationError, UserError) as exc:
         progress(f"  FAILED: {exc}; rolling back to Airflow {plan.current}")
-        rollback(plan, target, dump, old_release, health_timeout, progress)
+        try:
+            rollback(plan, target, dump, old_release, health_timeout, progress)
+        except (OperationError, UserError) as failed:
+            raise OperationError(f"upgrade to {plan.to} failed ({exc}), and so did the rollback ({failed}): the DB "
+                                 f"backup is {dump}, the old Airflow {old_release}") from None  # fmt: skip
         raise OperationError(f"upgrade to {plan.to} failed ({exc}); rolled back to Airflow {plan.current}, "
                              f"the DB restored from {dump}") from None  # fmt: skip
     timings.append(f"master down {time.monotonic() - down:.1f}s")
