@@ -83,6 +83,13 @@ class UpgradePlan:
         ]
 
 
+def venv_of(node: NodeSettings) -> tuple[Path, str]:
+    """The venv link a node's daemons run through, and the system interpreter it was made from (a new
+    release is built with that one)."""
+    venv = Path(node.airflow_bin).parent.parent
+    return venv, str((venv / "bin" / "python").resolve())
+
+
 def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | None = None) -> UpgradePlan:
     """Given the node and the target version, return the upgrade's plan. Raise UserError (exit 2, nothing
     changed) for a worker, an unknown or older target, or a Python the target's lock does not cover."""
@@ -97,8 +104,7 @@ def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | N
         raise UserError(f"--to: {new} is not newer than the installed {current} (to go back, restore the backup)")
     if not backup_dir.is_absolute():
         raise UserError(f"--backup-dir: {backup_dir} must be an absolute path")
-    venv = Path(ctx.node.airflow_bin).parent.parent
-    python = str((venv / "bin" / "python").resolve())  # the system interpreter the venv was made from
+    venv, python = venv_of(ctx.node)
     try:
         lock = find_lock(str(new), python_version(python))
     except UserError as exc:
@@ -312,9 +318,8 @@ def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> t
     its new settings and what was done. Other changes leave the settings alone."""
     if cluster.airflow_version == ctx.node.version.series:
         return ctx.node, []
-    venv = Path(ctx.node.airflow_bin).parent.parent
-    python = (venv / "bin" / "python").resolve()
-    pyver = python_version(str(python)) if target.real_system else f"{sys.version_info[0]}.{sys.version_info[1]}"
+    venv, python = venv_of(ctx.node)
+    pyver = python_version(python) if target.real_system else f"{sys.version_info[0]}.{sys.version_info[1]}"
     series = cluster.airflow_version
     candidates = [
         lock for lock in available_locks() if lock.python == pyver and lock.airflow_version.startswith(series + ".")
@@ -328,5 +333,5 @@ def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> t
         started = time.monotonic()
         done.append(control("stop", target))  # the drain: Celery's warm shutdown
         done.append(f"drained in {time.monotonic() - started:.1f}s")
-        done.append(install_airflow(lock.airflow_version, venv, python=str(python), force=True).message)
+        done.append(install_airflow(lock.airflow_version, venv, python=python, force=True).message)
     return dataclasses.replace(ctx.node, airflow_version=lock.airflow_version), done
