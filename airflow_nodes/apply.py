@@ -31,7 +31,7 @@ from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import MANIFEST_FILE
 from airflow_nodes.plan import Command, Plan, PlannedDir, PlannedFile
 from airflow_nodes.redaction import redact, redact_secret_values, secret_values_in
-from airflow_nodes.target import Target
+from airflow_nodes.target import Target, check_creatable_dir
 
 CREATE, UPDATE, PERMISSIONS, UNCHANGED = "create", "update", "permissions", "unchanged"
 EDITED, FOREIGN = "edited", "foreign"
@@ -193,17 +193,6 @@ class Preview:
         return "".join(difflib.unified_diff(old_lines, new_lines, f"{label} (on disk)", f"{label} (planned)"))
 
 
-def check_root(root: Path) -> None:
-    """Raise UserError unless root is (or can be created as) a writable directory."""
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--root: {root} is not a directory")
-    probe = root
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--root: {root} is not writable")
-
-
 def _user_exists(target: Target, name: str) -> bool:
     """Whether the user exists on the target (its etc/passwd; the real database on the real system)."""
     if target.real_system:
@@ -280,7 +269,7 @@ def preview(plan: Plan, target: Target, force: bool = False) -> Preview:
     """Given a plan and a target, return how the disk differs from the plan: files added, changed and
     removed (written by us before, no longer planned). Reads only. With force, edited files that are no
     longer planned are moved aside as a backup; without, they are kept."""
-    check_root(target.root)
+    check_creatable_dir(target.root, "--root")
     manifest = read_manifest(target)
     changes = tuple(_file_change(target, planned, manifest) for planned in plan.files)
     planned_paths = plan.paths | set(plan.keep)

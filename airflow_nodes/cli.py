@@ -109,6 +109,9 @@ def cli() -> None:
 @click.option("--web-port", type=int, help=f"Master: webserver / api-server port [{defaults.WEB_PORT}].")
 @click.option("--flower-port", type=int, help=f"Master: flower port [{defaults.FLOWER_PORT}].")
 @click.option("--install-airflow", metavar="X.Y.Z", help="First install this Airflow into --venv from a shipped lock.")
+@click.option("--wheelhouse", metavar="DIR",
+              help="Install Airflow offline from this directory of wheels (root's own): for --install-airflow, "
+              "and when a worker follows the master to a new Airflow; recorded ('' clears it).")  # fmt: skip
 @click.option("--airflow-node-bin", metavar="PATH", hidden=True)
 def init(target: Target, dry_run: bool, force: bool, **options: object) -> None:
     """Write this node's config, units and cron entry, and enable its daemons; remove what a previous
@@ -239,16 +242,19 @@ def install_airflow_command(
               help="Where the pg_dump of the metadata DB goes before the migration.")  # fmt: skip
 @click.option("--health-timeout", type=Finite(10, 3600), default=defaults.UPGRADE_HEALTH_TIMEOUT, show_default=True,
               metavar="SEC", help="How long the upgraded master gets to report healthy before a rollback.")  # fmt: skip
+@click.option("--drain-timeout", type=Finite(0, 7 * 86400), default=defaults.DRAIN_TIMEOUT, show_default=True,
+              metavar="SEC", help="How long queued and running tasks get to finish before the migration; "
+              "past it the upgrade stops, nothing changed.")  # fmt: skip
 @click.option(
     "--wheelhouse", type=click.Path(path_type=Path), help="Install the new Airflow offline from these wheels."
 )
-def upgrade(target: Target, to: str, dry_run: bool, backup_dir: Path, health_timeout: float,
+def upgrade(target: Target, to: str, dry_run: bool, backup_dir: Path, health_timeout: float, drain_timeout: float,
             wheelhouse: Path | None) -> None:  # fmt: skip
     """Master: move the cluster to a newer Airflow (backup, migrate, re-render, health; rollback on failure)."""
     from airflow_nodes.upgrade import plan_upgrade
     from airflow_nodes.upgrade import upgrade as run_upgrade
 
-    plan = plan_upgrade(target, to, backup_dir, wheelhouse)
+    plan = plan_upgrade(target, to, backup_dir, wheelhouse, drain_timeout)
     click.echo(f"upgrade the master from Airflow {plan.current} to {plan.to}:")
     click.echo("\n".join(f"  {number}. {step}" for number, step in enumerate(plan.steps(), 1)))
     if dry_run:

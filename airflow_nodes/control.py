@@ -15,11 +15,12 @@ from airflow_nodes.nodeplan import owns_supervisord
 from airflow_nodes.target import Target
 
 
-def control(action: str, target: Target) -> str:
-    """Run the role's start/stop/restart/status commands; on a rendered tree, list them instead."""
+def control(action: str, target: Target, daemons: tuple[str, ...] = ()) -> str:
+    """Run the role's start/stop/restart/status commands (or only the named daemons'); on a rendered
+    tree, list them instead."""
     ctx = load_context(target)
     manager = init_system(ctx.node.init_system)
-    commands = manager.control_argv(ctx, action)
+    commands = manager.control_argv(ctx, action, daemons)
     if not target.real_system:
         return "\n".join(["not run under --root:", *(f"  {' '.join(argv)}" for argv in commands)])
     if action in ("start", "restart") and owns_supervisord(ctx.node):
@@ -35,7 +36,7 @@ def control(action: str, target: Target) -> str:
         rows = manager.parse_status("".join(outputs))
         width = max((len(name) for name, _ in rows), default=0)
         return "\n".join(f"{name:<{width}}  {state}" for name, state in rows)
-    return f"{action}: {ctx.role_name} ({ctx.node.init_system})"
+    return f"{action}: {', '.join(daemons) or ctx.role_name} ({ctx.node.init_system})"
 
 
 def start_own_supervisord(node: NodeSettings, timeout: float = 20) -> None:

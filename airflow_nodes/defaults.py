@@ -25,6 +25,7 @@ LOCK_WAIT = 10.0  # seconds to wait for a running sync before skipping
 # upgrade
 BACKUP_DIR = "/var/backups/airflow-node"  # pg_dump of the metadata DB before a migration
 UPGRADE_HEALTH_TIMEOUT = 300.0  # seconds the upgraded master gets to report healthy
+DRAIN_TIMEOUT = 600.0  # seconds the queued and running tasks get to finish before the migration
 
 # health
 HEALTH_TIMEOUT = 2.0  # seconds per probe

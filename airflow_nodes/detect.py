@@ -76,9 +76,16 @@ def trusted_for_root(path: Path) -> bool:
             info = item.stat()
         except OSError:
             return False
-        if info.st_uid != 0 or info.st_mode & 0o022:
+        if not root_only(info):
             return False
     return True
+
+
+def root_only(info: os.stat_result, sticky_ok: bool = False) -> bool:
+    """Whether root owns it and no other account may write it (in a sticky directory, such as /tmp,
+    others may add entries but not replace root's)."""
+    writable_by_others = info.st_mode & 0o022 and not (sticky_ok and info.st_mode & stat.S_ISVTX)
+    return info.st_uid == 0 and not writable_by_others
 
 
 def interpreter_of(airflow_bin: Path) -> Path:

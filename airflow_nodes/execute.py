@@ -44,6 +44,9 @@ def _user_switch(user: str | None) -> tuple[dict, dict[str, str]]:
     return kwargs, {"HOME": account.pw_dir, "USER": user, "LOGNAME": user}
 
 
+RSYNC_BROKEN_PIPE = re.compile(r"rsync: \[\w+\] (safe_write|safe_read|write) (failed|error)\b.*")
+
+
 def _text(value: str | bytes | None) -> str:
     if isinstance(value, bytes):
         return value.decode(errors="replace")
@@ -56,13 +59,14 @@ def failure_reason(argv: Sequence[str], returncode: int, stderr: str | bytes, st
         return f"{argv[0]} was killed by signal {-returncode}"
     lines = [line.strip() for line in (_text(stderr) or _text(stdout)).splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith("Warning: Permanently")]
-    # rsync ends with a generic "rsync error: ... (code N)" line; the cause is usually the line before
+    # rsync ends with a generic "rsync error: ... (code N)" line, and when ssh dies first it may also say
+    # its pipe broke, after ssh's own line ("Connection refused"): the cause is the line before them.
     # SQLAlchemy ends with the statement and a link; the error itself comes before them
     noise = ("rsync error:", "rsync: connection unexpectedly", "(Background on this error at:", "[SQL:", "[parameters:")
-    useful = [line for line in lines if not line.startswith(noise)]
+    useful = [line for line in lines if not line.startswith(noise) and not RSYNC_BROKEN_PIPE.match(line)]
     # a Python program's own error line ("sqlalchemy.exc.ProgrammingError: ..."), else the last line
     errors = [line for line in useful if re.match(r"^[\w.]*(Error|Exception)\b[^ ]*:", line)]
-    reason = (errors or useful or lines or [f"exit {returncode}"])[-1]
+    reason = (errors or useful or lines or [f"{argv[0]} failed"])[-1]
     return f"{reason} (exit {returncode})"
 
 

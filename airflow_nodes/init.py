@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import statefile, urls
-from airflow_nodes.apply import Preview, check_root, read_manifest
+from airflow_nodes.apply import Preview, read_manifest
 from airflow_nodes.cluster import (
     CLUSTER_OPTIONS,
     CLUSTER_SCHEMA,
@@ -33,8 +33,8 @@ from airflow_nodes.node import (
     validate_node,
 )
 from airflow_nodes.nodeplan import NodeCredentials, reconcile_node
-from airflow_nodes.schema import check_host
-from airflow_nodes.target import Target
+from airflow_nodes.schema import check_abs_path, check_host
+from airflow_nodes.target import Target, check_creatable_dir
 
 # The option that sets each key of the cluster and node files, so an error names what the user typed.
 OPTION_OF_KEY = {f.name: f.option for f in (*CLUSTER_SCHEMA, *NODE_SCHEMA) if f.option}
@@ -56,6 +56,7 @@ class InitRequest:
     stop_timeout: int | None = None
     supervisord_conf: str | None = None
     writable_paths: str | None = None  # comma-separated; "" clears what the last init recorded
+    wheelhouse: str | None = None  # "" clears it
     config_file: Path | None = None
     from_master: str | None = None
     # cluster options (master only)
@@ -261,6 +262,7 @@ def node_settings(
         supervisord_conf=supervisord_conf,
         advertise_address=address.strip("[]"),
         writable_paths=pick("writable_paths"),
+        wheelhouse=pick("wheelhouse"),
     )
     return _checked_options(validate_node, settings)
 
@@ -271,6 +273,8 @@ def install_requested_airflow(request: InitRequest, target: Target, dry_run: boo
     --root nothing is installed: the command is only reported, and its version used for the plan."""
     if not request.install_airflow:
         return request, ""
+    if request.wheelhouse:  # checked before anything is installed from it
+        check_abs_path(request.wheelhouse, "--wheelhouse")
     from airflow_nodes.install import find_lock, install_airflow, python_version
 
     try:  # a version we ship a lock for
@@ -282,7 +286,8 @@ def install_requested_airflow(request: InitRequest, target: Target, dry_run: boo
     if dry_run or not target.real_system:
         planned = dataclasses.replace(request, venv=str(venv), airflow_version=request.install_airflow)
         return planned, f"  would run: {command}   # the pinned Airflow this node runs"
-    result = install_airflow(request.install_airflow, venv, progress=progress)
+    wheelhouse = Path(request.wheelhouse) if request.wheelhouse else None
+    result = install_airflow(request.install_airflow, venv, wheelhouse=wheelhouse, progress=progress)
     return dataclasses.replace(request, venv=str(venv)), f"  ran: {command}   # {result.message}"
 
 
@@ -290,7 +295,7 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
     """Given the init options and the node, return the previewed change. Raise UserError on bad input."""
     if request.role not in ("master", "worker"):
         raise UserError(f"--role: unknown role {request.role!r} (expected master or worker)")
-    check_root(target.root)
+    check_creatable_dir(target.root, "--root")
     request = with_secret_files(request)
     existing_node_text = _read_existing(target, NODE_FILE)
     existing_node = None

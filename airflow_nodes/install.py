@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import execute
-from airflow_nodes.detect import package_set_hash, parse_pin, probe_interpreter
+from airflow_nodes.detect import package_set_hash, parse_pin, probe_interpreter, root_only
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.target import check_creatable_dir
 
 LOCKS_DIR = Path(__file__).resolve().parent / "locks"
 _LOCK_NAME = re.compile(r"^airflow-(\d+\.\d+\.\d+)-py(\d+\.\d+)\.txt$")
@@ -156,23 +157,34 @@ class InstallResult:
 def _check_venv_path(venv: Path) -> None:
     if not venv.is_absolute():
         raise UserError(f"--venv: {venv} must be an absolute path")
-    probe = venv.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--venv: cannot create {venv} ({probe} is not writable)")
+    check_creatable_dir(venv.parent, "--venv")  # the releases and the link go beside the venv
     if venv.exists() and not venv.is_symlink() and not venv.is_dir():
         raise UserError(f"--venv: {venv} exists and is not a directory")
 
 
-def _check_wheelhouse(wheelhouse: Path | None) -> None:
-    if wheelhouse is not None and not (wheelhouse.is_dir() and any(wheelhouse.glob("*.whl"))):
-        raise UserError(f"--wheelhouse: {wheelhouse} is not a directory of wheels")
+def check_wheelhouse(wheelhouse: Path | None, where: str = "--wheelhouse") -> None:
+    """A directory of wheels root may install: a venv root runs must not take another account's code, so
+    every entry, the directory and those above it are root's, and no other account may write them
+    (a sticky directory above, such as /tmp, protects root's entries)."""
+    if wheelhouse is None:
+        return
+    entries = list(wheelhouse.iterdir()) if wheelhouse.is_dir() else []
+    if not any(entry.suffix == ".whl" for entry in entries):
+        raise UserError(f"{where}: {wheelhouse} is not a directory of wheels")
+    if os.geteuid() != 0:
+        return
+    directory = Path(os.path.realpath(wheelhouse))
+    untrusted = next((e for e in entries if not root_only(e.lstat())), None) or next(
+        (d for d in (directory, *directory.parents) if not root_only(d.stat(), sticky_ok=d != directory)), None
+    )
+    if untrusted:
+        raise UserError(f"{where}: {untrusted} is not root's own or others may write it; root will not install from it")
 
 
 def _installer(release: Path, lock: Lock, wheelhouse: Path | None) -> list[list[str]]:
     """Return the commands that install a lock into a fresh venv: uv when present, else pip."""
-    index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else []
+    # from a wheelhouse, wheels only: an sdist there would run its build code as root
+    index = ["--no-index", "--find-links", str(wheelhouse), "--only-binary", ":all:"] if wheelhouse else []
     python = str(release / "bin" / "python")
     uv = shutil.which("uv")
     # --no-deps: the lock is the complete set, so there is nothing to resolve
@@ -208,7 +220,7 @@ def install_airflow(
     (before anything changes), OperationError when the install itself fails (the previous venv stays).
     """
     _check_venv_path(venv)
-    _check_wheelhouse(wheelhouse)
+    check_wheelhouse(wheelhouse)
     lock = find_lock(version, python_version(python))
     current = installed_packages(venv / "bin" / "python") if (venv / "bin" / "python").exists() else []
     if current:

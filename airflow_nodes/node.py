@@ -104,6 +104,11 @@ def check_writable_paths(value: str, where: str) -> None:
             raise UserError(f"{where}: {path} and {nested}: one lies in the other; give the outer one only")
 
 
+def _optional_path(value: str, where: str) -> None:
+    if value:
+        check_abs_path(value, where)
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """What only this node knows: its role, how its daemons run, and its worker knobs."""
@@ -120,6 +125,7 @@ class NodeSettings:
     supervisord_conf: str = defaults.SUPERVISORD_CONF
     advertise_address: str = ""  # what the other nodes reach this one at (logs); "" means its FQDN
     writable_paths: str = ""  # comma-separated directories the systemd sandbox lets daemons write
+    wheelhouse: str = ""  # wheels this node installs Airflow from (offline); "" means the package index
 
     @property
     def version(self) -> AirflowVersion:
@@ -157,6 +163,7 @@ NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "supervisord_conf", "supervisord_conf", str, check_abs_path, "--supervisord-conf"),
     Field("node", "advertise_address", "advertise_address", str, _address, "--advertise-address", since="0.2"),
     Field("node", "writable_paths", "writable_paths", str, check_writable_paths, "--writable-path", since="0.3"),
+    Field("node", "wheelhouse", "wheelhouse", str, _optional_path, "--wheelhouse", since="0.3"),
     Field("worker", "concurrency", "concurrency", int, in_range(1, 1024), "--concurrency"),
     Field("worker", "queues", "queues", str, check_queues, "--queues"),
     Field("worker", "stop_timeout", "stop_timeout", int, in_range(10, 7 * 86400, " seconds"), "--stop-timeout"),

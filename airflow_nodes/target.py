@@ -61,3 +61,18 @@ class Target:
             return False
         resolved = Path(os.path.realpath(link))
         return self.real_system or resolved == self.root or self.root in resolved.parents
+
+
+def check_creatable_dir(path: Path, where: str) -> None:
+    """Raise UserError naming `where` unless path is an absolute directory we may write in, or one we may
+    create (checked, not created)."""
+    if not path.is_absolute():
+        raise UserError(f"{where}: {path} must be an absolute path")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if probe == path and not probe.is_dir():
+        raise UserError(f"{where}: {path} is not a directory")
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        reason = f"{path} is not writable" if probe == path else f"cannot create {path} ({probe} is not writable)"
+        raise UserError(f"{where}: {reason}")

@@ -1,11 +1,17 @@
 """`airflow-node upgrade --to X.Y.Z` on the master: move a running cluster to a newer Airflow.
 
 Upstream's upgrade guide, done in order by the tool: preflight (a lock for this Python, DAGs that
-pass ruff's Airflow 3 rules, a reachable DB, the new Airflow accepting the new config), a pg_dump
-backup, the new Airflow built beside the old one, the role stopped, the venv link switched, the node
-re-rendered for the new version (daemons added and removed), `airflow db migrate`, the role started
-and its health awaited. When migrate or health fails, the old venv, the DB from the backup and the old
-units come back, and it says so. Workers follow on their next sync (they see the new version line).
+pass ruff's Airflow 3 rules, a reachable DB, the new Airflow accepting the new config), the new
+Airflow built beside the old one, the cluster drained, a pg_dump backup, the role stopped, the venv
+link switched, the node re-rendered for the new version (daemons added and removed), `airflow db
+migrate`, the role started and its health awaited. When migrate or health fails, the old venv, the
+DB from the backup and the old units come back, and it says so. Workers follow on their next sync
+(they see the new version line).
+
+The drain: the scheduler stops first, so nothing new is queued; the queued and running tasks finish
+under the old Airflow, against the DB they started with; then every worker stops consuming (Celery's
+cancel_consumer, what upstream's `airflow celery remove-all-queues` sends), so a worker still on the
+old Airflow never takes a task of the new one (it would fail it) until its sync restarts it on the new.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from airflow_nodes import execute
+from airflow_nodes import defaults, execute
 from airflow_nodes.apply import apply
 from airflow_nodes.cluster import ClusterConfig, dump_cluster
 from airflow_nodes.context import NodeContext, load_context
@@ -31,14 +38,15 @@ from airflow_nodes.install import (
     Lock,
     available_locks,
     build_release,
+    check_wheelhouse,
     find_lock,
-    install_airflow,
+    lock_with_hash,
     python_version,
     switch_venv,
 )
-from airflow_nodes.node import NodeSettings
+from airflow_nodes.node import NODE_FILE, NodeSettings
 from airflow_nodes.nodeplan import read_credentials, reconcile_node, render_airflow_cfg
-from airflow_nodes.target import Target
+from airflow_nodes.target import Target, check_creatable_dir
 from airflow_nodes.urls import parse_url
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
@@ -58,6 +66,7 @@ class UpgradePlan:
     backup_dir: Path
     new_cluster: ClusterConfig
     wheelhouse: Path | None = None  # install offline from these wheels
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
 
     def steps(self) -> list[str]:
         old, new = self.ctx.line, self.to.line
@@ -68,6 +77,8 @@ class UpgradePlan:
             f"against ruff {', '.join(BLOCKING_RULES)}; the metadata DB answers; `airflow config lint` of the "
             "new config",
             f"build Airflow {self.to} beside {self.venv} ({self.venv}.releases/)",
+            f"drain: stop the scheduler; wait up to {self.drain_timeout:g} s for queued and running tasks to "
+            "finish (else start it again and stop here, nothing changed); every worker stops consuming",
             f"back up the metadata DB with pg_dump into {self.backup_dir}",
             f"stop airflow-master ({', '.join(daemons)})",
             f"switch {self.venv} to the new build; cluster file: airflow_version {self.ctx.cluster.airflow_version} "
@@ -78,8 +89,9 @@ class UpgradePlan:
             f"airflow db migrate with Airflow {self.to}",
             "start airflow-master and wait until the web server and scheduler are healthy",
             "on a failed migrate or health: stop, restore the DB from the backup, switch back, re-render the old "
-            "node, start",
-            "workers: their next `airflow-node sync` drains them, installs the same lock and restarts them",
+            "node, start, and the workers consume again",
+            "workers: their next `airflow-node sync` installs the same lock, stops them (running tasks get "
+            "their stop timeout) and starts them on the new Airflow",
         ]
 
 
@@ -90,7 +102,8 @@ def venv_of(node: NodeSettings) -> tuple[Path, str]:
     return venv, str((venv / "bin" / "python").resolve())
 
 
-def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | None = None) -> UpgradePlan:
+def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | None = None,
+                 drain_timeout: float = defaults.DRAIN_TIMEOUT) -> UpgradePlan:  # fmt: skip
     """Given the node and the target version, return the upgrade's plan. Raise UserError (exit 2, nothing
     changed) for a worker, an unknown or older target, or a Python the target's lock does not cover."""
     ctx = load_context(target)
@@ -102,17 +115,17 @@ def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | N
         raise UserError(f"--to: {to!r}: give the full version, such as 3.3.2")
     if (new.major, new.minor, new.patch) <= (current.major, current.minor, current.patch or 0):
         raise UserError(f"--to: {new} is not newer than the installed {current} (to go back, restore the backup)")
-    if not backup_dir.is_absolute():
-        raise UserError(f"--backup-dir: {backup_dir} must be an absolute path")
+    check_creatable_dir(backup_dir, "--backup-dir")  # the backup comes after the drain: fail before it
     venv, python = venv_of(ctx.node)
     try:
         lock = find_lock(str(new), python_version(python))
     except UserError as exc:
         raise UserError("--to: " + str(exc).split(": ", 1)[1]) from None
     new_cluster = dataclasses.replace(ctx.cluster, airflow_version=new.series, airflow_packages=lock.package_hash)
-    if wheelhouse is not None and not (wheelhouse.is_dir() and any(wheelhouse.glob("*.whl"))):
-        raise UserError(f"--wheelhouse: {wheelhouse} is not a directory of wheels")
-    return UpgradePlan(ctx, current, new, lock, venv, python, backup_dir, new_cluster, wheelhouse)
+    if wheelhouse is None and ctx.node.wheelhouse:  # the one `init --wheelhouse` recorded
+        wheelhouse = Path(ctx.node.wheelhouse)
+    check_wheelhouse(wheelhouse)
+    return UpgradePlan(ctx, current, new, lock, venv, python, backup_dir, new_cluster, wheelhouse, drain_timeout)
 
 
 # -- preflight -------------------------------------------------------------------------------------
@@ -158,6 +171,135 @@ def config_lint(plan: UpgradePlan, release: Path) -> list[str]:
     if blocking:
         raise UserError(f"upgrade: `airflow config lint` of Airflow {plan.to} on the new config: {blocking[0]}")
     return remarks
+
+
+# -- the drain -------------------------------------------------------------------------------------
+
+CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"  # the app every Airflow line's provider has
+# task instances that a worker holds or is about to take
+UNFINISHED_TASKS = (
+    "SELECT dag_id, task_id, state, coalesce(hostname, '') FROM task_instance "
+    "WHERE state IN ('queued', 'running', 'restarting') ORDER BY dag_id, task_id"
+)
+EX_UNAVAILABLE = 69  # celery's exit code when no worker answered
+# what a worker answers goes back on a command line: a name that could read as an option is dropped
+CELERY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,199}\Z")
+
+
+def celery_control(ctx: NodeContext, venv: Path, *args: str) -> object:
+    """Celery's own remote-control CLI from the node's Airflow venv (the provider of every lock has the
+    app; `airflow celery remove-all-queues` is missing from the older ones), as the airflow user.
+    Return its JSON reply, or None when no worker answered."""
+    command, arguments = args[:2], args[2:]  # e.g. ("inspect", "active_queues"), then its own arguments
+    argv = [venv / "bin" / "celery", "--app", CELERY_APP, *command, "--json", "--timeout", "5", *arguments]
+    env = {**ctx.environment, "PATH": f"{venv}/bin:/usr/bin:/bin", "PYTHONWARNINGS": "ignore"}
+    result = execute.run(argv, what=f"celery {' '.join(args)}", user=ctx.cluster.airflow_user, env=env,
+                         clean_env=True, timeout=120, ok_codes=(0, EX_UNAVAILABLE))  # fmt: skip
+    if result.returncode != 0:
+        return None
+    for line in reversed(result.stdout.splitlines()):  # the reply is the last line; Airflow may log before it
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
+
+
+def consumed_queues(ctx: NodeContext, venv: Path, workers: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """The queues each worker that answers (all, or the named ones) consumes now."""
+    where = ("--destination", ",".join(workers)) if workers else ()
+    return queues_of(celery_control(ctx, venv, "inspect", "active_queues", *where))
+
+
+def queues_of(replies: object) -> dict[str, list[str]]:
+    """Given `celery inspect active_queues --json` output, return each worker's queue names."""
+
+    def name(value: object) -> str | None:
+        return value if isinstance(value, str) and CELERY_NAME.match(value) else None
+
+    return {
+        worker: sorted(q["name"] for q in queues if isinstance(q, dict) and name(q.get("name")))
+        for worker, queues in (replies if isinstance(replies, dict) else {}).items()
+        if name(worker) and isinstance(queues, list)
+    }
+
+
+def by_queue(consumed: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Given each worker's queues, return (queue, its workers comma-separated): one command per queue."""
+    queues = sorted({q for names in consumed.values() for q in names})
+    return [(q, ",".join(sorted(w for w, names in consumed.items() if q in names))) for q in queues]
+
+
+def set_consuming(ctx: NodeContext, venv: Path, consumed: dict[str, list[str]], on: bool) -> list[str]:
+    """Make workers stop taking tasks from those queues (running tasks go on), or take them again.
+    Return the "queue (workers)" that no worker confirmed."""
+    command = "add_consumer" if on else "cancel_consumer"
+    return [
+        f"{queue} ({workers})"
+        for queue, workers in by_queue(consumed)
+        if celery_control(ctx, venv, "control", command, "--destination", workers, queue) is None
+    ]
+
+
+def unfinished_tasks(db_url: str) -> list[str]:
+    """The task instances queued or running now in the metadata DB, as "dag.task state on host"."""
+    from airflow_nodes.health.database import connect, libpq_url
+    from airflow_nodes.health.netio import ProbeFailure
+
+    try:
+        with connect(libpq_url(db_url), timeout=10, application_name="airflow-node-upgrade") as connection:
+            rows = connection.execute(UNFINISHED_TASKS).fetchall()
+    except ProbeFailure as exc:
+        raise OperationError(f"drain: the metadata DB: {exc}") from None
+    return [printable(f"{dag}.{task} {state}" + (f" on {host}" if host else "")) for dag, task, state, host in rows]
+
+
+def printable(text: str) -> str:
+    """A DB value fit for one line of output: no control characters, bounded."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+
+
+def wait_for_tasks(plan: UpgradePlan, progress: Callable[[str], None]) -> None:
+    """Wait until no task is queued or running (the scheduler is stopped: none is added); raise
+    OperationError at the drain timeout."""
+    deadline, seen = time.monotonic() + plan.drain_timeout, None
+    while tasks := unfinished_tasks(plan.ctx.cluster.db_url):
+        if time.monotonic() >= deadline:
+            raise OperationError(f"drain: {len(tasks)} task(s) still queued or running after {plan.drain_timeout:g} s "
+                                 f"({', '.join(tasks[:3])}): wait, give a longer --drain-timeout, or clear a task "
+                                 "whose worker is gone")  # fmt: skip
+        if tasks != seen:
+            progress(f"  waiting for {len(tasks)} task(s) to finish: {', '.join(tasks[:5])}")
+            seen = tasks
+        time.sleep(2)
+
+
+def stop_consuming(plan: UpgradePlan, progress: Callable[[str], None]) -> dict[str, list[str]]:
+    """Tell every worker that answers to take no more tasks; return what each consumed."""
+    consumed = consumed_queues(plan.ctx, plan.venv)
+    for worker, queues in sorted(consumed.items()):
+        progress(f"  {worker} stopped consuming {', '.join(queues) or 'nothing'}")
+    if not consumed:
+        progress("  no worker answered: one that comes back on the old Airflow takes tasks until its sync")
+    for unconfirmed in set_consuming(plan.ctx, plan.venv, consumed, on=False):
+        progress(f"  not confirmed: {unconfirmed} stopped consuming")
+    return consumed
+
+
+def undrain(plan: UpgradePlan, target: Target, consumed: dict[str, list[str]], progress) -> str:
+    """Undo the drain: the workers consume again, the scheduler runs. Return what could not be undone."""
+    problems = []
+    try:
+        problems += [
+            f"{q} did not confirm it consumes again" for q in set_consuming(plan.ctx, plan.venv, consumed, on=True)
+        ]
+    except OperationError as exc:
+        problems.append(f"the workers could not be told to consume again ({exc}): restart them")
+    try:
+        progress(control("start", target, daemons=("scheduler",)))
+    except OperationError as exc:
+        problems.append(f"the scheduler did not start ({exc}): airflow-node start")
+    return "; ".join(problems)
 
 
 # -- the database ----------------------------------------------------------------------------------
@@ -262,16 +404,31 @@ def upgrade(plan: UpgradePlan, target: Target, progress: Callable[[str], None], 
         progress(f"  airflow config lint: {remark}")
     phase(f"build Airflow {plan.to} and lint its config", started)
 
-    started = time.monotonic()
-    dump = backup_database(plan)
-    progress(f"  backup: {dump}")
-    phase("backup", started)
+    # the drain: the scheduler stops first, so nothing new is queued
+    started = paused = time.monotonic()
+    progress(control("stop", target, daemons=("scheduler",)))
+    consumed: dict[str, list[str]] = {}
+    try:
+        wait_for_tasks(plan, progress)
+        consumed = stop_consuming(plan, progress)
+        phase("drain", started)
+        started = time.monotonic()
+        dump = backup_database(plan)
+        progress(f"  backup: {dump}")
+        phase("backup", started)
+    except BaseException as exc:  # Ctrl-C included: put the cluster back to work
+        problems = undrain(plan, target, consumed, progress)
+        undone = f"but {problems}" if problems else "the scheduler and the workers run again"
+        if not isinstance(exc, OperationError):
+            progress(f"  interrupted: nothing was changed, {undone}")
+            raise
+        raise OperationError(f"upgrade: {exc}; nothing was changed, {undone}") from None
 
     old_release = plan.venv.resolve()
     new_node = dataclasses.replace(plan.ctx.node, airflow_version=str(plan.to))
     down = time.monotonic()
-    progress(control("stop", target))
     try:
+        progress(control("stop", target))
         started = time.monotonic()
         switch_venv(plan.venv, release, progress)
         render(target, plan.new_cluster, new_node, plan.ctx.node)
@@ -281,18 +438,21 @@ def upgrade(plan: UpgradePlan, target: Target, progress: Callable[[str], None], 
         progress(control("start", target))
         wait_healthy(target, health_timeout)
         phase("start and health", started)
-    except (OperationError, UserError) as exc:
-        progress(f"  FAILED: {exc}; rolling back to Airflow {plan.current}")
+    except BaseException as exc:  # Ctrl-C included: a half-done upgrade is rolled back too
+        reason = exc if isinstance(exc, (OperationError, UserError)) else f"interrupted: {exc.__class__.__name__}"
+        progress(f"  FAILED: {reason}; rolling back to Airflow {plan.current}")
         try:
             rollback(plan, target, dump, old_release, health_timeout, progress)
         except (OperationError, UserError) as failed:
-            raise OperationError(f"upgrade to {plan.to} failed ({exc}), and so did the rollback ({failed}): the DB "
-                                 f"backup is {dump}, the old Airflow {old_release}") from None  # fmt: skip
-        raise OperationError(f"upgrade to {plan.to} failed ({exc}); rolled back to Airflow {plan.current}, "
-                             f"the DB restored from {dump}") from None  # fmt: skip
-    timings.append(f"master down {time.monotonic() - down:.1f}s")
-    return (f"upgraded the master to Airflow {plan.to} ({', '.join(timings)}); backup {dump}; workers follow on "
-            "their next `airflow-node sync`")  # fmt: skip
+            raise OperationError(f"upgrade to {plan.to} failed ({reason}), and so did the rollback ({failed}): the "
+                                 f"DB backup is {dump}, the old Airflow {old_release}; the workers take no tasks "
+                                 "until restarted") from None  # fmt: skip
+        problems = undrain(plan, target, consumed, progress)
+        raise OperationError(f"upgrade to {plan.to} failed ({reason}); rolled back to Airflow {plan.current}, the DB "
+                             f"restored from {dump}" + (f"; but {problems}" if problems else "")) from None  # fmt: skip
+    timings.append(f"master down {time.monotonic() - down:.1f}s, no scheduling {time.monotonic() - paused:.1f}s")
+    return (f"upgraded the master to Airflow {plan.to} ({', '.join(timings)}); backup {dump}; the workers take "
+            "no tasks until their next `airflow-node sync` moves them to it")  # fmt: skip
 
 
 def rollback(plan: UpgradePlan, target: Target, dump: Path, old_release: Path, health_timeout: float,
@@ -313,25 +473,48 @@ def rollback(plan: UpgradePlan, target: Target, dump: Path, old_release: Path, h
 
 
 def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> tuple[NodeSettings, list[str]]:
-    """A worker whose new cluster file names another Airflow line than it runs: drain it (a warm stop,
-    so running tasks finish within its stop timeout), install that line's lock for its Python, and return
-    its new settings and what was done. Other changes leave the settings alone."""
-    if cluster.airflow_version == ctx.node.version.series:
+    """A worker whose new cluster file names another Airflow than it runs (another line; or another
+    version, when the master runs one of our locks): stop it consuming (the master's upgrade has done
+    so already, unless this worker was down then), build the lock of that version for its Python beside
+    the old one (from its wheelhouse, if it has one), stop it (a warm stop: running tasks get its stop
+    timeout), switch the venv; return its new settings and what was done. Other changes leave the
+    settings alone."""
+    locks = available_locks()
+    # the master runs one of our locks: be on its very version (a patch upgrade stays within a line);
+    # a set of its own: its line is all there is to follow
+    master_lock = lock_with_hash(cluster.airflow_packages)
+    masters = {master_lock.airflow_version} if master_lock else set()
+    if ctx.node.airflow_version in masters or (not masters and cluster.airflow_version == ctx.node.version.series):
         return ctx.node, []
+    of_line = {
+        lock.airflow_version
+        for lock in locks
+        if parse_airflow_version(lock.airflow_version).series == cluster.airflow_version
+    }
+    wanted = masters or of_line
     venv, python = venv_of(ctx.node)
     pyver = python_version(python) if target.real_system else f"{sys.version_info[0]}.{sys.version_info[1]}"
-    series = cluster.airflow_version
-    candidates = [
-        lock for lock in available_locks() if lock.python == pyver and lock.airflow_version.startswith(series + ".")
-    ]
+    candidates = [lock for lock in locks if lock.python == pyver and lock.airflow_version in wanted]
     if not candidates:
         raise OperationError(f"the master runs Airflow {cluster.airflow_version}: no shipped lock for it on Python "
                              f"{pyver}; this worker stays on {ctx.node.airflow_version}")  # fmt: skip
     lock = max(candidates, key=lambda lock: parse_airflow_version(lock.airflow_version))
     done = [f"the master moved to Airflow {lock.airflow_version}"]
     if target.real_system:
+        wheelhouse = Path(ctx.node.wheelhouse) if ctx.node.wheelhouse else None
+        check_wheelhouse(wheelhouse, f"{NODE_FILE}: wheelhouse")
+        consumed = consumed_queues(ctx, venv, (ctx.node.celery_name,))
+        set_consuming(ctx, venv, consumed, on=False)
+        done += [f"{worker} stopped consuming {', '.join(queues)}" for worker, queues in consumed.items() if queues]
         started = time.monotonic()
-        done.append(control("stop", target))  # the drain: Celery's warm shutdown
-        done.append(f"drained in {time.monotonic() - started:.1f}s")
-        done.append(install_airflow(lock.airflow_version, venv, python=python, force=True).message)
+        try:
+            release = build_release(lock, venv, python, wheelhouse, progress=lambda line: None)
+        except OperationError as exc:
+            raise OperationError(f"{exc}; this worker stays on Airflow {ctx.node.airflow_version}, taking no tasks, "
+                                 f"until a sync builds {lock.airflow_version}") from None  # fmt: skip
+        done.append(f"built Airflow {lock.airflow_version} in {time.monotonic() - started:.1f}s: {release}")
+        started = time.monotonic()
+        done.append(control("stop", target))  # Celery's warm shutdown: running tasks finish first
+        done.append(f"stopped in {time.monotonic() - started:.1f}s")
+        switch_venv(venv, release)
     return dataclasses.replace(ctx.node, airflow_version=lock.airflow_version), done

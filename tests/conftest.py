@@ -99,9 +99,9 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes | str]]:
 def make_venv(tmp_path_factory):
     """A real venv with fake distribution metadata, as pip would leave it."""
 
-    def make(**distributions: str) -> Path:
+    def make(python: str = sys.executable, **distributions: str) -> Path:
         venv = tmp_path_factory.mktemp("venv")
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
         site = next(venv.glob("lib/python*/site-packages"))
         for name, version in distributions.items():
             dist = site / f"{name.replace('-', '_')}-{version}.dist-info"

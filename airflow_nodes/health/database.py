@@ -7,9 +7,11 @@ the name ourselves and hand libpq one address, so one probe is one attempt withi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import time
+from collections.abc import Iterator
 
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, describe_error, run_concurrently
@@ -74,6 +76,20 @@ def query_database(url: str, timeout: float) -> str:
 
     Return a detail line. Raise ProbeFailure with a readable reason (no secrets) on failure.
     """
+    with connect(url, timeout) as connection:
+        _, version = connection.execute("SELECT 1, current_setting('server_version')").fetchone()
+        revision = _alembic_revision(connection)
+    detail = f"SELECT 1 ok, PostgreSQL {version}"
+    if revision:
+        detail += f", alembic revision {revision}"
+    return detail
+
+
+@contextlib.contextmanager
+def connect(url: str, timeout: float, application_name: str = "airflow-node-health") -> Iterator:
+    """Given a postgresql:// URL, yield an autocommit psycopg connection whose statements end within
+    timeout. Raise ProbeFailure with a readable reason (no secrets: libpq gets the decoded parts, never
+    the URL) when it or a statement fails."""
     parts = parse_url(url, "database.url")
     host, port, user, database = parts.host or "localhost", parts.port or 5432, parts.user, parts.path
     try:
@@ -91,20 +107,14 @@ def query_database(url: str, timeout: float) -> str:
         password=parts.password,
         dbname=database,
         connect_timeout=max(2, math.ceil(timeout)),
-        application_name="airflow-node-health",
+        application_name=application_name,
         options=f"-c statement_timeout={max(int(timeout * 1000), 1)}",
     )
     try:
         with psycopg.connect(**params, autocommit=True) as connection:
-            cursor = connection.execute("SELECT 1, current_setting('server_version')")
-            _, version = cursor.fetchone()
-            revision = _alembic_revision(connection)
+            yield connection
     except psycopg.Error as exc:
         raise ProbeFailure(_explain(exc, user, database, timeout)) from None
-    detail = f"SELECT 1 ok, PostgreSQL {version}"
-    if revision:
-        detail += f", alembic revision {revision}"
-    return detail
 
 
 def _alembic_revision(connection) -> str | None:

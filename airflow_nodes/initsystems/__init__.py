@@ -25,8 +25,8 @@ class InitSystem(Protocol):
     def retirements(self, node: NodeSettings) -> list[Retirement]:
         """How to take such a file out of service when a new plan no longer has it."""
 
-    def control_argv(self, ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
-        """The commands for start | stop | restart | status of the role."""
+    def control_argv(self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        """The commands for start | stop | restart | status of the role, or of the named daemons only."""
 
     def parse_status(self, output: str) -> list[tuple[str, str]]:
         """Given the status commands' output, return (unit or program, state) pairs."""

@@ -106,7 +106,10 @@ class Supervisor:
             rules.append(Retirement(OWN_SUPERVISORD_CONF, before=(shutdown,)))
         return rules
 
-    def control_argv(self, ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
+    def control_argv(self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        if daemons:
+            programs = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if d.name in daemons]
+            return [supervisorctl(ctx.node, action, *programs)]
         group = f"{ctx.role_name}:*"
         if action == "start" and ctx.node.role == "master":
             # the migration runs first and exits; starting the rest then finds a migrated DB

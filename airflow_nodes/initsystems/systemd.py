@@ -88,11 +88,17 @@ class Systemd:
             for pattern in ("airflow-*.service", "airflow-*.target")
         ]
 
-    def control_argv(self, ctx: NodeContext, action: str) -> list[tuple[str, ...]]:
+    def control_argv(self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
         if action == "status":
             units = [unit_name(d) for d in ctx.daemons]
             return [("systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts", *units)]
-        return [("systemctl", action, target_name(ctx))]
+        if daemons:
+            return [("systemctl", action, *(unit_name(d) for d in ctx.daemons if d.name in daemons))]
+        if action == "start":
+            return [("systemctl", "start", target_name(ctx))]
+        # stop, restart: the target's own job is done at once; naming its units too makes systemctl wait
+        # until they have stopped (a worker's running tasks first), so nothing changes under a live daemon
+        return [("systemctl", action, target_name(ctx), *(unit_name(d) for d in ctx.daemons))]
 
     def parse_status(self, output: str) -> list[tuple[str, str]]:
         """Given `systemctl show` output for several units, return (unit, state) pairs."""

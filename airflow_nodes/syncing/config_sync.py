@@ -70,7 +70,13 @@ def sync_config(
     from airflow_nodes.upgrade import follow_master  # only a changed cluster file needs the machinery
 
     node, upgraded = follow_master(ctx, cluster, target)
-    result = apply(reconcile_node(cluster, fetched, node, target, force=force, previous=ctx.node))
+    try:
+        result = apply(reconcile_node(cluster, fetched, node, target, force=force, previous=ctx.node))
+    except (OperationError, UserError) as exc:
+        if not (upgraded and target.real_system):
+            raise
+        raise type(exc)(f"{exc}; this worker is stopped, its venv already on Airflow {node.airflow_version}: "
+                        "the next sync tries again") from None  # fmt: skip
     if upgraded and target.real_system:  # drained for the upgrade: back to work on the new Airflow
         upgraded.append(control("start", target))
     commands = result.ran or result.skipped

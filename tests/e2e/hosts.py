@@ -260,10 +260,10 @@ class Postgres:
         sh([PG_BIN.parent / "bin" / "psql", "-h", workdir, "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"],
            input=sql, **as_postgres)  # fmt: skip
 
-    def sql(self, text: str) -> None:
-        """Run SQL as the superuser over the local socket (what a DBA would do by hand)."""
-        sh([PG_BIN / "psql", "-h", self.dir, "-U", "postgres", "-d", "airflow", "-v", "ON_ERROR_STOP=1", "-q"],
-           input=text, user="postgres", group="postgres", extra_groups=[])  # fmt: skip
+    def sql(self, text: str) -> str:
+        """Run SQL as the superuser over the local socket (what a DBA would do by hand); return what it printed."""
+        return sh([PG_BIN / "psql", "-h", self.dir, "-U", "postgres", "-d", "airflow", "-v", "ON_ERROR_STOP=1", "-q"],
+                  input=text, user="postgres", group="postgres", extra_groups=[]).stdout  # fmt: skip
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -5,7 +5,11 @@ master  10.231.7.1   Debian 12, systemd (nspawn container): api-server, schedule
 worker1 10.231.7.11  supervisord (set up by init): airflow celery worker -c 2 -q q1,default
 worker2 10.231.7.12  supervisord (set up by init): airflow celery worker -c 2 -q q2,default
 worker3 10.231.7.13  Debian 13 and its python3.13 (Debian 12 on Airflow 2.11, which stops at 3.12), systemd
-                     (nspawn container), the hardened worker unit: airflow celery worker -c 2 -q q3
+                     (nspawn container), the hardened worker unit: airflow celery worker -c 2 -q q3;
+                     its own Airflow venv, installed offline from a wheelhouse
+
+On Airflow 2.11 the scenario ends with `airflow-node upgrade --to 3.3.2` on the master (a failed
+migration rolled back, a drain timeout, the upgrade while a task runs) and `sync` on the workers.
 
 Every host gets the tool as the README says for a PEP 668 system: a venv in /opt/airflow-node and a
 link in /usr/local/bin (from a directory of wheels: the hosts have no network). Only product commands
@@ -54,6 +58,7 @@ SYSTEMD_WORKER = "worker3"
 # Debian 13's python3.13 is past what Airflow 2.11 supports (3.10-3.12): there, Debian 12's python3.11
 SYSTEMD_WORKER_SUITE, SYSTEMD_WORKER_PYTHON = ("trixie", "3.13") if AIRFLOW_3 else ("bookworm", "3.11")
 DATA_DIR = "/srv/data"  # on worker3: the directory `init --writable-path` lets tasks write
+WHEELS_DIR = "/srv/wheels"  # on worker3: `init --wheelhouse`, where a new Airflow's wheels are put
 TOOL = "/opt/airflow-node"  # the README's venv for the tool on a PEP 668 host
 # Secrets with characters that need URL quoting and %-escaping in every format we write.
 REDIS_PASSWORD = "redis-Pw%42!e2e"
@@ -197,10 +202,8 @@ class Cluster:
         return wheelhouse
 
     def systemd_worker_venv(self, host: Container) -> Path:
-        """worker3's Airflow, for its own python: `airflow-node wheelhouse` here (with network), then
-        `install-airflow --wheelhouse` on the host, the README's offline path."""
-        if SYSTEMD_WORKER_PYTHON == "3.11":
-            return self.venv  # the same interpreter as the master's: the same venv
+        """worker3's Airflow, a venv of its own for its own python: `airflow-node wheelhouse` here (with
+        network), then `install-airflow --wheelhouse` on the host, the README's offline path."""
         venv = VENVS / f"airflow-{AIRFLOW_VERSION}-py{SYSTEMD_WORKER_PYTHON}" / "venv"
         wheelhouse = self.wheelhouse(AIRFLOW_VERSION, SYSTEMD_WORKER_PYTHON)
         python = f"/usr/bin/python{SYSTEMD_WORKER_PYTHON}"
@@ -281,7 +284,8 @@ class Cluster:
         systemd's units on worker3, whose tasks may write DATA_DIR)."""
         worker = self.workers[name]
         queues = WORKERS[name][1]
-        options = ["--writable-path", DATA_DIR] if name == SYSTEMD_WORKER else []
+        # worker3 installs offline: a new Airflow comes from the wheels its operator puts in WHEELS_DIR
+        options = ["--writable-path", DATA_DIR, "--wheelhouse", WHEELS_DIR] if name == SYSTEMD_WORKER else []
         result = self.node(worker, "init", "--role", "worker", "-c", "2", "--queues", queues, "--venv",
                            self.venvs[name], "--node-name", name, *options,
                            env={"AIRFLOW_NODE_JOIN_TOKEN": self.join_token})  # fmt: skip
@@ -338,22 +342,28 @@ class Cluster:
 
     def run_dag(self, dag_id: str, timeout: float = 240, while_running=None) -> str:
         """Trigger a DAG, wait for the run to finish, return its run_id. Assert it succeeded."""
+        run_id = self.trigger_dag(dag_id)
+        if while_running:
+            while_running(run_id)
+        self.wait_run(dag_id, run_id, timeout)
+        return run_id
+
+    def trigger_dag(self, dag_id: str) -> str:
         wait_for(lambda: self.api("GET", f"{self.api_root}/dags/{dag_id}")[0] == 200, 180, f"DAG {dag_id} parsed")
         status, body = self.api(
             "POST", f"{self.api_root}/dags/{dag_id}/dagRuns", {"logical_date": None} if self.airflow3 else {}
         )
         assert status == 200, body
-        run_id = body["dag_run_id"]
-        if while_running:
-            while_running(run_id)
+        return body["dag_run_id"]
 
-        def finished():
-            state = self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
-            return state if state in ("success", "failed") else None
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
 
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 240) -> None:
+        """Wait for a run to finish; assert it succeeded."""
+        finished = lambda: (state := self.run_state(dag_id, run_id)) in ("success", "failed") and state  # noqa: E731
         state = wait_for(finished, timeout, f"{dag_id} run {run_id} to finish", interval=1)
         assert state == "success", self.task_states(dag_id, run_id)
-        return run_id
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1][
@@ -389,6 +399,10 @@ class Cluster:
             lines.append(self.daemon_logs())
         with contextlib.suppress(Exception):
             lines.append(self.scheduler_stacks())
+        with contextlib.suppress(Exception):  # a session waiting on a lock would hold a scheduler up
+            lines.append("--- pg_stat_activity\n" + self.postgres.sql(
+                "SELECT pid, application_name, state, wait_event_type, wait_event, xact_start, left(query, 120) "
+                "FROM pg_stat_activity WHERE datname = 'airflow'"))  # fmt: skip
         return "\n".join(lines)
 
     def scheduler_stacks(self) -> str:
@@ -553,6 +567,11 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
                    "PrivateTmp=yes", "NRestarts=0", "ActiveState=active")), show  # fmt: skip
         print(worker3.run("python3", "--version").stdout, worker3.run("cat", "/etc/debian_version").stdout)
 
+    with step("3c. `airflow-node stop` on worker3 returns once systemd has stopped the worker, not before"):
+        cluster.node(worker3, "stop")
+        assert worker3.run("systemctl", "is-active", "airflow-worker.service", check=False).stdout.strip() == "inactive"
+        cluster.node(worker3, "start")
+
     with step("4a. kill -9 of a worker's Celery process: supervisor restarts it, a DAG run still succeeds"):
         worker1 = cluster.workers["worker1"]
         supervisorctl = (f"{TOOL}/bin/supervisorctl", "-c", OWN_SUPERVISORD_CONF)  # the one init set up
@@ -699,23 +718,63 @@ def run_upgrade_scenario(cluster: Cluster, step: Steps) -> None:
         cluster.run_dag("e2e_spread")
         cluster.postgres.sql("SET ROLE airflow; DROP TABLE dag_bundle;")  # what the operator fixes
 
-    with step("U3. upgrade --to 3.3.2 on the master: migrated, re-rendered, healthy, the 2.11 history kept"):
+    def running(dag_id: str) -> str:
+        run_id = cluster.trigger_dag(dag_id)
+        wait_for(lambda: cluster.task_states(dag_id, run_id)[0][1] == "running", 120, f"{dag_id} running")
+        return run_id
+
+    with step("U2b. a task still running past --drain-timeout: the upgrade stops there, nothing changed"):
+        before, long_run = state(master), running("e2e_long")
+        failed = cluster.node(master, "upgrade", "--to", to, "--wheelhouse", wheelhouse, "--drain-timeout", "3",
+                              check=False, timeout=2400)  # fmt: skip
+        print(failed.stdout[-1500:], failed.stderr)
+        assert failed.returncode == 1 and "still queued or running after 3 s (e2e_long.sleepy running" in failed.stderr
+        assert "nothing was changed" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+        assert state(master) == before
+        active = master.run("systemctl", "is-active", "airflow-scheduler.service", check=False).stdout.strip()
+        assert active == "active", active
+        cluster.wait_run("e2e_long", long_run)
+
+    with step("U3. upgrade --to 3.3.2 while a task runs: it finishes first; migrated, healthy, the history kept"):
+        long_run = running("e2e_long")
         started = time.monotonic()
         done = cluster.node(master, "upgrade", "--to", to, "--wheelhouse", wheelhouse, timeout=2400)
         print(done.stdout[-3000:])
         print(f"upgrade took {time.monotonic() - started:.1f}s")
+        assert "waiting for 1 task(s) to finish: e2e_long.sleepy running" in done.stdout, done.stdout
+        for name in WORKERS:
+            assert f"celery@{name} stopped consuming" in done.stdout, done.stdout
         cluster.airflow3, cluster.api_root, cluster.authorization = True, "/api/v2", None
         cluster.login()
+        assert cluster.run_state("e2e_long", long_run) == "success"  # finished on 2.11, seen through 3.3
         runs = cluster.api("GET", "/api/v2/dags/e2e_spread/dagRuns")[1]
         assert runs["total_entries"] >= runs_before + 1, runs  # the 2.11 runs, and the one after the rollback
         units = master.run("sh", "-c", "ls /etc/systemd/system/").stdout
         assert "airflow-api-server.service" in units and "airflow-webserver.service" not in units, units
 
-    with step("U4. the workers follow with `airflow-node sync`: drained, the same lock, restarted on 3.3.2"):
+    with step("U3b. until the workers follow, a 3.3 run waits queued: no 2.11 worker takes (and fails) it"):
+        waiting, deadline = cluster.trigger_dag("e2e_spread"), time.monotonic() + 20
+        while time.monotonic() < deadline:  # a 2.11 worker that consumed would fail a 3.3 task within seconds
+            states = cluster.task_states("e2e_spread", waiting)
+            assert {s for _, s, _ in states} <= {None, "scheduled", "queued"}, states
+            time.sleep(2)
+        assert cluster.run_state("e2e_spread", waiting) == "running", states
+
+    with step("U4. the workers follow with `airflow-node sync`: built aside, stopped, restarted on 3.3.2"):
+        # worker3 installs offline: its operator puts the new Airflow's wheels in its wheelhouse first
+        worker3_wheels = cluster.wheelhouse(to, SYSTEMD_WORKER_PYTHON)
+        venv3 = cluster.venvs[SYSTEMD_WORKER]  # a build kept from an earlier run would make this one a no-op
+        cluster.workers[SYSTEMD_WORKER].run("sh", "-c", f"rm -rf {venv3}.releases/airflow-{to}-*")
+        cluster.workers[SYSTEMD_WORKER].run(
+            "sh", "-c", f"mkdir -p {WHEELS_DIR} && cp -a {worker3_wheels}/. {WHEELS_DIR}/"
+        )
         for worker in cluster.workers.values():
             print(cluster.node(worker, "sync", "-v", timeout=1800).stdout)
+        release = cluster.workers[SYSTEMD_WORKER].run("readlink", venv3).stdout.strip()
+        assert f"airflow-{to}-py{SYSTEMD_WORKER_PYTHON}-" in release and release != cluster.venv, release
         for name, host in [("master", master), *cluster.workers.items()]:
             wait_for(lambda host=host: cluster.health(host).returncode == 0, 180, f"health OK on {name}", interval=3)
+        cluster.wait_run("e2e_spread", waiting)
         run_id = cluster.run_dag("e2e_spread")
         hosts = {t["task_id"]: t["hostname"] for t in cluster.task_instances("e2e_spread", run_id)}
         assert hosts == {"on_worker1": WORKERS["worker1"][0], "on_worker2": WORKERS["worker2"][0]}, hosts

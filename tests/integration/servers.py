@@ -121,9 +121,9 @@ class PostgresServer:
         result = subprocess.run([PG_BIN / "pg_isready", "-h", str(self.dir), "-p", str(self.port), "-q"], check=False)
         return result.returncode == 0
 
-    def psql(self, sql: str) -> str:
+    def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(
-            [PG_BIN.parent / "bin" / "psql", "-h", self.dir, "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+            [PG_BIN.parent / "bin" / "psql", "-h", self.dir, "-p", str(self.port), "-U", "postgres", "-d", database,
              "-v", "ON_ERROR_STOP=1", "-Atc", sql],
             user="postgres", group="postgres", extra_groups=[], check=True, capture_output=True, text=True,
         )  # fmt: skip
@@ -331,3 +331,11 @@ def render_node(
 
 def health_argv(root: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "airflow_nodes", "health", "--root", str(root), *args]
+
+
+def running_postgres():
+    """A private PostgreSQL cluster for a test module's tests:
+    `postgres = pytest.fixture(scope="module")(running_postgres)`."""
+    server = PostgresServer()
+    yield server
+    server.remove()

@@ -6,18 +6,12 @@ import json
 from urllib.parse import quote
 
 import pytest
-from servers import DB_PASSWORD, PostgresServer, broker_url, free_port, render_node
+from servers import DB_PASSWORD, broker_url, free_port, render_node, running_postgres
 
 from airflow_nodes.cli import main
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer()
-    yield server
-    server.remove()
+postgres = pytest.fixture(scope="module")(running_postgres)
 
 
 def probe_db(tmp_path, capsys, db_url: str, role: str = "master", **overrides) -> tuple[int, list[dict], str]:

@@ -204,6 +204,11 @@ def test_root_that_is_a_file_is_one_line_for_every_command(run_cli, tmp_path):
     assert run_cli("health", "--root", a_file).code == 3
 
 
+def test_a_root_that_cannot_be_created_is_one_line(run_cli, cluster_file):
+    result = run_cli(*worker_args(Path("/proc/self/node"), cluster_file))
+    assert one_line(result) == "airflow-node: --root: cannot create /proc/self/node (/proc/self is not writable)"
+
+
 def test_from_master_never_hands_ssh_an_option(run_cli, tmp_path, monkeypatch):
     stub = tmp_path / "bin"
     stub.mkdir()

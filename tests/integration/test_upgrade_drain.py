@@ -1,0 +1,36 @@
+"""The upgrade's drain reads the metadata DB for the tasks it waits on (a private PostgreSQL, password auth)."""
+
+from __future__ import annotations
+
+import pytest
+from servers import running_postgres
+
+from airflow_nodes.errors import OperationError
+from airflow_nodes.upgrade import unfinished_tasks
+
+pytestmark = pytest.mark.integration
+postgres = pytest.fixture(scope="module")(running_postgres)
+
+
+def test_queued_and_running_task_instances_are_what_the_drain_waits_for(postgres):
+    postgres.psql(
+        "CREATE TABLE task_instance (dag_id text, task_id text, run_id text, state text, hostname text);"
+        "INSERT INTO task_instance VALUES ('etl', 'load', 'r1', 'running', '10.0.0.11'),"
+        " ('etl', 'extract', 'r1', 'success', '10.0.0.11'), ('etl', 'report', 'r1', 'queued', NULL),"
+        " ('etl', 'wait', 'r1', 'deferred', NULL), ('etl', 'later', 'r1', 'scheduled', NULL);"
+        f"ALTER TABLE task_instance OWNER TO {postgres.user};",
+        database=postgres.database,
+    )
+    assert unfinished_tasks(postgres.url()) == ["etl.load running on 10.0.0.11", "etl.report queued"]
+    postgres.psql("UPDATE task_instance SET state = 'success' WHERE state IN ('running', 'queued')",
+                  database=postgres.database)  # fmt: skip
+    assert unfinished_tasks(postgres.url()) == []
+
+
+@pytest.mark.parametrize("password", ["Wrong-pw-42", "ab%zzSECRET"])  # the second, loosely encoded, once leaked
+def test_a_wrong_password_is_an_operation_error_without_the_password(postgres, password):
+    url = f"postgresql://{postgres.user}:{password}@127.0.0.1:{postgres.port}/{postgres.database}"
+    with pytest.raises(OperationError) as raised:
+        unfinished_tasks(url)
+    assert "wrong password for user airflow" in str(raised.value), raised.value
+    assert password not in str(raised.value) and "SECRET" not in str(raised.value)
