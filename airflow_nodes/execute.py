@@ -44,7 +44,17 @@ def _user_switch(user: str | None) -> tuple[dict, dict[str, str]]:
     return kwargs, {"HOME": account.pw_dir, "USER": user, "LOGNAME": user}
 
 
-RSYNC_BROKEN_PIPE = re.compile(r"rsync: \[\w+\] (safe_write|safe_read|write) (failed|error)\b.*")
+# Lines that only repeat that a command failed, after the line saying why:
+FOLLOW_UP_LINES = re.compile(
+    r"""
+      rsync\ error: | rsync:\ connection\ unexpectedly     # rsync's ending, whatever the cause
+    | rsync:\ \[\w+\]\ (safe_write|safe_read|write)\ (failed|error)  # its pipe to an ssh that has died
+    | fatal:\ Could\ not\ read\ from\ remote\ repository  # git's, after ssh's own line
+    | Please\ make\ sure\ you\ have\ the\ correct | and\ the\ repository\ exists
+    | \(Background\ on\ this\ error\ at: | \[SQL: | \[parameters:  # SQLAlchemy's statement and link
+    """,
+    re.VERBOSE,
+)
 
 
 def _text(value: str | bytes | None) -> str:
@@ -59,11 +69,7 @@ def failure_reason(argv: Sequence[str], returncode: int, stderr: str | bytes, st
         return f"{argv[0]} was killed by signal {-returncode}"
     lines = [line.strip() for line in (_text(stderr) or _text(stdout)).splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith("Warning: Permanently")]
-    # rsync ends with a generic "rsync error: ... (code N)" line, and when ssh dies first it may also say
-    # its pipe broke, after ssh's own line ("Connection refused"): the cause is the line before them.
-    # SQLAlchemy ends with the statement and a link; the error itself comes before them
-    noise = ("rsync error:", "rsync: connection unexpectedly", "(Background on this error at:", "[SQL:", "[parameters:")
-    useful = [line for line in lines if not line.startswith(noise) and not RSYNC_BROKEN_PIPE.match(line)]
+    useful = [line for line in lines if not FOLLOW_UP_LINES.match(line)]
     # a Python program's own error line ("sqlalchemy.exc.ProgrammingError: ..."), else the last line
     errors = [line for line in useful if re.match(r"^[\w.]*(Error|Exception)\b[^ ]*:", line)]
     reason = (errors or useful or lines or [f"{argv[0]} failed"])[-1]

@@ -7,7 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sync_fixtures import dags_folder, published_revision, render_node, sync_now, write_revision
+from sync_fixtures import (
+    NO_HOST_CHECK,
+    dags_folder,
+    free_port,
+    published_revision,
+    render_node,
+    sync_now,
+    write_revision,
+)
 
 from airflow_nodes.errors import OperationError
 
@@ -63,3 +71,14 @@ def test_an_unknown_branch_is_a_clear_failure(tmp_path, run_cli, repo):
     root = render_node(tmp_path, run_cli, f"git+file://{bare}#nope")
     with pytest.raises(OperationError, match="no such branch or tag"):
         sync_now(root)
+
+
+def test_an_unreachable_git_host_is_reported_by_what_ssh_said(tmp_path, run_cli, repo):
+    bare, _ = repo
+    root = render_node(tmp_path, run_cli, f"git+file://{bare}#main")
+    sync_now(root)
+    root = render_node(tmp_path, run_cli, f"git+ssh://git@127.0.0.1:{free_port()}/dags.git#main")
+    with pytest.raises(OperationError) as failure:
+        sync_now(root, ssh_extra=NO_HOST_CHECK)
+    assert str(failure.value).endswith("Connection refused (exit 128); the published DAGs are unchanged")
+    assert published_revision(root) == 1

@@ -19,9 +19,12 @@ SSH_REFUSED = "ssh: connect to host 127.0.0.1 port 40555: Connection refused"
         f"{SSH_REFUSED}\nrsync: [Receiver] safe_write failed to write 4 bytes to socket: Broken pipe (32)\n"
         "rsync error: unexplained error (code 255) at io.c(232) [Receiver=3.2.7]\n",
         f"rsync: [sender] write error: Broken pipe (32)\n{SSH_REFUSED}\n",
+        # git over ssh ends with advice
+        f"{SSH_REFUSED}\nfatal: Could not read from remote repository.\n\n"
+        "Please make sure you have the correct access rights\nand the repository exists.\n",
     ],
 )
-def test_rsync_over_a_dead_ssh_is_reported_by_what_ssh_said(stderr):
+def test_a_transfer_over_a_dead_ssh_is_reported_by_what_ssh_said(stderr):
     assert failure_reason(["rsync"], 255, stderr) == f"{SSH_REFUSED} (exit 255)"
 
 
