@@ -99,6 +99,29 @@ def read_records(ctx: NodeContext, timeout: float) -> tuple[list[dict], float]:
     return [record for record in map(valid_record, values) if record], seconds + micros / 1e6
 
 
+def known_workers(ctx: NodeContext, timeout: float = 2.0) -> set[str]:
+    """The Celery names (celery@NODE) of the workers this cluster knows now: those expected by name and
+    those whose record is not stale. Empty when the broker cannot be read: this only adds warnings."""
+    from redis.exceptions import RedisError
+
+    try:
+        records, now = read_records(ctx, timeout)
+    except RedisError:
+        records, now = [], 0.0
+    expected = ctx.cluster.expected_workers
+    names = set() if not expected or expected.isdigit() else set(expected.split(","))
+    names |= {r["node"] for r in records if r.get("role") == "worker" and not stale(r, now, period_seconds(ctx))}
+    return {f"celery@{name}" for name in names}
+
+
+def age(record: dict, now: float) -> float:
+    return now - float(record.get("published") or 0)
+
+
+def stale(record: dict, now: float, period: int) -> bool:
+    return age(record, now) > 2 * period
+
+
 # Anyone with the broker URL (every node's airflow user, any task) can write these keys: a record is
 # read as data of known fields, each of its type and printable, or not at all.
 _TEXT_FIELDS = ("node", "role", "address", "tool", "airflow", "packages", "cfg", "cluster_file", "secrets", "dags",
@@ -184,9 +207,8 @@ def compare(records: list[dict], expected_workers: str, period: int, now: float)
     rows = []
     for record in sorted(records, key=lambda r: (r.get("role") != "master", r["node"])):
         row = NodeRow(record)
-        age = now - float(record.get("published") or 0)
-        if age > 2 * period:
-            row.findings.append(f"stale: last report {age:.0f} s ago")
+        if stale(record, now, period):
+            row.findings.append(f"stale: last report {age(record, now):.0f} s ago")
         if master is not None and record is not master:
             for name in COMPARED:
                 if not _same(name, record.get(name), master.get(name)):

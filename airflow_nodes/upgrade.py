@@ -34,6 +34,7 @@ from airflow_nodes.cluster import ClusterConfig, dump_cluster
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.control import control
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.fleet import known_workers
 from airflow_nodes.install import (
     Lock,
     available_locks,
@@ -279,8 +280,10 @@ def stop_consuming(plan: UpgradePlan, progress: Callable[[str], None]) -> dict[s
     consumed = consumed_queues(plan.ctx, plan.venv)
     for worker, queues in sorted(consumed.items()):
         progress(f"  {worker} stopped consuming {', '.join(queues) or 'nothing'}")
-    if not consumed:
-        progress("  no worker answered: one that comes back on the old Airflow takes tasks until its sync")
+    silent = sorted(known_workers(plan.ctx) - consumed.keys())
+    if silent or not consumed:
+        progress(f"  {', '.join(silent) or 'no worker'} did not answer: a worker that runs or comes back on "
+                 f"Airflow {plan.current} takes tasks until `airflow-node sync` runs there")  # fmt: skip
     for unconfirmed in set_consuming(plan.ctx, plan.venv, consumed, on=False):
         progress(f"  not confirmed: {unconfirmed} stopped consuming")
     return consumed

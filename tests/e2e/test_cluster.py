@@ -709,8 +709,12 @@ def run_upgrade_scenario(cluster: Cluster, step: Steps) -> None:
     runs_before = cluster.api("GET", f"{cluster.api_root}/dags/e2e_spread/dagRuns")[1]["total_entries"]
     with step("U2. a migration made to fail (a table in its way): rolled back to a working 2.11"):
         cluster.postgres.sql("SET ROLE airflow; CREATE TABLE dag_bundle (name varchar(250) PRIMARY KEY);")
+        worker3 = cluster.workers[SYSTEMD_WORKER]
+        cluster.node(worker3, "stop")  # down during the drain: the upgrade names it
         failed = cluster.node(master, "upgrade", "--to", to, "--wheelhouse", wheelhouse, check=False, timeout=2400)
         print(failed.stdout[-3000:], failed.stderr)
+        cluster.node(worker3, "start")
+        assert "celery@worker3 did not answer" in failed.stdout, failed.stdout
         assert failed.returncode == 1 and "rolled back to Airflow 2.11.2" in failed.stderr, failed.stderr
         assert 'relation "dag_bundle" already exists' in failed.stderr  # the cause, in the one line
         assert master.run("test", "-e", "/etc/systemd/system/airflow-webserver.service", check=False).returncode == 0
@@ -744,6 +748,7 @@ def run_upgrade_scenario(cluster: Cluster, step: Steps) -> None:
         assert "waiting for 1 task(s) to finish: e2e_long.sleepy running" in done.stdout, done.stdout
         for name in WORKERS:
             assert f"celery@{name} stopped consuming" in done.stdout, done.stdout
+        assert "did not answer" not in done.stdout, done.stdout
         cluster.airflow3, cluster.api_root, cluster.authorization = True, "/api/v2", None
         cluster.login()
         assert cluster.run_state("e2e_long", long_run) == "success"  # finished on 2.11, seen through 3.3

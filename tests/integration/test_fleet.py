@@ -15,6 +15,9 @@ from servers import REDIS_PASSWORD, REDIS_SERVER, RedisServer, free_port, stop_p
 
 from airflow_nodes.cli import main
 from airflow_nodes.cluster import dump_cluster, read_cluster
+from airflow_nodes.context import load_context
+from airflow_nodes.fleet import known_workers
+from airflow_nodes.target import Target
 
 pytestmark = pytest.mark.integration
 DB = "postgresql://airflow:pw@127.0.0.1:1/airflow"  # never reached: health runs --only redis here
@@ -192,3 +195,21 @@ def test_records_anyone_could_write_neither_crash_nor_mislead(fleet, capsys):
     client.set("airflow-node:airflow:node:impostor", json.dumps({"node": "impostor", "role": "master"}))
     code, view = cluster_view(capsys, roots["w1"])
     assert code == 2 and "2 records claim it" in view["verdict"]  # two masters: neither is the reference
+
+
+def test_the_workers_an_upgrade_expects_to_answer_are_the_named_and_the_fresh(fleet, capsys, tmp_path):
+    server, roots = fleet
+    cluster_file = roots["master"] / "etc/airflow-node/cluster.toml"
+    code, _, err = cli(capsys, "init", "--role", "worker", "--root", tmp_path / "w3", "--config", cluster_file,
+                       "--node-name", "w3", "--airflow-version", "3.3.2", "--init-system", "systemd",
+                       "--airflow-node-bin", "/usr/local/bin/airflow-node")  # fmt: skip
+    assert code == 0, err
+    report(capsys, tmp_path / "w3")  # not named by --expect-workers: known by its record
+    master = load_context(Target.at(roots["master"]))
+    assert known_workers(master) == {"celery@w1", "celery@w2", "celery@w3"}
+    client = redis.Redis(port=server.port, password=REDIS_PASSWORD)
+    key = "airflow-node:airflow:node:w3"
+    client.set(key, json.dumps({**json.loads(client.get(key)), "published": time.time() - 11 * 60}), keepttl=True)
+    assert known_workers(master) == {"celery@w1", "celery@w2"}  # stale: gone for two sync periods
+    server.stop()
+    assert known_workers(master) == {"celery@w1", "celery@w2"}  # the broker down: the named ones still
