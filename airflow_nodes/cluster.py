@@ -87,12 +87,7 @@ class ClusterConfig:
 
     @property
     def metadata_db_url(self) -> str:
-        """`[database] sql_alchemy_conn`: the DB URL with Airflow's tested driver, psycopg2, named. SQLAlchemy
-        2.1 (Airflow 3.3's) makes psycopg 3 the default for postgresql://, and under it Airflow 3.3.2's
-        migration e812941398f4 fails on a 2.x database with rows ("could not determine data type of
-        parameter $8"): an upgrade from 2.11 could never migrate."""
-        scheme, rest = self.db_url.split("://", 1)
-        return f"postgresql+psycopg2://{rest}" if scheme in ("postgresql", "postgres") else self.db_url
+        return urls.metadata_db_url(self.db_url)
 
     @property
     def web_url(self) -> str:

@@ -147,11 +147,11 @@ def check_dags(plan: UpgradePlan, target: Target) -> tuple[list[str], list[str]]
 
 
 def check_database(plan: UpgradePlan) -> None:
-    from airflow_nodes.health.database import libpq_url, query_database
+    from airflow_nodes.health.database import query_database
     from airflow_nodes.health.netio import ProbeFailure
 
     try:
-        query_database(libpq_url(plan.ctx.cluster.db_url), timeout=10)
+        query_database(plan.ctx.cluster.db_url, timeout=10)
     except ProbeFailure as exc:
         raise UserError(f"upgrade: the metadata DB does not answer: {exc}") from None
 
@@ -244,11 +244,11 @@ def set_consuming(ctx: NodeContext, venv: Path, consumed: dict[str, list[str]], 
 
 def unfinished_tasks(db_url: str) -> list[str]:
     """The task instances queued or running now in the metadata DB, as "dag.task state on host"."""
-    from airflow_nodes.health.database import connect, libpq_url
+    from airflow_nodes.health.database import connect
     from airflow_nodes.health.netio import ProbeFailure
 
     try:
-        with connect(libpq_url(db_url), timeout=10, application_name="airflow-node-upgrade") as connection:
+        with connect(db_url, timeout=10, application_name="airflow-node-upgrade") as connection:
             rows = connection.execute(UNFINISHED_TASKS).fetchall()
     except ProbeFailure as exc:
         raise OperationError(f"drain: the metadata DB: {exc}") from None
@@ -310,9 +310,7 @@ def undrain(plan: UpgradePlan, target: Target, consumed: dict[str, list[str]], p
 
 def _libpq(plan: UpgradePlan) -> tuple[list[str], dict[str, str]]:
     """Connection options for pg_dump and pg_restore, and the password for their environment (never argv)."""
-    from airflow_nodes.health.database import libpq_url
-
-    parts = parse_url(libpq_url(plan.ctx.cluster.db_url), "database.url")
+    parts = parse_url(plan.ctx.cluster.db_url, "database.url")
     options = ["-h", parts.host or "localhost", "-p", str(parts.port or 5432), "-U", parts.user, "-d", parts.path]
     return options, {"PGPASSWORD": parts.password} if parts.password else {}
 

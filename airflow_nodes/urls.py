@@ -104,6 +104,21 @@ def check_db_url(url: str, option: str = "--db-url") -> str:
     return url
 
 
+def libpq_url(sqlalchemy_url: str) -> str:
+    """Given postgresql+driver://..., return postgresql://... (libpq does not know SQLAlchemy drivers)."""
+    scheme, rest = sqlalchemy_url.split("://", 1)
+    return f"{scheme.split('+', 1)[0]}://{rest}"
+
+
+def metadata_db_url(db_url: str) -> str:
+    """`[database] sql_alchemy_conn`: the DB URL with Airflow's tested driver, psycopg2, named. SQLAlchemy
+    2.1 (Airflow 3.3's) makes psycopg 3 the default for postgresql://, and under it Airflow 3.3.2's
+    migration e812941398f4 fails on a 2.x database with rows ("could not determine data type of
+    parameter $8"): an upgrade from 2.11 could never migrate."""
+    scheme, rest = db_url.split("://", 1)
+    return f"postgresql+psycopg2://{rest}" if scheme in ("postgresql", "postgres") else db_url
+
+
 def default_result_backend(db_url: str, version: AirflowVersion) -> str:
     """Given the metadata DB URL, return the Celery result backend on the same database."""
     scheme, rest = db_url.split("://", 1)

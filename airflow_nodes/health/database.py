@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, describe_error, run_concurrently
 from airflow_nodes.redaction import redact_url
-from airflow_nodes.urls import parse_url
+from airflow_nodes.urls import libpq_url, parse_url
 
 NAME = "db"
 
@@ -41,12 +41,6 @@ def _targets(probe_input: ProbeInput) -> list[tuple[str, str]]:
     if libpq_url(result_backend) not in {libpq_url(url) for _, url in targets}:
         targets.append(("result backend", result_backend))
     return [(label, libpq_url(url)) for label, url in targets]
-
-
-def libpq_url(sqlalchemy_url: str) -> str:
-    """Given postgresql+driver://..., return postgresql://... (libpq does not know SQLAlchemy drivers)."""
-    scheme, rest = sqlalchemy_url.split("://", 1)
-    return f"{scheme.split('+', 1)[0]}://{rest}"
 
 
 def _explain(exc: Exception, user: str, database: str, timeout: float) -> str:
@@ -87,9 +81,9 @@ def query_database(url: str, timeout: float) -> str:
 
 @contextlib.contextmanager
 def connect(url: str, timeout: float, application_name: str = "airflow-node-health") -> Iterator:
-    """Given a postgresql:// URL, yield an autocommit psycopg connection whose statements end within
-    timeout. Raise ProbeFailure with a readable reason (no secrets: libpq gets the decoded parts, never
-    the URL) when it or a statement fails."""
+    """Given a PostgreSQL URL (a SQLAlchemy driver named or not), yield an autocommit psycopg connection
+    whose statements end within timeout. Raise ProbeFailure with a readable reason (no secrets: libpq
+    gets the decoded parts, never the URL) when it or a statement fails."""
     parts = parse_url(url, "database.url")
     host, port, user, database = parts.host or "localhost", parts.port or 5432, parts.user, parts.path
     try:
