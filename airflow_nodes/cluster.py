@@ -9,8 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import os
+import pwd
 import re
 import secrets
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +131,8 @@ def _package_hash(value: str, where: str) -> None:
 def _airflow_home(value: str, where: str) -> None:
     check_abs_path(value, where)
     too_high = value.count("/") < 2  # /tmp, /opt, /var
-    if too_high or any(overlaps(value, d) for d in SYSTEM_DIRS):
+    ours = ("/root", defaults.AIRFLOW_VENV, os.path.realpath(sys.prefix))  # root's home, our venvs
+    if too_high or any(overlaps(value, d) for d in (*SYSTEM_DIRS, *ours)):
         raise UserError(f"{where}: {value} is a system directory or holds one; use a directory of its own")
 
 
@@ -259,6 +264,41 @@ def read_cluster(path: Path, where: str | None = None) -> ClusterConfig:
     if text is None:
         raise UserError(f"{where}: no such cluster file")
     return parse_cluster(text, where)
+
+
+def check_served_cluster(served: ClusterConfig, local: ClusterConfig, where: str) -> None:
+    """A cluster file another host served (the master's airflow account owns what serves it) is
+    untrusted input: raise UserError naming the key when it changes this node's account or home (a
+    sync never does: that takes `airflow-node init` here)."""
+    for key in ("airflow_user", "airflow_home"):
+        ours, theirs = getattr(local, key), getattr(served, key)
+        if theirs != ours:
+            raise UserError(f"{where}: cluster.{key}: {theirs!r} is not this node's {ours!r}; a sync never "
+                            "changes it: run `airflow-node init` here")  # fmt: skip
+
+
+def check_account_and_home(cluster: ClusterConfig, home: Path, where: str) -> None:
+    """On the real system, before a served cluster file is applied: its account is not root and, if it
+    exists, has no root's uid and is the one made for this home; its home (at `home`) is a directory of
+    that account or a new or empty one (root would hand it to the account). Raise UserError naming
+    the key."""
+    if cluster.airflow_user == "root":
+        raise UserError(f"{where}: cluster.airflow_user: the Airflow daemons never run as root")
+    try:
+        account = pwd.getpwnam(cluster.airflow_user)
+    except KeyError:
+        account = None
+    if account and (account.pw_uid == 0 or account.pw_dir.rstrip("/") != cluster.airflow_home.rstrip("/")):
+        raise UserError(f"{where}: cluster.airflow_user: {cluster.airflow_user!r} is an account of this host "
+                        f"that airflow-node did not make for {cluster.airflow_home}")  # fmt: skip
+    try:
+        info = home.lstat()
+    except FileNotFoundError:
+        return
+    owned = account is not None and info.st_uid == account.pw_uid
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or not (owned or not any(home.iterdir())):
+        raise UserError(f"{where}: cluster.airflow_home: {cluster.airflow_home} exists and is not the airflow "
+                        "account's own directory; airflow-node gives the account a new or empty one")  # fmt: skip
 
 
 # The cluster options of `airflow-node init` (given on the master only), from the schema.

@@ -3,6 +3,9 @@ that set it both read it from here (this module imports nothing, so every comman
 
 # cluster file (set on the master)
 AIRFLOW_HOME = "/opt/airflow"
+# the Airflow venv root builds and runs: root's own, outside AIRFLOW_HOME (which the airflow account
+# owns, and a task may write)
+AIRFLOW_VENV = "/opt/airflow-venv"
 WEB_PORT = 8080
 FLOWER_PORT = 5555
 VISIBILITY_TIMEOUT = 86400  # seconds; longer than the longest task

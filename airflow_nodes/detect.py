@@ -9,12 +9,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes import execute
+from airflow_nodes import defaults, execute
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
-DEFAULT_VENV = "/opt/airflow/venv"
+DEFAULT_VENV = defaults.AIRFLOW_VENV
 
 # Runs in the target interpreter. First line: the Airflow version (apache-airflow-core exists only
 # on Airflow 3, where apache-airflow is a meta-package; on 2.x apache-airflow holds everything),
@@ -65,20 +65,65 @@ class AirflowInstall:
     package_hash: str = ""  # empty when not detected (--airflow-version)
 
 
+def first_untrusted(path: Path) -> Path | None:
+    """Given a path root would run, open or write through, return the first place on the way to it that
+    another account owns or may change (every directory from /, every link and every directory on the
+    way to where it leads, then the entry itself), or None when there is none. A link's own mode means
+    nothing; the directory holding it decides. A sticky directory above, such as /tmp, is fine: others
+    may add entries there but not replace root's. A part not there yet ends the walk: only root could
+    make it, its directory being root's."""
+    current = Path("/")
+    if not root_only(current.lstat()):
+        return current
+    pending = list(Path(os.path.abspath(path)).parts[1:])
+    links = 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = current.parent
+            continue
+        candidate = current / name
+        try:
+            info = candidate.lstat()
+        except OSError:
+            return None
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > 40 or info.st_uid != 0:
+                return candidate
+            destination = Path(os.readlink(candidate))
+            if destination.is_absolute():
+                current = Path("/")
+            pending = list(destination.parts[1:] if destination.is_absolute() else destination.parts) + pending
+            continue
+        if not root_only(info, sticky_ok=bool(pending) and stat.S_ISDIR(info.st_mode)):
+            return candidate
+        current = candidate
+    return None
+
+
 def trusted_for_root(path: Path) -> bool:
-    """Whether root may run this file: it and its directory belong to root and no one else can write
-    them (a venv another account can change would run that account's code as root). Not root: True."""
+    """Whether root may run or read this file: it exists and nothing on the way to it, nor it, is another
+    account's (see first_untrusted). Not root: True."""
     if os.geteuid() != 0:
         return True
-    resolved = Path(os.path.realpath(path))
-    for item in (resolved, resolved.parent):
-        try:
-            info = item.stat()
-        except OSError:
-            return False
-        if not root_only(info):
-            return False
-    return True
+    return os.path.lexists(path) and first_untrusted(path) is None
+
+
+def untrusted_in_venv(python: Path) -> Path | None:
+    """Given a venv's interpreter, return the first part of the venv root would run that another account
+    may change: the interpreter's path, pyvenv.cfg (it says where the packages are), the site-packages
+    directories and the .pth files in them (each line may run code at start-up). None when all are
+    root's; not root: None."""
+    if os.geteuid() != 0:
+        return None
+    venv = Path(os.path.abspath(python)).parent.parent
+    parts = [python, venv / "pyvenv.cfg"]
+    for site in sorted(venv.glob("lib*/python*/site-packages")):
+        parts += [site, *sorted(site.glob("*.pth"))]
+    return next((bad for part in parts if (bad := first_untrusted(part))), None)
 
 
 def root_only(info: os.stat_result, sticky_ok: bool = False) -> bool:
@@ -102,8 +147,10 @@ def interpreter_of(airflow_bin: Path) -> Path:
     python = Path(first[2:].strip().split()[0]) if first.startswith("#!") and "python" in first else None
     python = python or airflow_bin.parent / "python"
     for item in (airflow_bin, python):
-        if item.exists() and not trusted_for_root(item):
-            raise UserError(f"{item}: not owned by root or writable by others; airflow-node will not run it as root")
+        bad = untrusted_in_venv(item) if item == python else first_untrusted(item)
+        if os.path.lexists(item) and os.geteuid() == 0 and bad:
+            raise UserError(f"{item}: {bad} is another account's or others may write it; "
+                            "airflow-node will not run it as root")  # fmt: skip
     return python
 
 

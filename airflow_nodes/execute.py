@@ -39,7 +39,10 @@ def _user_switch(user: str | None) -> tuple[dict, dict[str, str]]:
     """Return (subprocess keyword arguments, environment) that run a command as `user`."""
     if not user:
         return {}, {}
-    account = pwd.getpwnam(user)
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise CommandError(f"running as {user}", f"no account {user!r} on this host") from None
     kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
     return kwargs, {"HOME": account.pw_dir, "USER": user, "LOGNAME": user}
 
@@ -102,6 +105,8 @@ def run(
     switch, user_env = _user_switch(user)
     inherited = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"} if clean_env else os.environ
     environment = {**inherited, **(env or {}), **user_env}
+    if user and cwd is None:  # the other account may not enter ours (root's home, say)
+        cwd = "/"
     text = {} if binary else {"text": True, "errors": errors}
     try:
         result = subprocess.run(

@@ -16,12 +16,21 @@ from airflow_nodes.cluster import (
     CLUSTER_SCHEMA,
     ClusterConfig,
     ClusterSecrets,
+    check_account_and_home,
     default_dags_source,
     dump_cluster,
     parse_cluster,
     validate_cluster,
 )
-from airflow_nodes.detect import DEFAULT_VENV, AirflowInstall, detect_airflow, detect_init_system, route_address
+from airflow_nodes.detect import (
+    DEFAULT_VENV,
+    AirflowInstall,
+    detect_airflow,
+    detect_init_system,
+    first_untrusted,
+    route_address,
+    untrusted_in_venv,
+)
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import (
     CLUSTER_FILE,
@@ -267,10 +276,34 @@ def node_settings(
     return _checked_options(validate_node, settings)
 
 
+def with_moved_venv(request: InitRequest, target: Target) -> InitRequest:
+    """A node set up before the venv left AIRFLOW_HOME (or whose venv another account may change) gets
+    the same Airflow built again at the default venv: root must not run or build where the airflow
+    account can write. Return the request asking for that install, or the request as it was."""
+    text = None if request.venv or request.airflow_bin or request.install_airflow else _read_existing(target, NODE_FILE)
+    if not text or not target.privileged:
+        return request
+    try:
+        node = parse_node(text.decode(), str(target.path(NODE_FILE)))
+    except (UnicodeDecodeError, UserError):
+        return request  # plan_init says what is wrong with it
+    airflow_bin = Path(node.airflow_bin)
+    if not (first_untrusted(airflow_bin) or untrusted_in_venv(airflow_bin.parent / "python")):
+        return request
+    from airflow_nodes.install import find_lock, python_version
+
+    try:  # only a version we ship a lock for can be built again; otherwise detection refuses it aloud
+        find_lock(node.airflow_version, python_version(sys.executable))
+    except UserError:
+        return request
+    return dataclasses.replace(request, install_airflow=node.airflow_version, venv=DEFAULT_VENV)
+
+
 def install_requested_airflow(request: InitRequest, target: Target, dry_run: bool, progress) -> tuple[InitRequest, str]:
     """With --install-airflow, install that version into the venv (from the shipped lock) before the
     node is planned, and return the request pointing at it plus what was done. Under --dry-run or
     --root nothing is installed: the command is only reported, and its version used for the plan."""
+    request = with_moved_venv(request, target)
     if not request.install_airflow:
         return request, ""
     if request.wheelhouse:  # checked before anything is installed from it
@@ -340,7 +373,8 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
                 notes.append("generated the cluster secrets (fernet key, secret key, JWT secret, flower password)")
     elif request.join:
         cluster_text, credentials = join_master(request, existing_node)
-        cluster = parse_cluster(cluster_text.decode(errors="replace"), "--join: the master's cluster file")
+        source = "--join: the master's cluster file"
+        cluster = parse_cluster(cluster_text.decode(errors="replace"), source)
     else:
         cluster_text, source = worker_cluster_text(request, existing_cluster_text)
         try:
@@ -348,6 +382,8 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         except UnicodeDecodeError:
             raise UserError(f"{source}: the cluster file is not UTF-8 text") from None
         cluster = parse_cluster(decoded, source)
+    if request.role == "worker" and target.privileged:  # root hands the account its home: not just any
+        check_account_and_home(cluster, target.path(cluster.airflow_home), source)
 
     node = node_settings(request, existing_node, str(install.version), install.airflow_bin, target, cluster.master_host)
     if node.init_system == "supervisor" and target.path(node.supervisord_conf).is_dir():

@@ -1,6 +1,6 @@
 """`airflow-node install-airflow`: the same pinned Airflow on every node, from a lock file we ship.
 
-Layout: VENV (e.g. /opt/airflow/venv) is a symlink to a release directory beside it,
+Layout: VENV (e.g. /opt/airflow-venv) is a symlink to a release directory beside it,
 VENV.releases/airflow-X.Y.Z-pyA.B-HASH. A new release is built and verified in its own directory,
 then the symlink is switched with one rename, so a failed install leaves the previous venv
 working, and scripts' shebangs (which name the release directory) stay valid.
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import execute
-from airflow_nodes.detect import package_set_hash, parse_pin, probe_interpreter, root_only
+from airflow_nodes.defaults import AIRFLOW_VENV
+from airflow_nodes.detect import first_untrusted, package_set_hash, parse_pin, probe_interpreter, root_only
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.target import check_creatable_dir
 
@@ -158,8 +159,21 @@ def _check_venv_path(venv: Path) -> None:
     if not venv.is_absolute():
         raise UserError(f"--venv: {venv} must be an absolute path")
     check_creatable_dir(venv.parent, "--venv")  # the releases and the link go beside the venv
+    check_root_owns_way(venv, "--venv")
     if venv.exists() and not venv.is_symlink() and not venv.is_dir():
         raise UserError(f"--venv: {venv} exists and is not a directory")
+
+
+def check_root_owns_way(venv: Path, where: str) -> None:
+    """Root builds, deletes and runs what lies at and beside `venv`: refuse it (UserError naming `where`)
+    when another account owns or may change a directory on the way (AIRFLOW_HOME, which the airflow
+    account owns, is such a place)."""
+    if os.geteuid() != 0:
+        return
+    bad = first_untrusted(venv) or first_untrusted(Path(f"{venv}.releases"))
+    if bad:
+        raise UserError(f"{where}: {bad} is another account's or others may write it; root builds and runs the "
+                        f"Airflow venv only where no other account can change it (default {AIRFLOW_VENV})")  # fmt: skip
 
 
 def check_wheelhouse(wheelhouse: Path | None, where: str = "--wheelhouse") -> None:
@@ -244,6 +258,7 @@ def build_release(
 ) -> Path:
     """Build and verify a lock's venv beside `venv` (VENV.releases/...), not yet in use. Return its path;
     raise OperationError (nothing left behind) when the install fails."""
+    check_root_owns_way(venv, "venv")
     release = Path(f"{venv}.releases") / f"airflow-{lock.airflow_version}-py{lock.python}-{lock.package_hash[:8]}"
     if release.exists() and package_set_hash(installed_packages(release / "bin" / "python")) == lock.package_hash:
         return release  # built and verified before (a re-run, or an upgrade tried again)

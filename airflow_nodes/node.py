@@ -29,7 +29,9 @@ NODE_FILE = f"{CONFIG_DIR}/node.toml"
 ENV_FILE = f"{CONFIG_DIR}/airflow.env"
 STATE_DIR = "/var/lib/airflow-node"
 MANIFEST_FILE = f"{STATE_DIR}/manifest.json"
-LOG_DIR = "/var/log/airflow"
+# supervisord (root) writes its own and the daemons' output here: root's, so no other account can
+# plant a link root would then write through
+LOG_DIR = "/var/log/airflow-node"
 SYSTEMD_DIR = "/etc/systemd/system"
 CRON_FILE = "/etc/cron.d/airflow-node"  # no dot in the name: cron ignores such files
 OWN_SUPERVISORD_CONF = f"{CONFIG_DIR}/supervisord.conf"  # where no supervisord was set up: ours

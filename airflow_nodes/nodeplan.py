@@ -120,7 +120,7 @@ def build_node_plan(
         PlannedDir(ctx.airflow_home, 0o750, user, user),
         PlannedDir(f"{ctx.airflow_home}/logs", 0o750, user, user),
         PlannedDir(ctx.dags_folder, 0o750, user, user),
-        PlannedDir(ctx.log_dir, 0o750, user, user),
+        PlannedDir(ctx.log_dir, 0o750),
     ]
     if node.role == "master" and dags_source_is_local_to_master(cluster):
         dirs += [PlannedDir("/srv/airflow", 0o755), PlannedDir(DAGS_AUTHORING_DIR, 0o755, user, user)]

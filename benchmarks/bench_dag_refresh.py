@@ -7,7 +7,7 @@ within a minute. This prints one listing's time (median of --rounds) through the
 as a share of the 30 s interval (the share of one core the shorter interval costs) and against a bare
 os.walk of the same tree.
 
-    python benchmarks/bench_dag_refresh.py --venv /opt/airflow/venv [--files 10000]
+    python benchmarks/bench_dag_refresh.py --venv /opt/airflow-venv [--files 10000]
 """
 
 from __future__ import annotations

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from airflow_nodes import execute
-from airflow_nodes.detect import trusted_for_root
 from airflow_nodes.execute import CommandError
 from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
 
@@ -22,23 +20,26 @@ MIN_TIMEOUT = 30.0
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a master node where Airflow is installed, return whether its DB schema is current."""
-    ctx = probe_input.ctx
+    ctx, target = probe_input.ctx, probe_input.target
+    if not target.real_system:
+        return [Result(Status.UNKNOWN, NAME, ctx.node.airflow_bin, None, "not run under --root: no Airflow of its own")]
     argv = [ctx.node.airflow_bin, "db", "check-migrations", "-t", "0"]
-    target = " ".join(argv)
+    target_text = " ".join(argv)
     if not os.access(ctx.node.airflow_bin, os.X_OK):
-        return [Result(Status.UNKNOWN, NAME, target, None, "Airflow is not installed here")]
-    if not trusted_for_root(Path(ctx.node.airflow_bin)):
-        return [Result(Status.CRITICAL, NAME, target, None, "not owned by root or writable by others: not run")]
+        return [Result(Status.UNKNOWN, NAME, target_text, None, "Airflow is not installed here")]
+    # Airflow reads its config, plugins and local settings from AIRFLOW_HOME, the airflow account's: it
+    # runs as that account, never as root
+    user = ctx.cluster.airflow_user if target.privileged else None
     started = time.monotonic()
     try:
-        completed = execute.run(argv, timeout=probe_input.remaining(), env=ctx.environment, ok_codes=None)
+        completed = execute.run(argv, timeout=probe_input.remaining(), env=ctx.environment, user=user, ok_codes=None)
     except CommandError as exc:
-        return [Result(Status.UNKNOWN, NAME, target, None, exc.reason)]
+        return [Result(Status.UNKNOWN, NAME, target_text, None, exc.reason)]
     latency = time.monotonic() - started
     if completed.returncode == 0:
-        return [Result(Status.OK, NAME, target, latency, "the schema matches the installed Airflow")]
+        return [Result(Status.OK, NAME, target_text, latency, "the schema matches the installed Airflow")]
     lines = (completed.stderr or completed.stdout).strip().splitlines()
-    return [Result(Status.CRITICAL, NAME, target, latency, lines[-1] if lines else "migrations pending")]
+    return [Result(Status.CRITICAL, NAME, target_text, latency, lines[-1] if lines else "migrations pending")]
 
 
 PROBE = Probe(

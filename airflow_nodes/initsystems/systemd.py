@@ -38,7 +38,7 @@ def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
         exec_start=ctx.argv(daemon),
         stop_timeout=ctx.node.stop_timeout,
         # "-" prefix: a path that does not exist yet must not stop the unit from starting
-        writable_paths=[f"-{path}" for path in (ctx.airflow_home, ctx.log_dir, *ctx.node.writable_path_list)],
+        writable_paths=[f"-{path}" for path in (ctx.airflow_home, *ctx.node.writable_path_list)],
     )
 
 

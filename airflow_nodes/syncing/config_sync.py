@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from airflow_nodes.apply import apply
-from airflow_nodes.cluster import parse_cluster
+from airflow_nodes.cluster import check_account_and_home, check_served_cluster, parse_cluster
 from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
 from airflow_nodes.errors import OperationError, UserError
@@ -67,6 +67,11 @@ def sync_config(
         cluster = parse_cluster(fetched.decode(), where)
     except UnicodeDecodeError:
         raise UserError(f"{where}: the cluster file is not UTF-8 text") from None
+    # the master's airflow account serves this file: it must not pick the account or the home root
+    # hands out here
+    check_served_cluster(cluster, ctx.cluster, where)
+    if target.privileged:
+        check_account_and_home(cluster, target.path(cluster.airflow_home), where)
     from airflow_nodes.upgrade import follow_master  # only a changed cluster file needs the machinery
 
     node, upgraded = follow_master(ctx, cluster, target)

@@ -633,10 +633,10 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         listing = "\n".join(secrets)
         python = f"{TOOL}/bin/python"
         leaks = cluster.master.run(python, "-c", scan, "/etc", "/opt/airflow", "/srv", "/var/lib/airflow-node",
-                                   "/var/log/airflow", "/run", input=listing).stdout  # fmt: skip
+                                   "/var/log/airflow-node", "/run", input=listing).stdout  # fmt: skip
         for worker in cluster.workers.values():
             leaks += worker.run(python, "-c", scan, "/etc/airflow-node", "/opt/airflow",
-                                "/var/lib/airflow-node", "/var/log/airflow", "/run", input=listing).stdout  # fmt: skip
+                                "/var/lib/airflow-node", "/var/log/airflow-node", "/run", input=listing).stdout  # fmt: skip
         assert leaks.strip() == "", f"world-readable files holding a secret:\n{leaks}"
 
     with step("7b. no secret in anything airflow-node printed: dry runs, errors, health"):

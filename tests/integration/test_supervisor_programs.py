@@ -71,7 +71,7 @@ def node(tmp_path, run_cli):
         root = tmp_path / "root"
         home = tmp_path / "home"
         markers = tmp_path / "markers"
-        for directory in (home, markers, Path("/var/log/airflow")):
+        for directory in (home, markers, Path("/var/log/airflow-node")):
             directory.mkdir(parents=True, exist_ok=True)
         cluster = make_cluster(version.rsplit(".", 1)[0], airflow_home=str(home), airflow_user="root")
         cluster_file = tmp_path / "cluster.toml"

@@ -20,7 +20,7 @@ from sync_fixtures import (
 )
 
 from airflow_nodes.cluster import dump_cluster
-from airflow_nodes.errors import OperationError
+from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import CLUSTER_FILE
 
 from conftest import make_cluster
@@ -110,7 +110,7 @@ class Supervisor:
 def test_a_changed_cluster_file_rerenders_and_restarts_only_what_changed(tmp_path, run_cli, sshd, monkeypatch):
     home = tmp_path / "home"
     markers = tmp_path / "markers"
-    for directory in (home, markers, Path("/var/log/airflow")):
+    for directory in (home, markers, Path("/var/log/airflow-node")):
         directory.mkdir(parents=True, exist_ok=True)
     source = tmp_path / "master-dags"
     write_revision(source, 1)
@@ -148,5 +148,18 @@ def test_a_changed_cluster_file_rerenders_and_restarts_only_what_changed(tmp_pat
         assert run_sync().config.changed is False
         assert supervisor.pid(PROGRAM) == second
         assert (root / CLUSTER_FILE.lstrip("/")).read_bytes() == master_cluster.read_bytes()
+
+        # the master's airflow account serves this file: it may not choose the account or the home root
+        # hands out on the worker, nor a system directory as a home
+        kept = master_cluster.read_bytes()
+        hostile = [(dict(cluster, airflow_home=str(tmp_path / "elsewhere")), "cluster.airflow_home"),
+                   (dict(cluster, airflow_user="nobody"), "cluster.airflow_user"),
+                   (dict(cluster, airflow_home="/root/.ssh"), "cluster.airflow_home")]  # fmt: skip
+        for values, key in hostile:
+            master_cluster.write_text(dump_cluster(make_cluster("3.3", sync_interval_minutes=7, **values)))
+            with pytest.raises(UserError, match=key):
+                run_sync()
+            assert (root / CLUSTER_FILE.lstrip("/")).read_bytes() == kept
+            assert supervisor.pid(PROGRAM) == second
     finally:
         supervisor.stop()

@@ -218,7 +218,7 @@ BAD_INPUT = [
     (master_with({"--writable-path": "/tmp/exchange"}), "--writable-path"),
     (master_with({"--writable-path": "/opt"}), "--writable-path"),
     (master_with({"--writable-path": "/opt/airflow/data"}), "--writable-path"),
-    (master_with({"--writable-path": "/var/log/airflow/out"}), "--writable-path"),
+    (master_with({"--writable-path": "/var/log/airflow-node/out"}), "--writable-path"),
     (master_with({"--writable-path": "/srv/airflow/dags/out"}), "--writable-path"),
     (master_with({"--writable-path": "/data,/data/out"}), "--writable-path"),
     (["init", "--role", "worker", "--airflow-version", "3.2.0"], "--airflow-version"),
@@ -336,6 +336,6 @@ def test_the_master_user_gets_a_shell_for_the_workers_ssh_and_a_worker_user_none
 def test_install_airflow_option_is_listed_under_dry_run_and_checked(run_cli, tmp_path):
     listed = init_master(run_cli, tmp_path / "a", "--install-airflow", "3.3.2", "--dry-run")
     assert listed.code == 0, listed.err
-    assert "would run: airflow-node install-airflow --version 3.3.2 --venv /opt/airflow/venv" in listed.out
+    assert "would run: airflow-node install-airflow --version 3.3.2 --venv /opt/airflow-venv" in listed.out
     unknown = init_master(run_cli, tmp_path / "b", "--install-airflow", "3.3.9", "--dry-run")
     assert unknown.code == 2 and "--install-airflow: no lock file for Airflow 3.3.9" in unknown.err

@@ -139,7 +139,7 @@ def test_master_daemons_follow_the_airflow_version(run_cli, tmp_path):
 def test_worker_command_line_carries_the_per_node_settings(run_cli, tmp_path):
     root = render_node(run_cli, tmp_path, "3.3.2", "worker", "systemd")
     unit = (root / "etc/systemd/system/airflow-worker.service").read_text()
-    assert "ExecStart=/opt/airflow/venv/bin/airflow celery worker -c 4 -H celery@worker1 -q default,etl\n" in unit
+    assert "ExecStart=/opt/airflow-venv/bin/airflow celery worker -c 4 -H celery@worker1 -q default,etl\n" in unit
     assert "KillMode=mixed\n" in unit and "TimeoutStopSec=600\n" in unit
     assert "Wants=redis.service" not in unit and "postgresql" not in unit
 
@@ -170,13 +170,13 @@ def test_writable_paths_widen_every_unit_sandbox_and_are_kept_by_a_rerun(run_cli
     assert (root / "data/airflow").stat().st_mode & 0o777 == 0o750  # made, for the airflow user
     assert (root / "srv/exports").stat().st_mode & 0o777 == 0o775
     unit = (root / "etc/systemd/system/airflow-worker.service").read_text()
-    assert "ReadWritePaths=-/opt/airflow -/var/log/airflow -/data/airflow -/srv/exports\n" in unit
+    assert "ReadWritePaths=-/opt/airflow -/data/airflow -/srv/exports\n" in unit
     assert run_cli(*args).code == 0  # a re-run without the option keeps the recorded list
     assert (root / "etc/systemd/system/airflow-worker.service").read_text() == unit
     assert 'writable_paths = "/data/airflow,/srv/exports"' in (root / "etc/airflow-node/node.toml").read_text()
     assert run_cli(*args, "--writable-path", "").code == 0  # '' clears it
     assert (
-        "ReadWritePaths=-/opt/airflow -/var/log/airflow\n"
+        "ReadWritePaths=-/opt/airflow\n"
         in (root / "etc/systemd/system/airflow-worker.service").read_text()
     )
 
