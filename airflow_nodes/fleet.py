@@ -4,8 +4,15 @@
 Redis is the one service every node already reaches with credentials. Records live under keys of our
 own (`airflow-node:<cluster>:node:<name>`, nothing Celery or kombu uses) and expire after three sync
 periods, so a node that stops reporting turns stale, then disappears. Publishing happens at the end
-of every `sync` and `health` run, merges with what the node published before, costs a few small
-commands, and never fails either run: a broker outage only means no record this time.
+of every `sync` and `health` run, costs a few small commands, and never fails either run: a broker
+outage only means no record this time.
+
+A node builds its record from its own state only: its facts now, and what it published before as kept
+in its own state directory (never what the broker holds, which anyone with the broker URL can write).
+Every record is signed (HMAC-SHA256) with a key derived from the cluster's Fernet key, which every
+node's cluster file holds and the broker URL does not give; a reader refuses a record that is not
+signed with it, that breaks the record schema, that names a node other than its key's, or that was
+published in the future. Reads are bounded in keys, bytes per record and time.
 
 A record holds hashes, never a secret: the cluster's secrets are represented by the sha256 of all of
 them together, which includes the 256-bit generated keys, so nothing about any one can be guessed.
@@ -13,23 +20,47 @@ them together, which includes the 256-bit generated keys, so nothing about any o
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
+from airflow_nodes import statefile
+from airflow_nodes.atomicfile import write_atomically
+from airflow_nodes.cluster import ClusterConfig
 from airflow_nodes.context import NodeContext
 from airflow_nodes.digest import sha256, sha256_file
+from airflow_nodes.errors import UserError
 from airflow_nodes.install import compare_package_sets
-from airflow_nodes.node import CLUSTER_FILE
+from airflow_nodes.node import CLUSTER_FILE, STATE_DIR
 from airflow_nodes.target import Target
 
 KEY_PREFIX = "airflow-node"
+OWN_RECORD_FILE = f"{STATE_DIR}/fleet-record.json"  # what this node published last: its own, root's copy
 # what every node must share with the master; a differing value is drift
 COMPARED = ("tool", "airflow", "packages", "cfg", "cluster_file", "secrets", "dags")
 CLOCK_WARN = 5.0  # seconds off the broker's clock
+FUTURE_SKEW = 60.0  # seconds a record's `published` may be ahead of the broker's time as a reader sees it
+MAX_RECORDS = 2000  # keys read at most: more than any cluster has nodes (--expect-workers is at most 1000)
+READ_BATCH = 100  # keys fetched per round trip
 OK, DRIFT, MISSING, UNKNOWN = 0, 1, 2, 3  # Nagios, as health
+
+# The record schema, the one definition both sides use: the writer clips its record to it (clip_record),
+# the reader refuses a record that breaks it (check_fields). Anyone with the broker URL can write our keys.
+TEXT_FIELDS: dict[str, int] = {  # name: most characters, all printable
+    "node": 253, "role": 16, "address": 253, "tool": 200, "airflow": 200, "packages": 200, "cfg": 200,
+    "cluster_file": 200, "secrets": 200, "dags": 200, "last_sync": 200, "sync_error": 1000, "daemons": 1000,
+}  # fmt: skip
+NUMBER_FIELDS: dict[str, tuple[float, float]] = {  # name: (lowest, highest), finite
+    "published": (0.0, 1e11),  # the broker's time (seconds since 1970)
+    "clock_offset": (-1e10, 1e10),
+}
+FLAG_FIELDS = ("worker_online",)  # true, false, or absent (null)
+SIGNATURE = "sig"
+# a stored record is UTF-8 JSON of printable text: at most 4 bytes a character, plus names and numbers
+MAX_RECORD_BYTES = 4 * sum(TEXT_FIELDS.values()) + 1024
 
 
 def tool_version() -> str:
@@ -47,6 +78,95 @@ def period_seconds(ctx: NodeContext) -> int:
     return ctx.cluster.sync_interval_minutes * 60
 
 
+def record_key(cluster: ClusterConfig) -> bytes:
+    """Given the cluster config, return the key its records are signed with: derived from the Fernet key
+    and the cluster's name. Not from all the secrets: a node with another JWT secret, say, must still be
+    seen, and flagged as drift. (The published `secrets` hash is of another message: it gives nothing.)"""
+    label = f"airflow-node fleet record key\0{cluster.name}".encode()
+    return hmac.new(cluster.secrets.fernet_key.encode(), label, hashlib.sha256).digest()
+
+
+def _canonical(record: dict) -> bytes:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def seal(record: dict, key: bytes) -> bytes:
+    """Given a record and the cluster's record key, return the value to store: the record with its signature."""
+    signature = hmac.new(key, _canonical(record), hashlib.sha256).hexdigest()
+    return _canonical({**record, SIGNATURE: signature})
+
+
+def _printable(text: str, limit: int) -> str:
+    return "".join(c if c.isprintable() else " " for c in text[:limit])
+
+
+def clip_record(facts: dict) -> dict:
+    """Given a node's facts, return them as a record the schema accepts: its fields only, text made
+    printable and cut to its length, numbers made finite and brought into their range."""
+    record: dict = {}
+    for name, limit in TEXT_FIELDS.items():
+        if name in facts:
+            record[name] = _printable(str(facts[name] if facts[name] is not None else ""), limit)
+    for name, (low, high) in NUMBER_FIELDS.items():
+        number = facts.get(name)
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            # clamped as it is (float() of a 400-digit int raises); NaN, unequal to itself, becomes 0
+            record[name] = float(min(max(number, low), high)) if number == number else 0.0
+    for name in FLAG_FIELDS:
+        if isinstance(facts.get(name), bool):
+            record[name] = facts[name]
+    return record
+
+
+def check_fields(record: dict) -> dict | None:
+    """Given a parsed record, return its schema fields (a missing one as "", 0.0 or None), or None when
+    one breaks the schema: text too long or not printable, a number not finite or out of its range."""
+    clean: dict = {}
+    for name, limit in TEXT_FIELDS.items():
+        text = record.get(name, "")
+        if not isinstance(text, str) or len(text) > limit or not text.isprintable():
+            return None
+        clean[name] = text
+    for name, (low, high) in NUMBER_FIELDS.items():
+        number = record.get(name, 0.0)
+        # an int is compared as it is: float() of a 400-digit one would raise
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not low <= number <= high:
+            return None  # NaN is in no range
+        clean[name] = float(number)
+    for name in FLAG_FIELDS:
+        flag = record.get(name)
+        clean[name] = flag if isinstance(flag, bool) else None
+    return clean if clean["node"] else None
+
+
+def check_record(value: bytes, name: str, key: bytes, now: float) -> tuple[dict | None, str]:
+    """Given a stored value, the node name of its key, the record key and the broker's time, return
+    (the record, "") or (None, why it is refused)."""
+    if len(value) > MAX_RECORD_BYTES:
+        return None, f"larger than {MAX_RECORD_BYTES} bytes"
+    try:
+        stored = json.loads(value.decode())
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None, "not JSON"
+    if not isinstance(stored, dict) or not isinstance(stored.get(SIGNATURE), str):
+        return None, "not signed"
+    signature = stored.pop(SIGNATURE)
+    try:
+        expected = hmac.new(key, _canonical(stored), hashlib.sha256).hexdigest().encode()
+    except (ValueError, RecursionError):  # NaN, or a lone surrogate: nothing a node signs
+        return None, "not signed with this cluster's key"
+    if not hmac.compare_digest(expected, signature.encode(errors="replace")):
+        return None, "not signed with this cluster's key"
+    record = check_fields(stored)
+    if record is None:
+        return None, "a field is not what a node writes"
+    if record["node"] != name:
+        return None, f"it names another node ({record['node'][:40]!r})"
+    if record["published"] > now + FUTURE_SKEW:
+        return None, "published in the future"
+    return record, ""
+
+
 def node_facts(ctx: NodeContext, target: Target) -> dict:
     """What this node publishes about itself that costs no more than reading a few files."""
     secrets = sha256("\n".join(sorted(ctx.cluster.secret_values())).encode())[:16]
@@ -62,22 +182,43 @@ def node_facts(ctx: NodeContext, target: Target) -> dict:
     }
 
 
+def own_record(ctx: NodeContext, target: Target, facts: dict) -> dict:
+    """Given this node and the facts of this run, return its record from its own state only: what it
+    published before (its own copy), its facts now, and these facts, clipped to the schema."""
+    try:
+        before = statefile.load_json(target.path(OWN_RECORD_FILE), limit=MAX_RECORD_BYTES)
+    except UserError:  # unreadable: this run's facts replace it
+        before = None
+    return clip_record({**(before if isinstance(before, dict) else {}), **node_facts(ctx, target), **facts})
+
+
+def save_own_record(target: Target, record: dict) -> None:
+    """Keep this node's record in its state directory for its next publish; a failure only loses it."""
+    path = target.path(OWN_RECORD_FILE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, _canonical(record) + b"\n", 0o644)  # hashes and a redacted error: no secret
+    except (OSError, ValueError):
+        pass
+
+
 def publish_record(ctx: NodeContext, target: Target, facts: dict, timeout: float = 1.0) -> str:
-    """Merge facts into this node's record and store it with its expiry. Return "" or why it was not
-    stored (the broker down, say): publishing never fails the run that does it."""
+    """Given this node and the facts of this run, store its record, signed, with its expiry. Return "" or
+    why it was not stored (the broker down, say): publishing never fails the run that does it."""
     from airflow_nodes.redisclient import connect
 
+    record = own_record(ctx, target, facts)
+    save_own_record(target, record)
     try:
         client = connect(ctx.cluster.broker_url, ctx.cluster.sentinel_master, timeout)
-        key = key_of(ctx.cluster.name, ctx.node.node_name)
         try:
-            before = valid_record(client.get(key)) or {}  # what this node published last (if it is one)
             seconds, micros = client.time()
             broker_time = seconds + micros / 1e6
-            record = {**before, **node_facts(ctx, target), **facts}
-            record["published"] = broker_time  # ages are measured on the broker's clock, as `cluster` reads it
-            record["clock_offset"] = round(time.time() - broker_time, 3)
-            client.set(key, json.dumps(record, sort_keys=True), ex=3 * period_seconds(ctx))
+            # ages are measured on the broker's clock, as `cluster` reads it
+            record = clip_record({**record, "published": broker_time,
+                                  "clock_offset": round(time.time() - broker_time, 3)})  # fmt: skip
+            key = key_of(ctx.cluster.name, ctx.node.node_name)
+            client.set(key, seal(record, record_key(ctx.cluster)), ex=3 * period_seconds(ctx))
         finally:
             client.close()
     except Exception as exc:  # noqa: BLE001 - a record is a bonus: nothing may break sync or health
@@ -85,18 +226,81 @@ def publish_record(ctx: NodeContext, target: Target, facts: dict, timeout: float
     return ""
 
 
-def read_records(ctx: NodeContext, timeout: float) -> tuple[list[dict], float]:
-    """Return every node's record of this cluster and the broker's time. Raise redis-py errors."""
+class TooManyRecords(UserError):
+    """More keys under the fleet's prefix than any cluster has nodes: the view would be incomplete."""
+
+
+@dataclass
+class FleetRead:
+    records: list[dict]  # the records that passed every check, sorted by node name
+    now: float  # the broker's time
+    refused: list[str] = field(default_factory=list)  # "'name': why", one for each record refused
+
+
+def _before(deadline: float) -> None:
+    """Given a deadline (time.monotonic()), raise redis-py's TimeoutError once it has passed."""
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    if time.monotonic() > deadline:
+        raise RedisTimeout("the fleet records could not be read in time")
+
+
+def _scan_keys(client, pattern: str, deadline: float) -> list[bytes]:
+    """Given a client, a key pattern and a deadline, return the matching keys, sorted. Raise TooManyRecords
+    when there are more than MAX_RECORDS, redis-py's TimeoutError at the deadline."""
+    keys: set[bytes] = set()  # SCAN may return a key twice
+    cursor = 0
+    while True:
+        _before(deadline)
+        cursor, batch = client.scan(cursor, match=pattern, count=1000)
+        keys.update(batch)
+        if len(keys) > MAX_RECORDS:
+            raise TooManyRecords(f"more than {MAX_RECORDS} keys match {pattern} in the broker: not a fleet of ours")
+        if not cursor:
+            return sorted(keys)
+
+
+def read_fleet(ctx: NodeContext, timeout: float) -> FleetRead:
+    """Given this node and a timeout, return every record of its cluster that passes the checks, why the
+    others were refused, and the broker's time. Raise redis-py's errors (TimeoutError when the whole read
+    takes longer than timeout), TooManyRecords when the broker holds more keys than a fleet has nodes."""
     from airflow_nodes.redisclient import connect
 
+    deadline = time.monotonic() + timeout
+    prefix = key_of(ctx.cluster.name, "")
     client = connect(ctx.cluster.broker_url, ctx.cluster.sentinel_master, timeout)
+    values: list = []
     try:
-        keys = sorted(client.scan_iter(match=key_of(ctx.cluster.name, "*"), count=500))
-        values = client.mget(keys) if keys else []
+        keys = _scan_keys(client, prefix + "*", deadline)
+        for start in range(0, len(keys), READ_BATCH):
+            _before(deadline)
+            pipe = client.pipeline(transaction=False)
+            for key in keys[start : start + READ_BATCH]:
+                pipe.getrange(key, 0, MAX_RECORD_BYTES)  # one byte more than a record may have: no more
+            values += pipe.execute(raise_on_error=False)
         seconds, micros = client.time()
     finally:
         client.close()
-    return [record for record in map(valid_record, values) if record], seconds + micros / 1e6
+    read = FleetRead([], seconds + micros / 1e6)
+    signing_key = record_key(ctx.cluster)
+    for key, value in zip(keys, values, strict=True):
+        name = key.decode(errors="replace")[len(prefix) :]
+        if isinstance(value, Exception):  # another type of key (a hash, say)
+            read.refused.append(f"{name[:40]!r}: not a string")
+        elif value:  # b"": it expired since the scan
+            record, why = check_record(value, name, signing_key, read.now)
+            if record is None:
+                read.refused.append(f"{name[:40]!r}: {why}")
+            else:
+                read.records.append(record)
+    return read
+
+
+def read_records(ctx: NodeContext, timeout: float) -> tuple[list[dict], float]:
+    """Given this node and a timeout, return every record of its cluster that passes the checks, and the
+    broker's time. Raise as read_fleet does."""
+    read = read_fleet(ctx, timeout)
+    return read.records, read.now
 
 
 def known_workers(ctx: NodeContext, timeout: float = 2.0) -> set[str]:
@@ -106,7 +310,7 @@ def known_workers(ctx: NodeContext, timeout: float = 2.0) -> set[str]:
 
     try:
         records, now = read_records(ctx, timeout)
-    except RedisError:
+    except (RedisError, TooManyRecords):
         records, now = [], 0.0
     expected = ctx.cluster.expected_workers
     names = set() if not expected or expected.isdigit() else set(expected.split(","))
@@ -120,37 +324,6 @@ def age(record: dict, now: float) -> float:
 
 def stale(record: dict, now: float, period: int) -> bool:
     return age(record, now) > 2 * period
-
-
-# Anyone with the broker URL (every node's airflow user, any task) can write these keys: a record is
-# read as data of known fields, each of its type and printable, or not at all.
-_TEXT_FIELDS = ("node", "role", "address", "tool", "airflow", "packages", "cfg", "cluster_file", "secrets", "dags",
-                "last_sync", "sync_error", "daemons")  # fmt: skip
-_NUMBER_FIELDS = ("published", "clock_offset")
-
-
-def valid_record(value: bytes | str | None) -> dict | None:
-    """Given a stored value, return it as a record, or None when it is not one a node could have written."""
-    try:
-        record = json.loads(value) if value else None
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("node"), str) or not record["node"]:
-        return None
-    clean: dict = {}
-    for name in _TEXT_FIELDS:
-        text = record.get(name, "")
-        if not isinstance(text, str) or len(text) > 200 or not text.isprintable():
-            return None
-        clean[name] = text
-    for name in _NUMBER_FIELDS:
-        number = record.get(name, 0)
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-            return None
-        clean[name] = float(number)
-    online = record.get("worker_online")
-    clean["worker_online"] = online if isinstance(online, bool) else None
-    return clean
 
 
 @dataclass
@@ -167,12 +340,14 @@ class FleetReport:
     missing: list[str]
     status: int
     verdict: str
+    refused: list[str] = field(default_factory=list)  # the records read and refused, and why
 
     def as_dict(self) -> dict:
         return {
             "status": self.status,
             "verdict": self.verdict,
             "missing": self.missing,
+            "refused": self.refused,
             "nodes": [{**row.record, "findings": row.findings, "status": row.status} for row in self.rows],
         }
 
@@ -199,9 +374,12 @@ def _same(name: str, value: object, masters: object) -> bool:
     return value == masters
 
 
-def compare(records: list[dict], expected_workers: str, period: int, now: float) -> FleetReport:
-    """Given the records and the broker's time, return the fleet: the master's values as the reference,
-    every differing value, stale and missing nodes, and a verdict with a Nagios status."""
+def compare(
+    records: list[dict], expected_workers: str, period: int, now: float, refused: list[str] | None = None
+) -> FleetReport:
+    """Given the records that passed the checks, the broker's time and why others were refused, return the
+    fleet: the master's values as the reference, every differing value, stale and missing nodes, and a
+    verdict with a Nagios status. A refused record counts for nothing."""
     masters = [r for r in records if r.get("role") == "master"]
     master = master_of(records)
     rows = []
@@ -235,7 +413,7 @@ def compare(records: list[dict], expected_workers: str, period: int, now: float)
         verdict = f"WARNING: {len(drifting)} of {len(rows)} node(s) differ or are stale: {', '.join(drifting)}"
     else:
         verdict = f"OK: {len(rows)} node(s) consistent with the master"
-    return FleetReport(rows, missing, status, verdict)
+    return FleetReport(rows, missing, status, verdict, list(refused or []))
 
 
 def fleet_report(target: Target, timeout: float) -> FleetReport:
@@ -246,10 +424,12 @@ def fleet_report(target: Target, timeout: float) -> FleetReport:
 
     ctx = load_context(target)
     try:
-        records, now = read_records(ctx, timeout)
+        read = read_fleet(ctx, timeout)
     except RedisError as exc:
         return FleetReport([], [], MISSING, f"CRITICAL: the broker cannot be read ({exc.__class__.__name__})")
-    return compare(records, ctx.cluster.expected_workers, period_seconds(ctx), now)
+    except TooManyRecords as exc:
+        return FleetReport([], [], MISSING, f"CRITICAL: the broker cannot be read ({exc})")
+    return compare(read.records, ctx.cluster.expected_workers, period_seconds(ctx), read.now, read.refused)
 
 
 COLUMNS = ("node", "role", "address", "airflow", "packages", "cfg", "cluster_file", "secrets", "dags", "clock_offset")
@@ -269,6 +449,9 @@ def format_fleet(report: FleetReport) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip() for r in rows]
     for row in report.rows:
         lines += [f"{row.record['node']}: {finding}" for finding in row.findings]
+    lines += [f"refused record {why}" for why in report.refused[:5]]
+    if len(report.refused) > 5:
+        lines.append(f"refused {len(report.refused) - 5} more record(s)")
     lines.append(report.verdict)
     return "\n".join(lines)
 
