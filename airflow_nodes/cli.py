@@ -12,6 +12,7 @@ import click
 from airflow_nodes import defaults
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.join import DEFAULT_TTL, MAX_TTL
+from airflow_nodes.sanitise import one_line, printable, printable_lines
 from airflow_nodes.target import Target
 
 
@@ -30,6 +31,17 @@ class Exit(enum.IntEnum):
     OK = 0
     FAILED = 1
     USAGE = 2
+
+
+def echo(text: str) -> None:
+    """Print a command's output. What came from outside (a worker's name, a server's answer, a DAG
+    file's name) may hold escape sequences: they show escaped and never act on root's terminal."""
+    click.echo(printable_lines(text))
+
+
+def error(message: str) -> None:
+    """Print an error as one line on stderr: escaped, and bounded however long a value it quotes."""
+    click.echo(one_line(message), err=True)
 
 
 def _target(ctx: click.Context, param: click.Parameter, value: str) -> Target:
@@ -124,24 +136,24 @@ def init(target: Target, dry_run: bool, force: bool, **options: object) -> None:
     options["join"] = read_token(options["join"], options.pop("join_file"))
     options["writable_paths"] = ",".join(options["writable_paths"]) if options["writable_paths"] else None
     if dry_run and options["join"]:  # joining changes the master: a dry run only checks the token
-        click.echo(check_token(options["join"]))
+        echo(check_token(options["join"]))
         return
-    request, installed = install_requested_airflow(InitRequest(**options), target, dry_run, progress=click.echo)
+    request, installed = install_requested_airflow(InitRequest(**options), target, dry_run, progress=echo)
     outcome = plan_init(request, target, force=force)
-    click.echo(format_preview(outcome, show_diff=dry_run))
+    echo(format_preview(outcome, show_diff=dry_run))
     if installed:
-        click.echo(installed)
+        echo(installed)
     if dry_run:
         return
     if not outcome.preview.nothing_to_do:
-        click.echo(format_apply(apply(outcome.preview)))
-    click.echo(after_init(outcome, target, joined=bool(request.join)))
+        echo(format_apply(apply(outcome.preview)))
+    echo(after_init(outcome, target, joined=bool(request.join)))
 
 
 def _control(action: str, target: Target) -> None:
     from airflow_nodes.control import control
 
-    click.echo(control(action, target))
+    echo(control(action, target))
 
 
 @cli.command()
@@ -185,11 +197,11 @@ def join_token(target: Target, ttl: int, ssh_port: int, show: bool, revoke: str 
     from airflow_nodes import join
 
     if show:
-        click.echo(join.list_joins(target))
+        echo(join.list_joins(target))
     elif revoke is not None:
-        click.echo(join.revoke(target, revoke))
+        echo(join.revoke(target, revoke))
     else:
-        click.echo(join.token_command(join.master_join_token(target, ttl, ssh_port)))
+        echo(join.token_command(join.master_join_token(target, ttl, ssh_port)))
 
 
 @cli.command("ssh-gate", hidden=True)
@@ -215,12 +227,12 @@ def uninstall(target: Target, purge: bool, force: bool) -> None:
     """Stop the role and remove exactly what init installed."""
     from airflow_nodes.uninstall import uninstall as run_uninstall
 
-    click.echo(run_uninstall(target, purge=purge, force=force))
+    echo(run_uninstall(target, purge=purge, force=force))
 
 
 @cli.command("install-airflow")
 @click.option("--version", "airflow_version", default="3.3.2", show_default=True, help="Airflow version to install.")
-@click.option("--venv", type=click.Path(path_type=Path), default=Path("/opt/airflow/venv"), show_default=True)
+@click.option("--venv", type=click.Path(path_type=Path), default=Path(defaults.AIRFLOW_VENV), show_default=True)
 @click.option("--python", default=sys.executable, show_default=True, help="Interpreter the venv is built from.")
 @click.option("--wheelhouse", type=click.Path(path_type=Path), help="Install offline from this directory of wheels.")
 @click.option("--force", is_flag=True, help="Replace a venv that holds a different Airflow or package set.")
@@ -230,8 +242,8 @@ def install_airflow_command(
     """Create VENV with Airflow and the celery, postgres and redis extras from a shipped lock file."""
     from airflow_nodes.install import install_airflow
 
-    result = install_airflow(airflow_version, venv, python, wheelhouse, force, progress=click.echo)
-    click.echo(f"{result.message} (package set {result.package_hash})")
+    result = install_airflow(airflow_version, venv, python, wheelhouse, force, progress=echo)
+    echo(f"{result.message} (package set {result.package_hash})")
 
 
 @cli.command()
@@ -255,13 +267,13 @@ def upgrade(target: Target, to: str, dry_run: bool, backup_dir: Path, health_tim
     from airflow_nodes.upgrade import upgrade as run_upgrade
 
     plan = plan_upgrade(target, to, backup_dir, wheelhouse, drain_timeout)
-    click.echo(f"upgrade the master from Airflow {plan.current} to {plan.to}:")
-    click.echo("\n".join(f"  {number}. {step}" for number, step in enumerate(plan.steps(), 1)))
+    echo(f"upgrade the master from Airflow {plan.current} to {plan.to}:")
+    echo("\n".join(f"  {number}. {step}" for number, step in enumerate(plan.steps(), 1)))
     if dry_run:
         return
     if not target.real_system:
         raise UserError("upgrade: runs on the real master only (not under --root); use --dry-run to see the plan")
-    click.echo(run_upgrade(plan, target, click.echo, health_timeout))
+    echo(run_upgrade(plan, target, echo, health_timeout))
 
 
 @cli.command()
@@ -272,7 +284,7 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
     """Collect the wheels of a lock into DIRECTORY, for `install-airflow --wheelhouse` on offline hosts."""
     from airflow_nodes.install import build_wheelhouse
 
-    click.echo(f"wheels in {build_wheelhouse(airflow_version, directory, python, progress=click.echo)}")
+    echo(f"wheels in {build_wheelhouse(airflow_version, directory, python, progress=echo)}")
 
 
 @cli.command()
@@ -307,15 +319,15 @@ def sync(target: Target, quiet: bool, verbose: bool, show_status: bool, force: b
     from airflow_nodes.syncing.run import sync as run_sync
 
     if show_status:
-        click.echo(format_status(target))
+        echo(format_status(target))
         return
     guards = Guards(max_delete_ratio=max_delete_ratio, validate=validate, force=force)
     result = run_sync(SyncRequest(target=target, guards=guards, ssh_extra=ssh_extra_from_env(), **options))
     if verbose:
         for line in result.details:
-            click.echo(f"  {line}")
+            echo(f"  {printable(line)}")
     if not quiet or (result.dags and result.dags.warnings):
-        click.echo(result.summary)
+        echo(printable(result.summary))
 
 
 HEALTH_UNKNOWN = 3  # Nagios: unknown / usage
@@ -328,7 +340,7 @@ class _CheckCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
-            click.echo(f"airflow-node health: {exc.format_message()}", err=True)
+            error(f"{ctx.command_path}: {exc.format_message()}")
             sys.exit(HEALTH_UNKNOWN)
 
 
@@ -356,14 +368,14 @@ def health(
     try:
         report = run_health(target, timeout=timeout, only=parse_only(only), deep=deep)
     except UserError as exc:
-        click.echo(f"airflow-node health: {exc}", err=True)
+        error(f"airflow-node health: {exc}")
         sys.exit(HEALTH_UNKNOWN)
-    click.echo(format_json(report) if as_json else format_table(report))
+    echo(format_json(report) if as_json else format_table(report))
     if prometheus is not None:
         try:
             write_textfile(prometheus, format_prometheus(report))
         except OSError as exc:
-            click.echo(f"airflow-node health: --prometheus {prometheus}: {exc.strerror}", err=True)
+            error(f"airflow-node health: --prometheus {prometheus}: {exc.strerror}")
             sys.exit(HEALTH_UNKNOWN)
     if report.status:
         raise click.exceptions.Exit(int(report.status))
@@ -383,9 +395,9 @@ def cluster_view(target: Target, as_json: bool, timeout: float) -> None:
     try:
         report = fleet_report(target, timeout)
     except (UserError, OperationError) as exc:
-        click.echo(f"airflow-node cluster: {exc}", err=True)
+        error(f"airflow-node cluster: {exc}")
         sys.exit(HEALTH_UNKNOWN)
-    click.echo(fleet_json(report) if as_json else format_fleet(report))
+    echo(fleet_json(report) if as_json else format_fleet(report))
     if report.status:
         raise click.exceptions.Exit(report.status)
 
@@ -400,16 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # health and cluster exit 3 (Nagios UNKNOWN) from inside click
         return exc.code if isinstance(exc.code, int) else Exit.FAILED
     except click.Abort:
-        click.echo("airflow-node: aborted", err=True)
+        error("airflow-node: aborted")
         return Exit.FAILED
     except click.UsageError as exc:
-        click.echo(f"airflow-node: {exc.format_message()}", err=True)
+        error(f"airflow-node: {exc.format_message()}")
         return Exit.USAGE
     except UserError as exc:
-        click.echo(f"airflow-node: {exc}", err=True)
+        error(f"airflow-node: {exc}")
         return Exit.USAGE
     except OperationError as exc:
-        click.echo(f"airflow-node: {exc}", err=True)
+        error(f"airflow-node: {exc}")
         return Exit.FAILED
     return code if isinstance(code, int) else Exit.OK
 

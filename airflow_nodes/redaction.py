@@ -1,8 +1,11 @@
 """Keeping secrets out of everything we print: diffs, errors, probe output.
 
 Two ways: the secrets we know (`redact`, every form they take in our files), and the secrets a text
-holds that we do not know (`redact_secret_values`: the value of every secret-named key and the
-password of every URL, as in an old airflow.cfg shown in a diff).
+holds that we do not know (`redact_secret_values`, as in an old or hand-edited airflow.cfg shown in a
+diff). Those are found by what they are, not by a list of names: the value of every key that names a
+password, secret, token, key or credential, in any section and any file (smtp_password,
+[ldap] bind_password, AIRFLOW__CORE__FERNET_KEY=); such keys inside a value too (a token in
+[secrets] backend_kwargs, JSON or not; ?password= in a URL); and the password of every URL.
 """
 
 from __future__ import annotations
@@ -13,9 +16,22 @@ from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
 REDACTED = "***"
-# keys whose whole value is secret, in airflow.cfg and the cluster file
-SECRET_KEYS = ("fernet_key", "secret_key", "jwt_secret", "flower_password", "flower_basic_auth", "password")
-_ASSIGNMENT = re.compile(r"^(?P<lead>\s*(?P<key>[A-Za-z0-9_.-]+)\s*=\s*)(?P<value>.*?)\s*$")
+# a key that names one of these holds a secret (flower_basic_auth holds user:password); "key" only as
+# a word of the name (fernet_key, AIRFLOW__CORE__FERNET_KEY), not inside one (systemd's KeyringMode=)
+_SECRET_WORDS = r"pass(?:word|wd|phrase)|secret|token|credential|basic_auth|api_?key|(?<![a-z])key(?![a-z])"
+_SECRET_NAME = re.compile(_SECRET_WORDS, re.IGNORECASE)
+# a line `key = value` (or `key: value`, which airflow.cfg's ConfigParser reads too)
+_ASSIGNMENT = re.compile(r"^(?P<lead>\s*(?P<key>[A-Za-z0-9_.-]+)\s*[=:]\s*)(?P<value>.*)$")
+# a secret-named key inside a value: "token": "s.x" (JSON), 'token': 'x', token=x (kwargs, a query,
+# Environment=); a colon only after a quoted key, so prose ("the secrets: keep them") is left alone.
+# Names are bounded and start where a name starts, so a 1 MB line takes linear time.
+_NAME = rf"[A-Za-z0-9_.-]{{0,80}}(?:{_SECRET_WORDS})[A-Za-z0-9_.-]{{0,80}}"
+_SECRET_PAIR = re.compile(
+    rf"""(?<![A-Za-z0-9_./-])(?=["'A-Za-z0-9_.-])(?P<lead>(?:(["']){_NAME}\2\s*[:=]|{_NAME}\s*=)\s*)"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^\s"',;&(){}\[\]]+)""",
+    re.IGNORECASE,
+)
+_URL = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 def secret_forms(secrets: Iterable[str]) -> list[str]:
@@ -56,40 +72,48 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{userinfo.split(':', 1)[0]}:{REDACTED}@{hostinfo}"
 
 
-def _secret_of(key: str, raw: str) -> str | None:
-    """Given a config line's key and raw value, return the secret it holds (decoded), or None."""
+def _unquoted(raw: str) -> str:
+    """Given a raw value, return it without its quotes and airflow.cfg's %% escape."""
     value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'" else raw
-    value = value.replace("%%", "%")  # airflow.cfg's ConfigParser escape
-    if key in SECRET_KEYS:
-        return (value.rpartition(":")[2] if key == "flower_basic_auth" else value) or None
-    if "://" in value:
-        return url_password(value)
-    return None
+    return value.replace("%%", "%")
+
+
+def _secrets_of_line(line: str) -> set[str]:
+    """Given one line of a config text, return the secrets it holds, decoded."""
+    match = _ASSIGNMENT.match(line)
+    if match and _SECRET_NAME.search(match["key"]):
+        value = _unquoted(match["value"].rstrip())
+        return {value.rpartition(":")[2] if "basic_auth" in match["key"].lower() else value} - {""}
+    found = {_unquoted(pair["value"]) for pair in _SECRET_PAIR.finditer(line)}
+    found |= {url_password(url.group().replace("%%", "%")) or "" for url in _URL.finditer(line)}
+    return found - {""}
+
+
+def _redacted_line(line: str) -> str:
+    """Given one line of a config text (no newline), return it with every secret it holds as ***."""
+    match = _ASSIGNMENT.match(line)
+    if match and _SECRET_NAME.search(match["key"]):
+        return match["lead"] + REDACTED
+
+    def pair(found: re.Match[str]) -> str:
+        quote = found["value"][0] if found["value"][0] in "\"'" else ""
+        return f"{found['lead']}{quote}{REDACTED}{quote}"
+
+    return _URL.sub(lambda url: redact_url(url.group()), _SECRET_PAIR.sub(pair, line))
 
 
 def secret_values_in(text: str) -> set[str]:
     """Return the secrets a config text holds, decoded (so airflow.cfg and the cluster file compare):
-    values of secret keys and URL passwords."""
-    found = set()
-    for line in text.splitlines():
-        match = _ASSIGNMENT.match(line)
-        if match and (secret := _secret_of(match["key"].lower(), match["value"])):
-            found.add(secret)
-    return found
+    values of secret-named keys, also inside values, and URL passwords."""
+    return set().union(*map(_secrets_of_line, text.splitlines()))
 
 
 def redact_secret_values(text: str, before: set[str] | None = None) -> str:
-    """Return text with the value of every secret key replaced by *** and every URL redacted. Given the
-    secrets an earlier version held (`before`), a secret that is not among them shows as changed."""
+    """Return text with every secret it holds replaced by *** (see the module's docstring). Given the
+    secrets an earlier version held (`before`), a line with a secret not among them shows as changed."""
     lines = []
     for line in text.splitlines(keepends=True):
-        match = _ASSIGNMENT.match(line.rstrip("\n"))
-        secret = match and _secret_of(match["key"].lower(), match["value"])
-        changed = " (changed)" if secret and before is not None and secret not in before else ""
-        if match and match["key"].lower() in SECRET_KEYS:
-            line = f"{match['lead']}{REDACTED}{changed}" + ("\n" if line.endswith("\n") else "")
-        elif "://" in line:
-            line = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), line)
-            line = line.rstrip("\n") + changed + ("\n" if line.endswith("\n") else "")
-        lines.append(line)
+        body = line.rstrip("\n")
+        changed = before is not None and bool(_secrets_of_line(body) - before)
+        lines.append(_redacted_line(body) + (" (changed)" if changed else "") + line[len(body) :])
     return "".join(lines)

@@ -1,4 +1,8 @@
-"""Formatting results for people: plain functions from values to text."""
+"""Formatting results for people: plain functions from values to text.
+
+Every line stays one line: a path, a note or a warning holding a control character or a line break
+(a file name found on disk, a message quoting a file) shows it escaped (sanitise.printable).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from airflow_nodes.apply import (
 )
 from airflow_nodes.context import NodeContext
 from airflow_nodes.init import InitOutcome
+from airflow_nodes.sanitise import printable, printable_lines
 
 _LABELS = {
     CREATE: "create",
@@ -43,7 +48,7 @@ def format_preview(outcome: InitOutcome, show_diff: bool) -> str:
         f"Airflow {node.airflow_version}, {node.init_system} ({daemons})",
         *(f"note: {note}" for note in outcome.notes),
     ]
-    return "\n".join([*header, format_changes(outcome.preview, show_diff)])
+    return "\n".join([*map(printable, header), format_changes(outcome.preview, show_diff)])
 
 
 def format_changes(prev: Preview, show_diff: bool) -> str:
@@ -55,18 +60,20 @@ def format_changes(prev: Preview, show_diff: bool) -> str:
     lines += [f"  clean up   {path} (left by an interrupted run)" for path in prev.leftovers]
     if prev.nothing_to_do:
         lines.append("Nothing to change: this node already matches.")
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))
     verb = "would run" if show_diff or not prev.real_system else "will run"
     for command in prev.commands:
         lines.append(f"  {verb}: {' '.join(command.argv)}   # {command.reason}")
-    if show_diff:
-        lines += [prev.diff(c).rstrip("\n") for c in prev.changes if c.writes]
-        lines += [prev.diff(r).rstrip("\n") for r in prev.removals if r.removes]
+    lines = [printable(line) for line in lines]
+    if show_diff:  # a diff is many lines: of its text, only the line breaks act
+        lines += [printable_lines(prev.diff(c).rstrip("\n")) for c in prev.changes if c.writes]
+        lines += [printable_lines(prev.diff(r).rstrip("\n")) for r in prev.removals if r.removes]
         lines.append("Dry run: nothing was changed.")
     return "\n".join(lines)
 
 
 def format_apply(result: ApplyResult) -> str:
+    """Return what an apply did: files written and removed, backups kept, commands run or left to run."""
     lines = [f"wrote {len(result.written)} file(s)"]
     lines += [f"warning: {warning}" for warning in result.warnings]
     if result.removed:
@@ -80,4 +87,4 @@ def format_apply(result: ApplyResult) -> str:
         lines += [f"  {' '.join(c.argv)}" for c in result.skipped]
     if result.ownership_skipped:
         lines.append("file owners were not set (not root, or under --root)")
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))

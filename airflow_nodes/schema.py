@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_nodes.errors import UserError
+from airflow_nodes.errors import UserError, clipped
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,10 +68,10 @@ def load_toml(text: str, schema: tuple[Field, ...], where: str) -> dict[str, Any
     known = {(f.section, f.key) for f in schema}
     for section, table in data.items():
         if not isinstance(table, dict):
-            raise UserError(f"{where}: {section} must be a [section]")
+            raise UserError(f"{where}: {clipped(section)} must be a [section]")
         for key in table:
             if (section, key) not in known:
-                raise UserError(f"{where}: unknown key {section}.{key}")
+                raise UserError(f"{where}: unknown key {clipped(f'{section}.{key}')}")
     values: dict[str, Any] = {}
     for field in schema:
         try:
@@ -98,7 +98,7 @@ def check_all(obj: Any, schema: tuple[Field, ...], where: str) -> None:
 
 def check_host(value: str, where: str) -> None:
     if not _HOST_RE.match(value):
-        raise UserError(f"{where}: {value!r} is not a host name or address")
+        raise UserError(f"{where}: {clipped(value)!r} is not a host name or address")
 
 
 def in_range(low: int, high: int, unit: str = "") -> Callable[[int, str], None]:
@@ -107,8 +107,7 @@ def in_range(low: int, high: int, unit: str = "") -> Callable[[int, str], None]:
 
     def check(value: int, where: str) -> None:
         if not low <= value <= high:
-            shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:20]}..."
-            raise UserError(f"{where}: must be {low} to {high}{unit}, got {shown}")
+            raise UserError(f"{where}: must be {low} to {high}{unit}, got {clipped(str(value), 20)}")
 
     return check
 
@@ -118,10 +117,11 @@ check_port = in_range(1, 65535, " (a TCP port)")
 
 def check_name(value: str, where: str) -> None:
     if not _NAME_RE.match(value):
-        raise UserError(f"{where}: {value!r} is not a valid name (lowercase letters, digits, - and _)")
+        raise UserError(f"{where}: {clipped(value)!r} is not a valid name (lowercase letters, digits, - and _)")
 
 
 def check_abs_path(value: str, where: str) -> None:
     """An absolute, normalised path (no "..", "//" or trailing "/") of letters, digits and ._/@+-."""
     if not _PATH_RE.match(value) or posixpath.normpath(value) != value or value.startswith("//"):
-        raise UserError(f"{where}: {value!r} must be a normalised absolute path of letters, digits and ._/@+-")
+        shown = clipped(value)
+        raise UserError(f"{where}: {shown!r} must be a normalised absolute path of letters, digits and ._/@+-")

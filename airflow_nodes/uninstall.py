@@ -23,7 +23,8 @@ from airflow_nodes.target import Target
 
 def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
     """Retire the role and delete the files in the manifest whose content is still ours (with force,
-    edited ones are moved aside as backups). Raise UserError if nothing was installed here.
+    edited ones are moved aside as backups). Raise UserError if nothing was installed here, or if
+    the preview refuses; then nothing changed, here or on the master.
 
     The cluster file is kept unless purge: it holds the Fernet key, without which encrypted
     connections and variables in the metadata DB cannot be read.
@@ -37,10 +38,11 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
         nodes = [ctx.node]
     except UserError:
         ctx, nodes = None, []  # node.toml already gone: units are still retired by name; a supervisor group is not
-    left = leave(target, ctx) if ctx else ""  # a joined worker's key on the master goes with it
     rules = [rule for system in all_init_systems() for node in nodes for rule in system.retirements(node)]
     plan = Plan(retirements=tuple(rules or Systemd().retirements(None)), keep=keep, purge_secrets=purge)
-    result = apply(preview(plan, target, force=force))
+    planned = preview(plan, target, force=force)  # refuses (a link, a backup in the way) before anything
+    left = leave(target, ctx) if ctx else ""  # a joined worker's key on the master goes with it
+    result = apply(planned)
     if not read_manifest(target).files:  # nothing of ours is left: neither is the manifest
         target.path(MANIFEST_FILE).unlink(missing_ok=True)
         for directory in sorted(manifest.dirs, key=len, reverse=True):

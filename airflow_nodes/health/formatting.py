@@ -9,6 +9,7 @@ from pathlib import Path
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.health.model import Result, Status
 from airflow_nodes.health.runner import HealthReport
+from airflow_nodes.sanitise import printable
 
 COLUMNS = ("STATUS", "PROBE", "TARGET", "LATENCY", "DETAIL")
 
@@ -28,12 +29,16 @@ def _summary(report: HealthReport) -> str:
     line = f"{report.status.name}: {tally} ({report.role} {report.node_name}, {report.elapsed:.2f} s)"
     if report.skipped:
         line += f"; not applicable here: {', '.join(report.skipped)}"
-    return line
+    return printable(line)
 
 
 def format_table(report: HealthReport) -> str:
-    """Given a report, return an aligned text table followed by a one-line summary."""
-    rows = [COLUMNS] + [(r.status.name, r.probe, r.target, format_latency(r.latency), r.detail) for r in report.results]
+    """Given a report, return an aligned text table followed by a one-line summary. What a probe read
+    from outside (a worker's name, a server's error) shows escaped: one line per result, inert."""
+    rows = [COLUMNS] + [
+        (r.status.name, printable(r.probe), printable(r.target), format_latency(r.latency), printable(r.detail))
+        for r in report.results
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
     lines = []
     for row in rows:
@@ -53,7 +58,8 @@ def _result_dict(result: Result) -> dict[str, object]:
 
 
 def format_json(report: HealthReport) -> str:
-    """Given a report, return it as a JSON document (status names, Nagios exit code, results)."""
+    """Given a report, return it as a JSON document (status names, Nagios exit code, results). JSON's
+    own escapes (ASCII only) keep control characters from outside inert."""
     document = {
         "status": report.status.name,
         "exit_code": int(report.status),
@@ -64,7 +70,7 @@ def format_json(report: HealthReport) -> str:
         "results": [_result_dict(result) for result in report.results],
         "skipped": list(report.skipped),
     }
-    return json.dumps(document, indent=2)
+    return json.dumps(document, indent=2, ensure_ascii=True)
 
 
 def _label(value: str) -> str:
