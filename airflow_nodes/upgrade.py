@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pwd
 import re
+import stat
 import sys
 import tempfile
 import time
@@ -33,12 +35,14 @@ from airflow_nodes.apply import apply
 from airflow_nodes.cluster import ClusterConfig, dump_cluster
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.control import control
+from airflow_nodes.detect import first_untrusted, trusted_for_root
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.fleet import known_workers
 from airflow_nodes.install import (
     Lock,
     available_locks,
     build_release,
+    check_root_owns_way,
     check_wheelhouse,
     find_lock,
     lock_with_hash,
@@ -48,7 +52,7 @@ from airflow_nodes.install import (
 from airflow_nodes.node import NODE_FILE, NodeSettings
 from airflow_nodes.nodeplan import read_credentials, reconcile_node, render_airflow_cfg
 from airflow_nodes.target import Target, check_creatable_dir
-from airflow_nodes.urls import parse_url
+from airflow_nodes.urls import libpq_conninfo, libpq_params
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
 # ruff's Airflow 3 rules: code that no longer runs (removed, or moved to a provider we do not install)
@@ -96,11 +100,18 @@ class UpgradePlan:
         ]
 
 
-def venv_of(node: NodeSettings) -> tuple[Path, str]:
+def venv_of(node: NodeSettings, target: Target) -> tuple[Path, str]:
     """The venv link a node's daemons run through, and the system interpreter it was made from (a new
-    release is built with that one)."""
+    release is built with that one). Raise UserError when another account may change either: root
+    builds beside the one and runs the other (`airflow-node init` moves such a venv)."""
     venv = Path(node.airflow_bin).parent.parent
-    return venv, str((venv / "bin" / "python").resolve())
+    if not target.real_system and not (venv / "bin" / "python").exists():  # a rendered tree without one
+        return venv, sys.executable
+    check_root_owns_way(venv, f"{NODE_FILE}: airflow_bin")
+    python = (venv / "bin" / "python").resolve()
+    if not trusted_for_root(python):
+        raise UserError(f"{python}: the interpreter of {venv} is not root's own; root will not build with it")
+    return venv, str(python)
 
 
 def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | None = None,
@@ -116,8 +127,8 @@ def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | N
         raise UserError(f"--to: {to!r}: give the full version, such as 3.3.2")
     if (new.major, new.minor, new.patch) <= (current.major, current.minor, current.patch or 0):
         raise UserError(f"--to: {new} is not newer than the installed {current} (to go back, restore the backup)")
-    check_creatable_dir(backup_dir, "--backup-dir")  # the backup comes after the drain: fail before it
-    venv, python = venv_of(ctx.node)
+    check_backup_dir(backup_dir)  # the backup comes after the drain: fail before it
+    venv, python = venv_of(ctx.node, target)
     try:
         lock = find_lock(str(new), python_version(python))
     except UserError as exc:
@@ -138,7 +149,8 @@ def check_dags(plan: UpgradePlan, target: Target) -> tuple[list[str], list[str]]
     folder = str(target.path(plan.ctx.dags_folder))
     argv = [ruff, "check", "--preview", "--select", "AIR3", "--no-cache", "--output-format", "json", "--exit-zero",
             "--isolated", folder + "/"]  # fmt: skip
-    findings = json.loads(execute.run(argv, what="ruff (DAG check)", timeout=600).stdout or "[]")
+    user = plan.ctx.cluster.airflow_user if target.privileged else None  # its tree: read as the account
+    findings = json.loads(execute.run(argv, what="ruff (DAG check)", timeout=600, user=user).stdout or "[]")
     lines = {True: [], False: []}
     for finding in findings:
         where = f"{os.path.relpath(finding['filename'], folder)}:{finding['location']['row']}"
@@ -161,12 +173,21 @@ def config_lint(plan: UpgradePlan, release: Path) -> list[str]:
     when it names a key we set that the new version removed or renamed; return its other remarks
     (a changed default we set explicitly, say)."""
     new_ctx = NodeContext(plan.new_cluster, plan.ctx.node)
-    with tempfile.TemporaryDirectory() as home:
+    # Airflow imports from the DAG folder and AIRFLOW_HOME the config names: it runs as the airflow
+    # account, which may read the config (group) but not change it
+    user = plan.ctx.cluster.airflow_user if os.geteuid() == 0 else None
+    with tempfile.TemporaryDirectory() as home:  # 0700: no one else opens the file while it is written
         cfg = Path(home, "airflow.cfg")
         cfg.write_text(render_airflow_cfg(new_ctx))
-        os.chmod(cfg, 0o600)
+        os.chmod(cfg, 0o640)
+        if user:
+            group = pwd.getpwnam(user).pw_gid
+            os.chown(cfg, 0, group)
+            os.chown(home, 0, group)
+            os.chmod(home, 0o750)
         env = {"AIRFLOW_HOME": home, "AIRFLOW_CONFIG": str(cfg)}
-        result = execute.run([release / "bin" / "airflow", "config", "lint"], env=env, timeout=300, clean_env=True)
+        result = execute.run([release / "bin" / "airflow", "config", "lint"], env=env, timeout=300, clean_env=True,
+                             user=user)  # fmt: skip
     remarks = [line.strip()[2:] for line in result.stdout.splitlines() if line.strip().startswith("- ")]
     blocking = [r for r in remarks if r.startswith("Removed") or " moved from " in r or " renamed to " in r]
     if blocking:
@@ -309,20 +330,67 @@ def undrain(plan: UpgradePlan, target: Target, consumed: dict[str, list[str]], p
 
 
 def _libpq(plan: UpgradePlan) -> tuple[list[str], dict[str, str]]:
-    """Connection options for pg_dump and pg_restore, and the password for their environment (never argv)."""
-    parts = parse_url(plan.ctx.cluster.db_url, "database.url")
-    options = ["-h", parts.host or "localhost", "-p", str(parts.port or 5432), "-U", parts.user, "-d", parts.path]
-    return options, {"PGPASSWORD": parts.password} if parts.password else {}
+    """The --dbname of pg_dump, pg_restore and psql: every libpq parameter of the DB URL (sslmode, a host
+    list, options, ...) but the password, which goes in their environment (never argv)."""
+    params = libpq_params(plan.ctx.cluster.db_url)
+    password = params.pop("password", "")
+    return ["--dbname", libpq_conninfo(params)], {"PGPASSWORD": password} if password else {}
+
+
+# what backup_database writes: the only entries a backup directory may hold, as it is made 0700
+DUMP_NAME = re.compile(r"airflow-db-[0-9A-Za-z.+-]+-[0-9]{8}T[0-9]{6}Z\.dump")
+
+
+def check_backup_dir(path: Path) -> None:
+    """Raise UserError naming --backup-dir unless root may keep DB dumps in path: a directory it may
+    create or write, no link, not another account's, below directories no other account may change
+    (that account could swap it for a link while pg_dump writes), and holding nothing but our dumps
+    (it is made 0700: never /etc or /var/backups)."""
+    check_creatable_dir(path, "--backup-dir")
+    info = path.lstat() if os.path.lexists(path) else None
+    if info and stat.S_ISLNK(info.st_mode):
+        raise UserError(f"--backup-dir: {path} is a symbolic link; give the directory itself")
+    if info and info.st_uid != os.geteuid():
+        raise UserError(f"--backup-dir: {path} belongs to another account (uid {info.st_uid}); DB dumps go only "
+                        "in root's own directory")  # fmt: skip
+    if os.geteuid() == 0 and (above := first_untrusted(path.parent)):
+        raise UserError(f"--backup-dir: {above} is another account's or others may write it; DB dumps go only "
+                        "where no other account can change the way to them")  # fmt: skip
+    try:
+        other = next((name for name in os.listdir(path) if not DUMP_NAME.fullmatch(name)), None) if info else None
+    except OSError as exc:
+        raise UserError(f"--backup-dir: cannot read {path}: {exc.strerror}") from None
+    if other is not None:
+        raise UserError(f"--backup-dir: {path} holds {other[:60]!r}, not only DB dumps; give a directory of their "
+                        "own (it is made 0700)")  # fmt: skip
 
 
 def backup_database(plan: UpgradePlan) -> Path:
-    plan.backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Dump the metadata DB with pg_dump into a new file of the backup directory (made 0700), 0600 from
+    its creation on. Return its path. Raise OperationError, leaving no dump, when the directory is no
+    longer fit (see check_backup_dir) or pg_dump fails."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     dump = plan.backup_dir / f"airflow-db-{plan.current}-{stamp}.dump"
+    try:
+        check_backup_dir(plan.backup_dir)  # again: the drain took a while
+        plan.backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory = os.open(plan.backup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(directory, 0o700)
+            os.close(os.open(dump.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory))
+        finally:
+            os.close(directory)
+    except UserError as exc:
+        raise OperationError(str(exc)) from None
+    except OSError as exc:
+        raise OperationError(f"--backup-dir: cannot create {dump}: {exc.strerror}") from None
     options, env = _libpq(plan)
-    execute.run(["pg_dump", "--format=custom", "--file", dump, *options], what="pg_dump (DB backup)", env=env,
-                timeout=3600)  # fmt: skip
-    os.chmod(dump, 0o600)
+    try:  # pg_dump truncates the file we made, keeping its mode
+        execute.run(["pg_dump", "--format=custom", "--file", dump, *options], what="pg_dump (DB backup)", env=env,
+                    timeout=3600)  # fmt: skip
+    except BaseException:
+        dump.unlink(missing_ok=True)
+        raise
     return dump
 
 
@@ -330,8 +398,8 @@ def restore_database(plan: UpgradePlan, dump: Path) -> None:
     """Put the DB back as the dump has it: the migrated schema goes, the dump's comes back."""
     options, env = _libpq(plan)
     sql = "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"
-    execute.run(["psql", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql, *options], what="psql (reset schema)", env=env,
-                timeout=600)  # fmt: skip
+    execute.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql, *options], what="psql (reset schema)",
+                env=env, timeout=600)  # fmt: skip
     execute.run(["pg_restore", "--no-owner", "--single-transaction", *options, dump], what="pg_restore", env=env,
                 timeout=3600)  # fmt: skip
 
@@ -493,7 +561,7 @@ def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> t
         if parse_airflow_version(lock.airflow_version).series == cluster.airflow_version
     }
     wanted = masters or of_line
-    venv, python = venv_of(ctx.node)
+    venv, python = venv_of(ctx.node, target)
     pyver = python_version(python) if target.real_system else f"{sys.version_info[0]}.{sys.version_info[1]}"
     candidates = [lock for lock in locks if lock.python == pyver and lock.airflow_version in wanted]
     if not candidates:

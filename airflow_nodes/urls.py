@@ -1,9 +1,15 @@
 """The one place URLs are parsed: the broker, database and result-backend URLs, checked and redacted.
 
-Everything that reads a URL's parts (init, the cluster file, the health probes) goes through
-`parse_url`, which refuses what two parsers would read differently: urllib splits the host at the
-last "@", SQLAlchemy and libpq at the first, and a "/", "?" or "#" in a password ends urllib's
-host part early. Such characters must be percent-encoded, so every reader agrees.
+Everything that reads a URL's parts (init, the cluster file, the health probes, the upgrade's pg_dump)
+goes through `parse_url` (a database URL through `libpq_params`), which refuses what two parsers would
+read differently: urllib splits the host at the last "@", SQLAlchemy and libpq at the first, and a
+"/", "?" or "#" in a password ends urllib's host part early. Such characters must be percent-encoded,
+so every reader agrees.
+
+A database URL is read as SQLAlchemy reads it for Airflow (`libpq_params`): every query parameter is
+a libpq keyword (sslmode, target_session_attrs, options, ...), and `?host=` lists the servers to try.
+Our own libpq clients (the DB probe, pg_dump, pg_restore, psql) get all of them, so they connect as
+Airflow does, never with less protection than the URL asks for.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from airflow_nodes.versions import AirflowVersion
 BROKER_SCHEMES = ("redis", "rediss")
 SENTINEL = "sentinel"
 DB_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg")
+# a password in the query would stand there unredacted, and in a libpq tool's argv
+SECRET_PARAMETERS = ("password", "passwd")
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,7 @@ class ServiceUrl:
     password: str = ""
 
 
-def _split(url: str, option: str) -> SplitResult:
+def _split(url: str, option: str, host_in_query: bool = False) -> SplitResult:
     if any(ch.isspace() or ord(ch) < 32 for ch in url):
         raise UserError(f"{option}: the URL contains whitespace or control characters")
     scheme, sep, rest = url.partition("://")
@@ -49,9 +57,13 @@ def _split(url: str, option: str) -> SplitResult:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:  # its message may quote the password: never shown
         raise UserError(f"{option}: {redact_url(url)!r} does not parse as a URL") from None
-    if any(name.lower() in ("password", "passwd") for name, _ in parse_qsl(parts.query)):
+    query = [name.lower() for name, _ in parse_qsl(parts.query)]
+    if "sslpassword" in query:
+        raise UserError(f"{option}: no ?sslpassword= (it would show in output and in pg_dump's command line); "
+                        "give a client key without a passphrase, readable by root only")  # fmt: skip
+    if any(name in SECRET_PARAMETERS for name in query):
         raise UserError(f"{option}: put the password in the URL's user part, not in ?password= (it is redacted there)")
-    if not parts.hostname:
+    if not parts.hostname and not (host_in_query and "host" in query):
         raise UserError(f"{option}: {redact_url(url)!r} names no host")
     return parts
 
@@ -95,13 +107,73 @@ def check_broker_url(url: str, option: str = "--broker-url") -> str:
 
 def check_db_url(url: str, option: str = "--db-url") -> str:
     """Given a PostgreSQL SQLAlchemy URL, return it unchanged. Raise UserError otherwise."""
-    parts = parse_url(url, option)
-    if parts.scheme not in DB_SCHEMES:
+    params = libpq_params(url, option)
+    scheme = url.split("://", 1)[0]
+    if scheme not in DB_SCHEMES:
         expected = ", ".join(scheme + "://" for scheme in DB_SCHEMES)
-        raise UserError(f"{option}: the metadata database must be PostgreSQL ({expected}), got {parts.scheme}://")
-    if not parts.path.strip("/"):
+        raise UserError(f"{option}: the metadata database must be PostgreSQL ({expected}), got {scheme}://")
+    if not params.get("dbname", "").strip("/"):
         raise UserError(f"{option}: {redact_url(url)!r} names no database")
     return url
+
+
+def libpq_params(url: str, option: str = "database.url") -> dict[str, str]:
+    """Given a PostgreSQL URL (a SQLAlchemy driver named or not), return the libpq connection keywords
+    SQLAlchemy hands the driver for it: user, password, dbname, host and port from the URL, then every
+    query parameter (sslmode, sslrootcert, target_session_attrs, options, ...; a query's host, port,
+    user or dbname wins). Several servers: `?host=h1:5432&host=h2:5433` or `?host=h1,h2&port=5432,5433`.
+    Raise UserError (naming option, never the password) for what SQLAlchemy would refuse too."""
+    if "," in url.partition("://")[2].rpartition("@")[2].split("/")[0]:
+        raise UserError(f"{option}: list several servers as ?host=h1:5432&host=h2:5433 (SQLAlchemy's form)")
+    parts = _split(url, option, host_in_query=True)
+    params = {"host": parts.hostname or "", "port": str(parts.port or ""), "user": unquote(parts.username or ""),
+              "password": unquote(parts.password or ""), "dbname": unquote(parts.path.lstrip("/"))}  # fmt: skip
+    query = parse_qsl(parts.query)
+    names = [name for name, _ in query if name != "host"]
+    if bad := next((name for name in names if not re.fullmatch(r"[a-z_]{1,64}", name)), None):
+        raise UserError(f"{option}: ?{bad[:40]!r} is not a libpq parameter (lower-case letters and _)")
+    if twice := next((name for name in names if names.count(name) > 1), None):
+        raise UserError(f"{option}: ?{twice}= is given more than once")
+    params.update((name, value) for name, value in query if name != "host")
+    if hosts := [value for name, value in query if name == "host"]:
+        params["host"], ports = _servers(hosts, dict(query).get("port"), option)
+        params["port"] = ports or str(parts.port or "")
+    return {name: value for name, value in params.items() if value}
+
+
+_NAME_AND_PORT = re.compile(r"(?P<host>[A-Za-z0-9.-]*)(?::(?P<port>[0-9]*))?")
+
+
+def _servers(hosts: list[str], port: str | None, option: str) -> tuple[str, str]:
+    """Given the URL's ?host= values and its ?port=, return libpq's host and port lists, as SQLAlchemy's
+    PostgreSQL dialects build them. Raise UserError for lists they would misread or refuse."""
+    if len(hosts) == 1 and port is None and (match := _NAME_AND_PORT.fullmatch(hosts[0])):
+        return match["host"], match["port"] or ""  # host=h1:5432
+    if len(hosts) > 1:  # host=h1:5432&host=h2:5433
+        if port is not None:
+            raise UserError(f"{option}: give host=h1:5432&host=h2:5433 or host=h1,h2&port=5432,5433, not both")
+        pairs = [host.partition(":")[::2] for host in hosts]
+        hosts, ports = [host for host, _ in pairs], [port for _, port in pairs]
+    else:  # host=h1,h2&port=5432,5433
+        hosts, ports = hosts[0].split(","), port.split(",") if port else []
+        if any(":" in host and _NAME_AND_PORT.fullmatch(host) for host in hosts):
+            raise UserError(f"{option}: list servers as ?host=h1:5432&host=h2:5433 or ?host=h1,h2&port=5432,5433")
+    if not all(port.isdigit() for port in ports if port):
+        raise UserError(f"{option}: the ports in ?host= and ?port= must be numbers")
+    if len(ports) > 1 and len(ports) != len(hosts):
+        raise UserError(f"{option}: {len(hosts)} hosts but {len(ports)} ports in ?host= and ?port=")
+    return ",".join(hosts), ",".join(ports)
+
+
+def libpq_conninfo(params: dict[str, str]) -> str:
+    """Given libpq keywords, return the conninfo string a libpq tool takes as --dbname. Each value is
+    quoted, so none can add a keyword."""
+    return " ".join(f"{name}='{_conninfo_escape(value)}'" for name, value in params.items())
+
+
+def _conninfo_escape(value: str) -> str:
+    """Escape a value for libpq's single quotes: a backslash or a quote gets a backslash."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def libpq_url(sqlalchemy_url: str) -> str:

@@ -2,13 +2,15 @@
 
 psycopg is imported inside the check so `airflow-node health --only redis` never pays for it.
 libpq would try every address a name resolves to, each with the full connect_timeout; we resolve
-the name ourselves and hand libpq one address, so one probe is one attempt within the budget.
+a single host name ourselves and hand libpq one address, so one probe is one attempt within the
+budget. A URL's host list (`?host=h1:5432&host=h2:5433`) is libpq's to walk, as it is for Airflow.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, describe_error, run_concurrently
 from airflow_nodes.redaction import redact_url
-from airflow_nodes.urls import libpq_url, parse_url
+from airflow_nodes.urls import libpq_params, libpq_url
 
 NAME = "db"
 
@@ -48,6 +50,17 @@ def _explain(exc: Exception, user: str, database: str, timeout: float) -> str:
     if sqlstate in _SQLSTATE_PHRASES:
         return _SQLSTATE_PHRASES[sqlstate].format(user=user, database=database)
     message = " ".join(str(exc).split()) or exc.__class__.__name__
+    # psycopg walks a host list itself and lists each attempt: "- host: 'h', port: 'p', hostaddr: 'a': why"
+    attempts = re.findall(r"- host: '([^']*)', port: '([^']*)'(?:, hostaddr: '[^']*')?: (.*?)(?= - host: '|$)", message)
+    if attempts:
+        return "; ".join(
+            f"{host}:{port} {_explain_message(why, user, database, timeout)}" for host, port, why in attempts
+        )
+    return _explain_message(message, user, database, timeout)
+
+
+def _explain_message(message: str, user: str, database: str, timeout: float) -> str:
+    """Given one libpq error message, return it as a plain sentence."""
     lowered = message.lower()
     # psycopg reports connection-phase errors without a SQLSTATE; libpq's wording is stable.
     if "password authentication failed" in lowered:
@@ -82,28 +95,24 @@ def query_database(url: str, timeout: float) -> str:
 @contextlib.contextmanager
 def connect(url: str, timeout: float, application_name: str = "airflow-node-health") -> Iterator:
     """Given a PostgreSQL URL (a SQLAlchemy driver named or not), yield an autocommit psycopg connection
-    whose statements end within timeout. Raise ProbeFailure with a readable reason (no secrets: libpq
-    gets the decoded parts, never the URL) when it or a statement fails."""
-    parts = parse_url(url, "database.url")
-    host, port, user, database = parts.host or "localhost", parts.port or 5432, parts.user, parts.path
-    try:
-        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
-    except OSError as exc:
-        raise ProbeFailure(describe_error(exc, timeout)) from None
+    whose statements end within timeout. Every libpq parameter of the URL applies (sslmode, host lists,
+    options, ...); application_name is ours unless the URL names one. Raise ProbeFailure with a readable
+    reason (no secrets: libpq gets the decoded parts, never the URL) when it or a statement fails."""
+    params = libpq_params(url)
+    user, database = params.get("user", ""), params.get("dbname", "")
+    host, port = params.setdefault("host", "localhost"), params.get("port", "5432")
+    if "," not in host + port and not host.startswith("/") and "hostaddr" not in params:
+        try:
+            params["hostaddr"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+        except OSError as exc:
+            raise ProbeFailure(describe_error(exc, timeout)) from None
     import psycopg  # noqa: PLC0415 - deliberately lazy: 150 ms of imports
 
     # libpq takes whole seconds and no fewer than 2; the runner's deadline bounds shorter budgets.
-    params = dict(
-        host=host,
-        hostaddr=address,
-        port=port,
-        user=user,
-        password=parts.password,
-        dbname=database,
-        connect_timeout=max(2, math.ceil(timeout)),
-        application_name=application_name,
-        options=f"-c statement_timeout={max(int(timeout * 1000), 1)}",
-    )
+    budget, asked = max(2, math.ceil(timeout)), params.get("connect_timeout", "")
+    params["connect_timeout"] = str(min(budget, int(asked)) if asked.isdigit() and int(asked) > 0 else budget)
+    params["options"] = f"{params.get('options', '')} -c statement_timeout={max(int(timeout * 1000), 1)}".strip()
+    params.setdefault("fallback_application_name", application_name)
     try:
         with psycopg.connect(**params, autocommit=True) as connection:
             yield connection

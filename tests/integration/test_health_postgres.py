@@ -6,12 +6,22 @@ import json
 from urllib.parse import quote
 
 import pytest
+from fake_postgres import PlaintextPostgres
 from servers import DB_PASSWORD, broker_url, free_port, render_node, running_postgres
 
 from airflow_nodes.cli import main
+from airflow_nodes.health.database import connect, query_database
+from airflow_nodes.health.netio import ProbeFailure
 
 pytestmark = pytest.mark.integration
 postgres = pytest.fixture(scope="module")(running_postgres)
+
+
+@pytest.fixture
+def impostor():
+    server = PlaintextPostgres()
+    yield server
+    server.stop()
 
 
 def probe_db(tmp_path, capsys, db_url: str, role: str = "master", **overrides) -> tuple[int, list[dict], str]:
@@ -77,3 +87,39 @@ def test_stopped_server_is_refused(tmp_path, capsys, postgres):
         postgres.start()
     assert code == 2
     assert "connection refused" in results[0]["detail"]
+
+
+def test_the_impostor_gets_the_password_from_a_client_that_allows_plain_text(impostor):
+    # libpq's default, sslmode=prefer, falls back to plain text when the server refuses SSL
+    with pytest.raises(ProbeFailure):
+        query_database(impostor.url(quote(DB_PASSWORD, safe=""), "sslmode=prefer"), timeout=5)
+    assert impostor.passwords == [DB_PASSWORD]
+
+
+@pytest.mark.parametrize("sslmode", ["require", "verify-full"])
+def test_the_urls_sslmode_keeps_the_password_from_a_server_without_ssl(tmp_path, capsys, impostor, sslmode):
+    url = impostor.url(quote(DB_PASSWORD, safe=""), f"sslmode={sslmode}&connect_timeout=5")
+    code, results, output = probe_db(tmp_path, capsys, url)
+    assert code == 2 and "SSL" in results[0]["detail"], results
+    assert impostor.ssl_requests and not impostor.startups and impostor.passwords == []
+    assert DB_PASSWORD not in output and quote(DB_PASSWORD, safe="") not in output
+
+
+def test_the_urls_parameters_reach_the_server(postgres):
+    url = postgres.url() + "?application_name=from-the-url&options=-c%20search_path%3Dfrom_url"
+    with connect(url, timeout=10) as connection:
+        row = connection.execute(
+            "SELECT application_name, current_setting('search_path'), current_setting('statement_timeout')"
+            " FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ).fetchone()
+    assert row == ("from-the-url", "from_url", "10s")  # the probe's statement timeout still applies
+
+
+def test_a_host_list_is_tried_in_order_and_target_session_attrs_applies(tmp_path, capsys, postgres):
+    servers = f"host=127.0.0.1:{free_port()}&host=127.0.0.1:{postgres.port}"  # nothing listens on the first
+    url = f"postgresql://{postgres.user}:{quote(DB_PASSWORD, safe='')}@/{postgres.database}?{servers}"
+    code, results, _ = probe_db(tmp_path, capsys, url)
+    assert code == 0 and results[0]["status"] == "OK", results
+    with pytest.raises(ProbeFailure) as failed:
+        query_database(url + "&target_session_attrs=standby", timeout=10)
+    assert "standby" in str(failed.value)

@@ -70,6 +70,36 @@ def test_bad_input_is_one_line_exit_2_nothing_changed(run_cli, master_root, args
     assert snapshot(master_root) == before
 
 
+@pytest.mark.parametrize("kind", ["link", "another account's", "below another account's", "not only dumps"])
+def test_a_backup_dir_root_does_not_own_alone_is_refused_before_anything_runs(run_cli, tmp_path, master_root, kind):
+    if os.geteuid() != 0 and kind in ("another account's", "below another account's"):
+        pytest.skip("ownership matters only to root")
+    backups = tmp_path / "backups"
+    if kind == "not only dumps":  # such as /etc: it would be made 0700
+        backups.mkdir(mode=0o755)
+        (backups / "airflow-db-2.11.2-20260101T000000Z.dump").write_text("")
+        (backups / "passwd").write_text("")
+        words = f"--backup-dir: {backups} holds 'passwd', not only DB dumps"
+    elif kind == "link":
+        (tmp_path / "elsewhere").mkdir()
+        backups.symlink_to(tmp_path / "elsewhere")
+        words = f"--backup-dir: {backups} is a symbolic link"
+    elif kind == "another account's":
+        backups.mkdir()
+        os.chown(backups, 65534, 65534)
+        words = f"--backup-dir: {backups} belongs to another account (uid 65534)"
+    else:
+        (tmp_path / "theirs").mkdir()
+        os.chown(tmp_path / "theirs", 65534, 65534)
+        backups = tmp_path / "theirs" / "backups"
+        words = f"--backup-dir: {tmp_path / 'theirs'} is another account's"
+    before = snapshot(tmp_path)
+    result = run_cli("upgrade", "--root", master_root, "--to", "3.3.2", "--dry-run", "--backup-dir", backups)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert words in result.err, result.err
+    assert snapshot(tmp_path) == before
+
+
 def test_a_target_whose_lock_does_not_cover_the_masters_python_is_refused(run_cli, tmp_path, make_venv):
     python = interpreter("3.9")
     if python is None:
