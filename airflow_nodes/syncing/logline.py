@@ -7,11 +7,15 @@ import logging.handlers
 import os
 import sys
 
+from airflow_nodes.sanitise import printable
+
 _LOGGER = logging.getLogger("airflow_nodes.sync")
 
 
 def log_run(line: str, failed: bool) -> None:
-    """Send the run's one line to syslog (facility daemon, tag airflow-node). Never pass secrets here."""
+    """Send the run's one line to syslog (facility daemon, tag airflow-node). Never pass secrets here.
+    It may quote a DAG file's name: escaped, so it is one line that cannot act on a terminal."""
+    line = printable(line)
     if not os.path.exists("/dev/log"):
         if not failed:  # a failure is raised, and the CLI prints it as its one line
             print(f"airflow-node sync: {line}", file=sys.stderr)  # the current stderr, not the first one seen
