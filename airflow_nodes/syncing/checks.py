@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import defaults
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.sanitise import one_line
 from airflow_nodes.syncing.releases import BuiltRelease, DagRelease
 
 VALIDATE_MODES = ("off", "warn", "refuse")
@@ -34,18 +40,76 @@ def check_guards(built: BuiltRelease, current: DagRelease | None, guards: Guards
             )
 
 
+COMPILE_MEMORY = 1 << 30  # bytes of address space the compiler child may use
+COMPILE_SECONDS = 30  # per file: the kernel ends the child (SIGALRM) when one file takes longer
+
+# Run as `python -I -S -c _COMPILER memory seconds` in the release directory; reads NUL-separated
+# paths on stdin and writes one line per file, in order: empty when it compiles, else JSON [line, message].
+# A hostile file (a 200,000-deep expression, a huge literal) costs the child its limits, never root's
+# memory or a traceback; if the child dies, the parent knows which file it was on by the lines written.
+_COMPILER = """
+import json, os, resource, signal, sys
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
+# made here, so that the handler of a MemoryError has nothing to allocate
+too_big = json.dumps([None, f"needs more than {int(sys.argv[1]) >> 20} MiB to compile"])
+too_deep = json.dumps([None, "nested too deeply to compile"])
+for path in sys.stdin.buffer.read().split(b"\\0"):
+    signal.alarm(int(sys.argv[2]))
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as source:
+            compile(source.read(), os.fsdecode(path), "exec", dont_inherit=True)
+        line = ""
+    except MemoryError:
+        line = too_big
+    except RecursionError:
+        line = too_deep
+    except Exception as exc:  # SyntaxError; ValueError for null bytes; OSError; anything else compile raises
+        line = json.dumps([getattr(exc, "lineno", None), getattr(exc, "msg", None) or str(exc) or repr(exc)])
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
+"""
+
+
+def _shown(text: str) -> str:
+    """Given a problem (a file name from the tree, a compiler message), return it as one printable line
+    (sanitise.one_line), an undecodable byte of a file name (a lone surrogate) shown as \\udcff."""
+    return one_line(text.encode("utf-8", "backslashreplace").decode())
+
+
+def _compile_files(directory: Path, paths: list[str]) -> tuple[list[tuple[int | None, str] | None], str]:
+    """Compile paths (relative to directory) in one limited child process. Return a result per file it
+    finished (None: it compiles; else (line, message)) and, if it stopped before the last, why.
+    Raise OperationError if the child could not run at all."""
+    child = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _COMPILER, str(COMPILE_MEMORY), str(COMPILE_SECONDS)],
+        input=b"\0".join(os.fsencode(path) for path in paths), capture_output=True, cwd=directory,
+    )  # fmt: skip
+    results = [tuple(json.loads(line)) if line else None for line in child.stdout.split(b"\n")[:-1]]
+    if len(results) == len(paths):
+        return results, ""
+    if child.returncode == -signal.SIGALRM:
+        return results, f"takes more than {COMPILE_SECONDS} s to compile"
+    if child.returncode < 0:
+        return results, f"the compiler died on it ({signal.strsignal(-child.returncode) or -child.returncode})"
+    last = (child.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+    raise OperationError(f"{sys.executable}: cannot compile DAG files: {_shown(last)}")
+
+
 def invalid_python_files(built: BuiltRelease) -> list[str]:
-    """Return "path:line: message" for each changed .py file of the built tree that does not compile."""
+    """Return "path:line: message" (one printable line) for each changed .py file of the built tree that
+    does not compile within COMPILE_MEMORY and COMPILE_SECONDS. Raise OperationError if no compiler runs."""
+    paths = [relative for relative in built.changed if relative.endswith(".py")]
     problems = []
-    for relative in built.changed:
-        if not relative.endswith(".py"):
-            continue
-        path = Path(built.path, relative)
-        try:
-            compile(path.read_bytes(), relative, "exec", dont_inherit=True)
-        except (SyntaxError, ValueError) as exc:  # ValueError: null bytes
-            line = getattr(exc, "lineno", None)
-            problems.append(f"{relative}:{line or '?'}: {getattr(exc, 'msg', None) or exc}")
+    while paths:
+        results, stopped = _compile_files(built.path, paths)
+        for relative, result in zip(paths, results, strict=False):  # results stop where the child did
+            if result is not None:
+                line, message = result
+                problems.append(_shown(f"{relative}:{line or '?'}: {message}"))
+        if not stopped:
+            break
+        problems.append(_shown(f"{paths[len(results)]}:?: {stopped}"))
+        paths = paths[len(results) + 1 :]
     return problems
 
 

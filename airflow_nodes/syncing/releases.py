@@ -15,6 +15,7 @@ revision; a release stays on disk for `keep` more publishes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -149,7 +150,8 @@ def _is_real_dir(path: Path) -> bool:
 
 
 def prepare_work_dirs(layout: DagLayout, owner: tuple[int, int] | None) -> None:
-    """Create the release directories; remove staging left by a run that died. owner: for the mirror."""
+    """Create the release directories; remove staging left by a run that died. owner: the account that
+    fetches into the mirror (a mirror of another account's is removed, to be fetched anew)."""
     for directory in (layout.base, layout.releases, layout.manifests, layout.mirror):
         directory.mkdir(parents=True, exist_ok=True)
         if not _is_real_dir(directory):  # a link planted there would send rsync --delete elsewhere
@@ -164,19 +166,25 @@ def prepare_work_dirs(layout: DagLayout, owner: tuple[int, int] | None) -> None:
         os.close(fd)
     if layout.staging.exists():
         shutil.rmtree(layout.staging)
-    layout.staging.mkdir()
+    layout.staging.mkdir(mode=0o700)  # root's alone while it builds: nobody swaps a directory for a link
     if owner is not None:
+        if layout.mirror.lstat().st_uid != owner[0]:  # another account's (the airflow one, before 0.4): fetched anew
+            shutil.rmtree(layout.mirror)  # never follows a link inside
+            layout.mirror.mkdir()
         os.chown(layout.mirror, *owner, follow_symlinks=False)
+    # the fetching account's alone: a setuid file it fetched is no way into that account for anyone
+    os.chmod(layout.mirror, 0o700, follow_symlinks=False)
 
 
 def local_changes(source: Path, current: Path) -> tuple[Change, ...]:
     """Given two local trees, return what differs (rsync dry run by checksum; .git skipped).
 
     By checksum, because git checks files out with the current time: a same-size edit checked out
-    in the same second as the last one would look unchanged to rsync's size-and-mtime check.
+    in the same second as the last one would look unchanged to rsync's size-and-mtime check. Modes as
+    a release holds them (no setuid, setgid or sticky bit), or such a file would differ every time.
     """
-    argv = ["rsync", "-a", "--checksum", "--delete", "--safe-links", "--dry-run", "--exclude=/.git", ITEMIZE_FORMAT,
-            f"{source}/", f"{current}/"]  # fmt: skip
+    argv = ["rsync", "-a", "--chmod=ugo-st", "--checksum", "--delete", "--safe-links", "--dry-run", "--exclude=/.git",
+            ITEMIZE_FORMAT, f"{source}/", f"{current}/"]  # fmt: skip
     result = execute.run(argv, what=f"comparing {source} with {current}", errors="surrogateescape")
     return parse_itemized(result.stdout)
 
@@ -194,6 +202,51 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _plain_mode(mode: int) -> int:
+    """Permission bits only: a release never holds a setuid, setgid or sticky bit."""
+    return mode & 0o777
+
+
+def _copy_file(source: Path, target: Path, owner: tuple[int, int] | None) -> str | None:
+    """Copy a regular file to a new target that has its final owner and mode (no setuid, setgid or
+    sticky bit) before it holds a byte, and the source's times. Return its sha256, or None if the
+    source is gone or no longer a regular file (changed since it was listed): then nothing is created.
+    """
+    try:  # the mirror is not root's: never follow a link there, never wait on a FIFO planted there
+        fd_in = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            return None
+        raise
+    with os.fdopen(fd_in, "rb") as reader:
+        info = os.fstat(fd_in)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd_out, "wb") as writer:
+            if owner is not None:
+                os.fchown(fd_out, *owner)
+            os.fchmod(fd_out, _plain_mode(info.st_mode))
+            digest = hashlib.sha256()
+            while chunk := reader.read(1 << 20):
+                digest.update(chunk)
+                writer.write(chunk)
+            writer.flush()
+            os.utime(fd_out, ns=(info.st_atime_ns, info.st_mtime_ns))
+    return digest.hexdigest()
+
+
+def _make_dir(target: Path, info: os.stat_result, owner: tuple[int, int] | None) -> None:
+    """Create (or keep) a directory with its final owner and plain mode, and the source's times."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    target.mkdir(mode=0o700, exist_ok=True)
+    if owner is not None:
+        os.chown(target, *owner, follow_symlinks=False)
+    os.chmod(target, _plain_mode(info.st_mode))
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def _drop_under(manifest: Manifest, prefix: str) -> None:
@@ -246,10 +299,7 @@ def build_release(
                 _drop_under(manifest, change.path)
             continue
         if stat.S_ISDIR(info.st_mode):
-            if target.is_symlink() or (target.exists() and not target.is_dir()):
-                target.unlink()
-            target.mkdir(exist_ok=True)
-            shutil.copystat(source, target, follow_symlinks=False)
+            _make_dir(target, info, owner)
             manifest[change.path] = (DIR, "")
             continue
         if target.is_symlink() or target.exists():
@@ -262,15 +312,12 @@ def build_release(
                 skipped.append(change.path)
                 continue
             os.symlink(link, target)
+            if owner is not None:
+                os.chown(target, *owner, follow_symlinks=False)
             manifest[change.path] = (LINK, sha256(link.encode(errors="surrogateescape")))
-        elif stat.S_ISREG(info.st_mode):
-            shutil.copy2(source, target, follow_symlinks=False)
-            manifest[change.path] = (FILE, sha256_file(target))
+        elif stat.S_ISREG(info.st_mode) and (digest := _copy_file(source, target, owner)):
+            manifest[change.path] = (FILE, digest)
             changed.append(change.path)
-        else:
-            continue  # sockets, fifos, devices: not DAGs
-        if owner is not None:
-            os.chown(target, *owner, follow_symlinks=False)
     for path in list(changed):
         if path not in manifest:
             changed.remove(path)
@@ -280,10 +327,11 @@ def build_release(
 def _build_full(
     layout: DagLayout, staging: Path, current: DagRelease | None, owner: tuple[int, int] | None
 ) -> BuiltRelease:
-    execute.run(
-        ["rsync", "-a", "--safe-links", "--exclude=/.git", f"{layout.mirror}/", f"{staging}/"],
-        what="copying the mirror",
-    )
+    # rsync gives each file its final owner and mode before renaming it into place: never a setuid copy
+    chown = [f"--chown={owner[0]}:{owner[1]}"] if owner is not None else []
+    argv = ["rsync", "-a", "--chmod=ugo-st", *chown, "--safe-links", "--exclude=/.git", f"{layout.mirror}/",
+            f"{staging}/"]  # fmt: skip
+    execute.run(argv, what="copying the mirror")
     manifest: Manifest = {}
     skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(staging):
@@ -304,9 +352,6 @@ def _build_full(
                 manifest[rel] = (FILE, sha256_file(Path(full)))
             else:
                 os.unlink(full)
-                continue
-            if owner is not None:
-                os.chown(full, *owner, follow_symlinks=False)
     old = current.manifest if current else {}
     changed = tuple(p for p, entry in manifest.items() if entry[0] == FILE and old.get(p) != entry)
     deleted = sum(1 for p, (kind, _) in old.items() if kind == FILE and manifest.get(p, ("",))[0] != FILE)
