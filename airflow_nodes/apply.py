@@ -145,7 +145,7 @@ class Preview:
                     user.shell,
                     user.name,
                 ),
-                f"system user {user.name} for the Airflow daemons",
+                f"system user {user.name} ({user.purpose})",
             )
             for user in self.plan.users
             if user.name in self.missing_users

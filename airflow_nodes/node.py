@@ -37,7 +37,10 @@ CRON_FILE = "/etc/cron.d/airflow-node"  # no dot in the name: cron ignores such 
 OWN_SUPERVISORD_CONF = f"{CONFIG_DIR}/supervisord.conf"  # where no supervisord was set up: ours
 OWN_SUPERVISOR_SOCKET = "/run/airflow-node-supervisor.sock"
 SSH_DIR = f"{CONFIG_DIR}/ssh"  # a joined worker's key and the master's pinned host key
-SSH_KEY_FILE = f"{SSH_DIR}/id_ed25519"
+SSH_KEY_FILE = f"{SSH_DIR}/id_ed25519"  # the sync account's: no task (the airflow account) can read it
+# fetches DAGs and the cluster file (rsync, git, ssh with the worker's key) and owns the mirror it
+# fetches into: not the airflow account, so no task can read the key or change what root builds from
+SYNC_USER = "airflow-sync"
 KNOWN_HOSTS_FILE = f"{SSH_DIR}/known_hosts"
 DAGS_AUTHORING_DIR = "/srv/airflow/dags"  # on the master: where people put DAGs; workers pull from it
 # what no directory of the cluster's may be, sit in or hold: the system's and ours

@@ -28,6 +28,7 @@ from airflow_nodes.node import (
     SSH_DIR,
     SSH_KEY_FILE,
     STATE_DIR,
+    SYNC_USER,
     NodeSettings,
     dump_node,
     overlaps,
@@ -142,7 +143,7 @@ def build_node_plan(
         dirs.append(PlannedDir(SSH_DIR, 0o755))
         files += [
             # the transfers run as the airflow user: its key, in a directory only root can change
-            PlannedFile(SSH_KEY_FILE, credentials.key_file, 0o600, user, user, secret=True),
+            PlannedFile(SSH_KEY_FILE, credentials.key_file, 0o600, SYNC_USER, SYNC_USER, secret=True),
             PlannedFile(KNOWN_HOSTS_FILE, credentials.known_hosts, 0o644),
         ]
     # where tasks may write under the systemd sandbox: made for the airflow user if missing, never
@@ -158,7 +159,10 @@ def build_node_plan(
     return Plan(
         # on the master, workers log in as this user (key only: it has no password) to pull DAGs
         # and the cluster file with rsync and ssh, which need a shell
-        users=(SystemUser(user, ctx.airflow_home, "/bin/sh" if node.role == "master" else "/usr/sbin/nologin"),),
+        users=(
+            SystemUser(user, ctx.airflow_home, "/bin/sh" if node.role == "master" else "/usr/sbin/nologin"),
+            SystemUser(SYNC_USER, "/nonexistent", purpose="fetches DAGs and the cluster file"),
+        ),
         dirs=tuple(dirs),
         files=tuple(files),
         triggers=tuple(manager.triggers(ctx, (ctx.airflow_cfg, ctx.env_file))),

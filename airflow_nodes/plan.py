@@ -32,6 +32,7 @@ class SystemUser:
     name: str
     home: str
     shell: str = "/usr/sbin/nologin"
+    purpose: str = "for the Airflow daemons"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.fleet import publish_record
 from airflow_nodes.join import pinned
-from airflow_nodes.node import CLUSTER_FILE, KNOWN_HOSTS_FILE, SSH_KEY_FILE, SYNC_LOCK_FILE
+from airflow_nodes.node import CLUSTER_FILE, KNOWN_HOSTS_FILE, SSH_KEY_FILE, SYNC_LOCK_FILE, SYNC_USER
 from airflow_nodes.redaction import redact
+from airflow_nodes.sanitise import printable
 from airflow_nodes.syncing.checks import Guards, check_guards, check_python
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sync_config
@@ -95,17 +96,31 @@ class SyncResult:
         return f"{text} ({self.seconds:.2f} s)"
 
 
-def _transfer_user(ctx: NodeContext, target: Target) -> tuple[str | None, tuple[int, int] | None]:
-    """As root on the real system, transfers run as the airflow user and files are owned by it."""
+@dataclass(frozen=True)
+class Accounts:
+    """Who fetches and who reads, as root on the real system: the sync account fetches into the mirror it
+    owns (no task can read its key or change what root builds from); releases belong to the airflow
+    account, whose daemons read them. None: ourselves (under --root, or not root)."""
+
+    transfer_user: str | None = None
+    mirror_owner: tuple[int, int] | None = None
+    release_owner: tuple[int, int] | None = None
+
+
+def _accounts(ctx: NodeContext, target: Target) -> Accounts:
     if not target.privileged:
-        return None, None
-    try:
-        account = pwd.getpwnam(ctx.cluster.airflow_user)
-    except KeyError:
-        raise UserError(
-            f"{CLUSTER_FILE}: cluster.airflow_user {ctx.cluster.airflow_user!r} does not exist here"
-        ) from None
-    return ctx.cluster.airflow_user, (account.pw_uid, account.pw_gid)
+        return Accounts()
+    ids = {}
+    for name, where in ((ctx.cluster.airflow_user, f"{CLUSTER_FILE}: cluster.airflow_user"), (SYNC_USER, None)):
+        try:
+            account = pwd.getpwnam(name)
+        except KeyError:
+            if where:
+                raise UserError(f"{where} {name!r} does not exist here") from None
+            # a node set up before the sync account: its next `airflow-node init` makes it
+            return Accounts(ctx.cluster.airflow_user, ids[ctx.cluster.airflow_user], ids[ctx.cluster.airflow_user])
+        ids[name] = (account.pw_uid, account.pw_gid)
+    return Accounts(SYNC_USER, ids[SYNC_USER], ids[ctx.cluster.airflow_user])
 
 
 def effective_source(ctx: NodeContext) -> DagSourceSpec:
@@ -119,11 +134,11 @@ def effective_source(ctx: NodeContext) -> DagSourceSpec:
 
 def sync_dags(
     layout: DagLayout, request: SyncRequest, spec: DagSourceSpec, transfer: TransferRunner,
-    owner: tuple[int, int] | None, state: SyncState, details: list[str], seen: dict[str, str],
+    accounts: Accounts, state: SyncState, details: list[str], seen: dict[str, str],
 ) -> DagOutcome:  # fmt: skip
     """Fetch, build, check and publish one release. Raise OperationError/UserError; nothing published then."""
     started = time.monotonic()
-    prepare_work_dirs(layout, owner)
+    prepare_work_dirs(layout, accounts.mirror_owner)
     current = current_release(layout)
     pending = layout.unpublished_marker.exists()
     # the mirror may move ahead of the published tree from here on (a link there was removed above)
@@ -146,7 +161,7 @@ def sync_dags(
         changes = local_changes(layout.mirror, current.path)
         if not changes:
             return unchanged()
-    built = build_release(layout, current, changes, owner)
+    built = build_release(layout, current, changes, accounts.release_owner)
     details.append(f"built {built.revision[:12]}: {len(built.changed)} files copied, {built.deleted_files} deleted")
     seen.setdefault("source_revision", built.revision)
     if current is not None and built.revision == current.revision:  # only times or modes moved
@@ -159,7 +174,7 @@ def sync_dags(
         shutil.rmtree(built.path, ignore_errors=True)
         raise
     warnings = [*warnings, *(f"not published: symlink {p} points outside the tree" for p in built.skipped_links)]
-    release = publish(layout, built, owner)
+    release = publish(layout, built, accounts.release_owner)
     layout.unpublished_marker.unlink()
     removed = prune_releases(layout, request.keep_releases)
     details.append(f"published {release.path}; pruned {len(removed)} old release(s)")
@@ -181,21 +196,21 @@ def sync(request: SyncRequest) -> SyncResult:
     layout = DagLayout(target.root, target.path(ctx.dags_folder))
     check_dags_folder(layout)
     spec = effective_source(ctx)
-    user, owner = _transfer_user(ctx, target)
+    accounts = _accounts(ctx, target)
     ssh_key, ssh_extra = request.ssh_key, request.ssh_extra
     if ssh_key is None and target.path(SSH_KEY_FILE).exists():  # a joined worker: its key, the pinned master
         # ssh takes the first value of an option: the pinned host key is not overridable from the environment
         ssh_key, ssh_extra = str(target.path(SSH_KEY_FILE)), (*pinned(target.path(KNOWN_HOSTS_FILE)), *ssh_extra)
-    transfer = TransferRunner(user=user, ssh_key=ssh_key, ssh_extra=ssh_extra)
+    transfer = TransferRunner(user=accounts.transfer_user, ssh_key=ssh_key, ssh_extra=ssh_extra)
     with sync_lock(target.path(SYNC_LOCK_FILE), request.lock_wait) as holder:
         if holder is not None:
             message = f"another sync is running ({holder}); skipped"
             log_run(message, failed=False)
             return SyncResult(SKIPPED, seconds=time.monotonic() - started, details=(message,))
-        return _sync_locked(request, ctx, layout, spec, transfer, owner, started)
+        return _sync_locked(request, ctx, layout, spec, transfer, accounts, started)
 
 
-def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncResult:
+def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> SyncResult:
     target = request.target
     state = read_state(target)
     attempt = utc_now()
@@ -204,7 +219,7 @@ def _sync_locked(request, ctx, layout, spec, transfer, owner, started) -> SyncRe
     errors: list[Exception] = []
     dags = config = None
     try:
-        dags = sync_dags(layout, request, spec, transfer, owner, state, details, seen)
+        dags = sync_dags(layout, request, spec, transfer, accounts, state, details, seen)
     except (UserError, OperationError) as exc:
         errors.append(exc)
     except OSError as exc:  # the release tree on this node, not the source: one line all the same
@@ -252,5 +267,6 @@ def format_status(target: Target) -> str:
     state = read_state(target)
     width = max(len(f.name) for f in dataclasses.fields(SyncState))
     return "\n".join(
-        f"{key:<{width}}  {value if value is not None else '-'}" for key, value in dataclasses.asdict(state).items()
+        f"{key:<{width}}  {printable(str(value)) if value is not None else '-'}"  # an error may quote a file name
+        for key, value in dataclasses.asdict(state).items()
     )

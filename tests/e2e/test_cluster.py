@@ -635,8 +635,8 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         leaks = cluster.master.run(python, "-c", scan, "/etc", "/opt/airflow", "/srv", "/var/lib/airflow-node",
                                    "/var/log/airflow-node", "/run", input=listing).stdout  # fmt: skip
         for worker in cluster.workers.values():
-            leaks += worker.run(python, "-c", scan, "/etc/airflow-node", "/opt/airflow",
-                                "/var/lib/airflow-node", "/var/log/airflow-node", "/run", input=listing).stdout  # fmt: skip
+            leaks += worker.run(python, "-c", scan, "/etc/airflow-node", "/opt/airflow", "/var/lib/airflow-node",
+                                "/var/log/airflow-node", "/run", input=listing).stdout  # fmt: skip
         assert leaks.strip() == "", f"world-readable files holding a secret:\n{leaks}"
 
     with step("7b. no secret in anything airflow-node printed: dry runs, errors, health"):
@@ -650,6 +650,31 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         printed = "\n".join(cluster.printed)
         assert "(on disk)" in printed  # the dry runs' diffs are part of what is scanned
         assert not [s for s in secrets if s in printed], "a secret in airflow-node's output"
+
+    with step("7c. the airflow account (what every task runs as) cannot read the sync key or change what root runs"):
+        attempts = (
+            "import glob, os, tomllib\n"
+            "node = tomllib.load(open('/etc/airflow-node/node.toml', 'rb'))['node']\n"
+            "venv = os.path.realpath(os.path.dirname(os.path.dirname(node['airflow_bin'])))\n"
+            "site = glob.glob(venv + '/lib/python*/site-packages')[0]\n"
+            "tries = {'read the sync key': lambda: open('/etc/airflow-node/ssh/id_ed25519', 'rb').read(),\n"
+            "         'add a .pth file to the venv root runs': lambda: open(site + '/owned.pth', 'w'),\n"
+            "         'replace the venv': lambda: os.rename(venv, venv + '.moved'),\n"
+            "         'write where supervisord logs': lambda: open('/var/log/airflow-node/owned.log', 'w'),\n"
+            "         'write the state root acts on': lambda: open('/var/lib/airflow-node/owned', 'w')}\n"
+            "for what, attempt in tries.items():\n"
+            "    try:\n"
+            "        attempt()\n"
+            "        print('allowed:', what)\n"
+            "    except OSError as exc:\n"
+            "        print('refused:' if isinstance(exc, PermissionError) else 'absent:', what)\n"
+        )
+        for name, host in [("master", cluster.master), *cluster.workers.items()]:
+            lines = host.run("runuser", "-u", "airflow", "--", "python3", "-c", attempts).stdout.splitlines()
+            expected = {"absent: read the sync key"} if name == "master" else set()  # a worker's key only
+            assert {line for line in lines if not line.startswith("refused:")} == expected, (name, lines)
+        key = cluster.workers["worker1"].run("stat", "-c", "%U %a", "/etc/airflow-node/ssh/id_ed25519").stdout.split()
+        assert key == ["airflow-sync", "600"], key
 
     with step("8. a cluster change reaches a worker through its cron line (env -i, cron's PATH) that restarts it"):
         worker2 = cluster.workers["worker2"]
