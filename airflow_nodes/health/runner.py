@@ -155,7 +155,7 @@ def publish_health(probe_input: ProbeInput, results: tuple[Result, ...]) -> None
         facts["daemons"] = by_probe["units"].detail
     if "worker" in by_probe:
         facts["worker_online"] = by_probe["worker"].status == Status.OK
-    # four round trips at most (connect, GET, TIME, SET): each gets a quarter of what is left
+    # three round trips at most (connect, TIME, SET): each gets a quarter of what is left, to be safe
     publish_record(probe_input.ctx, probe_input.target, facts, timeout=min(left / 4, 0.5))
 
 
