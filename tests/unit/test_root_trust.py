@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from airflow_nodes.cluster import check_account_and_home, check_served_cluster
+from airflow_nodes.cluster import check_account_and_home, check_served_cluster, dump_cluster
 from airflow_nodes.context import NodeContext
-from airflow_nodes.detect import first_untrusted, interpreter_of, untrusted_in_venv
+from airflow_nodes.detect import DEFAULT_VENV, first_untrusted, interpreter_of, untrusted_in_venv
 from airflow_nodes.errors import UserError
 from airflow_nodes.health import migrations
 from airflow_nodes.health.model import ProbeInput, Status
+from airflow_nodes.init import InitRequest, with_moved_venv
 from airflow_nodes.node import LOG_DIR, NodeSettings
 from airflow_nodes.nodeplan import build_node_plan
+from airflow_nodes.syncing.releases import DagLayout, prepare_work_dirs
 from airflow_nodes.target import Target
 
 from conftest import make_cluster
@@ -153,3 +155,52 @@ def test_root_never_hands_a_served_account_a_directory_that_is_not_its_own(tmp_p
     empty.mkdir()
     check_account_and_home(make_cluster("3.3", airflow_user="airflow-node-absent", airflow_home=str(empty)), empty, "s")
     check_account_and_home(make_cluster("3.3", airflow_user="airflow-node-absent"), tmp_path / "missing", "s")
+
+
+def test_a_mirror_the_airflow_account_owned_is_fetched_anew_by_the_sync_account(tmp_path):
+    layout = DagLayout(tmp_path, tmp_path / "opt/airflow/dags")
+    layout.mirror.mkdir(parents=True)
+    (layout.mirror / "planted").symlink_to("/etc/shadow")  # what the airflow account left in its old mirror
+    sync_account = (NOBODY.pw_uid, NOBODY.pw_gid)  # stands in for airflow-sync
+    prepare_work_dirs(layout, sync_account)
+    info = layout.mirror.lstat()
+    assert list(layout.mirror.iterdir()) == [] and (info.st_uid, info.st_gid) == sync_account
+    assert info.st_mode & 0o777 == 0o700  # no one else enters what the sync account fetched
+    assert Path("/etc/shadow").exists()  # the link was removed, not followed
+
+
+def test_init_moves_a_venv_the_airflow_account_can_change_to_roots_own(run_cli, tmp_path):
+    home = tmp_path / "opt/airflow"  # the old default: the venv in AIRFLOW_HOME
+    home.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", home / "venv"], check=True)
+    give_to_nobody(home)
+    root = tmp_path / "node"
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(dump_cluster(make_cluster("3.3")))
+    result = run_cli(
+        "init",
+        "--role",
+        "worker",
+        "--root",
+        root,
+        "--config",
+        cluster,
+        "--airflow-version",
+        "3.3.2",
+        "--airflow-bin",
+        home / "venv/bin/airflow",
+        "--node-name",
+        "w1",
+        "--init-system",
+        "supervisor",
+    )
+    assert result.code == 0, result.err
+    # as root on the node itself (privileged), a re-run of init asks for the same lock in root's own venv
+    node = Target(root, real_system=False, privileged=True)
+    moved = with_moved_venv(InitRequest(role="worker"), node)
+    assert (moved.install_airflow, moved.venv) == ("3.3.2", DEFAULT_VENV)
+    home.chmod(0o755)
+    os.chown(home, 0, 0)  # root's again: nothing to move
+    for part in (home / "venv", *(home / "venv").rglob("*")):
+        os.chown(part, 0, 0, follow_symlinks=False)
+    assert with_moved_venv(InitRequest(role="worker"), node).install_airflow is None
