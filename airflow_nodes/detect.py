@@ -12,6 +12,7 @@ from pathlib import Path
 from airflow_nodes import defaults, execute
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.node import under_root
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
 DEFAULT_VENV = defaults.AIRFLOW_VENV
@@ -133,7 +134,7 @@ def root_only(info: os.stat_result, sticky_ok: bool = False) -> bool:
     return info.st_uid == 0 and not writable_by_others
 
 
-def interpreter_of(airflow_bin: Path) -> Path:
+def interpreter_of(airflow_bin: Path, root: Path | None = None) -> Path:
     """Return the Python that runs an `airflow` console script (from its shebang). Raise UserError when
     the script or that Python is not one root may run (see trusted_for_root)."""
     first = ""
@@ -146,6 +147,8 @@ def interpreter_of(airflow_bin: Path) -> Path:
         pass
     python = Path(first[2:].strip().split()[0]) if first.startswith("#!") and "python" in first else None
     python = python or airflow_bin.parent / "python"
+    if root is not None and root not in python.parents:  # a node's path: the node lives under --root
+        python = under_root(root, str(python))
     for item in (airflow_bin, python):
         bad = untrusted_in_venv(item) if item == python else first_untrusted(item)
         if os.path.lexists(item) and os.geteuid() == 0 and bad:
@@ -154,35 +157,39 @@ def interpreter_of(airflow_bin: Path) -> Path:
     return python
 
 
-def _locate_airflow(venv: str | None, airflow_bin: str | None) -> tuple[Path, str]:
-    """Return (airflow executable, the option it came from)."""
+def _locate_airflow(venv: str | None, airflow_bin: str | None, root: Path | None) -> tuple[Path, str]:
+    """Return (airflow executable on the node, the option it came from)."""
     if venv:
         return Path(venv) / "bin" / "airflow", "--venv"
     if airflow_bin:
         return Path(airflow_bin), "--airflow-bin"
-    found = shutil.which("airflow")
+    found = shutil.which("airflow") if root is None else None  # our PATH is not a --root node's
     if found:
         return Path(found), "PATH"
     return Path(DEFAULT_VENV) / "bin" / "airflow", "--venv"
 
 
-def detect_airflow(venv: str | None, airflow_bin: str | None, override: str | None) -> AirflowInstall:
-    """Find the airflow executable and its version. Raise UserError naming the option to fix.
+def detect_airflow(
+    venv: str | None, airflow_bin: str | None, override: str | None, root: Path | None = None
+) -> AirflowInstall:
+    """Find the airflow executable and its version on the node (under `root`, --root, when given; the
+    paths are the node's). Raise UserError naming the option to fix.
 
     With `override` (--airflow-version) nothing is run: that is how a node is rendered with
     --root on a machine without Airflow.
     """
-    executable, option = _locate_airflow(venv, airflow_bin)
+    executable, option = _locate_airflow(venv, airflow_bin, root)
     if not executable.is_absolute():
         raise UserError(f"{option}: {executable} must be an absolute path")
     if override:
         return AirflowInstall(parse_airflow_version(override), str(executable))
-    if not os.access(executable, os.X_OK):
+    local = under_root(root, str(executable)) if root is not None else executable
+    if not os.access(local, os.X_OK):
         raise UserError(
-            f"{option}: no airflow executable at {executable}; install Airflow there, "
+            f"{option}: no airflow executable at {local}; install Airflow there, "
             "or pass --venv/--airflow-bin, or --airflow-version to render without it"
         )
-    python = interpreter_of(executable)
+    python = interpreter_of(local, root)
     probed = probe_interpreter(python)
     if probed is None:
         raise UserError(f"{option}: cannot run {python} to read the Airflow version")
@@ -207,11 +214,12 @@ def route_address(host: str) -> str:
         return ""
 
 
-def installed_package_hash(airflow_bin: str) -> str:
+def installed_package_hash(airflow_bin: str, root: Path | None = None) -> str:
     """The package-set hash of the Airflow install an airflow executable belongs to, or "" (not
     installed, not one root may run)."""
     try:
-        probed = probe_interpreter(interpreter_of(Path(airflow_bin)))
+        local = under_root(root, airflow_bin) if root is not None else Path(airflow_bin)
+        probed = probe_interpreter(interpreter_of(local, root))
     except UserError:
         return ""
     return package_set_hash(probed[1]) if probed and probed[0] else ""

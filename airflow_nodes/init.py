@@ -344,6 +344,7 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         request.venv,
         request.airflow_bin or (existing_node.airflow_bin if existing_node and not request.venv else None),
         request.airflow_version,
+        target.node_root,
     )
     notes = []
     credentials = None

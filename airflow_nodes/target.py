@@ -38,6 +38,11 @@ class Target:
         real = absolute == Path("/")
         return cls(absolute, real, real and os.geteuid() == 0, runner)
 
+    @property
+    def node_root(self) -> Path | None:
+        """Where the node's "/" is when it is not this system's (under --root), else None."""
+        return None if self.real_system else self.root
+
     def path(self, node_path: str) -> Path:
         """Given an absolute path on the node, return where it is under root. Raise UserError when a
         directory on the way is a link another account made, or (under --root) leads out of the root:

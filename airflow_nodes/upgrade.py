@@ -105,8 +105,9 @@ def venv_of(node: NodeSettings, target: Target) -> tuple[Path, str]:
     release is built with that one). Raise UserError when another account may change either: root
     builds beside the one and runs the other (`airflow-node init` moves such a venv)."""
     venv = Path(node.airflow_bin).parent.parent
-    if not target.real_system and not (venv / "bin" / "python").exists():  # a rendered tree without one
-        return venv, sys.executable
+    if not target.real_system:  # a rendered tree: its own venv, or the interpreter we run on
+        local = target.path(str(venv)) / "bin" / "python"
+        return venv, str(local.resolve()) if local.exists() else sys.executable
     check_root_owns_way(venv, f"{NODE_FILE}: airflow_bin")
     python = (venv / "bin" / "python").resolve()
     if not trusted_for_root(python):

@@ -99,8 +99,12 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes | str]]:
 def make_venv(tmp_path_factory):
     """A real venv with fake distribution metadata, as pip would leave it."""
 
-    def make(python: str = sys.executable, **distributions: str) -> Path:
+    def make(python: str = sys.executable, root: Path | None = None, **distributions: str) -> Path:
+        """Given a root (a node under --root), the venv goes into its tree and its node path is returned."""
         venv = tmp_path_factory.mktemp("venv")
+        if root is not None:
+            venv = root / venv.relative_to("/")
+            venv.mkdir(parents=True)
         subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
         site = next(venv.glob("lib/python*/site-packages"))
         for name, version in distributions.items():
@@ -110,7 +114,7 @@ def make_venv(tmp_path_factory):
         airflow = venv / "bin" / "airflow"
         airflow.write_text(f"#!{venv}/bin/python\nimport sys\nsys.exit(0)\n")
         airflow.chmod(0o755)
-        return venv
+        return venv if root is None else Path("/") / venv.relative_to(root)
 
     return make
 

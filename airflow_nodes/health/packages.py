@@ -8,7 +8,6 @@ another Python line installs that line's lock: equal where it matters (Airflow, 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from airflow_nodes.detect import interpreter_of, package_set_hash, probe_interpreter
 from airflow_nodes.errors import UserError
@@ -22,7 +21,8 @@ def check(probe_input: ProbeInput) -> list[Result]:
     """Given a node, return one Result comparing its installed package set with the master's."""
     ctx = probe_input.ctx
     try:
-        python = interpreter_of(Path(ctx.node.airflow_bin))
+        target = probe_input.target  # under --root, the node's Airflow is the one in the tree, not ours
+        python = interpreter_of(target.path(ctx.node.airflow_bin), target.node_root)
     except UserError as exc:
         return [Result(Status.CRITICAL, NAME, ctx.node.airflow_bin, None, str(exc))]
     started = time.monotonic()

@@ -45,8 +45,8 @@ def test_master_records_the_installed_package_set_and_a_changed_set_changes_it(m
     request = dict(role="master", master_host="m", broker_url="redis://m:6379/0",
                    db_url="postgresql://a@m/db", node_name="m", init_system="systemd",
                    airflow_node_bin="/usr/local/bin/airflow-node")  # fmt: skip
-    one = make_venv(**{"apache-airflow-core": "3.3.2", "celery": "5.6.3"})
-    two = make_venv(**{"apache-airflow-core": "3.3.2", "celery": "5.7.0"})
+    one = make_venv(root=tmp_path, **{"apache-airflow-core": "3.3.2", "celery": "5.6.3"})
+    two = make_venv(root=tmp_path, **{"apache-airflow-core": "3.3.2", "celery": "5.7.0"})
     first = plan_init(InitRequest(venv=str(one), **request), Target.at(tmp_path)).cluster.airflow_packages
     second = plan_init(InitRequest(venv=str(two), **request), Target.at(tmp_path)).cluster.airflow_packages
     assert len(first) == 16 and len(second) == 16 and first != second

@@ -16,13 +16,14 @@ from conftest import make_cluster
 MASTER_SET = {"apache-airflow-core": "3.3.2", "celery": "5.6.3"}
 
 
-def worker_health(run_cli, tmp_path, venv, recorded: str) -> tuple[int, dict]:
+def worker_health(run_cli, tmp_path, venv, recorded: str, **named: str) -> tuple[int, dict]:
     cluster = tmp_path / "cluster.toml"
     cluster.write_text(dump_cluster(make_cluster(airflow_packages=recorded)))
     root = tmp_path / "node"
+    extra = [arg for key, value in named.items() for arg in (f"--{key.replace('_', '-')}", value)]
     init = run_cli("init", "--role", "worker", "--root", root, "--config", cluster, "--venv", venv,
                    "--node-name", "w1", "--init-system", "supervisor",
-                   "--airflow-node-bin", "/usr/local/bin/x")  # fmt: skip
+                   "--airflow-node-bin", "/usr/local/bin/x", *extra)  # fmt: skip
     assert init.code == 0, init.err
     result = run_cli("health", "--root", root, "--only", "packages", "--json")
     row = next(r for r in json.loads(result.out)["results"] if r["probe"] == "packages")
@@ -39,7 +40,7 @@ def worker_health(run_cli, tmp_path, venv, recorded: str) -> tuple[int, dict]:
 def test_package_set_is_compared_with_the_masters(run_cli, tmp_path, make_venv, installed, expected_code,
                                                   expected_status, words):  # fmt: skip
     recorded = package_set_hash([f"{k}=={v}" for k, v in MASTER_SET.items()])
-    code, row = worker_health(run_cli, tmp_path, make_venv(**installed), recorded)
+    code, row = worker_health(run_cli, tmp_path, make_venv(root=tmp_path / "node", **installed), recorded)
     assert (code, row["status"]) == (expected_code, expected_status)
     assert words in row["detail"]
 
@@ -73,7 +74,8 @@ def test_a_new_lock_is_constrained_by_the_newest_python_lock_that_shares_the_pin
 def test_a_node_on_another_python_line_is_compared_by_its_lock(run_cli, tmp_path, make_venv, python, expected_code,
                                                                expected_status, words):  # fmt: skip
     installed = dict(parse_pin(line) for line in lock("3.3.2", python).requirements())
-    code, row = worker_health(run_cli, tmp_path, make_venv(**installed), lock("3.3.2", "3.11").package_hash)
+    venv = make_venv(root=tmp_path / "node", **installed)
+    code, row = worker_health(run_cli, tmp_path, venv, lock("3.3.2", "3.11").package_hash)
     assert (code, row["status"]) == (expected_code, expected_status), row
     assert words in row["detail"]
 
@@ -85,3 +87,23 @@ def test_the_fleet_view_applies_the_same_rule_to_a_node_on_another_python_line()
     records = [record("m", "master", "3.11"), record("w13", "worker", "3.13"), record("w10", "worker", "3.10")]
     report = fleet.compare(records, "", period=300, now=1000.0)
     assert {row.record["node"]: row.differing for row in report.rows} == {"m": set(), "w13": set(), "w10": {"packages"}}
+
+
+def test_under_root_the_probe_reads_the_nodes_airflow_not_this_hosts(run_cli, tmp_path, make_venv):
+    """A venv at the node's path on this host is not the node's: under --root only the tree counts."""
+    host_venv = make_venv(**MASTER_SET)  # on this host, at a path the node's file names too
+    recorded = package_set_hash([f"{k}=={v}" for k, v in MASTER_SET.items()])
+    code, row = worker_health(run_cli, tmp_path, host_venv, recorded, airflow_version="3.3.2")
+    assert (code, row["status"]) != (0, "OK"), row
+    assert str(tmp_path / "node") in row["target"], row  # it looked in the tree
+
+
+def test_upgrade_dry_run_under_root_needs_no_airflow_on_this_host(run_cli, tmp_path):
+    root = tmp_path / "master"
+    result = run_cli("init", "--role", "master", "--root", root, "--airflow-version", "2.11.2",
+                     "--master-host", "10.20.0.1", "--broker-url", "redis://10.20.0.1:6379/0",
+                     "--db-url", "postgresql://a@10.20.0.1/airflow",
+                     "--airflow-node-bin", "/usr/local/bin/airflow-node")  # fmt: skip
+    assert result.code == 0, result.err
+    dry = run_cli("upgrade", "--root", root, "--to", "3.3.2", "--dry-run")
+    assert dry.code == 0, dry.err

@@ -433,14 +433,16 @@ def test_a_git_token_never_reaches_output_or_state(run_cli, master):
 
 def test_health_never_runs_an_interpreter_others_can_change(run_cli, master, tmp_path):
     marker = tmp_path / "ran"
-    fake_python = tmp_path / "fakepython"
+    venv = master / "opt/venv/bin"  # the node's own, in its tree
+    venv.mkdir(parents=True)
+    fake_python = venv / "fakepython"
     fake_python.write_text(f"#!/bin/sh\ntouch {marker}\n")
     fake_python.chmod(0o777)  # anyone could have written it
-    airflow = tmp_path / "airflow"
+    airflow = venv / "airflow"
     airflow.write_text(f"#!{fake_python} python\n")
     airflow.chmod(0o755)
     node_toml = master / "etc/airflow-node/node.toml"
-    node_toml.write_text(re.sub(r'airflow_bin = ".*"', f'airflow_bin = "{airflow}"', node_toml.read_text()))
+    node_toml.write_text(re.sub(r'airflow_bin = ".*"', 'airflow_bin = "/opt/venv/bin/airflow"', node_toml.read_text()))
     result = run_cli("health", "--root", master, "--only", "packages", "--json")
     assert result.code == 2 and not marker.exists()
     assert "will not run it as root" in result.out

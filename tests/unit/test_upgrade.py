@@ -31,7 +31,8 @@ def init_master(run_cli, root: Path, venv: Path, init_system: str = "systemd") -
 
 @pytest.fixture
 def master_root(run_cli, tmp_path, make_venv):
-    return init_master(run_cli, tmp_path / "master", make_venv(**{"apache-airflow": "2.11.2"}))
+    root = tmp_path / "master"  # the venv in the node's tree: under --root, that is where the node's Airflow is
+    return init_master(run_cli, root, make_venv(root=root, **{"apache-airflow": "2.11.2"}))
 
 
 def test_dry_run_shows_the_whole_plan_and_changes_nothing(run_cli, master_root):
@@ -104,7 +105,8 @@ def test_a_target_whose_lock_does_not_cover_the_masters_python_is_refused(run_cl
     python = interpreter("3.9")
     if python is None:
         pytest.skip("no Python 3.9 here (/usr/bin or pyenv) to build the master's venv with")
-    root = init_master(run_cli, tmp_path / "master", make_venv(python, **{"apache-airflow": "2.11.2"}))
+    root = tmp_path / "master"
+    init_master(run_cli, root, make_venv(python, root=root, **{"apache-airflow": "2.11.2"}))
     before = snapshot(root)
     result = run_cli("upgrade", "--root", root, "--to", "3.3.2", "--dry-run")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
@@ -145,7 +147,7 @@ def test_dags_that_airflow_3_cannot_run_block_and_deprecated_ones_are_listed(mas
 )  # fmt: skip
 def test_the_drain_stops_the_scheduler_alone(run_cli, tmp_path, make_venv, init_system, command):
     root = tmp_path / init_system
-    init_master(run_cli, root, make_venv(**{"apache-airflow": "2.11.2"}), init_system)
+    init_master(run_cli, root, make_venv(root=root, **{"apache-airflow": "2.11.2"}), init_system)
     listed = control("stop", Target.at(root), daemons=("scheduler",))
     assert listed.endswith(command) and len(listed.splitlines()) == 2, listed  # "not run under --root:", then it
 
