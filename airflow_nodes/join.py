@@ -10,6 +10,13 @@ The design (kubeadm's and k3s's, on sshd instead of a new network service):
 - Every enrolled worker key is `restrict`ed to `airflow-node ssh-gate worker NAME`, which allows
   exactly three requests: the cluster file, a read-only rsync of the DAG tree (through rsync's own
   `rrsync -ro`), and `leave` (its key removed). No shell, no forwarding, no writes.
+- A worker key carries `from="ADDRESS"`, the address it enrolled from (sshd's SSH_CONNECTION, not
+  what the worker says): a stolen key is no use from elsewhere. It has no expiry-time: a thief
+  holding it could renew it as well as the worker, and a worker cut off while the master is down
+  would need a new token. It lives until `leave` or `join-token --revoke NAME`; a worker whose
+  address changes is revoked and joins again.
+- A token holder can only add: a name or key already in the file is refused (the operator revokes
+  first), one token enrolls at most MAX_ENROLMENTS_PER_TOKEN keys, the file holds at most MAX_WORKERS.
 
 The master's authorized_keys belongs to its airflow user, so root edits it only as that user.
 """
@@ -22,9 +29,11 @@ import calendar
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import tempfile
@@ -42,10 +51,16 @@ TOKEN_PREFIX = "afn1-"
 DEFAULT_TTL = 3600  # seconds a token can enroll workers
 MAX_TTL = 7 * 86400
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
+LOCALTIME = "/etc/localtime"  # the zone sshd reads expiry-time in
+MAX_ENROLMENTS_PER_TOKEN = 25  # worker keys one token may have enrolled at a time
+MAX_WORKERS = 500  # enrolled worker keys in all
+KEYS_LOCK_WAIT = 10  # seconds; an edit of authorized_keys holds the lock for milliseconds
+JOIN_REQUEST_LIMIT, JOIN_REQUEST_WAIT = 8192, 5  # bytes and seconds the gate reads a join request for
 TOKEN_TAG, WORKER_TAG = "airflow-node-token:", "airflow-node-worker:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,62}$")  # an IP address, or a name if that is all there is
 _ED25519_LINE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}$")
+_TOKEN_ID = re.compile(r"^[A-Za-z0-9+/]{12}$")
 _OUR_LINE = re.compile(rf"^(.+?) (ssh-ed25519 [A-Za-z0-9+/=]+) ((?:{TOKEN_TAG}|{WORKER_TAG})\S+)$")
 
 
@@ -131,7 +146,7 @@ def fingerprint_of(key_line: str) -> str:
 class KeyLine:
     options: str
     key: str  # "ssh-ed25519 AAAA..."
-    tag: str  # our comment: airflow-node-token:ID or airflow-node-worker:NAME@ADDRESS
+    tag: str  # our comment: airflow-node-token:ID or airflow-node-worker:NAME@ADDRESS,token:ID
 
     def text(self) -> str:
         text = f"{self.options} {self.key} {self.tag}".strip()
@@ -180,34 +195,63 @@ class KeysFile:
         found = []
         for line in self.read():
             if isinstance(line, KeyLine) and line.tag.startswith(WORKER_TAG):
-                name, _, address = line.tag[len(WORKER_TAG) :].partition("@")
-                found.append((name, address))
+                name, _, rest = line.tag[len(WORKER_TAG) :].partition("@")
+                found.append((name, rest.partition(",")[0]))
         return found
 
     @contextlib.contextmanager
     def _editing(self):
-        """Hold a lock for a read-change-write of the file: two workers may join at the same moment."""
+        """Hold a lock for a read-change-write of the file: two workers may join at the same moment.
+        Raise UserError naming the lock when another process holds it for KEYS_LOCK_WAIT seconds (the
+        airflow account can hold it for ever)."""
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        with statefile.locked_fd(self.path.with_name(".airflow-node-keys.lock")) as fd:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        lock = self.path.with_name(".airflow-node-keys.lock")
+        with statefile.locked_fd(lock) as fd:
+            deadline = time.monotonic() + KEYS_LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise UserError(
+                            f"{lock}: another process has held this lock for {KEYS_LOCK_WAIT} seconds; nothing was "
+                            "changed (try again; `fuser` names the holder)"
+                        ) from None
+                    time.sleep(0.1)
             yield
 
     def add_token(self, seed: bytes, expires: int) -> None:
-        now = time.time()
-        # the master's local time, without the "Z" (UTC) suffix only OpenSSH 8.5 and later understand:
-        # sshd reads it on this very host
-        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(expires))
-        options = f'restrict,expiry-time="{stamp}",command="{self.gate("join")}"'
         key = public_key_line(seed)
-        with self._editing():
+        token_id = fingerprint_of(key)[7:19]
+        with _system_zone(self.root), self._editing():
+            now = time.time()
+            options = f'restrict,expiry-time="{_sshd_stamp(expires)}",command="{self.gate("join", token_id)}"'
             kept = [line for line in self.read() if not (isinstance(line, KeyLine) and _expired(line, now))]
-            self.write([*kept, KeyLine(options, key, TOKEN_TAG + fingerprint_of(key)[7:19])])
+            self.write([*kept, KeyLine(options, key, TOKEN_TAG + token_id)])
 
-    def enroll(self, name: str, key: str, address: str) -> None:
-        options = f'restrict,command="{self.gate("worker", name)}"'
+    def enroll(self, name: str, key: str, address: str, client: str, token_id: str) -> None:
+        """Add a worker's key, usable only from `client` and only through the gate. Raise UserError, the
+        file unchanged, when the name or the key is in the file already (a token holder may not replace a
+        worker, nor borrow a key), or when the token or the file has enrolled its limit."""
+        options = f'restrict,from="{client}",command="{self.gate("worker", name)}"'
         with self._editing():
-            kept = [line for line in self.read() if not _is_worker(line, name)]
-            self.write([*kept, KeyLine(options, key, f"{WORKER_TAG}{name}@{address}")])
+            lines = self.read()
+            workers = [line for line in lines if isinstance(line, KeyLine) and line.tag.startswith(WORKER_TAG)]
+            if any(_is_worker(line, name) for line in workers):
+                raise UserError(
+                    f"ssh-gate: a worker named {name} is enrolled already; to replace it, revoke it on the master "
+                    f"first (airflow-node join-token --revoke {name})"
+                )
+            if any(_holds_key(line, key) for line in lines):
+                raise UserError("ssh-gate: that key is in the master's authorized_keys already")
+            if sum(line.tag.endswith(f",token:{token_id}") for line in workers) >= MAX_ENROLMENTS_PER_TOKEN:
+                raise UserError(
+                    f"ssh-gate: this token has enrolled {MAX_ENROLMENTS_PER_TOKEN} workers, its limit; mint another"
+                )
+            if len(workers) >= MAX_WORKERS:
+                raise UserError(f"ssh-gate: {MAX_WORKERS} workers are enrolled, the limit; revoke one first")
+            self.write([*lines, KeyLine(options, key, f"{WORKER_TAG}{name}@{address},token:{token_id}")])
 
     def revoke(self, matches) -> list[str]:
         """Remove our lines that `matches`; return their tags. The file is rewritten only if one went."""
@@ -228,21 +272,59 @@ class KeysFile:
         return _gate_command(self.airflow_node_bin, str(self.path), self.root, *args)
 
 
-def _expiry(line: KeyLine) -> str:
-    match = re.search(r'expiry-time="(\d{14}Z?)"', line.options)
-    return match[1] if match else ""
+@contextlib.contextmanager
+def _system_zone(root: str):
+    """Run the block with this process's local time in the system's zone: its /etc/localtime, which sshd
+    reads (started by the init system, it has no TZ), not the TZ of the shell that runs us. The C
+    library reads the file as it does for sshd: UTC when it is missing or not zone data."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = ":" + os.path.join(os.path.abspath(root), LOCALTIME.lstrip("/"))
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
+def _sshd_stamp(epoch: int) -> str:
+    """Given a time, return the expiry-time that sshd reads as that time (run in _system_zone): local
+    time without the "Z" (UTC) suffix that only OpenSSH 8.5 and later understand. sshd reads it with
+    tm_isdst = 0, as standard time: in summer the stamp is an hour behind the clock, or the key would
+    live an hour longer."""
+    wall = time.localtime(epoch)
+    standard = calendar.timegm(wall) - (int(time.mktime((*wall[:8], 0))) - epoch)
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(standard))
+
+
+def _expires_at(line: KeyLine) -> float | None:
+    """When sshd stops accepting a line, read as sshd reads expiry-time (run in _system_zone); None when
+    the line has none, 0 when sshd could not read it (it refuses the line)."""
+    match = re.search(r'expiry-time="(\d{14})(Z?)"', line.options)
+    if not match:
+        return None
+    try:
+        fields = time.strptime(match[1], "%Y%m%d%H%M%S")
+        return calendar.timegm(fields) if match[2] else time.mktime((*fields[:8], 0))
+    except (ValueError, OverflowError):
+        return 0
 
 
 def _expired(line: KeyLine, now: float) -> bool:
-    stamp = _expiry(line)
-    if not stamp:
-        return False
-    parsed = time.strptime(stamp.rstrip("Z"), "%Y%m%d%H%M%S")
-    return (calendar.timegm(parsed) if stamp.endswith("Z") else time.mktime(parsed)) < now
+    expires = _expires_at(line)
+    return expires is not None and expires < now
 
 
 def _is_worker(line: KeyLine | str, name: str) -> bool:
     return isinstance(line, KeyLine) and line.tag.startswith(f"{WORKER_TAG}{name}@")
+
+
+def _holds_key(line: KeyLine | str, key: str) -> bool:
+    """Whether a line of the file, ours or a person's, is for this public key."""
+    return key.split()[1] in (line.key if isinstance(line, KeyLine) else line).split()
 
 
 # -- the forced command: what a key may do on the master -----------------------------------------
@@ -250,12 +332,16 @@ def _is_worker(line: KeyLine | str, name: str) -> bool:
 
 def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes:
     """Serve one SSH request of a key we added; return what goes to stdout. Raise UserError on a request
-    that key may not make. `args` are the forced command's own words: ["join"] or ["worker", NAME]."""
+    that key may not make. `args` are the forced command's own words: ["join", TOKEN_ID] or ["worker", NAME].
+    sshd's SSH_CONNECTION names the client a worker key is then pinned to."""
     root = Path(keys.root)
     cluster_file = root / CLUSTER_FILE.lstrip("/")
     if args == ["join"]:
+        raise UserError("ssh-gate: this token comes from an older airflow-node; mint another on the master")
+    if len(args) == 2 and args[0] == "join" and _TOKEN_ID.fullmatch(args[1]):
+        client = _client_address()
         try:
-            request = json.loads(stdin.read(8192) or b"{}")
+            request = json.loads(_read_join_request(stdin) or b"{}")
         except (ValueError, RecursionError):
             request = None
         if not isinstance(request, dict):
@@ -263,7 +349,7 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
         name, key, address = request.get("name", ""), request.get("key", ""), request.get("address", "")
         if not (_NAME.fullmatch(str(name)) and _ED25519_LINE.fullmatch(str(key)) and _ADDRESS.fullmatch(str(address))):
             raise UserError("ssh-gate: a join needs a node name, an ed25519 public key and an address")
-        keys.enroll(name, key, address)
+        keys.enroll(name, key, address, client, args[1])
         return statefile.read_bytes(cluster_file) or b""
     if len(args) == 2 and args[0] == "worker":
         try:
@@ -283,6 +369,35 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
                 raise UserError("ssh-gate: rrsync (from the rsync package) is not installed on the master")
             os.execv(rrsync, [rrsync, "-ro", str(root / words[-1].rstrip("/").lstrip("/"))])
     raise UserError(f"ssh-gate: this key may not run {original_command[:60]!r}")
+
+
+def _client_address() -> str:
+    """The address this SSH connection comes from, as sshd tells its forced command. Raise UserError
+    when there is none (the gate is run by sshd only)."""
+    words = os.environ.get("SSH_CONNECTION", "").split()
+    try:
+        address = str(ipaddress.ip_address(words[0]))
+    except (IndexError, ValueError):
+        address = ""
+    if not re.fullmatch(r"[0-9a-f.:]+", address):  # nor an IPv6 scope ("%eth0"): it goes into from="..."
+        raise UserError("ssh-gate: no client address in SSH_CONNECTION (sshd runs the gate)")
+    return address
+
+
+def _read_join_request(stdin) -> bytes:
+    """Return what the client sends up to its end of input. Raise UserError when that takes more than
+    JOIN_REQUEST_WAIT seconds or JOIN_REQUEST_LIMIT bytes: a client that never ends would otherwise
+    hold this process and its sshd session for ever."""
+    fd, data = stdin.fileno(), b""
+    deadline = time.monotonic() + JOIN_REQUEST_WAIT
+    while len(data) <= JOIN_REQUEST_LIMIT:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise UserError(f"ssh-gate: no complete join request within {JOIN_REQUEST_WAIT} seconds")
+        chunk = os.read(fd, JOIN_REQUEST_LIMIT + 1 - len(data))
+        if not chunk:
+            return data
+        data += chunk
+    raise UserError(f"ssh-gate: a join request is at most {JOIN_REQUEST_LIMIT} bytes")
 
 
 def served_dags_dir(cluster_file: Path) -> str:
@@ -355,6 +470,11 @@ def join(token: JoinToken, node_name: str, address: str, worker_seed: bytes | No
         result = execute.run(argv, what="--join", input=request, binary=True, timeout=60, ok_codes=None)
     if result.returncode == 255 and b"Permission denied" in result.stderr:
         raise UserError("--join: the master refused the token (revoked or expired); mint another there")
+    if result.returncode == 2:  # the gate's own one line: this request is refused (a name enrolled already)
+        said = result.stderr.decode(errors="replace").strip().splitlines() or ["?"]
+        raise UserError(
+            f"--join: the master refused to enroll {node_name}: {said[-1].removeprefix('airflow-node: ')[:300]}"
+        )
     if result.returncode != 0 or not result.stdout.strip():
         reason = execute.failure_reason(argv, result.returncode, result.stderr)
         raise OperationError(f"--join: enrolling with {token.host}: {reason}")
@@ -468,9 +588,12 @@ def _master(target):
 def list_joins(target) -> str:
     ctx, _ = _master(target)
     keys = keys_file_of(target, ctx)
+    with _system_zone(keys.root):
+        tokens = [(line.tag[len(TOKEN_TAG) :], _expires_at(line)) for line in keys.tokens()]
     now = time.time()
-    lines = [f"token {line.tag[len(TOKEN_TAG):]}  {'expired' if _expired(line, now) else 'valid'} until "
-             f"{_expiry(line) or '?'}" for line in keys.tokens()]  # fmt: skip
+    lines = [f"token {token_id}  {'expired' if expires is not None and expires < now else 'valid'} until "
+             f"{'?' if expires is None else time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(expires))}"
+             for token_id, expires in tokens]  # fmt: skip
     lines += [f"worker {name}  {address}" for name, address in keys.workers()]
     return "\n".join(lines) or "no tokens, no enrolled workers"
 

@@ -8,6 +8,7 @@ tests then try, with the worker's own key, what a compromised worker would.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import pytest
 from sync_fixtures import STAND_IN, free_port, wait_for
 
 from airflow_nodes.cluster import dump_cluster
+from airflow_nodes.join import JOIN_REQUEST_WAIT, KEYS_LOCK_WAIT, parse_token, private_key_file
 
 from conftest import make_cluster
 
@@ -64,6 +66,7 @@ def master(tmp_path, run_cli):
     (dags / "hello.py").write_text("HELLO = 1\n")
     home_on_master = root / str(home).lstrip("/")  # the node's files are under --root: so is the home
     sshd = MasterSshd(root, home_on_master, tmp_path / "sshd")
+    (root / "etc/localtime").symlink_to("/etc/localtime")  # this sshd's zone: the host's
     cluster = make_cluster("3.3", master_host="127.0.0.1", airflow_user="root", airflow_home=str(home),
                            dags_source=f"ssh://root@127.0.0.1:{sshd.port}/srv/airflow/dags/")  # fmt: skip
     (root / "etc/airflow-node").mkdir(parents=True)
@@ -81,10 +84,11 @@ def mint(run_cli, root: Path, sshd: MasterSshd) -> str:
     return re.search(r"AIRFLOW_NODE_JOIN_TOKEN=(\S+) airflow-node init --role worker", result.out).group(1)
 
 
-def join(run_cli, tmp_path: Path, token: str, name: str = "worker1"):
-    return run_cli("init", "--role", "worker", "--root", tmp_path / name, "--airflow-version", "3.3.2", "--init-system",
-                   "supervisor", "--airflow-bin", STAND_IN, "--node-name", name, "--advertise-address", "127.0.0.11",
-                   "--airflow-node-bin", TOOL_BIN / "airflow-node", "--join", token)  # fmt: skip
+def join(run_cli, tmp_path: Path, token: str, name: str = "worker1", root: Path | None = None):
+    return run_cli("init", "--role", "worker", "--root", root or tmp_path / name, "--airflow-version", "3.3.2",
+                   "--init-system", "supervisor", "--airflow-bin", STAND_IN, "--node-name", name,
+                   "--advertise-address", "127.0.0.11", "--airflow-node-bin", TOOL_BIN / "airflow-node",
+                   "--join", token)  # fmt: skip
 
 
 def test_a_worker_joins_with_one_token_and_syncs_through_the_gate(master, tmp_path, run_cli):
@@ -116,7 +120,10 @@ def test_a_worker_joins_with_one_token_and_syncs_through_the_gate(master, tmp_pa
 
 
 def ssh_as_worker(worker: Path, sshd: MasterSshd, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    key = worker / "etc/airflow-node/ssh/id_ed25519"
+    return ssh_with(worker / "etc/airflow-node/ssh/id_ed25519", worker, sshd, *args, timeout=timeout)
+
+
+def ssh_with(key: Path, worker: Path, sshd: MasterSshd, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
     known = worker / "etc/airflow-node/ssh/known_hosts"
     argv = ["ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}", "-o",
             "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(sshd.port), *args]  # fmt: skip
@@ -214,3 +221,98 @@ def test_the_token_can_come_from_the_environment_or_a_file(master, tmp_path, run
     result = run_cli("init", "--role", "worker", "--root", tmp_path / "w", "--airflow-version", "3.3.2", "--dry-run")
     assert result.code == 0 and "is valid" in result.out
     assert os.environ["AIRFLOW_NODE_JOIN_TOKEN"] not in result.out + result.err
+
+
+# -- what a review found: sshd's time zone, squatting, bounds, pinned worker keys ------------------
+
+
+@pytest.fixture
+def tz(monkeypatch):
+    """Set this process's TZ (not sshd's, started before)."""
+
+    def set_tz(zone: str) -> None:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+
+    yield set_tz
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("zone", ["Etc/GMT+12", "Pacific/Kiritimati"])
+def test_a_token_minted_under_a_far_tz_lives_its_ttl_as_sshd_reads_it(master, tmp_path, run_cli, tz, zone):
+    """sshd reads expiry-time in the system's zone. Read in ours, a stamp from UTC-12 was dead on
+    arrival, and one from UTC+14 lived 14 hours past its --ttl (the unit tests read it as sshd does)."""
+    root, home, sshd = master
+    tz(zone)
+    result = run_cli("join-token", "--root", root, "--ssh-port", sshd.port, "--ttl", "60")
+    assert result.code == 0, result.err
+    token = re.search(r"AIRFLOW_NODE_JOIN_TOKEN=(\S+) ", result.out)[1]
+    expires = parse_token(token).expires
+    assert expires - time.time() <= 60
+    listed = run_cli("join-token", "--root", root, "--list").out
+    assert f"valid until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(expires))}" in listed, listed
+    joined = join(run_cli, tmp_path, token)
+    assert joined.code == 0, joined.err
+
+
+def test_a_name_enrolled_already_is_refused_and_the_worker_keeps_its_key(master, tmp_path, run_cli):
+    root, home, sshd = master
+    token = mint(run_cli, root, sshd)
+    assert join(run_cli, tmp_path, token).code == 0
+    before = (home / ".ssh/authorized_keys").read_text()
+    impostor = join(run_cli, tmp_path, token, "worker1", root=tmp_path / "impostor")
+    assert impostor.code == 2 and len(impostor.err.strip().splitlines()) == 1, impostor.err
+    assert "worker1 is enrolled already" in impostor.err and "--revoke worker1" in impostor.err
+    assert not (tmp_path / "impostor").exists() and (home / ".ssh/authorized_keys").read_text() == before
+    cat = ssh_as_worker(tmp_path / "worker1", sshd, "root@127.0.0.1", "cat", "/etc/airflow-node/cluster.toml")
+    assert cat.returncode == 0 and "[secrets]" in cat.stdout
+
+
+def test_a_worker_key_works_only_from_the_address_it_enrolled_from(master, tmp_path, run_cli):
+    root, home, sshd = master
+    assert join(run_cli, tmp_path, mint(run_cli, root, sshd)).code == 0
+    line = next(line for line in (home / ".ssh/authorized_keys").read_text().splitlines() if "worker1@" in line)
+    assert line.startswith('restrict,from="127.0.0.1",command="') and "expiry-time" not in line
+    worker = tmp_path / "worker1"
+    cat = ["root@127.0.0.1", "cat", "/etc/airflow-node/cluster.toml"]
+    assert ssh_as_worker(worker, sshd, *cat).returncode == 0
+    elsewhere = ssh_as_worker(worker, sshd, "-b", "127.0.0.2", *cat)  # the same key, another address
+    assert elsewhere.returncode == 255 and "Permission denied" in elsewhere.stderr, elsewhere.stderr
+
+
+def test_the_gate_gives_up_on_a_join_request_that_never_ends(master, tmp_path, run_cli):
+    root, home, sshd = master
+    token_key = tmp_path / "token_key"
+    token_key.write_bytes(private_key_file(parse_token(mint(run_cli, root, sshd)).seed))
+    token_key.chmod(0o600)
+    (tmp_path / "worker1/etc/airflow-node/ssh").mkdir(parents=True)
+    shutil.copy(root / "etc/ssh/ssh_host_ed25519_key.pub", tmp_path / "host_key.pub")
+    known = tmp_path / "worker1/etc/airflow-node/ssh/known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} " + (tmp_path / "host_key.pub").read_text())
+    before = (home / ".ssh/authorized_keys").read_text()
+    argv = ["ssh", "-i", token_key, "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}", "-o",
+            "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", sshd.port, "root@127.0.0.1", "join"]  # fmt: skip
+    client = subprocess.Popen(list(map(str, argv)), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:  # stdin stays open: a client that sends nothing and never ends
+        assert client.wait(timeout=JOIN_REQUEST_WAIT + 15) == 2
+    finally:
+        client.kill()
+        client.stdin.close()
+    assert f"no complete join request within {JOIN_REQUEST_WAIT} seconds" in client.stderr.read().decode()
+    assert (home / ".ssh/authorized_keys").read_text() == before
+
+
+def test_join_token_gives_up_on_a_held_keys_lock_and_names_it(master, tmp_path, run_cli):
+    root, home, sshd = master
+    mint(run_cli, root, sshd)
+    keys = home / ".ssh/authorized_keys"
+    before = keys.read_text()
+    lock = home / ".ssh/.airflow-node-keys.lock"
+    with open(lock, "rb+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the airflow account may, for ever
+        result = subprocess.run([TOOL_BIN / "airflow-node", "join-token", "--root", root, "--ssh-port", str(sshd.port)],
+                                capture_output=True, text=True, timeout=KEYS_LOCK_WAIT + 20)  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert str(lock) in result.stderr and "AIRFLOW_NODE_JOIN_TOKEN" not in result.stdout + result.stderr
+    assert keys.read_text() == before

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
+import re
+import shutil
+import tempfile
 import time
 
 import pytest
 
 from airflow_nodes.errors import UserError
 from airflow_nodes.join import (
+    MAX_ENROLMENTS_PER_TOKEN,
+    MAX_WORKERS,
     JoinToken,
+    KeyLine,
     KeysFile,
     fingerprint_of,
     gate,
@@ -20,6 +28,22 @@ from airflow_nodes.join import (
 )
 
 HOST_KEY = public_key_line(b"h" * 32)
+TOKEN_ID = "AbCdEf012+/9"  # the id a token's forced command hands the gate
+ZONES = "/usr/share/zoneinfo"
+
+
+@pytest.fixture(autouse=True)
+def connection(monkeypatch):
+    """The gate runs under sshd, which names the client in SSH_CONNECTION."""
+    monkeypatch.setenv("SSH_CONNECTION", "10.0.0.11 50022 10.0.0.1 22")
+
+
+def sent(data: bytes):
+    """The gate's stdin: a real file holding what the client sent, then its end."""
+    handle = tempfile.TemporaryFile()  # noqa: SIM115 - the gate reads it; it goes with the test
+    handle.write(data)
+    handle.seek(0)
+    return handle
 
 
 def keys_file(tmp_path) -> KeysFile:
@@ -69,9 +93,10 @@ def test_ttl_is_bounded(tmp_path):
             mint(keys_file(tmp_path), "m", 22, "airflow", HOST_KEY, ttl)
 
 
-def enroll(keys: KeysFile, name="worker1", address="10.0.0.11") -> bytes:
-    request = json.dumps({"name": name, "key": public_key_line(name.encode().ljust(32, b"0")), "address": address})
-    return gate(keys, ["join"], "join", io.BytesIO(request.encode()))
+def enroll(keys: KeysFile, name="worker1", address="10.0.0.11", token_id=TOKEN_ID, seed=None) -> bytes:
+    key = public_key_line(seed or name.encode().ljust(32, b"\0"))
+    request = json.dumps({"name": name, "key": key, "address": address})
+    return gate(keys, ["join", token_id], "join", sent(request.encode()))
 
 
 def test_the_gate_enrolls_a_worker_with_a_restricted_key_and_hands_out_the_cluster_file(tmp_path):
@@ -80,10 +105,9 @@ def test_the_gate_enrolls_a_worker_with_a_restricted_key_and_hands_out_the_clust
     cluster.parent.mkdir(parents=True)
     cluster.write_text("# the cluster file\n")
     assert enroll(keys) == b"# the cluster file\n"
-    assert enroll(keys, address="10.0.0.12") == b"# the cluster file\n"  # re-enrolled: one line, new address
-    assert keys.workers() == [("worker1", "10.0.0.12")]
+    assert keys.workers() == [("worker1", "10.0.0.11")]
     line = next(line for line in keys.read() if not isinstance(line, str))
-    assert line.options.startswith("restrict,command=") and "ssh-gate" in line.options
+    assert line.options.startswith('restrict,from="10.0.0.11",command=') and "ssh-gate" in line.options
     assert "worker worker1" in line.options
     cat = gate(keys, ["worker", "worker1"], "cat /etc/airflow-node/cluster.toml", io.BytesIO())
     assert cat == b"# the cluster file\n"
@@ -111,7 +135,7 @@ def test_a_worker_key_may_not_run_anything_else(tmp_path, command):
 def test_a_join_request_that_is_not_what_we_send_changes_nothing(tmp_path, request_body):
     keys = keys_file(tmp_path)
     with pytest.raises(UserError):
-        gate(keys, ["join"], "join", io.BytesIO(json.dumps(request_body).encode()))
+        gate(keys, ["join", TOKEN_ID], "join", sent(json.dumps(request_body).encode()))
     assert not keys.path.exists()
 
 
@@ -124,7 +148,7 @@ def test_revoke_removes_a_token_or_a_worker(tmp_path):
     assert keys.revoke_worker(token.id) == []  # a worker name never matches a token, nor the reverse
     assert keys.revoke_token(token.id) == [f"airflow-node-token:{token.id}"]
     assert keys.revoke_token("worker1") == []
-    assert keys.revoke_worker("worker1") == ["airflow-node-worker:worker1@10.0.0.11"]
+    assert keys.revoke_worker("worker1") == [f"airflow-node-worker:worker1@10.0.0.11,token:{TOKEN_ID}"]
     assert keys.tokens() == [] and keys.workers() == []
 
 
@@ -136,8 +160,137 @@ def test_a_join_request_cannot_smuggle_a_second_line(tmp_path):
                          {"name": "w\n", "key": key, "address": "10.0.0.1"},
                          {"name": "w", "key": key, "address": "10.0.0.1\n"}):  # fmt: skip
         with pytest.raises(UserError):
-            gate(keys, ["join"], "join", io.BytesIO(json.dumps(request_body).encode()))
+            gate(keys, ["join", TOKEN_ID], "join", sent(json.dumps(request_body).encode()))
     assert not keys.path.exists()
-    for body in (b"[1, 2]", b"not json", b"\xff\xfe", b"[" * 100000):
+    for body in (b"[1, 2]", b"not json", b"\xff\xfe", b"[" * 8000):
         with pytest.raises(UserError, match="one JSON object"):
-            gate(keys, ["join"], "join", io.BytesIO(body))
+            gate(keys, ["join", TOKEN_ID], "join", sent(body))
+    with pytest.raises(UserError, match="at most 8192 bytes"):
+        gate(keys, ["join", TOKEN_ID], "join", sent(b"[" * 100000))
+    assert not keys.path.exists()
+
+
+# -- what a review found: sshd's time zone, squatting, bounds, pinned worker keys ------------------
+
+
+@pytest.fixture
+def far_tz(monkeypatch):
+    """Our process in Kiritimati (UTC+14), as a root shell with TZ set may be; sshd does not see it."""
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def sshd_reads(stamp: str, localtime, monkeypatch) -> int:
+    """What sshd makes of an expiry-time: OpenSSH's parse_absolute_time (strptime, then mktime with
+    tm_isdst 0) in sshd's zone, the system's /etc/localtime."""
+    with monkeypatch.context() as env:
+        env.setenv("TZ", f":{localtime}")
+        time.tzset()
+        read = int(time.mktime((*time.strptime(stamp, "%Y%m%d%H%M%S")[:8], 0)))
+    time.tzset()
+    return read
+
+
+@pytest.mark.parametrize("system_zone", [None, "Europe/Berlin", "Australia/Sydney", "America/St_Johns"])
+def test_a_token_expires_when_sshd_reads_it_whatever_tz_we_run_in(tmp_path, far_tz, monkeypatch, system_zone):
+    """sshd reads expiry-time in the system's zone (UTC without /etc/localtime); summer time included:
+    Berlin or Sydney is always in it."""
+    localtime = tmp_path / "etc/localtime"
+    if system_zone:
+        localtime.parent.mkdir(parents=True)
+        shutil.copy(f"{ZONES}/{system_zone}", localtime)
+    keys = keys_file(tmp_path)
+    token = mint(keys, "m", 22, "airflow", HOST_KEY, 60)
+    stamp = re.search(r'expiry-time="(\d{14})"', keys.tokens()[0].options)[1]
+    assert sshd_reads(stamp, localtime, monkeypatch) == token.expires
+    assert os.environ["TZ"] == "Pacific/Kiritimati"  # ours is left as it was
+
+
+def test_a_name_enrolled_already_is_refused_and_its_key_kept(tmp_path):
+    keys = keys_file(tmp_path)
+    enroll(keys)
+    before = keys.path.read_bytes()
+    with pytest.raises(UserError, match=r"worker1 is enrolled already.*--revoke worker1") as caught:
+        enroll(keys, seed=b"s" * 32)  # a token holder claiming worker1's name with a key of its own
+    assert "\n" not in str(caught.value)
+    assert keys.path.read_bytes() == before
+    keys.revoke_worker("worker1")  # the operator's choice: then the name is free again
+    enroll(keys, seed=b"s" * 32)
+    assert next(line for line in keys.read() if isinstance(line, KeyLine)).key == public_key_line(b"s" * 32)
+
+
+def test_a_key_in_the_file_already_is_not_enrolled_again(tmp_path):
+    keys = keys_file(tmp_path)
+    keys.path.parent.mkdir()
+    keys.path.write_text(f'from="192.0.2.1" {public_key_line(b"p" * 32)} admin@laptop\n')
+    token = mint(keys, "m", 22, "airflow", HOST_KEY, 3600)
+    enroll(keys)
+    before = keys.path.read_bytes()
+    for seed in (b"p" * 32, token.seed, b"worker1".ljust(32, b"\0")):  # a person's, the token's, a worker's
+        with pytest.raises(UserError, match="in the master's authorized_keys already"):
+            enroll(keys, name="worker2", seed=seed)
+    assert keys.path.read_bytes() == before
+
+
+def test_one_token_enrolls_a_bounded_number_of_workers_and_the_file_holds_a_bounded_number(tmp_path):
+    keys = keys_file(tmp_path)
+    for number in range(MAX_ENROLMENTS_PER_TOKEN):
+        enroll(keys, name=f"w{number}")
+    before = keys.path.read_bytes()
+    with pytest.raises(UserError, match="this token has enrolled .* its limit"):
+        enroll(keys, name="one-more")
+    assert keys.path.read_bytes() == before
+    enroll(keys, name="one-more", token_id="ZZZZZZZZZZZZ")  # another token has its own count
+
+    lines = [f'restrict {public_key_line(str(n).encode().ljust(32, b"k"))} airflow-node-worker:w{n}@10.0.0.1,token:x'
+             for n in range(MAX_WORKERS)]  # fmt: skip
+    keys.path.write_text("\n".join(lines) + "\n")
+    before = keys.path.read_bytes()
+    with pytest.raises(UserError, match=f"{MAX_WORKERS} workers are enrolled"):
+        enroll(keys, name="another", token_id="YYYYYYYYYYYY")
+    assert keys.path.read_bytes() == before
+
+
+def test_a_worker_key_works_only_from_the_address_it_enrolled_from(tmp_path, monkeypatch):
+    """from= is sshd's client address, not the address the request claims."""
+    keys = keys_file(tmp_path)
+    monkeypatch.setenv("SSH_CONNECTION", "2001:db8:0:0::7 50022 2001:db8::1 22")
+    enroll(keys, address="10.0.0.11")
+    line = next(line for line in keys.read() if isinstance(line, KeyLine))
+    assert line.options.startswith('restrict,from="2001:db8::7",command="') and "expiry-time" not in line.options
+    before = keys.path.read_bytes()
+    for connection in (None, "", "nonsense 1 2 3", '10.0.0.1",command="sh 1 2 3', 'fe80::1%x",y 1 2 3'):
+        if connection is None:
+            monkeypatch.delenv("SSH_CONNECTION")
+        else:
+            monkeypatch.setenv("SSH_CONNECTION", connection)
+        with pytest.raises(UserError, match="SSH_CONNECTION"):
+            enroll(keys, name="worker2")
+    assert keys.path.read_bytes() == before
+
+
+def test_a_token_names_itself_to_the_gate_and_a_token_without_an_id_is_refused(tmp_path):
+    keys = keys_file(tmp_path)
+    token = mint(keys, "m", 22, "airflow", HOST_KEY, 3600)
+    assert keys.tokens()[0].options.endswith(f' join {token.id}"')
+    with pytest.raises(UserError, match="older airflow-node"):
+        gate(keys, ["join"], "join", sent(b"{}"))
+    with pytest.raises(UserError, match="may not run"):
+        gate(keys, ["join", "x; sh"], "join", sent(b"{}"))
+
+
+def test_minting_waits_a_bounded_time_for_the_keys_lock_and_names_it(tmp_path, monkeypatch):
+    keys = keys_file(tmp_path)
+    mint(keys, "m", 22, "airflow", HOST_KEY, 3600)
+    before = keys.path.read_bytes()
+    lock = keys.path.with_name(".airflow-node-keys.lock")
+    monkeypatch.setattr("airflow_nodes.join.KEYS_LOCK_WAIT", 1)
+    with open(lock, "rb+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what the airflow account can do for ever
+        started = time.monotonic()
+        with pytest.raises(UserError, match=f"^{re.escape(str(lock))}: another process has held this lock"):
+            mint(keys, "m", 22, "airflow", HOST_KEY, 3600)
+    assert time.monotonic() - started < 5 and keys.path.read_bytes() == before
