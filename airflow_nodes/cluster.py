@@ -268,13 +268,17 @@ def read_cluster(path: Path, where: str | None = None) -> ClusterConfig:
 
 def check_served_cluster(served: ClusterConfig, local: ClusterConfig, where: str) -> None:
     """A cluster file another host served (the master's airflow account owns what serves it) is
-    untrusted input: raise UserError naming the key when it changes this node's account or home (a
-    sync never does: that takes `airflow-node init` here)."""
+    untrusted input: raise UserError naming the key when it changes this node's account or home, or
+    the files libpq opens as root for its DB URLs (a sync never does: that takes `airflow-node init`)."""
     for key in ("airflow_user", "airflow_home"):
         ours, theirs = getattr(local, key), getattr(served, key)
         if theirs != ours:
             raise UserError(f"{where}: cluster.{key}: {theirs!r} is not this node's {ours!r}; a sync never "
                             "changes it: run `airflow-node init` here")  # fmt: skip
+    for key, name in (("db_url", "database.url"), ("result_backend", "database.result_backend")):
+        if urls.libpq_files(getattr(served, key)) != urls.libpq_files(getattr(local, key)):
+            raise UserError(f"{where}: {name}: a sync never changes the files root has libpq open for it "
+                            "(sslcert, sslkey, sslrootcert): run `airflow-node init` here")  # fmt: skip
 
 
 def check_account_and_home(cluster: ClusterConfig, home: Path, where: str) -> None:

@@ -14,11 +14,13 @@ def sha256(data: bytes) -> str:
 
 
 def sha256_file(path: Path, unreadable_ok: bool = False) -> str | None:
-    """Return the sha256 of a file's content, read in chunks. Raise OSError if it cannot be read,
-    unless unreadable_ok: then return None."""
+    """Return the sha256 of a file's content, read in chunks. Raise OSError if it cannot be read or is
+    a link, unless unreadable_ok: then return None. A link is never followed: root hashes files in
+    directories the airflow account owns (airflow.cfg), and a hash of /etc/shadow must not leak."""
     digest = hashlib.sha256()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted there must not make us wait
+        # a FIFO planted there must not make us wait, a link not lead us elsewhere
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", str(path))

@@ -117,6 +117,25 @@ def check_db_url(url: str, option: str = "--db-url") -> str:
     return url
 
 
+# The query parameters a DB URL may carry. The health probe and the upgrade's pg tools connect as root,
+# and a worker takes its URLs from the cluster file the master's airflow account serves: no parameter
+# that makes libpq read a file of its choosing (passfile, service, servicefile), write one
+# (sslkeylogfile) or load code (an OpenSSL engine as sslkey=ENGINE:KEY) passes.
+LIBPQ_QUERY_PARAMETERS = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "connect_timeout", "client_encoding", "options",
+    "application_name", "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+    "keepalives_count", "tcp_user_timeout", "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey",
+    "sslcertmode", "sslrootcert", "sslsni", "ssl_min_protocol_version", "ssl_max_protocol_version",
+    "channel_binding", "require_auth", "gssencmode", "krbsrvname", "target_session_attrs", "load_balance_hosts",
+})  # fmt: skip
+LIBPQ_FILE_PARAMETERS = ("sslcert", "sslkey", "sslrootcert")  # files root opens: absolute paths, never an engine
+
+
+def libpq_files(url: str) -> dict[str, str]:
+    """Given a DB URL, return the files it has libpq open (sslcert, sslkey, sslrootcert): {name: path}."""
+    return {name: value for name, value in parse_qsl(urlsplit(url).query) if name in LIBPQ_FILE_PARAMETERS}
+
+
 def libpq_params(url: str, option: str = "database.url") -> dict[str, str]:
     """Given a PostgreSQL URL (a SQLAlchemy driver named or not), return the libpq connection keywords
     SQLAlchemy hands the driver for it: user, password, dbname, host and port from the URL, then every
@@ -134,6 +153,13 @@ def libpq_params(url: str, option: str = "database.url") -> dict[str, str]:
         raise UserError(f"{option}: ?{bad[:40]!r} is not a libpq parameter (lower-case letters and _)")
     if twice := next((name for name in names if names.count(name) > 1), None):
         raise UserError(f"{option}: ?{twice}= is given more than once")
+    if unknown := next((name for name in names if name not in LIBPQ_QUERY_PARAMETERS), None):
+        raise UserError(f"{option}: ?{unknown}= is not a libpq parameter airflow-node passes on (root connects "
+                        f"with it: one that names a file to load or run is refused)")  # fmt: skip
+    for name, value in query:
+        a_file = name in LIBPQ_FILE_PARAMETERS and not (name == "sslrootcert" and value == "system")
+        if a_file and (not value.startswith("/") or ":" in value or ".." in value.split("/")):
+            raise UserError(f"{option}: ?{name}= must be an absolute path (no ':', which names an engine)")
     params.update((name, value) for name, value in query if name != "host")
     if hosts := [value for name, value in query if name == "host"]:
         params["host"], ports = _servers(hosts, dict(query).get("port"), option)

@@ -8,6 +8,7 @@ tree (or the file outside it) is unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -446,3 +447,16 @@ def test_health_never_runs_an_interpreter_others_can_change(run_cli, master, tmp
     result = run_cli("health", "--root", master, "--only", "packages", "--json")
     assert result.code == 2 and not marker.exists()
     assert "will not run it as root" in result.out
+
+
+def test_root_never_hashes_a_file_through_a_link_the_airflow_account_planted(run_cli, master, tmp_path):
+    secret = tmp_path / "root-only"  # stands in for /etc/shadow
+    secret.write_text("root:$6$hash:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    cfg = master / "opt/airflow/airflow.cfg"  # in AIRFLOW_HOME, which the airflow account owns
+    cfg.unlink()
+    cfg.symlink_to(secret)
+    run_cli("sync", "--root", master, "--dags-only")
+    state = json.loads((master / STATE / "sync-state.json").read_text())
+    leaked = hashlib.sha256(secret.read_bytes()).hexdigest()
+    assert state["config_hash"] != leaked and leaked not in json.dumps(state)

@@ -134,8 +134,9 @@ def test_supervisord_writes_logs_only_in_a_directory_of_roots():
 def test_a_served_cluster_file_never_changes_the_account_or_the_home():
     ours = make_cluster("3.3", airflow_home="/opt/airflow")
     check_served_cluster(make_cluster("3.3", airflow_home="/opt/airflow", web_port=8081), ours, "served")
-    for changed in (dict(airflow_user="postgres"), dict(airflow_home="/opt/other")):
-        with pytest.raises(UserError, match="a sync never changes it"):
+    key_url = "postgresql://a@10.20.0.1/airflow?sslmode=require&sslkey=/opt/airflow/dags/evil.key"
+    for changed in (dict(airflow_user="postgres"), dict(airflow_home="/opt/other"), dict(db_url=key_url)):
+        with pytest.raises(UserError, match="a sync never changes"):
             check_served_cluster(make_cluster("3.3", **{"airflow_home": "/opt/airflow", **changed}), ours, "served")
 
 

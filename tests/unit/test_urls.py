@@ -48,6 +48,13 @@ def test_every_query_parameter_and_host_list_becomes_a_libpq_keyword(url, expect
         (BASE + "?SSLMode=disable", "is not a libpq parameter"),
         (BASE + "?x%27%20host%3D=evil", "is not a libpq parameter"),
         ("postgresql://airflow:TopSecretDB@/airflow", "names no host"),
+        # root connects with these: nothing that loads code or reads or writes a file of the URL's choosing
+        (BASE + "?sslmode=require&sslkey=/opt/airflow/dags/evil:k", "no ':', which names an engine"),
+        (BASE + "?sslcert=relative.crt", "must be an absolute path"),
+        (BASE + "?sslkeylogfile=/etc/ld.so.preload", "not a libpq parameter airflow-node passes on"),
+        (BASE + "?passfile=/etc/shadow", "not a libpq parameter airflow-node passes on"),
+        (BASE + "?service=evil", "not a libpq parameter airflow-node passes on"),
+        (BASE + "?servicefile=/opt/airflow/pg_service.conf", "not a libpq parameter airflow-node passes on"),
     ],
 )
 def test_a_db_url_libpq_would_misread_is_refused_naming_the_option(url, words):
