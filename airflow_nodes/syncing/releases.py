@@ -204,9 +204,20 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _plain_mode(mode: int) -> int:
-    """Permission bits only: a release never holds a setuid, setgid or sticky bit."""
-    return mode & 0o777
+def _release_mode(mode: int, directory: bool = False) -> int:
+    """A release's permission bits: readable by its group (the airflow account reads it), writable by its
+    owner alone (root: no task edits a published DAG or plants a link root would build through), never
+    a setuid, setgid or sticky bit."""
+    return (mode & 0o755) | (0o050 if directory else 0o040)
+
+
+def release_is_ours(release: DagRelease, owner: tuple[int, int] | None) -> bool:
+    """Whether a release is one we built as releases are now (its owner root, or `owner`): one from
+    before 0.4 belongs to the airflow account, which may have changed it, so nothing is built from it."""
+    try:
+        return release.path.lstat().st_uid == (owner[0] if owner else os.geteuid())
+    except OSError:
+        return False
 
 
 def _copy_file(source: Path, target: Path, owner: tuple[int, int] | None) -> str | None:
@@ -228,7 +239,7 @@ def _copy_file(source: Path, target: Path, owner: tuple[int, int] | None) -> str
         with os.fdopen(fd_out, "wb") as writer:
             if owner is not None:
                 os.fchown(fd_out, *owner)
-            os.fchmod(fd_out, _plain_mode(info.st_mode))
+            os.fchmod(fd_out, _release_mode(info.st_mode))
             digest = hashlib.sha256()
             while chunk := reader.read(1 << 20):
                 digest.update(chunk)
@@ -245,7 +256,7 @@ def _make_dir(target: Path, info: os.stat_result, owner: tuple[int, int] | None)
     target.mkdir(mode=0o700, exist_ok=True)
     if owner is not None:
         os.chown(target, *owner, follow_symlinks=False)
-    os.chmod(target, _plain_mode(info.st_mode))
+    os.chmod(target, _release_mode(info.st_mode, directory=True))
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
@@ -271,7 +282,7 @@ def build_release(
     change list, the whole mirror is copied.
     """
     staging = _new_staging_dir(layout)
-    if current is None or changes is None:
+    if current is None or changes is None or not release_is_ours(current, owner):
         return _build_full(layout, staging, current, owner)
     execute.run(["cp", "-al", "--", current.path, staging], what="linking the current release")
     manifest = dict(current.manifest)
@@ -329,8 +340,8 @@ def _build_full(
 ) -> BuiltRelease:
     # rsync gives each file its final owner and mode before renaming it into place: never a setuid copy
     chown = [f"--chown={owner[0]}:{owner[1]}"] if owner is not None else []
-    argv = ["rsync", "-a", "--chmod=ugo-st", *chown, "--safe-links", "--exclude=/.git", f"{layout.mirror}/",
-            f"{staging}/"]  # fmt: skip
+    argv = ["rsync", "-a", "--chmod=ugo-st,go-w,g+rX", *chown, "--safe-links", "--exclude=/.git",
+            f"{layout.mirror}/", f"{staging}/"]  # fmt: skip
     execute.run(argv, what="copying the mirror")
     manifest: Manifest = {}
     skipped: list[str] = []
@@ -366,6 +377,10 @@ def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | Non
     final = layout.release_dir(built.revision)
     if final.is_symlink() or (final.exists() and not _is_real_dir(final)):
         final.unlink()  # not a release we made: rebuilt below
+    outdated = None
+    if _is_real_dir(final) and not release_is_ours(DagRelease(built.revision, final, {}), owner):
+        outdated = final.with_name(f".{final.name}.outdated-{os.getpid()}")  # the airflow account's: replaced
+        os.rename(final, outdated)
     if _is_real_dir(final):
         shutil.rmtree(built.path)
     else:
@@ -374,20 +389,20 @@ def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | Non
     os.utime(final)  # publish order, for pruning
     entries = {path: list(entry) for path, entry in sorted(built.manifest.items())}
     write_atomically(layout.manifest_file(final), json.dumps({"revision": built.revision, "entries": entries}).encode())
-    flip_dags_folder(layout.dags_folder, final, owner)
+    flip_dags_folder(layout.dags_folder, final)
+    if outdated is not None:
+        shutil.rmtree(outdated)  # never follows a link inside
     return DagRelease(built.revision, final, built.manifest)
 
 
-def flip_dags_folder(dags_folder: Path, target: Path, owner: tuple[int, int] | None) -> None:
+def flip_dags_folder(dags_folder: Path, target: Path) -> None:
     """Point dags_folder at target with a single rename of a new symlink over the old one.
 
     The first publish replaces the empty directory `init` created (checked by check_dags_folder).
     """
     temp = dags_folder.with_name(f".{dags_folder.name}.airflow-node-{os.getpid()}")
     temp.unlink(missing_ok=True)
-    os.symlink(target, temp)
-    if owner is not None:
-        os.chown(temp, *owner, follow_symlinks=False)
+    os.symlink(target, temp)  # root's link (no chown: the account could swap in a hard link first)
     if dags_folder.is_dir() and not dags_folder.is_symlink():
         dags_folder.rmdir()  # empty (checked before the run): nothing was published yet
     os.replace(temp, dags_folder)

@@ -34,6 +34,7 @@ from airflow_nodes.syncing.releases import (
     prepare_work_dirs,
     prune_releases,
     publish,
+    release_is_ours,
 )
 from airflow_nodes.syncing.source import open_source
 from airflow_nodes.syncing.spec import PATH, SSH, DagSourceSpec, parse_dags_source
@@ -99,8 +100,8 @@ class SyncResult:
 @dataclass(frozen=True)
 class Accounts:
     """Who fetches and who reads, as root on the real system: the sync account fetches into the mirror it
-    owns (no task can read its key or change what root builds from); releases belong to the airflow
-    account, whose daemons read them. None: ourselves (under --root, or not root)."""
+    owns (no task can read its key or change what root builds from); releases are root's, read by the
+    airflow group (no task can change a published DAG). None: ourselves (under --root, or not root)."""
 
     transfer_user: str | None = None
     mirror_owner: tuple[int, int] | None = None
@@ -110,17 +111,17 @@ class Accounts:
 def _accounts(ctx: NodeContext, target: Target) -> Accounts:
     if not target.privileged:
         return Accounts()
-    ids = {}
-    for name, where in ((ctx.cluster.airflow_user, f"{CLUSTER_FILE}: cluster.airflow_user"), (SYNC_USER, None)):
-        try:
-            account = pwd.getpwnam(name)
-        except KeyError:
-            if where:
-                raise UserError(f"{where} {name!r} does not exist here") from None
-            # a node set up before the sync account: its next `airflow-node init` makes it
-            return Accounts(ctx.cluster.airflow_user, ids[ctx.cluster.airflow_user], ids[ctx.cluster.airflow_user])
-        ids[name] = (account.pw_uid, account.pw_gid)
-    return Accounts(SYNC_USER, ids[SYNC_USER], ids[ctx.cluster.airflow_user])
+    try:
+        airflow = pwd.getpwnam(ctx.cluster.airflow_user)
+    except KeyError:
+        where = f"{CLUSTER_FILE}: cluster.airflow_user"
+        raise UserError(f"{where} {ctx.cluster.airflow_user!r} does not exist here") from None
+    readable = (0, airflow.pw_gid)  # releases: root's, read by the airflow group
+    try:
+        fetcher = pwd.getpwnam(SYNC_USER)
+    except KeyError:  # a node set up before the sync account: its next `airflow-node init` makes it
+        return Accounts(ctx.cluster.airflow_user, (airflow.pw_uid, airflow.pw_gid), readable)
+    return Accounts(SYNC_USER, (fetcher.pw_uid, fetcher.pw_gid), readable)
 
 
 def effective_source(ctx: NodeContext) -> DagSourceSpec:
@@ -140,7 +141,9 @@ def sync_dags(
     started = time.monotonic()
     prepare_work_dirs(layout, accounts.mirror_owner)
     current = current_release(layout)
-    pending = layout.unpublished_marker.exists()
+    # a release of the airflow account's (before 0.4) is built anew, never from, and replaced
+    outdated = current is not None and not release_is_ours(current, accounts.release_owner)
+    pending = layout.unpublished_marker.exists() or outdated
     # the mirror may move ahead of the published tree from here on (a link there was removed above)
     os.close(os.open(layout.unpublished_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
     source = open_source(spec, transfer, layout.root)
@@ -157,14 +160,14 @@ def sync_dags(
     if current is not None and not pending and (fetched.unchanged or fetched.changes == ()):
         return unchanged()
     changes = fetched.changes if not pending else None
-    if current is not None and changes is None:
+    if current is not None and changes is None and not outdated:
         changes = local_changes(layout.mirror, current.path)
         if not changes:
             return unchanged()
     built = build_release(layout, current, changes, accounts.release_owner)
     details.append(f"built {built.revision[:12]}: {len(built.changed)} files copied, {built.deleted_files} deleted")
     seen.setdefault("source_revision", built.revision)
-    if current is not None and built.revision == current.revision:  # only times or modes moved
+    if current is not None and built.revision == current.revision and not outdated:  # only times or modes moved
         shutil.rmtree(built.path)
         return unchanged()
     try:

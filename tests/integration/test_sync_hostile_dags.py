@@ -6,7 +6,9 @@ import contextlib
 import json
 import os
 import stat
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,7 +171,7 @@ def test_setuid_setgid_and_sticky_bits_are_not_published_by_a_full_or_incrementa
     tree = Path(os.path.realpath(dags_folder(root)))
     assert special_modes(tree) == []
     assert stat.S_IMODE((tree / "first.py").lstat().st_mode) == 0o755
-    assert stat.S_IMODE((tree / "second_dir").lstat().st_mode) == 0o775
+    assert stat.S_IMODE((tree / "second_dir").lstat().st_mode) == 0o755  # no group write: root's alone
     assert full == incremental == []
 
 
@@ -189,3 +191,61 @@ def test_release_files_have_their_final_owner_and_mode_from_the_start(tmp_path):
         assert special_modes(tree) == []
         assert {(p.lstat().st_uid, p.lstat().st_gid) for p in [tree, *tree.rglob("*")]} == {NOBODY}
     assert full == incremental == []
+
+
+def test_a_release_of_the_airflow_accounts_is_rebuilt_never_built_through(node, tmp_path):
+    """Before 0.4 releases were the airflow account's: it could plant a directory link in the current
+    release, and root's next incremental build wrote or deleted through it. Now a release of another
+    account's is never built from: the next sync builds the whole tree anew and replaces it."""
+    root, source = node
+    sync_now(root)
+    current = Path(os.path.realpath(dags_folder(root)))
+    outside = tmp_path / "outside"  # stands in for /etc
+    outside.mkdir()
+    (outside / "dag_0.py").write_text("root's own file\n")
+    for part in [current, *current.rglob("*")]:  # the account's release, as before 0.4
+        os.chown(part, *NOBODY, follow_symlinks=False)
+    (current / "team0").rename(current / "team0.old")
+    (current / "team0").symlink_to(outside)  # what the account plants
+    (source / "team0/ld.so.preload").write_text("/tmp/evil.so\n")  # a change in that directory
+    (source / "team0/dag_0.py").unlink()  # and a deletion
+    result = sync_now(root)
+    assert result.dags.status == "published"
+    assert sorted(p.name for p in outside.iterdir()) == ["dag_0.py"]  # nothing written or deleted there
+    published = Path(os.path.realpath(dags_folder(root)))
+    assert (published / "team0").is_dir() and not (published / "team0").is_symlink()
+    assert (published / "team0/ld.so.preload").exists() and not (published / "team0/dag_0.py").exists()
+    assert {p.lstat().st_uid for p in [published, *published.rglob("*")]} == {os.geteuid()}
+
+
+def test_a_published_release_is_read_only_to_the_account_that_reads_it():
+    with tempfile.TemporaryDirectory(prefix="airflow-node-test-") as base:  # pytest's tmp_path is 0700
+        os.chmod(base, 0o755)
+        check_release_as_nobody(Path(base))
+
+
+def check_release_as_nobody(tmp_path: Path) -> None:
+    layout = DagLayout(tmp_path, tmp_path / "dags")
+    prepare_work_dirs(layout, None)
+    (layout.mirror / "team").mkdir()
+    (layout.mirror / "team/dag.py").write_text("X = 1\n")
+    os.chmod(layout.mirror / "team/dag.py", 0o600)  # an author's private file: still readable by the group
+    readable = (0, NOBODY[1])  # root's, read by the airflow group (nobody's here)
+    release = publish(layout, build_release(layout, None, None, readable), readable)
+    probe = (
+        "import os, sys\n"
+        "release = sys.argv[1]\n"
+        "print(open(release + '/team/dag.py').read().strip())\n"
+        "for attempt in (lambda: open(release + '/team/dag.py', 'a'), lambda: os.symlink('/etc', release + '/x'),\n"
+        "                lambda: os.rename(release + '/team', release + '/moved')):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "        print('allowed')\n"
+        "    except PermissionError:\n"
+        "        print('refused')\n"
+    )
+    as_nobody = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", probe, release.path], capture_output=True, text=True, user=NOBODY[0],
+        group=NOBODY[1], extra_groups=[], check=True, cwd="/",
+    )  # fmt: skip
+    assert as_nobody.stdout.split("\n")[:4] == ["X = 1", "refused", "refused", "refused"], as_nobody
