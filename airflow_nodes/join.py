@@ -27,7 +27,6 @@ import base64
 import binascii
 import calendar
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -207,18 +206,9 @@ class KeysFile:
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         lock = self.path.with_name(".airflow-node-keys.lock")
         with statefile.locked_fd(lock) as fd:
-            deadline = time.monotonic() + KEYS_LOCK_WAIT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise UserError(
-                            f"{lock}: another process has held this lock for {KEYS_LOCK_WAIT} seconds; nothing was "
-                            "changed (try again; `fuser` names the holder)"
-                        ) from None
-                    time.sleep(0.1)
+            if not statefile.flock_within(fd, KEYS_LOCK_WAIT):
+                raise UserError(f"{lock}: another process has held this lock for {KEYS_LOCK_WAIT} seconds; nothing "
+                                "was changed (try again; `fuser` names the holder)")  # fmt: skip
             yield
 
     def add_token(self, seed: bytes, expires: int) -> None:

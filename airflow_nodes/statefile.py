@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +80,20 @@ def read_text(path: Path, limit: int = LIMIT) -> str | None:
         return None if data is None else data.decode()
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
+
+
+def flock_within(fd: int, seconds: float) -> bool:
+    """Given a lock file's fd, take an exclusive flock, waiting up to `seconds` for its holder (another
+    process may hold it for ever). Return whether we hold it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from airflow_nodes.statefile import locked_fd
+from airflow_nodes.statefile import flock_within, locked_fd
 
 
 @contextlib.contextmanager
@@ -20,17 +18,10 @@ def sync_lock(path: Path, wait_seconds: float) -> Iterator[str | None]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked_fd(path) as fd:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    yield f"pid {holder}"
-                    return
-                time.sleep(0.1)
+        if not flock_within(fd, wait_seconds):
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            yield f"pid {holder}"
+            return
         os.ftruncate(fd, 0)  # ours now: a regular file in a root-owned directory, opened without links
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield None

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_hostile_input import one_line
 from test_init_cli import init_master
 
 import airflow_nodes.uninstall as uninstall_module
@@ -26,14 +27,6 @@ from conftest import make_cluster, snapshot, worker_args
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J"  # retitle the terminal, clear the screen
 FORGED = "\nOK: all fine"  # a second line that looks like ours
 ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIGb4t2FfMVv1rBq0lq1U0u2QjfQ8r2m1bG6jNw9w9m9X"
-
-
-def one_line(result, code: int = 2) -> str:
-    assert result.code == code, (result.code, result.out, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert "Traceback" not in result.err
-    return lines[0]
 
 
 def inert(text: str) -> bool:
