@@ -34,7 +34,7 @@ from airflow_nodes.schema import (
     in_range,
     load_toml,
 )
-from airflow_nodes.syncing.spec import check_source_apart, parse_dags_source
+from airflow_nodes.syncing.spec import PATH, check_source_apart, parse_dags_source
 from airflow_nodes.versions import AirflowVersion, check_version, parse_airflow_version
 
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_=-]{16,}$")
@@ -275,6 +275,11 @@ def check_served_cluster(served: ClusterConfig, local: ClusterConfig, where: str
         if theirs != ours:
             raise UserError(f"{where}: cluster.{key}: {theirs!r} is not this node's {ours!r}; a sync never "
                             "changes it: run `airflow-node init` here")  # fmt: skip
+    served_source = parse_dags_source(served.dags_source, f"{where}: dags.source")
+    if served.dags_source != local.dags_source and served_source.kind == PATH:
+        # a local path another account may turn into a link (to the sync key, say) is the operator's call
+        raise UserError(f"{where}: dags.source: a sync never points this node at a local path: run "
+                        "`airflow-node init` here")  # fmt: skip
     for key, name in (("db_url", "database.url"), ("result_backend", "database.result_backend")):
         if urls.libpq_files(getattr(served, key)) != urls.libpq_files(getattr(local, key)):
             raise UserError(f"{where}: {name}: a sync never changes the files root has libpq open for it "

@@ -105,8 +105,10 @@ def run(
     switch, user_env = _user_switch(user)
     inherited = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"} if clean_env else os.environ
     environment = {**inherited, **(env or {}), **user_env}
-    if user and cwd is None:  # the other account may not enter ours (root's home, say)
-        cwd = "/"
+    if user:
+        # no terminal of ours for the other account: its code could push keystrokes into it (TIOCSTI)
+        switch.update(start_new_session=True, stdin=None if input is not None else subprocess.DEVNULL)
+        cwd = cwd or "/"  # the other account may not enter ours (root's home, say)
     text = {} if binary else {"text": True, "errors": errors}
     try:
         result = subprocess.run(

@@ -152,18 +152,17 @@ def _is_real_dir(path: Path) -> bool:
 def prepare_work_dirs(layout: DagLayout, owner: tuple[int, int] | None) -> None:
     """Create the release directories; remove staging left by a run that died. owner: the account that
     fetches into the mirror (a mirror of another account's is removed, to be fetched anew)."""
-    for directory in (layout.base, layout.releases, layout.manifests, layout.mirror):
+    # each directory is made ours before anything below it is looked at: an older install left them to
+    # the airflow account, which could swap one for a link root would then prune or write through
+    for directory in (layout.base.parent, layout.base, layout.releases, layout.manifests, layout.mirror):
         directory.mkdir(parents=True, exist_ok=True)
         if not _is_real_dir(directory):  # a link planted there would send rsync --delete elsewhere
             raise UserError(f"{directory}: is a link or a file where sync keeps a directory; remove it")
+        if directory != layout.mirror:
+            _take_back(directory)
     for leftover in (layout.staging, layout.unpublished_marker):  # a link or a stray file: never followed
         if leftover.is_symlink() or (leftover == layout.staging and leftover.is_file()):
             leftover.unlink()
-    fd = os.open(layout.base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        os.fchmod(fd, 0o755)  # the airflow user walks through it to its releases
-    finally:
-        os.close(fd)
     if layout.staging.exists():
         shutil.rmtree(layout.staging)
     layout.staging.mkdir(mode=0o700)  # root's alone while it builds: nobody swaps a directory for a link
@@ -174,6 +173,18 @@ def prepare_work_dirs(layout: DagLayout, owner: tuple[int, int] | None) -> None:
         os.chown(layout.mirror, *owner, follow_symlinks=False)
     # the fetching account's alone: a setuid file it fetched is no way into that account for anyone
     os.chmod(layout.mirror, 0o700, follow_symlinks=False)
+
+
+def _take_back(directory: Path) -> None:
+    """Make a directory of ours ours alone (mode 0755: the airflow account walks through to its releases),
+    through a descriptor opened without following a link."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            os.fchown(fd, os.geteuid(), os.getegid())
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
 
 
 def local_changes(source: Path, current: Path) -> tuple[Change, ...]:

@@ -249,3 +249,17 @@ def check_release_as_nobody(tmp_path: Path) -> None:
         group=NOBODY[1], extra_groups=[], check=True, cwd="/",
     )  # fmt: skip
     assert as_nobody.stdout.split("\n")[:4] == ["X = 1", "refused", "refused", "refused"], as_nobody
+
+
+def test_release_directories_an_older_install_left_to_the_airflow_account_are_taken_back(tmp_path):
+    """Before 0.3 /var/lib/airflow-node was the airflow account's: it could own dags/ and swap releases/
+    for a link while a sync ran, and pruning would then delete wherever the link led."""
+    layout = DagLayout(tmp_path, tmp_path / "dags")
+    for directory in (layout.base, layout.releases, layout.manifests):
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chown(directory, *NOBODY)
+        os.chmod(directory, 0o775)
+    prepare_work_dirs(layout, None)
+    for directory in (layout.base.parent, layout.base, layout.releases, layout.manifests):
+        info = directory.lstat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (os.geteuid(), 0o755), directory

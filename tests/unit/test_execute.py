@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from airflow_nodes import execute
 from airflow_nodes.execute import failure_reason
 
 SSH_REFUSED = "ssh: connect to host 127.0.0.1 port 40555: Connection refused"
@@ -39,3 +42,11 @@ def test_a_killed_command_says_which_signal():
 
 def test_no_output_falls_back_to_the_exit_code():
     assert failure_reason(["false"], 3, "\n  \n") == "false failed (exit 3)"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to another account: needs root")
+def test_a_command_run_as_another_account_gets_no_terminal_or_input_of_ours():
+    """Its code could push keystrokes into root's terminal (TIOCSTI) if it shared root's session."""
+    probe = "import os, sys; print(os.getsid(0) == os.getpid(), sys.stdin.read() == '')"
+    result = execute.run(["/usr/bin/python3", "-I", "-c", probe], user="nobody")
+    assert result.stdout.split() == ["True", "True"]

@@ -135,8 +135,14 @@ def test_a_served_cluster_file_never_changes_the_account_or_the_home():
     ours = make_cluster("3.3", airflow_home="/opt/airflow")
     check_served_cluster(make_cluster("3.3", airflow_home="/opt/airflow", web_port=8081), ours, "served")
     key_url = "postgresql://a@10.20.0.1/airflow?sslmode=require&sslkey=/opt/airflow/dags/evil.key"
-    for changed in (dict(airflow_user="postgres"), dict(airflow_home="/opt/other"), dict(db_url=key_url)):
-        with pytest.raises(UserError, match="a sync never changes"):
+    hostile = (
+        dict(airflow_user="postgres"),
+        dict(airflow_home="/opt/other"),
+        dict(db_url=key_url),
+        dict(dags_source="/tmp/x"),
+    )  # a path a task could turn into a link to the sync key
+    for changed in hostile:
+        with pytest.raises(UserError, match="a sync never (changes|points)"):
             check_served_cluster(make_cluster("3.3", **{"airflow_home": "/opt/airflow", **changed}), ours, "served")
 
 
