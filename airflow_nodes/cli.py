@@ -308,6 +308,8 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
               help="Wait this long for a running sync, then skip (exit 0).")  # fmt: skip
 @click.option("--ssh-key", metavar="FILE", help="SSH private key [default: the airflow user's]; "
               "more options in $AIRFLOW_NODE_SSH_OPTS.")  # fmt: skip
+@click.option("--splay", type=Finite(0, 3600), default=0, metavar="SECONDS",
+              help="First wait this node's own fixed share of SECONDS (the cron line's spread).")  # fmt: skip
 @click.option("--dags-only", is_flag=True, help="Sync the DAGs, not the cluster file.")
 @click.option("--master-root", default="", hidden=True, help="Tests: the master's files live under this dir.")
 def sync(target: Target, quiet: bool, verbose: bool, show_status: bool, force: bool, max_delete_ratio: float,

@@ -24,6 +24,9 @@ MAX_DELETE_RATIO = 0.5  # share of the current DAG files one sync may delete
 VALIDATE = "warn"  # byte-compile changed .py files: off, warn or refuse
 KEEP_RELEASES = 5
 LOCK_WAIT = 10.0  # seconds to wait for a running sync before skipping
+# seconds over which the cron line spreads the nodes' syncs (each node waits its own fixed share of
+# it): every node's cron fires in the same second, and sshd turns away most of a herd past ten
+CRON_SPLAY = 60
 
 # upgrade
 BACKUP_DIR = "/var/backups/airflow-node"  # pg_dump of the metadata DB before a migration

@@ -63,9 +63,9 @@ def render_cron(ctx: NodeContext) -> str:
         "cron/airflow-node.j2",
         interval=ctx.cluster.sync_interval_minutes,
         # root, because a changed cluster file means re-rendering root-owned config and restarting
-        # daemons; sync itself runs its transfers (ssh, rsync, git) as the airflow user.
+        # daemons; sync itself runs its transfers (ssh, rsync, git) as the sync account.
         user="root",
-        sync_command=(ctx.node.airflow_node_bin, "sync", "--quiet"),
+        sync_command=(ctx.node.airflow_node_bin, "sync", "--quiet", "--splay", str(defaults.CRON_SPLAY)),
         # our own supervisord has no other way to start at boot
         boot_command=(ctx.node.airflow_node_bin, "start") if owns_supervisord(ctx.node) else None,
     )

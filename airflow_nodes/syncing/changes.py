@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 ITEMIZE_FORMAT = "--out-format=%i %n"
@@ -22,8 +24,19 @@ def parse_itemized(output: str) -> tuple[Change, ...]:
             continue
         if code == "*deleting":
             name = name.lstrip(" ")  # rsync pads "*deleting" to the width of an item code
-        path = name.rstrip("/")
+        path = unescape_name(name).rstrip("/")
         if path in ("", "."):
             continue
         changes.append(Change(path, deleted=code == "*deleting"))
     return tuple(changes)
+
+
+# rsync prints a byte it will not show (a control character, or any byte past ASCII in the C locale)
+# as \#ooo, and a backslash that would read as such an escape as \#134: every \#ooo is an escape
+_ESCAPED_BYTE = re.compile(rb"\\#([0-7]{3})")
+
+
+def unescape_name(name: str) -> str:
+    """Given a file name as rsync printed it (decoded with surrogateescape), return the name itself."""
+    raw = _ESCAPED_BYTE.sub(lambda match: bytes([int(match[1], 8)]), os.fsencode(name))
+    return os.fsdecode(raw)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
+import re
 import shlex
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -13,6 +16,12 @@ from airflow_nodes.execute import CommandError, Completed
 
 SSH_OPTS_ENV = "AIRFLOW_NODE_SSH_OPTS"  # extra ssh options, e.g. "-i /path/key -o StrictHostKeyChecking=no"
 TRANSFER_TIMEOUT = 1800  # seconds; a stuck transfer must not hold the lock for ever
+# what ssh says when sshd turned the connection away before authentication: MaxStartups (10:30:100 by
+# default) drops unauthenticated connections at random past ten at once, as when many workers sync together
+DROPPED = re.compile(r"kex_exchange_identification|Connection closed by|Connection reset by peer|Not allowed at this")
+# seconds before each new try, each taken at random between half and one and a half times it: the
+# workers sshd turned away come back spread out, not as the same herd
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -34,14 +43,21 @@ class TransferRunner:
         return argv + list(self.ssh_extra)
 
     def run(self, argv: Sequence[str], what: str, ok_codes: tuple[int, ...] = (0,)) -> Completed:
-        """Run argv (as the transfer user); return its result, output as bytes. Raise OperationError."""
-        try:
-            return execute.run(
-                argv, what=what, timeout=TRANSFER_TIMEOUT, user=self.user, env={**self.env, "LC_ALL": "C"},
-                binary=True, ok_codes=ok_codes,
-            )  # fmt: skip
-        except CommandError as exc:
-            raise OperationError(f"{exc}; the published DAGs are unchanged") from None
+        """Run argv (as the transfer user); return its result, output as bytes. A connection sshd turned
+        away is tried again after a growing, random delay (RETRY_DELAYS). Raise OperationError."""
+        for tries, delay in enumerate((*RETRY_DELAYS, None), 1):
+            try:
+                return execute.run(
+                    argv, what=what, timeout=TRANSFER_TIMEOUT, user=self.user, env={**self.env, "LC_ALL": "C"},
+                    binary=True, ok_codes=ok_codes,
+                )  # fmt: skip
+            except CommandError as exc:
+                dropped = bool(DROPPED.search(exc.reason))
+                if delay is None or not dropped:
+                    after = f" ({tries} tries)" if dropped else ""
+                    raise OperationError(f"{exc}{after}; the published DAGs are unchanged") from None
+                time.sleep(delay * random.uniform(0.5, 1.5))
+        raise AssertionError("the last try raises")
 
 
 def ssh_extra_from_env(environ: dict[str, str] | None = None) -> tuple[str, ...]:

@@ -175,6 +175,24 @@ def prepare_work_dirs(layout: DagLayout, owner: tuple[int, int] | None) -> None:
     os.chmod(layout.mirror, 0o700, follow_symlinks=False)
 
 
+def unpublished(mirror: Path, built: BuiltRelease) -> tuple[list[str], list[str]]:
+    """Given the mirror and the release built from it, return (the files and directories it lacks, the
+    special files it lacks): what the source holds must be published, or said aloud (a FIFO or device
+    is no DAG file; a symlink out of the tree is reported by the build)."""
+    lost: list[str] = []
+    special: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(mirror):
+        if dirpath == str(mirror) and ".git" in dirnames:
+            dirnames.remove(".git")  # a git source's own, never published
+        for name in dirnames + filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), mirror)
+            if rel in built.manifest or rel in built.skipped_links:
+                continue
+            kind = os.lstat(os.path.join(dirpath, name)).st_mode
+            (lost if stat.S_ISDIR(kind) or stat.S_ISREG(kind) or stat.S_ISLNK(kind) else special).append(rel)
+    return lost, special
+
+
 def _take_back(directory: Path) -> None:
     """Make a directory of ours ours alone (mode 0755: the airflow account walks through to its releases),
     through a descriptor opened without following a link."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pwd
 import shutil
@@ -35,6 +36,7 @@ from airflow_nodes.syncing.releases import (
     prune_releases,
     publish,
     release_is_ours,
+    unpublished,
 )
 from airflow_nodes.syncing.source import open_source
 from airflow_nodes.syncing.spec import PATH, SSH, DagSourceSpec, parse_dags_source
@@ -55,6 +57,14 @@ class SyncRequest:
     ssh_extra: tuple[str, ...] = ()  # from $AIRFLOW_NODE_SSH_OPTS
     dags_only: bool = False
     master_root: str = ""  # tests: the master's files live under this directory
+    splay: float = 0.0  # seconds: wait this node's own share of them first (splay_of)
+
+
+def splay_of(node_name: str, splay: float) -> float:
+    """Given a node's name and a splay, return how long that node waits: a fixed share of the splay,
+    the same on every run (like systemd's FixedRandomDelay), different from node to node."""
+    share = int.from_bytes(hashlib.sha256(node_name.encode()).digest()[:8], "big") / 2**64
+    return share * splay
 
 
 @dataclass(frozen=True)
@@ -170,13 +180,19 @@ def sync_dags(
     if current is not None and built.revision == current.revision and not outdated:  # only times or modes moved
         shutil.rmtree(built.path)
         return unchanged()
+    lost, special = unpublished(layout.mirror, built)
+    if lost:  # never a file the source has and Airflow silently lacks
+        shutil.rmtree(built.path, ignore_errors=True)
+        raise OperationError(f"{printable(lost[0])}: in the DAG source but not in the new release "
+                             f"({len(lost)} such); the published DAGs are unchanged")  # fmt: skip
     try:
         check_guards(built, current, request.guards, spec.describe())
         warnings = check_python(built, request.guards.validate)
     except BaseException:
         shutil.rmtree(built.path, ignore_errors=True)
         raise
-    warnings = [*warnings, *(f"not published: symlink {p} points outside the tree" for p in built.skipped_links)]
+    warnings = [*warnings, *(f"not published: symlink {p} points outside the tree" for p in built.skipped_links),
+                *(f"not published: {p} is not a file, directory or link" for p in special)]  # fmt: skip
     release = publish(layout, built, accounts.release_owner)
     layout.unpublished_marker.unlink()
     removed = prune_releases(layout, request.keep_releases)
@@ -196,6 +212,7 @@ def sync(request: SyncRequest) -> SyncResult:
     started = time.monotonic()
     target = request.target
     ctx = load_context(target)
+    time.sleep(splay_of(ctx.node.node_name, request.splay))
     layout = DagLayout(target.root, target.path(ctx.dags_folder))
     check_dags_folder(layout)
     spec = effective_source(ctx)

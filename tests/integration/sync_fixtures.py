@@ -102,7 +102,7 @@ def free_port() -> int:
 class Sshd:
     """A real sshd on a loopback port, with its own host key and one authorized client key (root)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, extra_config: str = ""):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = free_port()
@@ -117,7 +117,7 @@ class Sshd:
         config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\nPidFile {directory}/sshd.pid\n"
             f"AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-            "PermitRootLogin prohibit-password\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\nKbdInteractiveAuthentication no\n" + extra_config
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
         self.log = open(directory / "sshd.log", "wb")  # noqa: SIM115 - closed in stop()

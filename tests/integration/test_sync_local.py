@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,8 +23,12 @@ from sync_fixtures import (
     write_revision,
 )
 
+from airflow_nodes.context import load_context
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.syncing.lock import sync_lock
+from airflow_nodes.syncing.releases import DagLayout, build_release, unpublished
+from airflow_nodes.syncing.run import splay_of
+from airflow_nodes.target import Target
 
 pytestmark = pytest.mark.integration
 STATE_KEYS = {"dag_revision", "source_revision", "config_hash", "cluster_file_hash", "last_success",
@@ -279,3 +284,45 @@ def test_a_reader_never_sees_a_mixed_or_partial_tree_during_many_syncs(node):
         thread.join(30)
     assert not problems, problems[:5]
     assert len(seen) > 3, f"the reader saw only {sorted(seen)}"
+
+
+# any byte but / and NUL may be in a file name: rsync lists such names escaped (\#ooo)
+ODD_NAMES = ["données.py", "new\nline.py", "tab\tname.py", "back\\#101slash.py", os.fsdecode(b"latin1-\xe9.py")]
+
+
+def test_every_file_name_is_published_by_a_later_sync_too(node):
+    root, source = node
+    sync_now(root)  # the first release copies the whole mirror; later ones follow rsync's change list
+    for index, name in enumerate(ODD_NAMES):
+        (source / "team0" / name).write_text(f"N = {index}\n")
+    result = sync_now(root)
+    published = dags_folder(root).resolve() / "team0"
+    for index, name in enumerate(ODD_NAMES):
+        assert (published / name).read_text() == f"N = {index}\n", name
+    (source / "team0" / ODD_NAMES[0]).unlink()  # and a deletion of one is published too
+    sync_now(root)
+    assert not (dags_folder(root).resolve() / "team0" / ODD_NAMES[0]).exists()
+    assert result.dags.changed_files == len(ODD_NAMES)
+
+
+def test_what_the_release_lacks_is_said_aloud_never_dropped(node, tmp_path):
+    root, source = node
+    os.mkfifo(source / "team0" / "pipe.py")  # no DAG file: reported, not published
+    result = sync_now(root)
+    assert "not published: team0/pipe.py is not a file, directory or link" in result.dags.warnings
+    layout = DagLayout(root, dags_folder(root))
+    built = build_release(layout, None, None, None)
+    partial = dataclasses.replace(built, manifest={k: v for k, v in built.manifest.items() if k != "REVISION"})
+    assert unpublished(layout.mirror, partial) == (["REVISION"], ["team0/pipe.py"])
+
+
+def test_a_splayed_sync_first_waits_this_nodes_own_fixed_share(node):
+    root, _ = node
+    name = load_context(Target.at(root)).node.node_name
+    wait = splay_of(name, 2.0)
+    assert 0 <= wait < 2.0 and splay_of(name, 2.0) == wait  # the same share on every run
+    started = time.monotonic()
+    sync_now(root, splay=2.0)
+    assert time.monotonic() - started >= wait
+    # a hundred workers whose cron fires in the same second start spread over the minute
+    assert len({int(splay_of(f"worker{i}", 60) // 6) for i in range(100)}) == 10

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,20 @@ def test_a_changed_cluster_file_rerenders_and_restarts_only_what_changed(tmp_pat
             assert supervisor.pid(PROGRAM) == second
     finally:
         supervisor.stop()
+
+
+def test_a_sync_sshd_turned_away_tries_again_and_publishes(tmp_path, run_cli):
+    """sshd drops unauthenticated connections past MaxStartups (10 at once by default, 1 here): a worker
+    of a herd tries again after a random, growing delay instead of failing until its next period."""
+    server = Sshd(tmp_path / "sshd", extra_config="MaxStartups 1\n")
+    try:
+        source = tmp_path / "master-dags"
+        write_revision(source, 1)
+        root = render_node(tmp_path, run_cli, server.source(source))
+        held = socket.create_connection(("127.0.0.1", server.port))  # another worker, still authenticating
+        assert held.recv(64).startswith(b"SSH-")  # sshd counts it now: the next connection is dropped
+        threading.Timer(1.0, held.close).start()
+        assert over_ssh(server, root).status == "published" and published_revision(root) == 1
+        assert b"MaxStartups" in (tmp_path / "sshd" / "sshd.log").read_bytes()  # it was turned away first
+    finally:
+        server.stop()
