@@ -18,7 +18,7 @@ SSH_OPTS_ENV = "AIRFLOW_NODE_SSH_OPTS"  # extra ssh options, e.g. "-i /path/key 
 TRANSFER_TIMEOUT = 1800  # seconds; a stuck transfer must not hold the lock for ever
 # what ssh says when sshd turned the connection away before authentication: MaxStartups (10:30:100 by
 # default) drops unauthenticated connections at random past ten at once, as when many workers sync together
-DROPPED = re.compile(r"kex_exchange_identification|Connection closed by|Connection reset by peer|Not allowed at this")
+DROPPED = re.compile(r"kex_exchange_identification|Connection (closed|reset) by|Not allowed at this time")
 # seconds before each new try, each taken at random between half and one and a half times it: the
 # workers sshd turned away come back spread out, not as the same herd
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
