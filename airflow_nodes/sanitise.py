@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 
 # C0 and C1 controls and DEL; Unicode line and paragraph separators; bidi marks, embeddings, overrides
-# and isolates
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# and isolates; lone surrogates (a file name's byte that is not UTF-8, as Python reads it), which no
+# terminal could be sent
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _UNSAFE_BUT_LINES = re.compile("(?![\n\t])" + _UNSAFE.pattern)
 
 

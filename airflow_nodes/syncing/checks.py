@@ -70,12 +70,6 @@ for path in sys.stdin.buffer.read().split(b"\\0"):
 """
 
 
-def _shown(text: str) -> str:
-    """Given a problem (a file name from the tree, a compiler message), return it as one printable line
-    (sanitise.one_line), an undecodable byte of a file name (a lone surrogate) shown as \\udcff."""
-    return one_line(text.encode("utf-8", "backslashreplace").decode())
-
-
 def _compile_files(directory: Path, paths: list[str]) -> tuple[list[tuple[int | None, str] | None], str]:
     """Compile paths (relative to directory) in one limited child process. Return a result per file it
     finished (None: it compiles; else (line, message)) and, if it stopped before the last, why.
@@ -92,7 +86,7 @@ def _compile_files(directory: Path, paths: list[str]) -> tuple[list[tuple[int | 
     if child.returncode < 0:
         return results, f"the compiler died on it ({signal.strsignal(-child.returncode) or -child.returncode})"
     last = (child.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-    raise OperationError(f"{sys.executable}: cannot compile DAG files: {_shown(last)}")
+    raise OperationError(f"{sys.executable}: cannot compile DAG files: {one_line(last)}")
 
 
 def invalid_python_files(built: BuiltRelease) -> list[str]:
@@ -105,10 +99,10 @@ def invalid_python_files(built: BuiltRelease) -> list[str]:
         for relative, result in zip(paths, results, strict=False):  # results stop where the child did
             if result is not None:
                 line, message = result
-                problems.append(_shown(f"{relative}:{line or '?'}: {message}"))
+                problems.append(one_line(f"{relative}:{line or '?'}: {message}"))
         if not stopped:
             break
-        problems.append(_shown(f"{paths[len(results)]}:?: {stopped}"))
+        problems.append(one_line(f"{paths[len(results)]}:?: {stopped}"))
         paths = paths[len(results) + 1 :]
     return problems
 

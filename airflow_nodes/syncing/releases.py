@@ -240,11 +240,11 @@ def _release_mode(mode: int, directory: bool = False) -> int:
     return (mode & 0o755) | (0o050 if directory else 0o040)
 
 
-def release_is_ours(release: DagRelease, owner: tuple[int, int] | None) -> bool:
-    """Whether a release is one we built as releases are now (its owner root, or `owner`): one from
-    before 0.4 belongs to the airflow account, which may have changed it, so nothing is built from it."""
+def release_is_ours(release: Path, owner: tuple[int, int] | None) -> bool:
+    """Whether a release directory is one we built as releases are now (its owner root, or `owner`): one
+    from before 0.4 belongs to the airflow account, which may have changed it, so nothing is built from it."""
     try:
-        return release.path.lstat().st_uid == (owner[0] if owner else os.geteuid())
+        return release.lstat().st_uid == (owner[0] if owner else os.geteuid())
     except OSError:
         return False
 
@@ -311,7 +311,7 @@ def build_release(
     change list, the whole mirror is copied.
     """
     staging = _new_staging_dir(layout)
-    if current is None or changes is None or not release_is_ours(current, owner):
+    if current is None or changes is None or not release_is_ours(current.path, owner):
         return _build_full(layout, staging, current, owner)
     execute.run(["cp", "-al", "--", current.path, staging], what="linking the current release")
     manifest = dict(current.manifest)
@@ -407,7 +407,7 @@ def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | Non
     if final.is_symlink() or (final.exists() and not _is_real_dir(final)):
         final.unlink()  # not a release we made: rebuilt below
     outdated = None
-    if _is_real_dir(final) and not release_is_ours(DagRelease(built.revision, final, {}), owner):
+    if _is_real_dir(final) and not release_is_ours(final, owner):
         outdated = final.with_name(f".{final.name}.outdated-{os.getpid()}")  # the airflow account's: replaced
         os.rename(final, outdated)
     if _is_real_dir(final):

@@ -152,7 +152,7 @@ def sync_dags(
     prepare_work_dirs(layout, accounts.mirror_owner)
     current = current_release(layout)
     # a release of the airflow account's (before 0.4) is built anew, never from, and replaced
-    outdated = current is not None and not release_is_ours(current, accounts.release_owner)
+    outdated = current is not None and not release_is_ours(current.path, accounts.release_owner)
     pending = layout.unpublished_marker.exists() or outdated
     # the mirror may move ahead of the published tree from here on (a link there was removed above)
     os.close(os.open(layout.unpublished_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
