@@ -310,6 +310,11 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
               "more options in $AIRFLOW_NODE_SSH_OPTS.")  # fmt: skip
 @click.option("--splay", type=Finite(0, 3600), default=0, metavar="SECONDS",
               help="First wait this node's own fixed share of SECONDS (the cron line's spread).")  # fmt: skip
+@click.option("--keep-days", type=Finite(0, 3650), default=defaults.RELEASE_KEEP_DAYS, show_default=True,
+              metavar="DAYS", help="Keep replaced DAG releases this long as well (runs pinned to them).")  # fmt: skip
+@click.option("--worker-wait", type=Finite(0, 3600), default=defaults.WORKER_WAIT, show_default=True,
+              metavar="SEC", help="Airflow 2, the master: wait this long for every live worker to hold a new "
+              "release before the master's Airflow sees it.")  # fmt: skip
 @click.option("--dags-only", is_flag=True, help="Sync the DAGs, not the cluster file.")
 @click.option("--master-root", default="", hidden=True, help="Tests: the master's files live under this dir.")
 def sync(target: Target, quiet: bool, verbose: bool, show_status: bool, force: bool, max_delete_ratio: float,
@@ -344,6 +349,20 @@ class _CheckCommand(click.Command):
         except click.UsageError as exc:
             error(f"{ctx.command_path}: {exc.format_message()}")
             sys.exit(HEALTH_UNKNOWN)
+
+
+@cli.command()
+@root_option
+@click.option("--poll", type=Finite(0.1, 3600), default=defaults.FOLLOW_POLL, show_default=True, metavar="SEC",
+              help="Seconds between looks at the broker's doorbell and at the releases tasks asked for.")  # fmt: skip
+@click.option("--splay", type=Finite(0, 3600), default=defaults.FOLLOW_SPLAY, show_default=True, metavar="SEC",
+              help="Spread the workers' fetches of a new release over this many seconds.")  # fmt: skip
+@click.option("--passes", type=click.IntRange(1, 10**6), default=None, help="Look this many times, then exit.")
+def follow(target: Target, poll: float, splay: float, passes: int | None) -> None:
+    """Fetch each new DAG release within seconds, and the release a task asks for (the worker's daemon)."""
+    from airflow_nodes.syncing.follow import follow as run_follow
+
+    run_follow(target, poll, splay, passes)
 
 
 @cli.command(cls=_CheckCommand)

@@ -29,7 +29,7 @@ class NodeContext:
     def daemons(self) -> tuple[Daemon, ...]:
         if self.node.role == "master":
             return self.line.master_daemons
-        return (self.line.worker_daemon(self.node.concurrency, self.node.queue_list, self.node.celery_name),)
+        return self.line.worker_daemons(self.node.concurrency, self.node.queue_list, self.node.celery_name)
 
     @property
     def airflow_home(self) -> str:
@@ -68,8 +68,12 @@ class NodeContext:
     def hostname_module(self) -> str:
         return f"{self.airflow_home}/config/airflow_node_hostname.py"
 
+    @property
+    def bundle_module(self) -> str:
+        return f"{self.airflow_home}/config/airflow_node_bundle.py"
+
     def argv(self, daemon: Daemon) -> tuple[str, ...]:
-        return (self.node.airflow_bin, *daemon.args)
+        return (self.node.airflow_node_bin if daemon.ours else self.node.airflow_bin, *daemon.args)
 
 
 def load_context(target: Target) -> NodeContext:

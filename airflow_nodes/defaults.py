@@ -23,6 +23,18 @@ SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
 MAX_DELETE_RATIO = 0.5  # share of the current DAG files one sync may delete
 VALIDATE = "warn"  # byte-compile changed .py files: off, warn or refuse
 KEEP_RELEASES = 5
+# days a replaced release stays as well (Airflow 3: a run cleared later still runs the DAG version it was
+# created with; older than this, its tasks fail at start, saying so)
+RELEASE_KEEP_DAYS = 7.0
+# Airflow 2, the master: seconds a new release waits for every live worker to hold it before the master's
+# own Airflow sees it (a worker's follower fetches it within seconds)
+WORKER_WAIT = 120.0
+# the follower (`airflow-node follow`, on workers): seconds between its looks at the broker's doorbell and
+# at the releases tasks asked for, and over which the workers spread their fetches of a new release
+FOLLOW_POLL = 2.0
+FOLLOW_SPLAY = 10.0
+# seconds a task waits for the release it was created with to be fetched (Airflow 3)
+RELEASE_FETCH_WAIT = 120
 LOCK_WAIT = 10.0  # seconds to wait for a running sync before skipping
 # seconds over which the cron line spreads the nodes' syncs (each node waits its own fixed share of
 # it): every node's cron fires in the same second, and sshd turns away most of a herd past ten

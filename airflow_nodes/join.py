@@ -8,8 +8,9 @@ The design (kubeadm's and k3s's, on sshd instead of a new network service):
 - The worker checks the master's host key against the fingerprint before it sends anything (no trust
   on first use), then enrolls a key of its own and receives the cluster file in the same exchange.
 - Every enrolled worker key is `restrict`ed to `airflow-node ssh-gate worker NAME`, which allows
-  exactly three requests: the cluster file, a read-only rsync of the DAG tree (through rsync's own
-  `rrsync -ro`), and `leave` (its key removed). No shell, no forwarding, no writes.
+  exactly these requests: the cluster file, the revision of the master's offered DAG release, a
+  read-only rsync of the DAG tree or of one release (through rsync's own `rrsync -ro`), and `leave`
+  (its key removed). No shell, no forwarding, no writes.
 - A worker key carries `from="ADDRESS"`, the address it enrolled from (sshd's SSH_CONNECTION, not
   what the worker says): a stolen key is no use from elsewhere. It has no expiry-time: a thief
   holding it could renew it as well as the worker, and a worker cut off while the master is down
@@ -43,7 +44,7 @@ from pathlib import Path
 from airflow_nodes import execute, statefile
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import CLUSTER_FILE, DAGS_AUTHORING_DIR
+from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, DAGS_AUTHORING_DIR
 from airflow_nodes.schema import check_host
 
 TOKEN_PREFIX = "afn1-"
@@ -351,7 +352,11 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
         if words == ["leave"]:
             keys.revoke_worker(args[1])
             return b"left\n"
-        if words[:3] == ["rsync", "--server", "--sender"] and words[-1].rstrip("/") == served_dags_dir(cluster_file):
+        if words == ["release"]:  # the cheap no-change check: one small answer, no walk of the tree
+            from airflow_nodes.syncing.releases import read_offered
+
+            return f"{read_offered(root / DAG_RELEASES_DIR.lstrip('/') / 'offered')}\n".encode()
+        if words[:3] == ["rsync", "--server", "--sender"] and served(words[-1].rstrip("/"), cluster_file):
             # rrsync checks every option; it roots the transfer at the DAG tree and refuses writes
             os.environ["SSH_ORIGINAL_COMMAND"] = shlex.join([*words[:-1], "./"])
             rrsync = shutil.which("rrsync")
@@ -388,6 +393,11 @@ def _read_join_request(stdin) -> bytes:
             return data
         data += chunk
     raise UserError(f"ssh-gate: a join request is at most {JOIN_REQUEST_LIMIT} bytes")
+
+
+def served(path: str, cluster_file: Path) -> bool:
+    """Whether the gate serves `path` to a worker: the DAG source, or one release by its name."""
+    return path == served_dags_dir(cluster_file) or bool(re.fullmatch(rf"{DAG_RELEASES_DIR}/releases/[0-9a-f]{{16}}", path))
 
 
 def served_dags_dir(cluster_file: Path) -> str:

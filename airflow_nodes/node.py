@@ -194,3 +194,7 @@ def validate_node(settings: NodeSettings, where: str) -> NodeSettings:
 SYNC_STATE_FILE = f"{STATE_DIR}/sync-state.json"
 SYNC_LOCK_FILE = f"{STATE_DIR}/sync.lock"
 DAG_RELEASES_DIR = f"{STATE_DIR}/dags"  # releases/<revision>/, the fetched mirror, manifests
+# Airflow 3, a worker: a task names the DAG release it needs here (an empty file; the airflow group may
+# create entries, not list them), and the follower fetches it
+RELEASE_REQUESTS_DIR = f"{STATE_DIR}/release-requests"
+RELEASE_FAILURES_DIR = f"{STATE_DIR}/release-failures"  # <name>: why that release could not be fetched

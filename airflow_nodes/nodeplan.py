@@ -20,11 +20,14 @@ from airflow_nodes.node import (
     CLUSTER_FILE,
     CONFIG_DIR,
     CRON_FILE,
+    DAG_RELEASES_DIR,
     DAGS_AUTHORING_DIR,
     KNOWN_HOSTS_FILE,
     NODE_FILE,
     OWN_SUPERVISOR_SOCKET,
     OWN_SUPERVISORD_CONF,
+    RELEASE_FAILURES_DIR,
+    RELEASE_REQUESTS_DIR,
     SSH_DIR,
     SSH_KEY_FILE,
     STATE_DIR,
@@ -49,9 +52,25 @@ def render_airflow_cfg(ctx: NodeContext) -> str:
         dags_folder=ctx.dags_folder,
         task_log_folder=f"{ctx.airflow_home}/logs",
         dag_refresh_interval=defaults.DAG_REFRESH_INTERVAL,
+        dag_bundles=dag_bundles(ctx),
         web_url=c.web_url,
         execution_api_url=f"{c.web_url}/execution/",
     )
+
+
+def dag_bundles(ctx: NodeContext) -> list[dict]:
+    """[dag_processor] dag_bundle_config_list: the DAG folder (Airflow's default bundle name, so existing
+    DAGs keep theirs) as our versioned bundle over the releases."""
+    kwargs = {
+        "current": ctx.dags_folder,
+        "releases": f"{DAG_RELEASES_DIR}/releases",
+        "requests": RELEASE_REQUESTS_DIR,
+        "failures": RELEASE_FAILURES_DIR,
+        "wait": defaults.RELEASE_FETCH_WAIT,
+        # a look costs one readlink: a published release reaches the dag-processor within seconds
+        "refresh_interval": 5,
+    }
+    return [{"name": "dags-folder", "classpath": "airflow_node_bundle.ReleaseDagBundle", "kwargs": kwargs}]
 
 
 def render_env_file(ctx: NodeContext) -> str:
@@ -123,6 +142,8 @@ def build_node_plan(
         PlannedDir(ctx.dags_folder, 0o750, user, user),
         PlannedDir(ctx.log_dir, 0o750),
     ]
+    if node.role == "worker" and ctx.line.versioned_dags:  # where tasks ask the follower for a DAG version
+        dirs += [PlannedDir(RELEASE_REQUESTS_DIR, 0o1730, "root", user), PlannedDir(RELEASE_FAILURES_DIR, 0o755)]
     if node.role == "master" and dags_source_is_local_to_master(cluster):
         dirs += [PlannedDir("/srv/airflow", 0o755), PlannedDir(DAGS_AUTHORING_DIR, 0o755, user, user)]
 
@@ -132,6 +153,8 @@ def build_node_plan(
         PlannedFile(ctx.env_file, render_env_file(ctx).encode(), 0o644),
         PlannedFile(ctx.airflow_cfg, render_airflow_cfg(ctx).encode(), 0o640, "root", user, secret=True),
         PlannedFile(ctx.hostname_module, render("config/airflow_node_hostname.py.j2").encode(), 0o644),
+        *([PlannedFile(ctx.bundle_module, render("config/airflow_node_bundle.py.j2").encode(), 0o644)]
+          if ctx.line.versioned_dags else []),
         *manager.plan_files(ctx),
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]

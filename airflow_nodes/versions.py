@@ -29,6 +29,7 @@ class Daemon:
     needs_migrated_db: bool = False  # ordered after the migrate step
     graceful_stop: bool = False  # SIGTERM to the main process only, long stop timeout
     runs_tasks: bool = False  # DAG code runs inside it (the Celery worker)
+    ours: bool = False  # airflow-node's own daemon (args after airflow-node), run as root
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class AirflowLine:
     health_path: str
     has_dag_processor: bool  # a separate dag-processor daemon on the master
     has_execution_api: bool  # workers talk HTTP to the master (Airflow 3)
+    versioned_dags: bool  # DAG bundles: each run records the DAG version it was created with (Airflow 3)
     execution_health_path: str = ""  # the execution API's health route on the web port (Airflow 3)
 
     @property
@@ -64,6 +66,9 @@ class AirflowLine:
         ]
         return tuple(daemons)
 
+    def worker_daemons(self, concurrency: int, queues: tuple[str, ...], celery_name: str) -> tuple[Daemon, ...]:
+        return (self.worker_daemon(concurrency, queues, celery_name), FOLLOWER)
+
     def worker_daemon(self, concurrency: int, queues: tuple[str, ...], celery_name: str) -> Daemon:
         args = ["celery", "worker", "-c", str(concurrency), "-H", celery_name]
         if queues:
@@ -79,6 +84,9 @@ class AirflowLine:
         )
 
 
+# a worker's DAG follower: new releases within seconds, and the release a task asks for (syncing/follow.py)
+FOLLOWER = Daemon("dag-follower", "airflow-node DAG follower", ("follow",), ours=True)
+
 AIRFLOW_2 = AirflowLine(
     major=2,
     web_section="webserver",
@@ -87,6 +95,7 @@ AIRFLOW_2 = AirflowLine(
     health_path="/health",
     has_dag_processor=False,
     has_execution_api=False,
+    versioned_dags=False,
 )
 
 AIRFLOW_3 = AirflowLine(
@@ -97,6 +106,7 @@ AIRFLOW_3 = AirflowLine(
     health_path="/api/v2/monitor/health",
     has_dag_processor=True,
     has_execution_api=True,
+    versioned_dags=True,
     execution_health_path="/execution/health",
 )
 

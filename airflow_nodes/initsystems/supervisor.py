@@ -23,6 +23,7 @@ class Program:
     startretries: int
     stopwaitsecs: int
     log_file: str
+    ours: bool = False  # airflow-node's own daemon, run as root
 
 
 def program_name(daemon: Daemon) -> str:
@@ -41,6 +42,7 @@ def _program(ctx: NodeContext, daemon: Daemon) -> Program:
         startretries=30 if daemon.needs_migrated_db else 10,
         stopwaitsecs=ctx.node.stop_timeout if daemon.graceful_stop else 60,
         log_file=f"{ctx.log_dir}/{program_name(daemon)}.log",
+        ours=daemon.ours,
     )
 
 

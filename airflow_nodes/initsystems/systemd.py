@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from airflow_nodes.context import NodeContext
-from airflow_nodes.node import SYSTEMD_DIR, NodeSettings
+from airflow_nodes.node import RELEASE_REQUESTS_DIR, SYSTEMD_DIR, NodeSettings
 from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
 from airflow_nodes.versions import Daemon
@@ -19,6 +19,11 @@ def target_name(ctx: NodeContext) -> str:
 
 def unit_path(name: str) -> str:
     return f"{SYSTEMD_DIR}/{name}"
+
+
+def task_requests(ctx: NodeContext, daemon: Daemon) -> list[str]:
+    """Where a task asks the follower for its DAG version: writable under the sandbox of the daemon that runs tasks."""
+    return [RELEASE_REQUESTS_DIR] if daemon.runs_tasks and ctx.line.versioned_dags else []
 
 
 def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
@@ -38,7 +43,7 @@ def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
         exec_start=ctx.argv(daemon),
         stop_timeout=ctx.node.stop_timeout,
         # "-" prefix: a path that does not exist yet must not stop the unit from starting
-        writable_paths=[f"-{path}" for path in (ctx.airflow_home, *ctx.node.writable_path_list)],
+        writable_paths=[f"-{path}" for path in (ctx.airflow_home, *task_requests(ctx, daemon), *ctx.node.writable_path_list)],
     )
 
 

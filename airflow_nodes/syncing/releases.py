@@ -7,10 +7,13 @@ Layout, under /var/lib/airflow-node/dags (re-rooted under --root):
                         from what changed only
   staging/              a release being built; removed if a run dies
   mirror.unpublished    present while the mirror holds something not yet published (or refused)
+  offered               on the master: the revision workers are to hold (its newest release)
 
 {airflow_home}/dags (Airflow's dags_folder, never changed in airflow.cfg) is a symlink to
 releases/<revision>. Readers that resolve it once per pass (realpath, then walk) see one complete
-revision; a release stays on disk for `keep` more publishes.
+revision. A release is also a DAG version (Airflow 3's bundle version is its directory name): it
+stays on disk while it is among the `keep` newest or younger than `keep_days`, as runs created with
+it may still need it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -33,6 +37,8 @@ from airflow_nodes.node import DAG_RELEASES_DIR, under_root
 from airflow_nodes.syncing.changes import ITEMIZE_FORMAT, Change, parse_itemized
 
 FILE, LINK, DIR = "f", "l", "d"
+RELEASE_NAME = re.compile(r"[0-9a-f]{16}")  # a release directory: the first 16 hex digits of its revision
+REVISION = re.compile(r"[0-9a-f]{64}")
 Manifest = dict[str, tuple[str, str]]  # relative path -> (kind, sha256 of content or link target)
 
 
@@ -66,6 +72,10 @@ class DagLayout:
     @property
     def unpublished_marker(self) -> Path:
         return self.base / "mirror.unpublished"
+
+    @property
+    def offered_file(self) -> Path:
+        return self.base / "offered"
 
     def release_dir(self, revision: str) -> Path:
         return self.releases / revision[:16]
@@ -398,8 +408,9 @@ def _build_full(
     return BuiltRelease(tree_revision(manifest), staging, manifest, changed, deleted, tuple(skipped))
 
 
-def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | None) -> DagRelease:
-    """Move a built tree to releases/ and flip the DAG folder symlink to it with one rename. Return it.
+def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | None, flip: bool = True) -> DagRelease:
+    """Move a built tree to releases/ and (if flip) flip the DAG folder symlink to it with one rename.
+    Return it.
 
     A revision already on disk (say, a revert) is re-used as it is: releases are never modified.
     """
@@ -418,7 +429,8 @@ def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | Non
     os.utime(final)  # publish order, for pruning
     entries = {path: list(entry) for path, entry in sorted(built.manifest.items())}
     write_atomically(layout.manifest_file(final), json.dumps({"revision": built.revision, "entries": entries}).encode())
-    flip_dags_folder(layout.dags_folder, final)
+    if flip:
+        flip_dags_folder(layout.dags_folder, final)
     if outdated is not None:
         shutil.rmtree(outdated)  # never follows a link inside
     return DagRelease(built.revision, final, built.manifest)
@@ -442,13 +454,33 @@ def flip_dags_folder(dags_folder: Path, target: Path) -> None:
         os.close(fd)
 
 
-def prune_releases(layout: DagLayout, keep: int) -> list[str]:
-    """Remove all but the `keep` newest releases (never the published one). Return the names removed."""
+def held_release(layout: DagLayout, name: str) -> Path | None:
+    """The release directory `name` (16 hex digits) if this node holds it as a release of ours, else None."""
+    path = layout.releases / name
+    return path if RELEASE_NAME.fullmatch(name) and _is_real_dir(path) else None
+
+
+def write_offered(layout: DagLayout, revision: str) -> None:
+    """On the master: record the revision workers are to hold (what the gate's `release` answers)."""
+    write_atomically(layout.offered_file, f"{revision}\n".encode(), 0o644)
+
+
+def read_offered(path: Path) -> str:
+    """The revision an offered file names, or "" (none yet, or not a revision)."""
+    text = (statefile.read_text(path, limit=256) or "").strip()
+    return text if REVISION.fullmatch(text) else ""
+
+
+def prune_releases(layout: DagLayout, keep: int, keep_days: float = 0.0) -> list[str]:
+    """Remove the releases that are neither among the `keep` newest nor published in the last `keep_days`
+    (never the published or the offered one). Return the names removed."""
     published = Path(os.readlink(layout.dags_folder)).name if layout.dags_folder.is_symlink() else None
+    offered = read_offered(layout.offered_file)[:16]
     releases = sorted(layout.releases.iterdir(), key=lambda p: p.lstat().st_mtime_ns, reverse=True)
+    oldest_kept = time.time() - keep_days * 86400
     removed = []
     for release in releases[keep:]:
-        if release.name == published:
+        if release.name in (published, offered) or release.lstat().st_mtime >= oldest_kept:
             continue
         if release.is_symlink():
             release.unlink()

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import time
@@ -18,7 +19,7 @@ from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.fleet import publish_record
 from airflow_nodes.join import pinned
-from airflow_nodes.node import CLUSTER_FILE, KNOWN_HOSTS_FILE, SSH_KEY_FILE, SYNC_LOCK_FILE, SYNC_USER
+from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, KNOWN_HOSTS_FILE, SSH_KEY_FILE, SYNC_LOCK_FILE, SYNC_USER
 from airflow_nodes.redaction import redact
 from airflow_nodes.sanitise import printable
 from airflow_nodes.syncing.checks import Guards, check_guards, check_python
@@ -26,17 +27,22 @@ from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sync_config
 from airflow_nodes.syncing.lock import sync_lock
 from airflow_nodes.syncing.logline import log_run
+from airflow_nodes.syncing.offer import ring, wait_for_workers
 from airflow_nodes.syncing.releases import (
+    REVISION,
     DagLayout,
     build_release,
     check_dags_folder,
     current_release,
+    flip_dags_folder,
+    held_release,
     local_changes,
     prepare_work_dirs,
     prune_releases,
     publish,
     release_is_ours,
     unpublished,
+    write_offered,
 )
 from airflow_nodes.syncing.source import open_source
 from airflow_nodes.syncing.spec import PATH, SSH, DagSourceSpec, parse_dags_source
@@ -58,6 +64,9 @@ class SyncRequest:
     dags_only: bool = False
     master_root: str = ""  # tests: the master's files live under this directory
     splay: float = 0.0  # seconds: wait this node's own share of them first (splay_of)
+    keep_days: float = defaults.RELEASE_KEEP_DAYS
+    wanted: str = ""  # a worker: fetch this release (its name) from the master, add it, publish nothing
+    worker_wait: float = defaults.WORKER_WAIT  # the master on Airflow 2: seconds it waits for the workers
 
 
 def splay_of(node_name: str, splay: float) -> float:
@@ -143,17 +152,59 @@ def effective_source(ctx: NodeContext) -> DagSourceSpec:
     return spec
 
 
+def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpec) -> bool:
+    """Whether this node copies the master's releases rather than building from the DAG source itself: a
+    worker joined through the gate whose DAG source is the master's. It then holds exactly the trees the
+    master's Airflow reads, under the same names (the DAG versions of Airflow 3's bundle)."""
+    return (ctx.node.role == "worker" and spec.kind == SSH and target.path(SSH_KEY_FILE).exists()
+            and str(spec.host).strip("[]") == ctx.cluster.master_host.strip("[]"))  # fmt: skip
+
+
+def ask_master_release(transfer: TransferRunner, spec: DagSourceSpec) -> str:
+    """Return the revision the master offers (one small request through its gate), or "" before its first
+    publish. Raise OperationError."""
+    argv = [*transfer.ssh_argv(spec.port), "--", spec.ssh_destination, "release"]
+    answer = transfer.run(argv, f"asking {spec.ssh_destination} for its DAG release").stdout
+    revision = answer.decode(errors="replace").strip()
+    if revision and not REVISION.fullmatch(revision):
+        raise OperationError(f"{spec.ssh_destination}: answered {printable(revision[:40])!r} for its DAG release; "
+                             "the published DAGs are unchanged")  # fmt: skip
+    return revision
+
+
+def release_spec(spec: DagSourceSpec, name: str, master_root: str = "") -> DagSourceSpec:
+    """The master's release `name`, as an SSH source the gate serves."""
+    return dataclasses.replace(spec, path=f"{master_root.rstrip('/')}{DAG_RELEASES_DIR}/releases/{shlex.quote(name)}")
+
+
 def sync_dags(
     layout: DagLayout, request: SyncRequest, spec: DagSourceSpec, transfer: TransferRunner,
-    accounts: Accounts, state: SyncState, details: list[str], seen: dict[str, str],
+    accounts: Accounts, state: SyncState, details: list[str], seen: dict[str, str], ctx: NodeContext,
 ) -> DagOutcome:  # fmt: skip
-    """Fetch, build, check and publish one release. Raise OperationError/UserError; nothing published then."""
+    """Fetch, build, check and publish one release (with request.wanted: fetch that release of the
+    master's and add it, publishing nothing). Raise OperationError/UserError; nothing published then."""
     started = time.monotonic()
     prepare_work_dirs(layout, accounts.mirror_owner)
     current = current_release(layout)
     # a release of the airflow account's (before 0.4) is built anew, never from, and replaced
     outdated = current is not None and not release_is_ours(current.path, accounts.release_owner)
     pending = layout.unpublished_marker.exists() or outdated
+    from_master = follows_master_releases(ctx, request.target, spec)
+    if request.wanted and not from_master:
+        raise UserError("only a worker joined to the master fetches a release of the master's by its name")
+    expected = request.wanted
+    if request.wanted and held_release(layout, request.wanted):
+        return DagOutcome(UNCHANGED, request.wanted, request.wanted)
+    if from_master and not expected:
+        expected = ask_master_release(transfer, spec)
+        details.append(f"the master offers {expected[:16] or 'no release yet'} ({time.monotonic() - started:.2f} s)")
+        if not expected:
+            return DagOutcome(UNCHANGED, current.revision if current else "", state.source_revision or "",
+                              warnings=("the master has published no DAGs yet: run `airflow-node sync` there",))
+        if current is not None and not pending and current.revision == expected:
+            return DagOutcome(UNCHANGED, expected, expected)  # the cheap check: no walk of the tree
+    if expected:
+        spec = release_spec(spec, expected[:16], request.master_root)
     # the mirror may move ahead of the published tree from here on (a link there was removed above)
     os.close(os.open(layout.unpublished_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
     source = open_source(spec, transfer, layout.root)
@@ -176,6 +227,10 @@ def sync_dags(
             return unchanged()
     built = build_release(layout, current, changes, accounts.release_owner)
     details.append(f"built {built.revision[:12]}: {len(built.changed)} files copied, {built.deleted_files} deleted")
+    if expected and not built.revision.startswith(expected):  # the master's tree, exactly, or nothing
+        shutil.rmtree(built.path, ignore_errors=True)
+        raise OperationError(f"the master's release {expected[:16]} arrived as {built.revision[:16]}; "
+                             "the published DAGs are unchanged")  # fmt: skip
     seen.setdefault("source_revision", built.revision)
     if current is not None and built.revision == current.revision and not outdated:  # only times or modes moved
         shutil.rmtree(built.path)
@@ -193,14 +248,40 @@ def sync_dags(
         raise
     warnings = [*warnings, *(f"not published: symlink {p} points outside the tree" for p in built.skipped_links),
                 *(f"not published: {p} is not a file, directory or link" for p in special)]  # fmt: skip
-    release = publish(layout, built, accounts.release_owner)
+    if request.wanted:  # an older version a task asked for: added beside the published one
+        release = publish(layout, built, accounts.release_owner, flip=False)
+        details.append(f"added {release.path}, asked for by a task")
+        return DagOutcome(PUBLISHED, release.revision, release.revision, len(built.changed), built.deleted_files)
+    release = publish(layout, built, accounts.release_owner, flip=False)
+    if ctx.node.role == "master":
+        write_offered(layout, release.revision)  # what workers fetch from now on
+        warnings += offer_to_workers(ctx, request, release.revision, details)
+    flip_dags_folder(layout.dags_folder, release.path)
     layout.unpublished_marker.unlink()
-    removed = prune_releases(layout, request.keep_releases)
+    removed = prune_releases(layout, request.keep_releases, request.keep_days)
     details.append(f"published {release.path}; pruned {len(removed)} old release(s)")
     return DagOutcome(
         PUBLISHED, release.revision, fetched.source_revision or release.revision,
         len(built.changed), built.deleted_files, tuple(warnings),
     )  # fmt: skip
+
+
+def offer_to_workers(ctx: NodeContext, request: SyncRequest, revision: str, details: list[str]) -> list[str]:
+    """On the master, before its own Airflow sees a new release: ring the workers' doorbell, and on a line
+    without versioned DAG bundles (Airflow 2) wait, at most request.worker_wait seconds, until every live
+    worker holds it, so that no task meets an older copy on its worker. Return warnings."""
+    if not request.target.real_system:  # a rendered tree has no broker of its own
+        return []
+    warnings = [w for w in (ring(ctx, revision),) if w]
+    if ctx.line.versioned_dags:  # a worker fetches the release a run was created with when asked
+        return warnings
+    waited, behind = wait_for_workers(ctx, revision, request.worker_wait)
+    details.append(f"waited {waited:.1f} s for the workers to hold {revision[:12]}")
+    if behind:
+        warnings.append(f"published after {waited:.0f} s without {', '.join(behind[:5])}"
+                        f"{' and more' if len(behind) > 5 else ''}: their tasks run the older DAG files "
+                        "until they sync")  # fmt: skip
+    return warnings
 
 
 def sync(request: SyncRequest) -> SyncResult:
@@ -227,6 +308,10 @@ def sync(request: SyncRequest) -> SyncResult:
             message = f"another sync is running ({holder}); skipped"
             log_run(message, failed=False)
             return SyncResult(SKIPPED, seconds=time.monotonic() - started, details=(message,))
+        if request.wanted:  # one release a task asked for: the state and the published DAGs stay as they are
+            details: list[str] = []
+            dags = sync_dags(layout, request, spec, transfer, accounts, read_state(target), details, {}, ctx)
+            return SyncResult(dags.status, dags, seconds=time.monotonic() - started, details=tuple(details))
         return _sync_locked(request, ctx, layout, spec, transfer, accounts, started)
 
 
@@ -239,7 +324,7 @@ def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> Syn
     errors: list[Exception] = []
     dags = config = None
     try:
-        dags = sync_dags(layout, request, spec, transfer, accounts, state, details, seen)
+        dags = sync_dags(layout, request, spec, transfer, accounts, state, details, seen, ctx)
     except (UserError, OperationError) as exc:
         errors.append(exc)
     except OSError as exc:  # the release tree on this node, not the source: one line all the same

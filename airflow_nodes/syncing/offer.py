@@ -1,0 +1,70 @@
+"""The master offers a new DAG release to the workers.
+
+A doorbell: the release's revision stored in the broker, which every worker's follower (`airflow-node
+follow`) reads every FOLLOW_POLL seconds, one GET, instead of walking the tree over SSH. Anyone holding
+the broker's password can ring it; a worker only takes it as a hint to ask the master itself, through
+the gate, which release it offers. On Airflow 2 (no versioned DAG bundles) the master also waits, up to
+a bound, until every live worker holds the release before its own Airflow sees it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from airflow_nodes.context import NodeContext
+from airflow_nodes.fleet import KEY_PREFIX, period_seconds, read_records, stale
+from airflow_nodes.syncing.releases import REVISION
+
+
+def release_key(cluster_name: str) -> str:
+    return f"{KEY_PREFIX}:{cluster_name}:release"
+
+
+def ring(ctx: NodeContext, revision: str, timeout: float = 1.0) -> str:
+    """Store the offered revision in the broker. Return "" or why not (never fails the sync)."""
+    from airflow_nodes.redisclient import connect
+
+    try:
+        client = connect(ctx.cluster.broker_url, ctx.cluster.sentinel_master, timeout)
+        try:
+            client.set(release_key(ctx.cluster.name), revision)
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - the workers' cron sync still comes
+        return f"the workers were not told at once ({exc.__class__.__name__}); they find it at their next sync"
+    return ""
+
+
+def rung(client, cluster_name: str) -> str:
+    """The revision the doorbell names, or "" (none, or not a revision: a hint is never more)."""
+    value = client.get(release_key(cluster_name)) or b""
+    text = value[:64].decode(errors="replace") if len(value) == 64 else ""
+    return text if REVISION.fullmatch(text) else ""
+
+
+def workers_behind(ctx: NodeContext, revision: str, timeout: float = 2.0) -> list[str]:
+    """The live workers (a record younger than two sync periods) whose record names another release."""
+    records, now = read_records(ctx, timeout)
+    return sorted(
+        r["node"] for r in records
+        if r.get("role") == "worker" and not stale(r, now, period_seconds(ctx)) and r.get("dags") != revision
+    )  # fmt: skip
+
+
+def wait_for_workers(ctx: NodeContext, revision: str, wait: float, poll: float = 1.0) -> tuple[float, list[str]]:
+    """Wait until every live worker holds `revision`, at most `wait` seconds. Return (seconds waited,
+    the workers still behind). A broker that cannot be read ends the wait: nobody can be seen."""
+    from redis.exceptions import RedisError
+
+    from airflow_nodes.fleet import TooManyRecords
+
+    started = time.monotonic()
+    while True:
+        try:
+            behind = workers_behind(ctx, revision)
+        except (RedisError, TooManyRecords, OSError):
+            return time.monotonic() - started, ["(the broker: unreadable)"]
+        waited = time.monotonic() - started
+        if not behind or waited >= wait:
+            return waited, behind
+        time.sleep(min(poll, wait - waited))
