@@ -258,8 +258,7 @@ def sync_dags(
         warnings += offer_to_workers(ctx, request, release.revision, details)
     flip_dags_folder(layout.dags_folder, release.path)
     layout.unpublished_marker.unlink()
-    removed = prune_releases(layout, request.keep_releases, request.keep_days)
-    details.append(f"published {release.path}; pruned {len(removed)} old release(s)")
+    details.append(f"published {release.path}")
     return DagOutcome(
         PUBLISHED, release.revision, fetched.source_revision or release.revision,
         len(built.changed), built.deleted_files, tuple(warnings),
@@ -330,6 +329,9 @@ def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> Syn
     except OSError as exc:  # the release tree on this node, not the source: one line all the same
         where = exc.filename or layout.base
         errors.append(OperationError(f"{where}: {exc.strerror}; the published DAGs are unchanged"))
+    else:
+        removed = prune_releases(layout, request.keep_releases, request.keep_days)
+        details.append(f"pruned {len(removed)} old release(s)")
     if ctx.node.role == "worker" and not request.dags_only:
         try:  # even when the DAGs failed: a rotated secret must still arrive
             config = sync_config(ctx, target, spec, transfer, request.master_root, request.guards.force)

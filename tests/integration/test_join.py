@@ -57,8 +57,7 @@ class MasterSshd:
         self.process.wait(timeout=10)
 
 
-@pytest.fixture
-def master(tmp_path, run_cli):
+def start_master(tmp_path: Path, run_cli, **cluster_values) -> tuple[Path, Path, MasterSshd]:
     """A master under tmp_path/master, its airflow user's home in tmp_path/home, sshd in front of it."""
     root, home = tmp_path / "master", tmp_path / "home"  # AIRFLOW_HOME, the airflow user's home
     dags = root / "srv/airflow/dags"
@@ -68,14 +67,20 @@ def master(tmp_path, run_cli):
     sshd = MasterSshd(root, home_on_master, tmp_path / "sshd")
     (root / "etc/localtime").symlink_to("/etc/localtime")  # this sshd's zone: the host's
     cluster = make_cluster("3.3", master_host="127.0.0.1", airflow_user="root", airflow_home=str(home),
-                           dags_source=f"ssh://root@127.0.0.1:{sshd.port}/srv/airflow/dags/")  # fmt: skip
+                           dags_source=f"ssh://root@127.0.0.1:{sshd.port}/srv/airflow/dags/", **cluster_values)  # fmt: skip
     (root / "etc/airflow-node").mkdir(parents=True)
     (root / "etc/airflow-node/cluster.toml").write_text(dump_cluster(cluster))
     result = run_cli("init", "--role", "master", "--root", root, "--airflow-version", "3.3.2", "--init-system",
                      "systemd", "--airflow-bin", STAND_IN, "--airflow-node-bin", TOOL_BIN / "airflow-node")  # fmt: skip
     assert result.code == 0, result.err
-    yield root, home_on_master, sshd
-    sshd.stop()
+    return root, home_on_master, sshd
+
+
+@pytest.fixture
+def master(tmp_path, run_cli):
+    started = start_master(tmp_path, run_cli)
+    yield started
+    started[2].stop()
 
 
 def mint(run_cli, root: Path, sshd: MasterSshd) -> str:
@@ -107,7 +112,8 @@ def test_a_worker_joins_with_one_token_and_syncs_through_the_gate(master, tmp_pa
     listed = run_cli("join-token", "--root", root, "--list").out
     assert "worker worker1  127.0.0.11" in listed
 
-    synced = run_cli("sync", "--root", worker)  # DAGs by rsync through rrsync -ro, the cluster file by `cat`
+    assert run_cli("sync", "--root", root).code == 0  # the master publishes its first release
+    synced = run_cli("sync", "--root", worker)  # the release by rsync through rrsync -ro, the cluster file by `cat`
     assert synced.code == 0, synced.err
     assert "dags published" in synced.out, synced.out
     dags_folder = worker / str(tmp_path / "home").lstrip("/") / "dags"  # AIRFLOW_HOME/dags, under the root
