@@ -397,7 +397,9 @@ def _read_join_request(stdin) -> bytes:
 
 def served(path: str, cluster_file: Path) -> bool:
     """Whether the gate serves `path` to a worker: the DAG source, or one release by its name."""
-    return path == served_dags_dir(cluster_file) or bool(re.fullmatch(rf"{DAG_RELEASES_DIR}/releases/[0-9a-f]{{16}}", path))
+    return path == served_dags_dir(cluster_file) or bool(
+        re.fullmatch(rf"{DAG_RELEASES_DIR}/releases/[0-9a-f]{{16}}", path)
+    )
 
 
 def served_dags_dir(cluster_file: Path) -> str:

@@ -153,8 +153,11 @@ def build_node_plan(
         PlannedFile(ctx.env_file, render_env_file(ctx).encode(), 0o644),
         PlannedFile(ctx.airflow_cfg, render_airflow_cfg(ctx).encode(), 0o640, "root", user, secret=True),
         PlannedFile(ctx.hostname_module, render("config/airflow_node_hostname.py.j2").encode(), 0o644),
-        *([PlannedFile(ctx.bundle_module, render("config/airflow_node_bundle.py.j2").encode(), 0o644)]
-          if ctx.line.versioned_dags else []),
+        *(
+            [PlannedFile(ctx.bundle_module, render("config/airflow_node_bundle.py.j2").encode(), 0o644)]
+            if ctx.line.versioned_dags
+            else []
+        ),
         *manager.plan_files(ctx),
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]

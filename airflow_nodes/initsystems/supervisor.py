@@ -87,7 +87,8 @@ class Supervisor:
                 if_running(ctx.node, supervisorctl(ctx.node, "update", ctx.role_name), "apply the changed programs"),
             ),
         )
-        long_running = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if not d.oneshot]
+        # the follower reads the config anew on every look: Airflow's daemons only
+        long_running = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if not (d.oneshot or d.ours)]
         restart = Trigger(
             config_paths,
             (if_running(ctx.node, supervisorctl(ctx.node, "restart", *long_running), "airflow config changed"),),

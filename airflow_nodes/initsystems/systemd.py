@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from airflow_nodes.context import NodeContext
-from airflow_nodes.node import RELEASE_REQUESTS_DIR, SYSTEMD_DIR, NodeSettings
+from airflow_nodes.node import RELEASE_REQUESTS_DIR, STATE_DIR, SYSTEMD_DIR, NodeSettings
 from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
 from airflow_nodes.versions import Daemon
@@ -43,7 +43,11 @@ def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
         exec_start=ctx.argv(daemon),
         stop_timeout=ctx.node.stop_timeout,
         # "-" prefix: a path that does not exist yet must not stop the unit from starting
-        writable_paths=[f"-{path}" for path in (ctx.airflow_home, *task_requests(ctx, daemon), *ctx.node.writable_path_list)],
+        writable_paths=[
+            f"-{path}" for path in (ctx.airflow_home, *task_requests(ctx, daemon), *ctx.node.writable_path_list)
+        ],
+        # the follower: the releases and its state, and the DAG folder link it flips
+        follower_paths=[f"-{path}" for path in (STATE_DIR, ctx.airflow_home)],
     )
 
 
@@ -76,7 +80,7 @@ class Systemd:
             )
         ]
         for daemon in ctx.daemons:
-            if daemon.oneshot:
+            if daemon.oneshot or daemon.ours:  # the follower reads the config anew on every look
                 continue
             name = unit_name(daemon)
             # try-restart leaves a stopped daemon stopped; the worker's stop is a warm shutdown.

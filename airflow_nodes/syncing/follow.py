@@ -15,6 +15,7 @@ The cron line's sync stays: it brings the cluster file, and catches up whatever 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import time
@@ -143,10 +144,8 @@ def take_requests(target: Target) -> list[str]:
                 if len(names) >= MAX_REQUESTS:
                     break
         for name in names:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=fd)
-            except OSError:
-                pass
     finally:
         os.close(fd)
     return sorted({name for name in names if RELEASE_NAME.fullmatch(name)})

@@ -199,8 +199,12 @@ def sync_dags(
         expected = ask_master_release(transfer, spec)
         details.append(f"the master offers {expected[:16] or 'no release yet'} ({time.monotonic() - started:.2f} s)")
         if not expected:
-            return DagOutcome(UNCHANGED, current.revision if current else "", state.source_revision or "",
-                              warnings=("the master has published no DAGs yet: run `airflow-node sync` there",))
+            return DagOutcome(
+                UNCHANGED,
+                current.revision if current else "",
+                state.source_revision or "",
+                warnings=("the master has published no DAGs yet: run `airflow-node sync` there",),
+            )
         if current is not None and not pending and current.revision == expected:
             return DagOutcome(UNCHANGED, expected, expected)  # the cheap check: no walk of the tree
     if expected:

@@ -98,6 +98,34 @@ with DAG("e2e_new", schedule=None, start_date=datetime(2024, 1, 1), catchup=Fals
     BashOperator(task_id="new_on_worker1", bash_command="echo new", queue="q1")
     BashOperator(task_id="new_on_worker3", bash_command="echo new", queue="q3")
 """
+VERSIONED_DAG_FILE = """
+from datetime import datetime
+
+{imports}
+
+with DAG("e2e_versions", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
+         is_paused_upon_creation=False):
+{tasks}
+"""
+QUEUES = ("q1", "q2", "q3")  # one task on each worker
+
+
+def versioned_dag(version: int) -> str:
+    """Version 1: a task on each worker; version 2: their code changed, and a task added on each worker."""
+    tasks = [f'    BashOperator(task_id="changed_{q}", bash_command="echo v{version}", queue="{q}")' for q in QUEUES]
+    if version > 1:
+        tasks += [f'    BashOperator(task_id="added_{q}", bash_command="echo added-v{version}", queue="{q}")'
+                  for q in QUEUES]  # fmt: skip
+    return VERSIONED_DAG_FILE.format(imports=IMPORTS, tasks="\n".join(tasks))
+
+
+def expected_results(version: int) -> dict[str, str]:
+    results = {f"changed_{q}": f"v{version}" for q in QUEUES}
+    if version > 1:
+        results |= {f"added_{q}": f"added-v{version}" for q in QUEUES}
+    return results
+
+
 if AIRFLOW_3:
     IMPORTS = "from airflow.providers.standard.operators.bash import BashOperator\nfrom airflow.sdk import DAG"
     API = "/api/v2"
@@ -369,6 +397,16 @@ class Cluster:
         return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1][
             "task_instances"
         ]
+
+    def results(self, dag_id: str, run_id: str) -> dict[str, str]:
+        """Each task's return value (a BashOperator's last line), read through the API."""
+        values = {}
+        for task in self.task_instances(dag_id, run_id):
+            path = f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task['task_id']}"
+            status, body = self.api("GET", f"{path}/xcomEntries/return_value")
+            assert status == 200, body
+            values[task["task_id"]] = str(body["value"]).strip('"')
+        return values
 
     def task_states(self, dag_id: str, run_id: str) -> list[tuple]:
         return [(t["task_id"], t["state"], t.get("hostname")) for t in self.task_instances(dag_id, run_id)]
@@ -661,7 +699,11 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
             "         'add a .pth file to the venv root runs': lambda: open(site + '/owned.pth', 'w'),\n"
             "         'replace the venv': lambda: os.rename(venv, venv + '.moved'),\n"
             "         'write where supervisord logs': lambda: open('/var/log/airflow-node/owned.log', 'w'),\n"
-            "         'write the state root acts on': lambda: open('/var/lib/airflow-node/owned', 'w')}\n"
+            "         'write the state root acts on': lambda: open('/var/lib/airflow-node/owned', 'w'),\n"
+            "         'edit a published DAG':\n"
+            "             lambda: open(glob.glob('/var/lib/airflow-node/dags/releases/*/*.py')[0], 'a'),\n"
+            "         'list the releases tasks asked for':\n"
+            "             lambda: os.listdir('/var/lib/airflow-node/release-requests')}\n"
             "for what, attempt in tries.items():\n"
             "    try:\n"
             "        attempt()\n"
@@ -672,6 +714,8 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         for name, host in [("master", cluster.master), *cluster.workers.items()]:
             lines = host.run("runuser", "-u", "airflow", "--", "python3", "-c", attempts).stdout.splitlines()
             expected = {"absent: read the sync key"} if name == "master" else set()  # a worker's key only
+            if name == "master" or not AIRFLOW_3:  # where tasks ask for DAG versions: Airflow 3 workers
+                expected.add("absent: list the releases tasks asked for")
             assert {line for line in lines if not line.startswith("refused:")} == expected, (name, lines)
         key = cluster.workers["worker1"].run("stat", "-c", "%U %a", "/etc/airflow-node/ssh/id_ed25519").stdout.split()
         assert key == ["airflow-sync", "600"], key
@@ -688,23 +732,66 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
         wait_for(lambda: (p := worker2.run(*supervisorctl, "pid", program, check=False).stdout.strip()).isdigit()
                  and int(p) not in (0, before), 120, "the worker restarted by the cron-like sync")  # fmt: skip
 
-    with step("9. a new DAG file on the master runs on the workers soon after `airflow-node sync` there and on them"):
+    with step("9. a new DAG file runs on the workers after `airflow-node sync` on the master only"):
         cluster.put_dag_file("e2e_new.py", NEW_DAG)
         started = time.monotonic()
         cluster.node(cluster.master, "sync", "--quiet")
         published = time.monotonic() - started
-        for host in cluster.workers.values():
-            cluster.node(host, "sync", "--quiet", timeout=600)
-        synced = time.monotonic() - started
         wait_for(lambda: cluster.api("GET", f"{API}/dags/e2e_new")[0] == 200, 120, "e2e_new visible", interval=1)
         visible = time.monotonic() - started
-        cluster.run_dag("e2e_new", timeout=120)
+        cluster.run_dag("e2e_new", timeout=120)  # the workers' followers fetched it: nothing done on them
         ran = time.monotonic() - started
-        print(
-            f"new DAG, from the master's sync: published {published:.1f}s, synced on every worker {synced:.1f}s, "
-            f"visible in the API {visible:.1f}s, run succeeded {ran:.1f}s"
-        )
+        print(f"new DAG, from the master's sync: published {published:.1f}s, visible in the API {visible:.1f}s, "
+              f"run succeeded {ran:.1f}s")  # fmt: skip
         assert ran < 90, f"a new DAG took {ran:.0f}s from sync to a finished run"
+
+    with step("9b. a changed DAG (a task changed, one added): new code on every worker, first try, master sync only"):
+        cluster.put_dag_file("e2e_versions.py", versioned_dag(1))
+        cluster.node(cluster.master, "sync", "--quiet")
+        before = cluster.run_dag("e2e_versions", timeout=180)
+        assert cluster.results("e2e_versions", before) == expected_results(1)
+        cluster.put_dag_file("e2e_versions.py", versioned_dag(2))
+        started = time.monotonic()
+        print(cluster.node(cluster.master, "sync", "-v").stdout)
+        synced = time.monotonic() - started
+
+        def new_version_parsed() -> bool:
+            status, body = cluster.api("GET", f"{API}/dags/e2e_versions/tasks")
+            return status == 200 and "added_q1" in {t["task_id"] for t in body["tasks"]}
+
+        wait_for(new_version_parsed, 120, "the changed e2e_versions parsed on the master", interval=1)
+        visible = time.monotonic() - started
+        runs = [cluster.trigger_dag("e2e_versions") for _ in range(2)]
+        for run_id in runs:
+            cluster.wait_run("e2e_versions", run_id, timeout=180)
+        ended = time.monotonic() - started
+        for run_id in runs:
+            tries = {
+                t["task_id"]: (t["state"], t["try_number"]) for t in cluster.task_instances("e2e_versions", run_id)
+            }
+            assert set(tries.values()) == {("success", 1)}, tries
+            assert cluster.results("e2e_versions", run_id) == expected_results(2)
+        print(f"changed DAG, from the master's sync: synced {synced:.1f}s, parsed {visible:.1f}s, "
+              f"the last of {len(runs)} runs ended {ended:.1f}s")  # fmt: skip
+        assert ended < 120, f"a changed DAG took {ended:.0f}s from the master's sync to finished runs"
+        if AIRFLOW_3:
+            versions = {r: cluster.api("GET", f"{API}/dags/e2e_versions/dagRuns/{quote(r)}")[1]["bundle_version"]
+                        for r in (before, *runs)}  # fmt: skip
+            assert versions[before] != versions[runs[0]] == versions[runs[1]], versions
+
+    if AIRFLOW_3:
+        with step(
+            "9c. a run created before the change, cleared, runs its own version; a worker that lacks it fetches it"
+        ):
+            worker1 = cluster.workers["worker1"]
+            # the operator prunes worker1's releases: the old version is gone there, kept on the master
+            cluster.node(worker1, "sync", "--keep", "1", "--keep-days", "0")
+            status, body = cluster.api("POST", f"{API}/dags/e2e_versions/clearTaskInstances",
+                                       {"dry_run": False, "only_failed": False, "dag_run_id": before})  # fmt: skip
+            assert status == 200, body
+            cluster.wait_run("e2e_versions", before, timeout=240)
+            assert cluster.results("e2e_versions", before) == expected_results(1)
+            print(worker1.run("cat", "/var/log/airflow-node/airflow-dag-follower.log").stdout[-2000:])
 
     memory = cluster.memory_by_daemon()
     print("memory (PSS MiB) by daemon:", json.dumps(memory, indent=1))

@@ -66,8 +66,9 @@ def start_master(tmp_path: Path, run_cli, **cluster_values) -> tuple[Path, Path,
     home_on_master = root / str(home).lstrip("/")  # the node's files are under --root: so is the home
     sshd = MasterSshd(root, home_on_master, tmp_path / "sshd")
     (root / "etc/localtime").symlink_to("/etc/localtime")  # this sshd's zone: the host's
+    source = f"ssh://root@127.0.0.1:{sshd.port}/srv/airflow/dags/"
     cluster = make_cluster("3.3", master_host="127.0.0.1", airflow_user="root", airflow_home=str(home),
-                           dags_source=f"ssh://root@127.0.0.1:{sshd.port}/srv/airflow/dags/", **cluster_values)  # fmt: skip
+                           dags_source=source, **cluster_values)  # fmt: skip
     (root / "etc/airflow-node").mkdir(parents=True)
     (root / "etc/airflow-node/cluster.toml").write_text(dump_cluster(cluster))
     result = run_cli("init", "--role", "master", "--root", root, "--airflow-version", "3.3.2", "--init-system",

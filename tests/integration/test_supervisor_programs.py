@@ -162,4 +162,5 @@ def test_a_worker_moved_to_systemd_leaves_no_supervisor_program_behind(node):
 
     assert supervisor.states() == {}  # `update airflow-worker` after the conf file went: the group is gone
     assert not (supervisor.root / "etc/supervisor/conf.d/airflow-node.conf").exists()
-    assert ("systemctl", "enable", "airflow-worker.target", "airflow-worker.service") in recorded
+    enable = ("systemctl", "enable", "airflow-worker.target", "airflow-worker.service", "airflow-dag-follower.service")
+    assert enable in recorded

@@ -109,6 +109,8 @@ def test_only_the_newest_releases_are_kept(node):
     for revision in range(1, 6):
         write_revision(source, revision)
         sync_now(root, keep_releases=2)
+    assert len(releases(root)) == 5  # all younger than --keep-days: runs may still be pinned to them
+    sync_now(root, keep_releases=2, keep_days=0)
     assert len(releases(root)) == 2 and published_revision(root) == 5
 
 

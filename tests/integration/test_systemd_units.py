@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"),
 ]
 STAND_IN = Path(__file__).parent.parent / "fixtures" / "stand-in-airflow"
+TOOL = Path(sys.executable).parent / "airflow-node"  # the follower's ExecStart must exist for `verify`
 NODES = [(v, r) for v in ("2.11.2", "3.3.2") for r in ("master", "worker")]
 
 
@@ -26,7 +28,7 @@ def render_units(run_cli, tmp_path: Path, version: str, role: str) -> list[Path]
     cluster_file = tmp_path / "cluster.toml"
     cluster_file.write_text(dump_cluster(make_cluster(version.rsplit(".", 1)[0])))
     args = ["init", "--role", role, "--root", root, "--airflow-version", version, "--init-system", "systemd",
-            "--airflow-bin", STAND_IN, "--airflow-node-bin", "/usr/local/bin/airflow-node"]  # fmt: skip
+            "--airflow-bin", STAND_IN, "--airflow-node-bin", TOOL]  # fmt: skip
     if role == "worker":
         args += ["--config", cluster_file]
     elif not (root / "etc/airflow-node/cluster.toml").exists():
@@ -65,7 +67,7 @@ def test_a_master_upgraded_from_2_11_to_3_3_has_only_3_x_units_and_they_verify(r
 def test_verify_catches_a_broken_unit(run_cli, tmp_path):
     """The check above can fail: a unit with a missing executable and an unknown key is reported."""
     units = render_units(run_cli, tmp_path, "3.3.2", "worker")
-    service = next(u for u in units if u.suffix == ".service")
+    service = next(u for u in units if u.name == "airflow-worker.service")
     service.write_text(service.read_text().replace(str(STAND_IN), "/nonexistent/airflow") + "Bogus=1\n")
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=no", str(service)],
                             capture_output=True, text=True)  # fmt: skip

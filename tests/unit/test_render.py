@@ -176,9 +176,10 @@ def test_writable_paths_widen_every_unit_sandbox_and_are_kept_by_a_rerun(run_cli
     assert (root / "etc/systemd/system/airflow-worker.service").read_text() == unit
     assert 'writable_paths = "/data/airflow,/srv/exports"' in (root / "etc/airflow-node/node.toml").read_text()
     assert run_cli(*args, "--writable-path", "").code == 0  # '' clears it
-    assert "ReadWritePaths=-/opt/airflow -/var/lib/airflow-node/release-requests\n" in (
-        root / "etc/systemd/system/airflow-worker.service"
-    ).read_text()
+    assert (
+        "ReadWritePaths=-/opt/airflow -/var/lib/airflow-node/release-requests\n"
+        in (root / "etc/systemd/system/airflow-worker.service").read_text()
+    )
 
 
 def test_only_the_worker_unit_goes_without_hidepid(run_cli, tmp_path):

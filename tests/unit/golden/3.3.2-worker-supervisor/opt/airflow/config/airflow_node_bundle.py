@@ -69,8 +69,9 @@ class ReleaseDagBundle(BaseDagBundle):
         try:
             os.close(os.open(self._requests / self.version, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         except FileNotFoundError:
-            raise RuntimeError(f"DAG release {self.version} is not on this node, and no airflow-node follower "
-                               "runs here to fetch it") from None
+            raise RuntimeError(
+                f"DAG release {self.version} is not on this node, and no airflow-node follower runs here to fetch it"
+            ) from None
         except OSError:  # a link there: the follower reads the names only, so the request stands
             pass
         deadline = asked + self._wait
@@ -84,5 +85,7 @@ class ReleaseDagBundle(BaseDagBundle):
             except FileNotFoundError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"DAG release {self.version} was not fetched within {self._wait} s; see the worker's "
-                           "airflow-dag-follower log")
+        raise RuntimeError(
+            f"DAG release {self.version} was not fetched within {self._wait} s; see the worker's "
+            "airflow-dag-follower log"
+        )
