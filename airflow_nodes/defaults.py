@@ -35,6 +35,8 @@ FOLLOW_POLL = 2.0
 FOLLOW_SPLAY = 10.0
 # seconds a task waits for the release it was created with to be fetched (Airflow 3)
 RELEASE_FETCH_WAIT = 120
+# seconds between the dag-processor's looks at the published release (one readlink each)
+BUNDLE_REFRESH_INTERVAL = 5
 LOCK_WAIT = 10.0  # seconds to wait for a running sync before skipping
 # seconds over which the cron line spreads the nodes' syncs (each node waits its own fixed share of
 # it): every node's cron fires in the same second, and sshd turns away most of a herd past ten

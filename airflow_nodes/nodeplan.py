@@ -38,6 +38,7 @@ from airflow_nodes.node import (
 )
 from airflow_nodes.plan import Plan, PlannedDir, PlannedFile, SystemUser
 from airflow_nodes.render import render
+from airflow_nodes.syncing.releases import RELEASE_NAME
 from airflow_nodes.target import Target
 
 
@@ -67,8 +68,7 @@ def dag_bundles(ctx: NodeContext) -> list[dict]:
         "requests": RELEASE_REQUESTS_DIR,
         "failures": RELEASE_FAILURES_DIR,
         "wait": defaults.RELEASE_FETCH_WAIT,
-        # a look costs one readlink: a published release reaches the dag-processor within seconds
-        "refresh_interval": 5,
+        "refresh_interval": defaults.BUNDLE_REFRESH_INTERVAL,
     }
     return [{"name": "dags-folder", "classpath": "airflow_node_bundle.ReleaseDagBundle", "kwargs": kwargs}]
 
@@ -119,6 +119,15 @@ def dags_source_is_local_to_master(cluster: ClusterConfig) -> bool:
     return cluster.dags_source == default_dags_source(cluster.master_host, cluster.airflow_user)
 
 
+def python_modules(ctx: NodeContext) -> list[PlannedFile]:
+    """Our modules Airflow imports from $AIRFLOW_HOME/config: the advertised address, the DAG bundle."""
+    modules = [PlannedFile(ctx.hostname_module, render("config/airflow_node_hostname.py.j2").encode(), 0o644)]
+    if ctx.line.versioned_dags:
+        bundle = render("config/airflow_node_bundle.py.j2", release_name=RELEASE_NAME.pattern)
+        modules.append(PlannedFile(ctx.bundle_module, bundle.encode(), 0o644))
+    return modules
+
+
 def build_node_plan(
     cluster: ClusterConfig,
     cluster_text: bytes,
@@ -152,12 +161,7 @@ def build_node_plan(
         PlannedFile(NODE_FILE, dump_node(node).encode(), 0o644),
         PlannedFile(ctx.env_file, render_env_file(ctx).encode(), 0o644),
         PlannedFile(ctx.airflow_cfg, render_airflow_cfg(ctx).encode(), 0o640, "root", user, secret=True),
-        PlannedFile(ctx.hostname_module, render("config/airflow_node_hostname.py.j2").encode(), 0o644),
-        *(
-            [PlannedFile(ctx.bundle_module, render("config/airflow_node_bundle.py.j2").encode(), 0o644)]
-            if ctx.line.versioned_dags
-            else []
-        ),
+        *python_modules(ctx),
         *manager.plan_files(ctx),
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]

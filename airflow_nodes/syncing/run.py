@@ -103,7 +103,7 @@ class SyncResult:
         if dags and dags.status == PUBLISHED:
             text = f"dags published {dags.revision[:12]} ({dags.changed_files} changed, {dags.deleted_files} deleted)"
         else:
-            text = f"dags unchanged at {dags.revision[:12] if dags else '?'}"
+            text = f"dags unchanged at {dags.revision[:12] if dags and dags.revision else 'nothing published'}"
         if dags and dags.warnings:
             text += f"; {len(dags.warnings)} warning(s): {dags.warnings[0]}"
         if self.config is None:
