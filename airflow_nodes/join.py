@@ -8,9 +8,9 @@ The design (kubeadm's and k3s's, on sshd instead of a new network service):
 - The worker checks the master's host key against the fingerprint before it sends anything (no trust
   on first use), then enrolls a key of its own and receives the cluster file in the same exchange.
 - Every enrolled worker key is `restrict`ed to `airflow-node ssh-gate worker NAME`, which allows
-  exactly these requests: the cluster file, the revision of the master's offered DAG release, a
-  read-only rsync of the DAG tree or of one release (through rsync's own `rrsync -ro`), and `leave`
-  (its key removed). No shell, no forwarding, no writes.
+  exactly these requests: the cluster file, the revision of the master's offered DAG release and the
+  names of the releases it holds, a read-only rsync of the DAG tree or of one release (through rsync's
+  own `rrsync -ro`), and `leave` (its key removed). No shell, no forwarding, no writes.
 - A worker key carries `from="ADDRESS"`, the address it enrolled from (sshd's SSH_CONNECTION, not
   what the worker says): a stolen key is no use from elsewhere. It has no expiry-time: a thief
   holding it could renew it as well as the worker, and a worker cut off while the master is down
@@ -356,6 +356,11 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
             from airflow_nodes.syncing.releases import read_offered
 
             return f"{read_offered(root / DAG_RELEASES_DIR.lstrip('/') / 'offered')}\n".encode()
+        if words == ["releases"]:  # which releases a task may still ask its worker for
+            from airflow_nodes.syncing.releases import release_names
+
+            names = release_names(root / DAG_RELEASES_DIR.lstrip("/") / "releases")
+            return "".join(f"{name}\n" for name in names).encode()
         if words[:3] == ["rsync", "--server", "--sender"] and served(words[-1].rstrip("/"), cluster_file):
             # rrsync checks every option; it roots the transfer at the DAG tree and refuses writes
             os.environ["SSH_ORIGINAL_COMMAND"] = shlex.join([*words[:-1], "./"])

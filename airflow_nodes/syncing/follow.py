@@ -21,6 +21,7 @@ import pwd
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from airflow_nodes import defaults
 from airflow_nodes.atomicfile import write_atomically
@@ -28,13 +29,15 @@ from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import RELEASE_FAILURES_DIR, RELEASE_REQUESTS_DIR
 from airflow_nodes.redaction import redact
-from airflow_nodes.sanitise import printable
+from airflow_nodes.sanitise import one_line
 from airflow_nodes.syncing.offer import rung
-from airflow_nodes.syncing.releases import RELEASE_NAME, DagLayout, current_release
-from airflow_nodes.syncing.run import SKIPPED, SyncRequest, splay_of, sync
+from airflow_nodes.syncing.releases import RELEASE_NAME, DagLayout, current_release, held_release
+from airflow_nodes.syncing.run import SKIPPED, SyncRequest, master_releases, splay_of, sync
 from airflow_nodes.target import Target
 
-MAX_REQUESTS = 64  # names taken from the requests directory in one look: a flood waits its turn
+MAX_FETCHES = 64  # releases fetched in one look: more wait for the next one
+SCAN_LIMIT = 4096  # entries taken from the requests directory in one look (a flood waits its turn)
+REMOVE_DEPTH = 8  # how deep a directory planted there is removed
 MIN_RING_GAP = 10.0  # seconds between two syncs the doorbell starts: a hostile ringer gets no more
 
 
@@ -52,7 +55,7 @@ class Follower:
     _broker: tuple[str, str] = ("", "")
     _last_ring: float = float("-inf")
     _rung_seen: str = ""
-    _pending: set = field(default_factory=set)  # asked for, not fetched: another sync held the lock
+    _pending: set = field(default_factory=set)  # asked for, not fetched yet: another sync held the lock
 
     def run(self, passes: int | None = None) -> None:
         """Look `passes` times (for ever when None), `poll` seconds apart."""
@@ -65,28 +68,55 @@ class Follower:
 
     def once(self) -> None:
         ctx = load_context(self.target)
-        for name in sorted({*take_requests(self.target), *self._pending}):
-            self.fetch_requested(name)
+        layout = DagLayout(self.target.root, self.target.path(ctx.dags_folder))
+        self.fetch_requested(layout, ctx)
         revision = self._doorbell(ctx)
         if revision and revision != self._rung_seen and time.monotonic() - self._last_ring >= MIN_RING_GAP:
-            layout = DagLayout(self.target.root, self.target.path(ctx.dags_folder))
             published = current_release(layout)
             if published is None or published.revision != revision:
                 self._rung_seen, self._last_ring = revision, time.monotonic()
                 time.sleep(splay_of(ctx.node.node_name, self.splay))
-                self._sync(SyncRequest(self.target, dags_only=True), f"the master offers {revision[:16]}")
+                if self._sync(SyncRequest(self.target, dags_only=True), f"the master offers {revision[:16]}"):
+                    self._rung_seen = ""  # skipped or failed: the next ring (MIN_RING_GAP on) tries again
 
-    def fetch_requested(self, name: str) -> None:
+    def fetch_requested(self, layout: DagLayout, ctx: NodeContext) -> None:
+        """Fetch the releases tasks asked for that this node lacks, and the master holds; say to the
+        waiting tasks why one cannot be."""
         failures = self.target.path(RELEASE_FAILURES_DIR)
-        self._pending.discard(name)
-        outcome = self._sync(SyncRequest(self.target, dags_only=True, wanted=name), f"a task asked for {name}")
-        if outcome is None:
-            self._pending.add(name)
-        elif outcome:
-            failures.mkdir(parents=True, exist_ok=True)
-            write_atomically(failures / name, f"DAG release {name}: {outcome}\n".encode(), 0o644)
-        else:
-            (failures / name).unlink(missing_ok=True)
+        forget_old_failures(failures)
+        owner = (0, 0) if self.target.privileged else None
+        names = sorted({*take_requests(self.target), *self._pending})
+        self._pending.clear()
+        wanted = [n for n in names if not held_release(layout, n, owner)]
+        if not wanted:
+            return
+        try:  # one small request, however many names a task (or a hostile one) wrote
+            on_master = master_releases(self.target)
+        except (UserError, OperationError) as exc:
+            for name in wanted:
+                self._failed(failures, name, self._one_line(ctx, exc))
+            return
+        for index, name in enumerate(wanted):
+            if name not in on_master:
+                self._failed(failures, name, "the master does not hold it (pruned after --keep-days, or never made)")
+                continue
+            if index >= MAX_FETCHES:
+                self._pending.add(name)
+                continue
+            request = SyncRequest(self.target, dags_only=True, wanted=name, lock_wait=0)
+            outcome = self._sync(request, f"a task asked for {name}")
+            if outcome is None:  # another sync holds the lock: this one and the rest on the next look
+                self._pending.update(wanted[index:])
+                return
+            if outcome:
+                self._failed(failures, name, outcome)
+            else:
+                (failures / name).unlink(missing_ok=True)
+
+    def _failed(self, failures: Path, name: str, why: str) -> None:
+        """Tell the tasks waiting for release `name` why it cannot be fetched (they read this file)."""
+        failures.mkdir(parents=True, exist_ok=True)
+        write_atomically(failures / name, f"DAG release {name}: {why}\n".encode(), 0o644)
 
     def _sync(self, request: SyncRequest, why: str) -> str | None:
         """Run one sync; say what it did. Return "", why it failed (one line, no secret), or None when it
@@ -94,12 +124,15 @@ class Follower:
         try:
             result = sync(request)
         except (UserError, OperationError) as exc:
-            ctx = load_context(self.target)
-            message = printable(redact(str(exc), ctx.cluster.secret_values()))
+            message = self._one_line(load_context(self.target), exc)
             self.say(f"{why}: failed: {message}")
             return message
         self.say(f"{why}: {result.summary}")
         return None if result.status == SKIPPED else ""
+
+    @staticmethod
+    def _one_line(ctx: NodeContext, exc: Exception) -> str:
+        return one_line(redact(str(exc), ctx.cluster.secret_values()), 300)
 
     def _doorbell(self, ctx: NodeContext) -> str:
         """The revision the broker's doorbell names, or "" (none, or the broker unreachable: the cron line's
@@ -130,25 +163,61 @@ def prepare_requests_dir(target: Target, airflow_user: str) -> None:
 
 
 def take_requests(target: Target) -> list[str]:
-    """Remove up to MAX_REQUESTS entries from the requests directory; return the release names among them.
-    Only names are read: an entry is never opened or followed, whatever it is."""
+    """Remove up to SCAN_LIMIT entries from the requests directory; return the release names among those
+    removed. Only names are read: an entry is never opened, followed or read, whatever it is; a
+    directory planted there is removed through descriptors."""
     try:
         fd = os.open(target.path(RELEASE_REQUESTS_DIR), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:  # not there (a line without versions), or a link: nothing to take
         return []
-    names: list[str] = []
+    taken: list[str] = []
     try:
         with os.scandir(fd) as entries:
-            for entry in entries:
-                names.append(entry.name)
-                if len(names) >= MAX_REQUESTS:
-                    break
+            names = [entry.name for _, entry in zip(range(SCAN_LIMIT), entries, strict=False)]
         for name in names:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=fd)
+            if _remove(fd, name, REMOVE_DEPTH) and RELEASE_NAME.fullmatch(name):
+                taken.append(name)
     finally:
         os.close(fd)
-    return sorted({name for name in names if RELEASE_NAME.fullmatch(name)})
+    return sorted(taken)
+
+
+def _remove(dir_fd: int, name: str, depth: int) -> bool:
+    """Remove the entry `name` of the directory open as dir_fd, never following a link. Return whether it is gone."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    except IsADirectoryError:
+        pass
+    except OSError:
+        return False
+    if depth <= 0:
+        return False
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        with os.scandir(fd) as entries:
+            inner = [entry.name for _, entry in zip(range(SCAN_LIMIT), entries, strict=False)]
+        for child in inner:
+            _remove(fd, child, depth - 1)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(name, dir_fd=dir_fd)
+        return True
+    return False
+
+
+def forget_old_failures(failures: Path) -> None:
+    """Remove the failure notes older than a task's wait: nobody reads them any more."""
+    oldest = time.time() - 2 * defaults.RELEASE_FETCH_WAIT
+    with contextlib.suppress(OSError), os.scandir(failures) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < oldest:
+                    os.unlink(entry.path)
 
 
 def follow(target: Target, poll: float, splay: float, passes: int | None = None) -> None:

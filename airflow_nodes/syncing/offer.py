@@ -37,8 +37,8 @@ def ring(ctx: NodeContext, revision: str, timeout: float = 1.0) -> str:
 
 def rung(client, cluster_name: str) -> str:
     """The revision the doorbell names, or "" (none, or not a revision: a hint is never more)."""
-    value = client.get(release_key(cluster_name)) or b""
-    text = value[:64].decode(errors="replace") if len(value) == 64 else ""
+    value = client.getrange(release_key(cluster_name), 0, 64) or b""  # never more than a revision and a byte
+    text = value.decode(errors="replace") if len(value) == 64 else ""
     return text if REVISION.fullmatch(text) else ""
 
 

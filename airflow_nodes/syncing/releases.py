@@ -39,6 +39,7 @@ from airflow_nodes.syncing.changes import ITEMIZE_FORMAT, Change, parse_itemized
 FILE, LINK, DIR = "f", "l", "d"
 RELEASE_NAME = re.compile(r"[0-9a-f]{16}")  # a release directory: the first 16 hex digits of its revision
 REVISION = re.compile(r"[0-9a-f]{64}")
+MAX_LISTED = 10_000  # release names the master's gate lists, and a worker takes from its answer
 Manifest = dict[str, tuple[str, str]]  # relative path -> (kind, sha256 of content or link target)
 
 
@@ -454,10 +455,19 @@ def flip_dags_folder(dags_folder: Path, target: Path) -> None:
         os.close(fd)
 
 
-def held_release(layout: DagLayout, name: str) -> Path | None:
+def held_release(layout: DagLayout, name: str, owner: tuple[int, int] | None) -> Path | None:
     """The release directory `name` (16 hex digits) if this node holds it as a release of ours, else None."""
     path = layout.releases / name
-    return path if RELEASE_NAME.fullmatch(name) and _is_real_dir(path) else None
+    return path if RELEASE_NAME.fullmatch(name) and _is_real_dir(path) and release_is_ours(path, owner) else None
+
+
+def release_names(releases: Path, limit: int = MAX_LISTED) -> list[str]:
+    """The names of the releases in a releases directory (at most `limit`, sorted)."""
+    try:
+        names = [entry.name for entry in os.scandir(releases) if RELEASE_NAME.fullmatch(entry.name)]
+    except OSError:
+        return []
+    return sorted(names)[:limit]
 
 
 def write_offered(layout: DagLayout, revision: str) -> None:
@@ -472,15 +482,16 @@ def read_offered(path: Path) -> str:
 
 
 def prune_releases(layout: DagLayout, keep: int, keep_days: float = 0.0) -> list[str]:
-    """Remove the releases that are neither among the `keep` newest nor published in the last `keep_days`
-    (never the published or the offered one). Return the names removed."""
+    """Remove the releases that are neither among the `keep` newest nor replaced in the last `keep_days`
+    (a release is replaced when the next newer one is published; never the published or the offered
+    one). Return the names removed."""
     published = Path(os.readlink(layout.dags_folder)).name if layout.dags_folder.is_symlink() else None
     offered = read_offered(layout.offered_file)[:16]
-    releases = sorted(layout.releases.iterdir(), key=lambda p: p.lstat().st_mtime_ns, reverse=True)
+    published_at = sorted(((p.lstat().st_mtime, p) for p in layout.releases.iterdir()), reverse=True)
     oldest_kept = time.time() - keep_days * 86400
     removed = []
-    for release in releases[keep:]:
-        if release.name in (published, offered) or release.lstat().st_mtime >= oldest_kept:
+    for (replaced_at, _), (_, release) in zip(published_at[keep - 1 :], published_at[keep:], strict=False):
+        if release.name in (published, offered) or replaced_at >= oldest_kept:
             continue
         if release.is_symlink():
             release.unlink()

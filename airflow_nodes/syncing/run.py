@@ -29,6 +29,8 @@ from airflow_nodes.syncing.lock import sync_lock
 from airflow_nodes.syncing.logline import log_run
 from airflow_nodes.syncing.offer import ring, wait_for_workers
 from airflow_nodes.syncing.releases import (
+    MAX_LISTED,
+    RELEASE_NAME,
     REVISION,
     DagLayout,
     build_release,
@@ -193,7 +195,7 @@ def sync_dags(
     if request.wanted and not from_master:
         raise UserError("only a worker joined to the master fetches a release of the master's by its name")
     expected = request.wanted
-    if request.wanted and held_release(layout, request.wanted):
+    if request.wanted and held_release(layout, request.wanted, accounts.release_owner):
         return DagOutcome(UNCHANGED, request.wanted, request.wanted)
     if from_master and not expected:
         expected = ask_master_release(transfer, spec)
@@ -244,9 +246,12 @@ def sync_dags(
         shutil.rmtree(built.path, ignore_errors=True)
         raise OperationError(f"{printable(lost[0])}: in the DAG source but not in the new release "
                              f"({len(lost)} such); the published DAGs are unchanged")  # fmt: skip
-    try:
-        check_guards(built, current, request.guards, spec.describe())
-        warnings = check_python(built, request.guards.validate)
+    try:  # the master's tree (hash-checked) was checked there: a mass delete it allowed is no news here
+        if not expected:
+            check_guards(built, current, request.guards, spec.describe())
+        warnings = check_python(
+            built, "warn" if expected and request.guards.validate != "off" else request.guards.validate
+        )
     except BaseException:
         shutil.rmtree(built.path, ignore_errors=True)
         raise
@@ -287,6 +292,30 @@ def offer_to_workers(ctx: NodeContext, request: SyncRequest, revision: str, deta
     return warnings
 
 
+def transfer_runner(
+    target: Target, accounts: Accounts, ssh_key: str | None, ssh_extra: tuple[str, ...]
+) -> TransferRunner:
+    """How this node's transfers run: as the fetching account, and on a joined worker with its key and
+    the master's pinned host key (ssh takes the first value of an option: not overridable from the
+    environment)."""
+    if ssh_key is None and target.path(SSH_KEY_FILE).exists():
+        ssh_key, ssh_extra = str(target.path(SSH_KEY_FILE)), (*pinned(target.path(KNOWN_HOSTS_FILE)), *ssh_extra)
+    return TransferRunner(user=accounts.transfer_user, ssh_key=ssh_key, ssh_extra=ssh_extra)
+
+
+def master_releases(target: Target) -> set[str]:
+    """The names of the releases the master holds (one small request through its gate). Raise
+    UserError on a node that does not follow the master's releases, OperationError."""
+    ctx = load_context(target)
+    spec = effective_source(ctx)
+    if not follows_master_releases(ctx, target, spec):
+        raise UserError("only a worker joined to the master fetches a release of the master's by its name")
+    transfer = transfer_runner(target, _accounts(ctx, target), None, ())
+    argv = [*transfer.ssh_argv(spec.port), "--", spec.ssh_destination, "releases"]
+    answer = transfer.run(argv, f"asking {spec.ssh_destination} which DAG releases it holds").stdout
+    return {name for name in answer.decode(errors="replace").split()[:MAX_LISTED] if RELEASE_NAME.fullmatch(name)}
+
+
 def sync(request: SyncRequest) -> SyncResult:
     """Given a SyncRequest, sync this node's DAGs and config; return what happened.
 
@@ -301,11 +330,7 @@ def sync(request: SyncRequest) -> SyncResult:
     check_dags_folder(layout)
     spec = effective_source(ctx)
     accounts = _accounts(ctx, target)
-    ssh_key, ssh_extra = request.ssh_key, request.ssh_extra
-    if ssh_key is None and target.path(SSH_KEY_FILE).exists():  # a joined worker: its key, the pinned master
-        # ssh takes the first value of an option: the pinned host key is not overridable from the environment
-        ssh_key, ssh_extra = str(target.path(SSH_KEY_FILE)), (*pinned(target.path(KNOWN_HOSTS_FILE)), *ssh_extra)
-    transfer = TransferRunner(user=accounts.transfer_user, ssh_key=ssh_key, ssh_extra=ssh_extra)
+    transfer = transfer_runner(target, accounts, request.ssh_key, request.ssh_extra)
     with sync_lock(target.path(SYNC_LOCK_FILE), request.lock_wait) as holder:
         if holder is not None:
             message = f"another sync is running ({holder}); skipped"
@@ -313,7 +338,10 @@ def sync(request: SyncRequest) -> SyncResult:
             return SyncResult(SKIPPED, seconds=time.monotonic() - started, details=(message,))
         if request.wanted:  # one release a task asked for: the state and the published DAGs stay as they are
             details: list[str] = []
-            dags = sync_dags(layout, request, spec, transfer, accounts, read_state(target), details, {}, ctx)
+            try:
+                dags = sync_dags(layout, request, spec, transfer, accounts, read_state(target), details, {}, ctx)
+            except OSError as exc:  # this node's tree (full, say): one line all the same
+                raise OperationError(f"{exc.filename or layout.base}: {exc.strerror}") from None
             return SyncResult(dags.status, dags, seconds=time.monotonic() - started, details=tuple(details))
         return _sync_locked(request, ctx, layout, spec, transfer, accounts, started)
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from servers import RedisServer
 from test_join import join, mint, ssh_as_worker, start_master
 
 from airflow_nodes.context import load_context
-from airflow_nodes.syncing.offer import ring
+from airflow_nodes.syncing.offer import release_key, ring
 from airflow_nodes.target import Target
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,14 @@ def test_a_worker_holds_the_masters_release_by_name_and_asks_for_it_cheaply(join
     assert not filecmp.dircmp(tree(joined.master), tree(joined.worker)).diff_files
     assert (tree(joined.worker) / "added.py").read_text() == "ADDED = 1\n"
 
+    # the master's guards decide: a mass delete forced there is followed, not refused again here
+    (joined.master / "srv/airflow/dags/hello.py").unlink()
+    (joined.master / "srv/airflow/dags/added.py").unlink()
+    assert run_cli("sync", "--root", joined.master).code != 0  # an empty source: refused on the master
+    sync(run_cli, joined.master, "--force")
+    sync(run_cli, joined.worker)
+    assert joined.published(joined.worker) == joined.published(joined.master) not in (first, second)
+
 
 def test_the_follower_fetches_exactly_the_release_a_task_asks_for_and_publishes_nothing(joined, run_cli):
     sync(run_cli, joined.master)
@@ -93,9 +102,14 @@ def test_the_follower_fetches_exactly_the_release_a_task_asks_for_and_publishes_
 
     requests = joined.worker / "var/lib/airflow-node/release-requests"
     (requests / old).touch()  # what the bundle does as the airflow account
-    # what a hostile task could put there: a link named like a release, a name that is none
+    # what a hostile task could put there: a link named like a release, a name that is none, and a
+    # flood of directories (which unlink cannot remove), one named like a release, with files inside
     (requests / "0123456789abcdef").symlink_to("/etc/passwd")
     (requests / "..passwd").touch()
+    for index in range(300):
+        (requests / f"junk{index}" / "deeper").mkdir(parents=True)
+    (requests / "fedcba9876543210" / "inside").mkdir(parents=True)
+    (requests / "fedcba9876543210" / "inside" / "file").write_text("x")
     result = run_cli("follow", "--root", joined.worker, "--passes", "1", "--splay", "0")
     assert result.code == 0, result.err
     assert joined.releases(joined.worker) == {old, new}
@@ -104,9 +118,11 @@ def test_the_follower_fetches_exactly_the_release_a_task_asks_for_and_publishes_
     assert not any(requests.iterdir())
     failures = joined.worker / "var/lib/airflow-node/release-failures"
     assert not (failures / old).exists()
-    # the link was taken by its name only: a release the master does not hold, said to the waiting task
-    assert "0123456789abcdef" in (failures / "0123456789abcdef").read_text()
-    assert "0123456789abcdef" not in joined.releases(joined.worker)
+    # taken by their names only: releases the master does not hold, said to the waiting tasks
+    for name in ("0123456789abcdef", "fedcba9876543210"):
+        assert "the master does not hold it" in (failures / name).read_text()
+        assert name not in joined.releases(joined.worker)
+    assert Path("/etc/passwd").stat().st_size > 0
 
 
 def test_the_gate_serves_a_release_by_its_name_only(joined, run_cli):
@@ -141,3 +157,10 @@ def test_the_doorbell_brings_a_new_release_and_a_false_one_changes_nothing(joine
     result = run_cli("follow", "--root", joined.worker, "--passes", "1", "--splay", "0")
     assert result.code == 0 and "unchanged" in result.out, result.out
     assert joined.published(joined.worker) == offered
+
+    # a doorbell of 64 MiB, or of no revision: 65 bytes of it read, ignored
+    client = redis.Redis.from_url(master_ctx.cluster.broker_url)
+    client.setrange(release_key(master_ctx.cluster.name), (64 << 20) - 1, b"x")
+    client.close()
+    result = run_cli("follow", "--root", joined.worker, "--passes", "1", "--splay", "0")
+    assert result.code == 0 and result.out == "", result.out
