@@ -5,7 +5,10 @@ Prints, for each N: the syncs that failed, the seconds until every worker holds 
 release, and the CPU seconds the master's sshd (its connections, the gate, rsync) spent. Goal (the
 delivery issue): no failure at 100. Run as root (sshd, and the workers log in as root here).
 
-    python benchmarks/bench_herd.py [--workers 10 50 100] [--files 1000] [--splay 0]
+    python benchmarks/bench_herd.py [--workers 10 50 100] [--files 1000] [--splay 0] [--dags-only]
+
+The cron line's sync is `--splay 60` (DAGs, then the cluster file); the follower's, when the broker's
+doorbell rings, is `--splay 10 --dags-only`. Each round the master publishes a new release first.
 """
 
 from __future__ import annotations
@@ -118,12 +121,13 @@ def holds(root: Path, home: Path, round_text: str) -> bool:
     return marker.exists() and marker.read_text() == round_text
 
 
-def herd(roots: list[Path], splay: int, sshd: subprocess.Popen) -> tuple[int, float, float, list[str]]:
-    """Start a sync (DAGs, then the cluster file: two connections) on every worker at once; return
-    (failed, seconds until all are done, master CPU seconds, a few failure lines)."""
+def herd(roots: list[Path], splay: int, dags_only: bool, sshd: subprocess.Popen) -> tuple[int, float, float, list[str]]:
+    """Start a sync on every worker at once (the master's release: `release`, then rsync; then, unless
+    dags_only, the cluster file: three connections); return (failed, seconds until all are done, master
+    CPU seconds, a few failure lines)."""
     cpu = children_cpu(sshd.pid)
     started = time.monotonic()
-    argv = [str(TOOL), "sync", "--quiet", "--splay", str(splay)]
+    argv = [str(TOOL), "sync", "--quiet", "--splay", str(splay), *(["--dags-only"] if dags_only else [])]
     syncs = [subprocess.Popen([*argv, "--root", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for root in roots]  # fmt: skip
     errors = [process.communicate()[1].strip() for process in syncs]
@@ -137,6 +141,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--splay", type=int, default=0, help="the syncs' --splay (the cron line uses 60)")
+    parser.add_argument("--dags-only", action="store_true", help="DAGs only, as the follower syncs")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root: sshd, and the workers log in as root here")
@@ -151,13 +156,15 @@ def main() -> int:
                 # a new release on the master each round: every worker has something to fetch
                 round_text = f"ROUND = {index}\n"
                 (master / "srv/airflow/dags/ROUND.py").write_text(round_text)
-                failed, seconds, cpu, samples = herd(roots[:count], args.splay, sshd)
+                cli("sync", "--root", master)
+                failed, seconds, cpu, samples = herd(roots[:count], args.splay, args.dags_only, sshd)
                 behind = sum(not holds(root, work / "home", round_text) for root in roots[:count])
                 rows.append((count, failed, seconds, cpu, behind, samples))
         finally:
             sshd.terminate()
             sshd.wait(timeout=10)
-    print(f"{args.files} DAG files, one stock sshd on loopback, syncs through the gate, --splay {args.splay}")
+    how = f"--splay {args.splay}{' --dags-only' if args.dags_only else ''}"
+    print(f"{args.files} DAG files, one stock sshd on loopback, syncs through the gate, {how}")
     print(f"{'workers':>7} {'failed':>6} {'behind':>6} {'all done s':>10} {'master CPU s':>12}")
     for count, failed, seconds, cpu, behind, samples in rows:
         print(f"{count:>7} {failed:>6} {behind:>6} {seconds:>10.1f} {cpu:>12.1f}")

@@ -189,7 +189,8 @@ def prepare_work_dirs(layout: DagLayout, owner: tuple[int, int] | None) -> None:
 def unpublished(mirror: Path, built: BuiltRelease) -> tuple[list[str], list[str]]:
     """Given the mirror and the release built from it, return (the files and directories it lacks, the
     special files it lacks): what the source holds must be published, or said aloud (a FIFO or device
-    is no DAG file; a symlink out of the tree is reported by the build)."""
+    is no DAG file; a symlink out of the tree is reported by the build). The whole mirror is walked,
+    not only what the transfer said changed: this is the net under that list's parsing."""
     lost: list[str] = []
     special: list[str] = []
     for dirpath, dirnames, filenames in os.walk(mirror):
@@ -409,9 +410,8 @@ def _build_full(
     return BuiltRelease(tree_revision(manifest), staging, manifest, changed, deleted, tuple(skipped))
 
 
-def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | None, flip: bool = True) -> DagRelease:
-    """Move a built tree to releases/ and (if flip) flip the DAG folder symlink to it with one rename.
-    Return it.
+def add_release(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | None) -> DagRelease:
+    """Move a built tree to releases/ (flip_dags_folder then publishes it). Return it.
 
     A revision already on disk (say, a revert) is re-used as it is: releases are never modified.
     """
@@ -430,8 +430,6 @@ def publish(layout: DagLayout, built: BuiltRelease, owner: tuple[int, int] | Non
     os.utime(final)  # publish order, for pruning
     entries = {path: list(entry) for path, entry in sorted(built.manifest.items())}
     write_atomically(layout.manifest_file(final), json.dumps({"revision": built.revision, "entries": entries}).encode())
-    if flip:
-        flip_dags_folder(layout.dags_folder, final)
     if outdated is not None:
         shutil.rmtree(outdated)  # never follows a link inside
     return DagRelease(built.revision, final, built.manifest)

@@ -33,6 +33,7 @@ from airflow_nodes.syncing.releases import (
     RELEASE_NAME,
     REVISION,
     DagLayout,
+    add_release,
     build_release,
     check_dags_folder,
     current_release,
@@ -41,7 +42,6 @@ from airflow_nodes.syncing.releases import (
     local_changes,
     prepare_work_dirs,
     prune_releases,
-    publish,
     release_is_ours,
     unpublished,
     write_offered,
@@ -257,11 +257,10 @@ def sync_dags(
         raise
     warnings = [*warnings, *(f"not published: symlink {p} points outside the tree" for p in built.skipped_links),
                 *(f"not published: {p} is not a file, directory or link" for p in special)]  # fmt: skip
+    release = add_release(layout, built, accounts.release_owner)
     if request.wanted:  # an older version a task asked for: added beside the published one
-        release = publish(layout, built, accounts.release_owner, flip=False)
         details.append(f"added {release.path}, asked for by a task")
         return DagOutcome(PUBLISHED, release.revision, release.revision, len(built.changed), built.deleted_files)
-    release = publish(layout, built, accounts.release_owner, flip=False)
     if ctx.node.role == "master":
         write_offered(layout, release.revision)  # what workers fetch from now on
         warnings += offer_to_workers(ctx, request, release.revision, details)

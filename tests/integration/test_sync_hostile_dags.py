@@ -20,10 +20,10 @@ from airflow_nodes.syncing import checks
 from airflow_nodes.syncing.releases import (
     BuiltRelease,
     DagLayout,
+    add_release,
     build_release,
     local_changes,
     prepare_work_dirs,
-    publish,
 )
 
 pytestmark = pytest.mark.integration
@@ -181,7 +181,7 @@ def test_release_files_have_their_final_owner_and_mode_from_the_start(tmp_path):
     assert stat.S_IMODE(layout.staging.lstat().st_mode) == 0o700  # nobody else reaches a release being built
     plant_special_files(layout.mirror, "first", NOBODY)
     with special_chmods() as full:
-        current = publish(layout, build_release(layout, None, None, NOBODY), NOBODY)
+        current = add_release(layout, build_release(layout, None, None, NOBODY), NOBODY)
     prepare_work_dirs(layout, NOBODY)
     plant_special_files(layout.mirror, "second", NOBODY)
     with special_chmods() as incremental:
@@ -231,7 +231,7 @@ def check_release_as_nobody(tmp_path: Path) -> None:
     (layout.mirror / "team/dag.py").write_text("X = 1\n")
     os.chmod(layout.mirror / "team/dag.py", 0o600)  # an author's private file: still readable by the group
     readable = (0, NOBODY[1])  # root's, read by the airflow group (nobody's here)
-    release = publish(layout, build_release(layout, None, None, readable), readable)
+    release = add_release(layout, build_release(layout, None, None, readable), readable)
     probe = (
         "import os, sys\n"
         "release = sys.argv[1]\n"
