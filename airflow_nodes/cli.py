@@ -356,7 +356,7 @@ class _CheckCommand(click.Command):
 @click.option("--poll", type=Finite(0.1, 3600), default=defaults.FOLLOW_POLL, show_default=True, metavar="SEC",
               help="Seconds between looks at the broker's doorbell and at the releases tasks asked for.")  # fmt: skip
 @click.option("--splay", type=Finite(0, 3600), default=defaults.FOLLOW_SPLAY, show_default=True, metavar="SEC",
-              help="Spread the workers' fetches of a new release over this many seconds.")  # fmt: skip
+              help="Spread the workers' fetches of a new release over at most this many seconds.")  # fmt: skip
 @click.option("--passes", type=click.IntRange(1, 10**6), default=None, help="Look this many times, then exit.")
 def follow(target: Target, poll: float, splay: float, passes: int | None) -> None:
     """Fetch each new DAG release within seconds, and the release a task asks for (the worker's daemon)."""

@@ -355,7 +355,9 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
         if words == ["release"]:  # the cheap no-change check: one small answer, no walk of the tree
             from airflow_nodes.syncing.releases import read_offered
 
-            return f"{read_offered(root / DAG_RELEASES_DIR.lstrip('/') / 'offered')}\n".encode()
+            # and the cluster file's hash: a worker that holds it need not fetch it (one connection fewer)
+            offered = read_offered(root / DAG_RELEASES_DIR.lstrip("/") / "offered")
+            return f"{offered}\n{hashlib.sha256(statefile.read_bytes(cluster_file) or b'').hexdigest()}\n".encode()
         if words == ["releases"]:  # which releases a task may still ask its worker for
             from airflow_nodes.syncing.releases import release_names
 

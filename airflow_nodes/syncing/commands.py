@@ -21,7 +21,7 @@ TRANSFER_TIMEOUT = 1800  # seconds; a stuck transfer must not hold the lock for 
 DROPPED = re.compile(r"kex_exchange_identification|Connection (closed|reset) by|Not allowed at this time")
 # seconds before each new try, each taken at random between half and one and a half times it: the
 # workers sshd turned away come back spread out, not as the same herd
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from airflow_nodes.apply import apply
 from airflow_nodes.cluster import check_account_and_home, check_served_cluster, parse_cluster
 from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
+from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import CLUSTER_FILE
 from airflow_nodes.nodeplan import reconcile_node
@@ -55,9 +56,13 @@ def sync_config(
     transfer: TransferRunner,
     master_root: str = "",
     force: bool = False,
+    master_hash: str = "",
 ) -> ConfigSyncOutcome:
     """Fetch the master's cluster file; when it differs from ours, converge this node to it exactly as
-    `init` would (files added, changed and removed; only what changed restarts)."""
+    `init` would (files added, changed and removed; only what changed restarts). master_hash: its sha256,
+    when the master's gate said it (the file is then fetched only when ours differs)."""
+    if master_hash and master_hash == sha256_file(target.path(CLUSTER_FILE), unreadable_ok=True):
+        return ConfigSyncOutcome(changed=False)
     destination, port = master_endpoint(ctx, spec)
     fetched = fetch_master_cluster_file(transfer, destination, port, master_root)
     if target.path(CLUSTER_FILE).read_bytes() == fetched:

@@ -8,8 +8,9 @@ runs as the sync account):
   the published release. Why one could not be is written to RELEASE_FAILURES_DIR/<name>, which the
   waiting task reads.
 - the broker's doorbell (offer.py): when it names a revision other than the published one, a DAG sync,
-  after this node's own share of `splay` seconds (the workers of a big cluster do not reach the master's
-  sshd as one herd). The doorbell is a hint: the sync asks the master which release it offers.
+  after this node's own share of a splay that grows with the number of live workers, at most `splay`
+  seconds (the workers of a big cluster do not reach the master's sshd as one herd). The doorbell is a
+  hint: the sync asks the master which release it offers.
 The cron line's sync stays: it brings the cluster file, and catches up whatever the follower missed.
 """
 
@@ -30,7 +31,7 @@ from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import RELEASE_FAILURES_DIR, RELEASE_REQUESTS_DIR
 from airflow_nodes.redaction import redact
 from airflow_nodes.sanitise import one_line
-from airflow_nodes.syncing.offer import rung
+from airflow_nodes.syncing.offer import herd_splay, rung
 from airflow_nodes.syncing.releases import RELEASE_NAME, DagLayout, current_release, held_release
 from airflow_nodes.syncing.run import SKIPPED, SyncRequest, master_releases, splay_of, sync
 from airflow_nodes.target import Target
@@ -75,7 +76,7 @@ class Follower:
             published = current_release(layout)
             if published is None or published.revision != revision:
                 self._rung_seen, self._last_ring = revision, time.monotonic()
-                time.sleep(splay_of(ctx.node.node_name, self.splay))
+                time.sleep(splay_of(ctx.node.node_name, herd_splay(ctx, self.splay)))
                 if self._sync(SyncRequest(self.target, dags_only=True), f"the master offers {revision[:16]}"):
                     self._rung_seen = ""  # skipped or failed: the next ring (MIN_RING_GAP on) tries again
 

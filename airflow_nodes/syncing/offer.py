@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from airflow_nodes import defaults
 from airflow_nodes.context import NodeContext
 from airflow_nodes.fleet import KEY_PREFIX, period_seconds, read_records, stale
 from airflow_nodes.syncing.releases import REVISION
@@ -42,13 +43,29 @@ def rung(client, cluster_name: str) -> str:
     return text if REVISION.fullmatch(text) else ""
 
 
-def workers_behind(ctx: NodeContext, revision: str, timeout: float = 2.0) -> list[str]:
-    """The live workers (a record younger than two sync periods) whose record names another release."""
+def live_workers(ctx: NodeContext, timeout: float = 2.0) -> list[dict]:
+    """The records of the live workers (younger than two sync periods). Raise redis-py's errors."""
     records, now = read_records(ctx, timeout)
-    return sorted(
-        r["node"] for r in records
-        if r.get("role") == "worker" and not stale(r, now, period_seconds(ctx)) and r.get("dags") != revision
-    )  # fmt: skip
+    return [r for r in records if r.get("role") == "worker" and not stale(r, now, period_seconds(ctx))]
+
+
+def workers_behind(ctx: NodeContext, revision: str, timeout: float = 2.0) -> list[str]:
+    """The live workers whose record names another release."""
+    return sorted(r["node"] for r in live_workers(ctx, timeout) if r.get("dags") != revision)
+
+
+def herd_splay(ctx: NodeContext, most: float) -> float:
+    """Seconds over which the workers spread their fetches of a new release: SPLAY_PER_WORKER for each live
+    worker, at most `most` (the master's sshd turns away unauthenticated connections past ten at once)."""
+    from redis.exceptions import RedisError
+
+    from airflow_nodes.fleet import TooManyRecords
+
+    try:
+        count = len(live_workers(ctx))
+    except (RedisError, TooManyRecords, OSError):
+        return most
+    return min(most, defaults.SPLAY_PER_WORKER * count)
 
 
 def wait_for_workers(ctx: NodeContext, revision: str, wait: float, poll: float = 1.0) -> tuple[float, list[str]]:

@@ -162,16 +162,16 @@ def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpe
             and str(spec.host).strip("[]") == ctx.cluster.master_host.strip("[]"))  # fmt: skip
 
 
-def ask_master_release(transfer: TransferRunner, spec: DagSourceSpec) -> str:
-    """Return the revision the master offers (one small request through its gate), or "" before its first
-    publish. Raise OperationError."""
+def ask_master_release(transfer: TransferRunner, spec: DagSourceSpec) -> tuple[str, str]:
+    """Return the revision the master offers ("" before its first publish) and the sha256 of its cluster
+    file: one small request through its gate. Raise OperationError."""
     argv = [*transfer.ssh_argv(spec.port), "--", spec.ssh_destination, "release"]
     answer = transfer.run(argv, f"asking {spec.ssh_destination} for its DAG release").stdout
-    revision = answer.decode(errors="replace").strip()
-    if revision and not REVISION.fullmatch(revision):
+    revision, _, cluster_hash = answer.decode(errors="replace").strip().partition("\n")
+    if (revision and not REVISION.fullmatch(revision)) or (cluster_hash and not REVISION.fullmatch(cluster_hash)):
         raise OperationError(f"{spec.ssh_destination}: answered {printable(revision[:40])!r} for its DAG release; "
                              "the published DAGs are unchanged")  # fmt: skip
-    return revision
+    return revision, cluster_hash
 
 
 def release_spec(spec: DagSourceSpec, name: str, master_root: str = "") -> DagSourceSpec:
@@ -198,7 +198,7 @@ def sync_dags(
     if request.wanted and held_release(layout, request.wanted, accounts.release_owner):
         return DagOutcome(UNCHANGED, request.wanted, request.wanted)
     if from_master and not expected:
-        expected = ask_master_release(transfer, spec)
+        expected, seen["master_cluster_hash"] = ask_master_release(transfer, spec)
         details.append(f"the master offers {expected[:16] or 'no release yet'} ({time.monotonic() - started:.2f} s)")
         if not expected:
             return DagOutcome(
@@ -365,7 +365,8 @@ def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> Syn
         details.append(f"pruned {len(removed)} old release(s)")
     if ctx.node.role == "worker" and not request.dags_only:
         try:  # even when the DAGs failed: a rotated secret must still arrive
-            config = sync_config(ctx, target, spec, transfer, request.master_root, request.guards.force)
+            config = sync_config(ctx, target, spec, transfer, request.master_root, request.guards.force,
+                                 seen.get("master_cluster_hash", ""))  # fmt: skip
         except (UserError, OperationError) as exc:
             errors.append(exc)
     if dags is not None:

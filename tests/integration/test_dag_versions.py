@@ -66,9 +66,13 @@ def test_a_worker_holds_the_masters_release_by_name_and_asks_for_it_cheaply(join
     first = joined.published(joined.master)
     out = sync(run_cli, joined.worker)
     assert "dags published" in out and joined.published(joined.worker) == first, out
+    logins = joined.sshd.log.read_text().count("Accepted publickey")
     again = sync(run_cli, joined.worker)
-    # the no-change check: one answer from the gate, no rsync walk of the tree
+    # the no-change check: one answer from the gate (the release and the cluster file's hash), one
+    # connection, no rsync walk of the tree, no fetch of the cluster file
     assert f"the master offers {first}" in again and "fetched from" not in again, again
+    assert "config unchanged" in again, again
+    assert joined.sshd.log.read_text().count("Accepted publickey") == logins + 1
 
     joined.author("hello.py", "HELLO = 2\n")
     joined.author("added.py", "ADDED = 1\n")
