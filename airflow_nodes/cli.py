@@ -303,7 +303,7 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
 )  # fmt: skip
 @click.option("--keep", "keep_releases", type=click.IntRange(1, 100), default=defaults.KEEP_RELEASES, show_default=True,
               help="DAG releases kept on disk (the published one always).")  # fmt: skip
-@click.option("--wait", "lock_wait", type=Finite(0, 3600), default=defaults.LOCK_WAIT, show_default=True,
+@click.option("--wait", "lock_wait", type=Finite(0, 3600), default=defaults.MANUAL_LOCK_WAIT, show_default=True,
               metavar="SEC",
               help="Wait this long for a running sync, then skip (exit 0).")  # fmt: skip
 @click.option("--ssh-key", metavar="FILE", help="SSH private key [default: the airflow user's]; "

@@ -40,7 +40,10 @@ SPLAY_PER_WORKER = 0.3
 RELEASE_FETCH_WAIT = 120
 # seconds between the dag-processor's looks at the published release (one readlink each)
 BUNDLE_REFRESH_INTERVAL = 5
-LOCK_WAIT = 10.0  # seconds to wait for a running sync before skipping
+LOCK_WAIT = 10.0  # seconds cron's sync and the follower's wait for a running sync before skipping
+# seconds `airflow-node sync` by hand waits for a running one (cron's may be following an upgrade, which
+# builds a new Airflow): a person expects the sync they asked for, not a skip
+MANUAL_LOCK_WAIT = 900.0
 # seconds over which the cron line spreads the nodes' syncs (each node waits its own fixed share of
 # it): every node's cron fires in the same second, and sshd turns away most of a herd past ten
 CRON_SPLAY = 60

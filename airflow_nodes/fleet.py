@@ -309,13 +309,18 @@ def known_workers(ctx: NodeContext, timeout: float = 2.0) -> set[str]:
     from redis.exceptions import RedisError
 
     try:
-        records, now = read_records(ctx, timeout)
+        live = live_workers(ctx, timeout)
     except (RedisError, TooManyRecords):
-        records, now = [], 0.0
+        live = []
     expected = ctx.cluster.expected_workers
     names = set() if not expected or expected.isdigit() else set(expected.split(","))
-    names |= {r["node"] for r in records if r.get("role") == "worker" and not stale(r, now, period_seconds(ctx))}
-    return {f"celery@{name}" for name in names}
+    return {f"celery@{name}" for name in names | {r["node"] for r in live}}
+
+
+def live_workers(ctx: NodeContext, timeout: float = 2.0) -> list[dict]:
+    """The records of the live workers (younger than two sync periods). Raise as read_fleet does."""
+    records, now = read_records(ctx, timeout)
+    return [r for r in records if r.get("role") == "worker" and not stale(r, now, period_seconds(ctx))]
 
 
 def age(record: dict, now: float) -> float:

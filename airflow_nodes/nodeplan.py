@@ -84,7 +84,15 @@ def render_cron(ctx: NodeContext) -> str:
         # root, because a changed cluster file means re-rendering root-owned config and restarting
         # daemons; sync itself runs its transfers (ssh, rsync, git) as the sync account.
         user="root",
-        sync_command=(ctx.node.airflow_node_bin, "sync", "--quiet", "--splay", str(defaults.CRON_SPLAY)),
+        sync_command=(
+            ctx.node.airflow_node_bin,
+            "sync",
+            "--quiet",
+            "--splay",
+            str(defaults.CRON_SPLAY),
+            "--wait",
+            f"{defaults.LOCK_WAIT:g}",
+        ),
         # our own supervisord has no other way to start at boot
         boot_command=(ctx.node.airflow_node_bin, "start") if owns_supervisord(ctx.node) else None,
     )

@@ -1,7 +1,7 @@
 """The master offers a new DAG release to the workers.
 
 A doorbell: the release's revision stored in the broker, which every worker's follower (`airflow-node
-follow`) reads every FOLLOW_POLL seconds, one GET, instead of walking the tree over SSH. Anyone holding
+follow`) reads every FOLLOW_POLL seconds (65 bytes at most), instead of walking the tree over SSH. Anyone holding
 the broker's password can ring it; a worker only takes it as a hint to ask the master itself, through
 the gate, which release it offers. On Airflow 2 (no versioned DAG bundles) the master also waits, up to
 a bound, until every live worker holds the release before its own Airflow sees it.
@@ -13,7 +13,7 @@ import time
 
 from airflow_nodes import defaults
 from airflow_nodes.context import NodeContext
-from airflow_nodes.fleet import KEY_PREFIX, period_seconds, read_records, stale
+from airflow_nodes.fleet import KEY_PREFIX, live_workers
 from airflow_nodes.syncing.releases import REVISION
 
 
@@ -41,12 +41,6 @@ def rung(client, cluster_name: str) -> str:
     value = client.getrange(release_key(cluster_name), 0, 64) or b""  # never more than a revision and a byte
     text = value.decode(errors="replace") if len(value) == 64 else ""
     return text if REVISION.fullmatch(text) else ""
-
-
-def live_workers(ctx: NodeContext, timeout: float = 2.0) -> list[dict]:
-    """The records of the live workers (younger than two sync periods). Raise redis-py's errors."""
-    records, now = read_records(ctx, timeout)
-    return [r for r in records if r.get("role") == "worker" and not stale(r, now, period_seconds(ctx))]
 
 
 def workers_behind(ctx: NodeContext, revision: str, timeout: float = 2.0) -> list[str]:

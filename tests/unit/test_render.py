@@ -148,7 +148,7 @@ def test_cron_entry_is_one_valid_line_with_a_final_newline(run_cli, tmp_path):
     root = render_node(run_cli, tmp_path, "3.3.2", "worker", "supervisor")
     cron = (root / "etc/cron.d/airflow-node").read_text()
     assert cron.endswith("\n")
-    assert "*/5 * * * * root /usr/local/bin/airflow-node sync --quiet --splay 60\n" in cron
+    assert "*/5 * * * * root /usr/local/bin/airflow-node sync --quiet --splay 60 --wait 10\n" in cron
 
 
 def test_dag_refresh_interval_is_short_on_both_lines(run_cli, tmp_path):
