@@ -193,15 +193,21 @@ def unpublished(mirror: Path, built: BuiltRelease) -> tuple[list[str], list[str]
     not only what the transfer said changed: this is the net under that list's parsing."""
     lost: list[str] = []
     special: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(mirror):
-        if dirpath == str(mirror) and ".git" in dirnames:
-            dirnames.remove(".git")  # a git source's own, never published
-        for name in dirnames + filenames:
-            rel = os.path.relpath(os.path.join(dirpath, name), mirror)
-            if rel in built.manifest or rel in built.skipped_links:
-                continue
-            kind = os.lstat(os.path.join(dirpath, name)).st_mode
-            (lost if stat.S_ISDIR(kind) or stat.S_ISREG(kind) or stat.S_ISLNK(kind) else special).append(rel)
+    directories = [("", str(mirror))]  # (relative prefix, path): scandir, no os.path.relpath per entry
+    while directories:
+        prefix, directory = directories.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if is_dir and not prefix and entry.name == ".git":
+                    continue  # a git source's own, never published
+                rel = prefix + entry.name
+                if is_dir:
+                    directories.append((rel + "/", entry.path))
+                if rel in built.manifest or rel in built.skipped_links:
+                    continue
+                kind = entry.stat(follow_symlinks=False).st_mode
+                (lost if stat.S_ISDIR(kind) or stat.S_ISREG(kind) or stat.S_ISLNK(kind) else special).append(rel)
     return lost, special
 
 
