@@ -62,7 +62,10 @@ class Follower:
         """Look `passes` times (for ever when None), `poll` seconds apart."""
         done = 0
         while passes is None or done < passes:
-            self.once()
+            try:
+                self.once()
+            except (UserError, OperationError, OSError) as exc:  # the node's files mid-change, say: look again
+                self.say(f"look failed: {one_line(str(exc), 300)}")
             done += 1
             if passes is None or done < passes:
                 time.sleep(self.poll)
@@ -77,7 +80,7 @@ class Follower:
             if published is None or published.revision != revision:
                 self._rung_seen, self._last_ring = revision, time.monotonic()
                 time.sleep(splay_of(ctx.node.node_name, herd_splay(ctx, self.splay)))
-                if self._sync(SyncRequest(self.target, dags_only=True), f"the master offers {revision[:16]}"):
+                if self._sync(SyncRequest(self.target, dags_only=True), f"the master offers {revision[:16]}") != "":
                     self._rung_seen = ""  # skipped or failed: the next ring (MIN_RING_GAP on) tries again
 
     def fetch_requested(self, layout: DagLayout, ctx: NodeContext) -> None:

@@ -19,6 +19,7 @@ from servers import RedisServer
 from test_join import join, mint, ssh_as_worker, start_master
 
 from airflow_nodes.context import load_context
+from airflow_nodes.syncing.follow import Follower
 from airflow_nodes.syncing.offer import release_key, ring
 from airflow_nodes.target import Target
 
@@ -168,3 +169,16 @@ def test_the_doorbell_brings_a_new_release_and_a_false_one_changes_nothing(joine
     client.close()
     result = run_cli("follow", "--root", joined.worker, "--passes", "1", "--splay", "0")
     assert result.code == 0 and result.out == "", result.out
+
+
+def test_a_look_that_fails_is_said_in_one_line_and_the_follower_goes_on(joined):
+    lines: list[str] = []
+    follower = Follower(Target.at(joined.worker), poll=0.01, splay=0, say=lines.append)
+    cluster_file = joined.worker / "etc/airflow-node/cluster.toml"
+    text = cluster_file.read_text()
+    cluster_file.write_text("not [ toml\n")  # mid-change, say
+    try:
+        follower.run(passes=2)
+    finally:
+        cluster_file.write_text(text)
+    assert len(lines) == 2 and all(line.startswith("look failed: ") and "\n" not in line for line in lines), lines
