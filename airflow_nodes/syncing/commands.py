@@ -42,6 +42,12 @@ class TransferRunner:
             argv += ["-i", self.ssh_key, "-o", "IdentitiesOnly=yes"]
         return argv + list(self.ssh_extra)
 
+    def ask(self, destination: str, port: int | None, *words: str) -> bytes:
+        """Run one request on an SSH host (the master's gate answers these) and return what it printed.
+        Raise OperationError."""
+        argv = [*self.ssh_argv(port), "--", destination, *words]
+        return self.run(argv, f"asking {destination} for {' '.join(words)}").stdout
+
     def run(self, argv: Sequence[str], what: str, ok_codes: tuple[int, ...] = (0,)) -> Completed:
         """Run argv (as the transfer user); return its result, output as bytes. A connection sshd turned
         away is tried again after a growing, random delay (RETRY_DELAYS). Raise OperationError."""

@@ -53,6 +53,7 @@ from airflow_nodes.target import Target
 from airflow_nodes.timestamps import utc_now
 
 PUBLISHED, UNCHANGED, SKIPPED = "published", "unchanged", "skipped"
+NOT_FOLLOWING = "only a worker joined to the master fetches a release of the master's by its name"
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,7 @@ def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpe
 def ask_master_release(transfer: TransferRunner, spec: DagSourceSpec) -> tuple[str, str]:
     """Return the revision the master offers ("" before its first publish) and the sha256 of its cluster
     file: one small request through its gate. Raise OperationError."""
-    argv = [*transfer.ssh_argv(spec.port), "--", spec.ssh_destination, "release"]
-    answer = transfer.run(argv, f"asking {spec.ssh_destination} for its DAG release").stdout
+    answer = transfer.ask(spec.ssh_destination, spec.port, "release")
     revision, _, cluster_hash = answer.decode(errors="replace").strip().partition("\n")
     if (revision and not REVISION.fullmatch(revision)) or (cluster_hash and not REVISION.fullmatch(cluster_hash)):
         raise OperationError(f"{spec.ssh_destination}: answered {printable(revision[:40])!r} for its DAG release; "
@@ -193,7 +193,7 @@ def sync_dags(
     pending = layout.unpublished_marker.exists() or outdated
     from_master = follows_master_releases(ctx, request.target, spec)
     if request.wanted and not from_master:
-        raise UserError("only a worker joined to the master fetches a release of the master's by its name")
+        raise UserError(NOT_FOLLOWING)
     expected = request.wanted
     if request.wanted and held_release(layout, request.wanted, accounts.release_owner):
         return DagOutcome(UNCHANGED, request.wanted, request.wanted)
@@ -308,11 +308,15 @@ def master_releases(target: Target) -> set[str]:
     ctx = load_context(target)
     spec = effective_source(ctx)
     if not follows_master_releases(ctx, target, spec):
-        raise UserError("only a worker joined to the master fetches a release of the master's by its name")
+        raise UserError(NOT_FOLLOWING)
     transfer = transfer_runner(target, _accounts(ctx, target), None, ())
-    argv = [*transfer.ssh_argv(spec.port), "--", spec.ssh_destination, "releases"]
-    answer = transfer.run(argv, f"asking {spec.ssh_destination} which DAG releases it holds").stdout
+    answer = transfer.ask(spec.ssh_destination, spec.port, "releases")
     return {name for name in answer.decode(errors="replace").split()[:MAX_LISTED] if RELEASE_NAME.fullmatch(name)}
+
+
+def local_error(exc: OSError, layout: DagLayout) -> OperationError:
+    """An error of the release tree on this node (a full disk, say), not of the source: one line all the same."""
+    return OperationError(f"{exc.filename or layout.base}: {exc.strerror}; the published DAGs are unchanged")
 
 
 def sync(request: SyncRequest) -> SyncResult:
@@ -339,8 +343,8 @@ def sync(request: SyncRequest) -> SyncResult:
             details: list[str] = []
             try:
                 dags = sync_dags(layout, request, spec, transfer, accounts, read_state(target), details, {}, ctx)
-            except OSError as exc:  # this node's tree (full, say): one line all the same
-                raise OperationError(f"{exc.filename or layout.base}: {exc.strerror}") from None
+            except OSError as exc:
+                raise local_error(exc, layout) from None
             return SyncResult(dags.status, dags, seconds=time.monotonic() - started, details=tuple(details))
         return _sync_locked(request, ctx, layout, spec, transfer, accounts, started)
 
@@ -357,9 +361,8 @@ def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> Syn
         dags = sync_dags(layout, request, spec, transfer, accounts, state, details, seen, ctx)
     except (UserError, OperationError) as exc:
         errors.append(exc)
-    except OSError as exc:  # the release tree on this node, not the source: one line all the same
-        where = exc.filename or layout.base
-        errors.append(OperationError(f"{where}: {exc.strerror}; the published DAGs are unchanged"))
+    except OSError as exc:
+        errors.append(local_error(exc, layout))
     else:
         removed = prune_releases(layout, request.keep_releases, request.keep_days)
         details.append(f"pruned {len(removed)} old release(s)")
