@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 import math
 import sys
 from pathlib import Path
 
 import click
 
-from airflow_nodes import defaults
-from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes import defaults, output
+from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
+from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.join import DEFAULT_TTL, MAX_TTL
 from airflow_nodes.sanitise import one_line, printable, printable_lines
 from airflow_nodes.target import Target
@@ -25,12 +25,6 @@ class Finite(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
-
-
-class Exit(enum.IntEnum):
-    OK = 0
-    FAILED = 1
-    USAGE = 2
 
 
 def echo(text: str) -> None:
@@ -48,7 +42,8 @@ def _target(ctx: click.Context, param: click.Parameter, value: str) -> Target:
     try:
         return Target.at(value)
     except UserError as exc:
-        raise click.BadParameter(str(exc).removeprefix("--root: "), ctx, param) from None
+        # click's message names the option itself: "Invalid value for '--root': DETAIL"
+        raise click.BadParameter(exc.detail if exc.about == "--root" else str(exc), ctx, param) from None
 
 
 root_option = click.option(
@@ -197,9 +192,9 @@ def join_token(target: Target, ttl: int, ssh_port: int, show: bool, revoke: str 
     from airflow_nodes import join
 
     if show:
-        echo(join.list_joins(target))
+        echo(output.join_listing(join.list_joins(target)))
     elif revoke is not None:
-        echo(join.revoke(target, revoke))
+        echo(output.revoked(join.revoke(target, revoke)))
     else:
         echo(join.token_command(join.master_join_token(target, ttl, ssh_port)))
 
@@ -272,7 +267,9 @@ def upgrade(target: Target, to: str, dry_run: bool, backup_dir: Path, health_tim
     if dry_run:
         return
     if not target.real_system:
-        raise UserError("upgrade: runs on the real master only (not under --root); use --dry-run to see the plan")
+        raise UserError(
+            "runs on the real master only (not under --root); use --dry-run to see the plan", about="upgrade"
+        )
     echo(run_upgrade(plan, target, echo, health_timeout))
 
 
@@ -322,11 +319,12 @@ def sync(target: Target, quiet: bool, verbose: bool, show_status: bool, force: b
     """Bring DAGs and the cluster config in line with the master (run by cron)."""
     from airflow_nodes.syncing.checks import Guards
     from airflow_nodes.syncing.commands import ssh_extra_from_env
-    from airflow_nodes.syncing.run import SyncRequest, format_status
+    from airflow_nodes.syncing.run import SyncRequest
     from airflow_nodes.syncing.run import sync as run_sync
+    from airflow_nodes.syncing.state import read_state
 
     if show_status:
-        echo(format_status(target))
+        echo(output.sync_status(read_state(target)))
         return
     guards = Guards(max_delete_ratio=max_delete_ratio, validate=validate, force=force)
     result = run_sync(SyncRequest(target=target, guards=guards, ssh_extra=ssh_extra_from_env(), **options))
@@ -337,9 +335,6 @@ def sync(target: Target, quiet: bool, verbose: bool, show_status: bool, force: b
         echo(printable(result.summary))
 
 
-HEALTH_UNKNOWN = 3  # Nagios: unknown / usage
-
-
 class _CheckCommand(click.Command):
     """A monitoring check: bad options exit 3 (UNKNOWN), never 2, which Nagios reads as CRITICAL."""
 
@@ -348,7 +343,7 @@ class _CheckCommand(click.Command):
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
             error(f"{ctx.command_path}: {exc.format_message()}")
-            sys.exit(HEALTH_UNKNOWN)
+            sys.exit(ExitCode.UNKNOWN)
 
 
 @cli.command()
@@ -383,23 +378,23 @@ def health(
     target: Target, timeout: float, only: str | None, as_json: bool, prometheus: Path | None, deep: bool
 ) -> None:
     """Probe this node and the cluster (Nagios exit codes: 0 ok, 1 warning, 2 critical, 3 unknown)."""
-    from airflow_nodes.health.formatting import format_json, format_prometheus, format_table, write_textfile
+    from airflow_nodes.health.formatting import format_prometheus, write_textfile
     from airflow_nodes.health.runner import parse_only, run_health
 
     try:
         report = run_health(target, timeout=timeout, only=parse_only(only), deep=deep)
     except UserError as exc:
         error(f"airflow-node health: {exc}")
-        sys.exit(HEALTH_UNKNOWN)
-    echo(format_json(report) if as_json else format_table(report))
+        sys.exit(ExitCode.UNKNOWN)
+    echo(output.health_json(report) if as_json else output.health_table(report))
     if prometheus is not None:
         try:
             write_textfile(prometheus, format_prometheus(report))
         except OSError as exc:
             error(f"airflow-node health: --prometheus {prometheus}: {exc.strerror}")
-            sys.exit(HEALTH_UNKNOWN)
+            sys.exit(ExitCode.UNKNOWN)
     if report.status:
-        raise click.exceptions.Exit(int(report.status))
+        raise click.exceptions.Exit(report.status.exit_code)
 
 
 @cli.command("cluster", cls=_CheckCommand)
@@ -410,17 +405,16 @@ def health(
 def cluster_view(target: Target, as_json: bool, timeout: float) -> None:
     """Every node of this cluster from its record in the broker, the master's values as the reference
     (Nagios exit codes: 0 consistent, 1 drift or a stale node, 2 a node missing or no broker, 3 unknown)."""
-    from airflow_nodes.fleet import as_json as fleet_json
-    from airflow_nodes.fleet import fleet_report, format_fleet
+    from airflow_nodes.fleet import fleet_report
 
     try:
         report = fleet_report(target, timeout)
     except (UserError, OperationError) as exc:
         error(f"airflow-node cluster: {exc}")
-        sys.exit(HEALTH_UNKNOWN)
-    echo(fleet_json(report) if as_json else format_fleet(report))
+        sys.exit(ExitCode.UNKNOWN)
+    echo(output.fleet_json(report) if as_json else output.fleet_table(report))
     if report.status:
-        raise click.exceptions.Exit(report.status)
+        raise click.exceptions.Exit(report.status.exit_code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,20 +425,20 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:  # health and cluster exit 3 (Nagios UNKNOWN) from inside click
-        return exc.code if isinstance(exc.code, int) else Exit.FAILED
+        return exc.code if isinstance(exc.code, int) else ExitCode.FAILED
     except click.Abort:
-        error("airflow-node: aborted")
-        return Exit.FAILED
+        error(f"{ERROR_PREFIX}aborted")
+        return ExitCode.FAILED
     except click.UsageError as exc:
-        error(f"airflow-node: {exc.format_message()}")
-        return Exit.USAGE
+        error(f"{ERROR_PREFIX}{exc.format_message()}")
+        return ExitCode.USAGE
     except UserError as exc:
-        error(f"airflow-node: {exc}")
-        return Exit.USAGE
+        error(f"{ERROR_PREFIX}{exc}")
+        return ExitCode.USAGE
     except OperationError as exc:
-        error(f"airflow-node: {exc}")
-        return Exit.FAILED
-    return code if isinstance(code, int) else Exit.OK
+        error(f"{ERROR_PREFIX}{exc}")
+        return ExitCode.FAILED
+    return code if isinstance(code, int) else ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from airflow_nodes import statefile
 from airflow_nodes.cluster import ClusterConfig, read_cluster
 from airflow_nodes.errors import UserError
 from airflow_nodes.node import CLUSTER_FILE, ENV_FILE, LOG_DIR, NODE_FILE, NodeSettings, parse_node
+from airflow_nodes.roles import Role
 from airflow_nodes.target import Target
 from airflow_nodes.versions import AirflowLine, Daemon
 
@@ -26,10 +27,13 @@ class NodeContext:
         return self.node.role_name
 
     @property
+    def role(self) -> Role:
+        return self.node.duties
+
+    @property
     def daemons(self) -> tuple[Daemon, ...]:
-        if self.node.role == "master":
-            return self.line.master_daemons
-        return self.line.worker_daemons(self.node.concurrency, self.node.queue_list, self.node.celery_name)
+        worker = self.line.worker_daemon(self.node.concurrency, self.node.queue_list, self.node.celery_name)
+        return self.role.daemons(self.line, worker)
 
     @property
     def airflow_home(self) -> str:

@@ -33,6 +33,7 @@ from airflow_nodes.cluster import ClusterConfig
 from airflow_nodes.context import NodeContext
 from airflow_nodes.digest import sha256, sha256_file
 from airflow_nodes.errors import UserError
+from airflow_nodes.exitcodes import CheckStatus
 from airflow_nodes.install import compare_package_sets
 from airflow_nodes.node import CLUSTER_FILE, STATE_DIR
 from airflow_nodes.target import Target
@@ -45,7 +46,8 @@ CLOCK_WARN = 5.0  # seconds off the broker's clock
 FUTURE_SKEW = 60.0  # seconds a record's `published` may be ahead of the broker's time as a reader sees it
 MAX_RECORDS = 2000  # keys read at most: more than any cluster has nodes (--expect-workers is at most 1000)
 READ_BATCH = 100  # keys fetched per round trip
-OK, DRIFT, MISSING, UNKNOWN = 0, 1, 2, 3  # Nagios, as health
+# the view's states: a node that differs or is stale is a WARNING, a node missing (or no broker) CRITICAL
+OK, DRIFT, MISSING = CheckStatus.OK, CheckStatus.WARNING, CheckStatus.CRITICAL
 
 # The record schema, the one definition both sides use: the writer clips its record to it (clip_record),
 # the reader refuses a record that breaks it (check_fields). Anyone with the broker URL can write our keys.
@@ -336,25 +338,18 @@ class NodeRow:
     record: dict
     findings: list[str] = field(default_factory=list)  # what differs from the master, or is wrong
     differing: set[str] = field(default_factory=set)  # the fields to mark in the table
-    status: int = OK
+    status: CheckStatus = OK
 
 
 @dataclass
 class FleetReport:
+    """The fleet as `airflow-node cluster` shows it (output.fleet_table, output.fleet_json)."""
+
     rows: list[NodeRow]
     missing: list[str]
-    status: int
+    status: CheckStatus
     verdict: str
     refused: list[str] = field(default_factory=list)  # the records read and refused, and why
-
-    def as_dict(self) -> dict:
-        return {
-            "status": self.status,
-            "verdict": self.verdict,
-            "missing": self.missing,
-            "refused": self.refused,
-            "nodes": [{**row.record, "findings": row.findings, "status": row.status} for row in self.rows],
-        }
 
 
 def expected_missing(expected: str, present: set[str], workers_seen: int) -> list[str]:
@@ -435,31 +430,3 @@ def fleet_report(target: Target, timeout: float) -> FleetReport:
     except TooManyRecords as exc:
         return FleetReport([], [], MISSING, f"CRITICAL: the broker cannot be read ({exc})")
     return compare(read.records, ctx.cluster.expected_workers, period_seconds(ctx), read.now, read.refused)
-
-
-COLUMNS = ("node", "role", "address", "airflow", "packages", "cfg", "cluster_file", "secrets", "dags", "clock_offset")
-
-
-def format_fleet(report: FleetReport) -> str:
-    """The table: one row per node, a differing value marked with "!", then findings and the verdict."""
-    rows = [[c.upper() for c in COLUMNS]]
-    for row in report.rows:
-        cells = []
-        for column in COLUMNS:
-            value = row.record.get(column, "")
-            text = str(value)[:12] if column not in ("node", "address") else str(value)
-            cells.append(f"!{text}" if column in row.differing else text)
-        rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip() for r in rows]
-    for row in report.rows:
-        lines += [f"{row.record['node']}: {finding}" for finding in row.findings]
-    lines += [f"refused record {why}" for why in report.refused[:5]]
-    if len(report.refused) > 5:
-        lines.append(f"refused {len(report.refused) - 5} more record(s)")
-    lines.append(report.verdict)
-    return "\n".join(lines)
-
-
-def as_json(report: FleetReport) -> str:
-    return json.dumps(report.as_dict(), indent=2, sort_keys=True)

@@ -32,16 +32,17 @@ from airflow_nodes.detect import (
     untrusted_in_venv,
 )
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.initsystems import init_system as init_system_named
 from airflow_nodes.node import (
     CLUSTER_FILE,
     NODE_FILE,
     NODE_SCHEMA,
-    OWN_SUPERVISORD_CONF,
     NodeSettings,
     parse_node,
     validate_node,
 )
 from airflow_nodes.nodeplan import NodeCredentials, reconcile_node
+from airflow_nodes.roles import ROLES, Role, role_named
 from airflow_nodes.schema import check_abs_path, check_host
 from airflow_nodes.target import Target, check_creatable_dir
 
@@ -178,9 +179,11 @@ def _checked_options(validate, value):
     try:
         return validate(value, "init")
     except UserError as exc:
-        message = str(exc).removeprefix("init: ")
-        key = message.split(":", 1)[0]
-        raise UserError(message.replace(key, OPTION_OF_KEY.get(key, key), 1)) from None
+        # the check says "init: KEY: what is wrong"; the option that set KEY is what the user typed
+        keyed = UserError(exc.detail) if exc.about == "init" else exc
+        if keyed.about in OPTION_OF_KEY:
+            raise keyed.about_instead(OPTION_OF_KEY[keyed.about]) from None
+        raise keyed from None
 
 
 def fetch_cluster_from_master(spec: str) -> bytes:
@@ -199,17 +202,28 @@ def fetch_cluster_from_master(spec: str) -> bytes:
     try:
         return fetch_master_cluster_file(runner, f"{user or 'airflow'}@{host}", port, "")
     except OperationError as exc:
-        raise OperationError(f"--from-master: {str(exc).removesuffix('; the published DAGs are unchanged')}") from None
+        # TransferRunner says what a failure means for a sync; an init has no published DAGs to speak of
+        raise OperationError(
+            str(exc).removesuffix("; the published DAGs are unchanged"), about="--from-master"
+        ) from None
+
+
+def check_role_options(request: InitRequest, role: Role) -> None:
+    """Refuse, naming it, an option another role takes and this one does not (roles.py says which)."""
+    given = request.given_cluster_options()
+    if given and not role.creates_cluster:
+        option = CLUSTER_OPTIONS[next(iter(given))]
+        raise UserError(f"{option}: set on the master only; a {role.name} takes the cluster file (--config, "
+                        "--from-master or --join)")  # fmt: skip
+    for other in ROLES.values():
+        for attr in other.options:
+            if attr not in role.options and getattr(request, attr) is not None:
+                option = "--config" if attr == "config_file" else "--" + attr.replace("_", "-")
+                raise UserError(f"{option}: for a {other.name}, not a {role.name}")
 
 
 def worker_cluster_text(request: InitRequest, existing_text: bytes | None) -> tuple[bytes, str]:
     """Return (the cluster file's bytes, where they came from) for a worker."""
-    given = request.given_cluster_options()
-    if given:
-        option = CLUSTER_OPTIONS[next(iter(given))]
-        raise UserError(
-            f"{option}: set on the master only; a worker takes the cluster file (--config or --from-master)"
-        )
     if request.config_file and request.from_master:
         raise UserError("--config: give either --config or --from-master, not both")
     if request.config_file:
@@ -252,12 +266,9 @@ def node_settings(
         return getattr(existing, attr) if existing else NODE_DEFAULTS.get(attr)
 
     init_system = pick("init_system") or detect_init_system()
-    supervisord_conf = pick("supervisord_conf")
-    if init_system == "supervisor" and not request.supervisord_conf and not target.path(supervisord_conf).exists():
-        supervisord_conf = OWN_SUPERVISORD_CONF  # none set up here: init sets up its own
     address = pick("advertise_address")
     if not address and target.real_system:
-        address = master_host if request.role == "master" else route_address(master_host)
+        address = master_host if role_named(request.role).creates_cluster else route_address(master_host)
     settings = NodeSettings(
         role=request.role,
         airflow_version=installed,
@@ -268,12 +279,13 @@ def node_settings(
         concurrency=pick("concurrency"),
         queues=pick("queues"),
         stop_timeout=pick("stop_timeout"),
-        supervisord_conf=supervisord_conf,
+        supervisord_conf=pick("supervisord_conf"),
         advertise_address=address.strip("[]"),
         writable_paths=pick("writable_paths"),
         wheelhouse=pick("wheelhouse"),
     )
-    return _checked_options(validate_node, settings)
+    settings = _checked_options(validate_node, settings)
+    return init_system_named(settings.init_system).settle(settings, target, conf_given=bool(request.supervisord_conf))
 
 
 def with_moved_venv(request: InitRequest, target: Target) -> InitRequest:
@@ -312,8 +324,8 @@ def install_requested_airflow(request: InitRequest, target: Target, dry_run: boo
 
     try:  # a version we ship a lock for
         find_lock(request.install_airflow, python_version(sys.executable))
-    except UserError as exc:
-        raise UserError(str(exc).replace("--version:", "--install-airflow:", 1)) from None
+    except UserError as exc:  # the lock's check names the install-airflow command's option
+        raise exc.about_instead("--install-airflow") if exc.about == "--version" else exc from None
     venv = Path(request.venv or DEFAULT_VENV)
     command = f"airflow-node install-airflow --version {request.install_airflow} --venv {venv}"
     if dry_run or not target.real_system:
@@ -326,8 +338,7 @@ def install_requested_airflow(request: InitRequest, target: Target, dry_run: boo
 
 def plan_init(request: InitRequest, target: Target, force: bool = False) -> InitOutcome:
     """Given the init options and the node, return the previewed change. Raise UserError on bad input."""
-    if request.role not in ("master", "worker"):
-        raise UserError(f"--role: unknown role {request.role!r} (expected master or worker)")
+    role = role_named(request.role)
     check_creatable_dir(target.root, "--root")
     request = with_secret_files(request)
     existing_node_text = _read_existing(target, NODE_FILE)
@@ -349,9 +360,8 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
     notes = []
     credentials = None
 
-    if request.role == "master":
-        if request.config_file or request.from_master:
-            raise UserError("--config: the master creates the cluster file; --config/--from-master are for workers")
+    check_role_options(request, role)
+    if role.creates_cluster:
         existing = None
         if not (existing_cluster_text or b"").strip() and CLUSTER_FILE in read_manifest(target).files:
             state = "empty" if existing_cluster_text is not None else "gone"
@@ -383,12 +393,10 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         except UnicodeDecodeError:
             raise UserError(f"{source}: the cluster file is not UTF-8 text") from None
         cluster = parse_cluster(decoded, source)
-    if request.role == "worker" and target.privileged:  # root hands the account its home: not just any
+    if not role.creates_cluster and target.privileged:  # root hands the account its home: not just any
         check_account_and_home(cluster, target.path(cluster.airflow_home), source)
 
     node = node_settings(request, existing_node, str(install.version), install.airflow_bin, target, cluster.master_host)
-    if node.init_system == "supervisor" and target.path(node.supervisord_conf).is_dir():
-        raise UserError(f"--supervisord-conf: {node.supervisord_conf} is a directory; name supervisord's config file")
     prev = reconcile_node(
         cluster, cluster_text, node, target, force=force, previous=existing_node, credentials=credentials
     )
@@ -401,7 +409,7 @@ def after_init(outcome: InitOutcome, target: Target, joined: bool) -> str:
     from airflow_nodes import join
     from airflow_nodes.control import control
 
-    if outcome.node.role == "master":
+    if outcome.node.duties.creates_cluster:
         if not any(note.startswith("generated the cluster secrets") for note in outcome.notes):
             return "join a worker: run `airflow-node join-token` here for its command (a token valid for an hour)"
         try:  # the first init of a cluster: print how to join, as kubeadm init does

@@ -43,7 +43,8 @@ from pathlib import Path
 
 from airflow_nodes import execute, statefile
 from airflow_nodes.atomicfile import write_atomically
-from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
+from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, DAGS_AUTHORING_DIR
 from airflow_nodes.schema import check_host
 
@@ -479,11 +480,11 @@ def join(token: JoinToken, node_name: str, address: str, worker_seed: bytes | No
         result = execute.run(argv, what="--join", input=request, binary=True, timeout=60, ok_codes=None)
     if result.returncode == 255 and b"Permission denied" in result.stderr:
         raise UserError("--join: the master refused the token (revoked or expired); mint another there")
-    if result.returncode == 2:  # the gate's own one line: this request is refused (a name enrolled already)
+    if result.returncode == ExitCode.USAGE:  # the gate's UserError: this request is refused (a name enrolled already)
         said = result.stderr.decode(errors="replace").strip().splitlines() or ["?"]
-        raise UserError(
-            f"--join: the master refused to enroll {node_name}: {said[-1].removeprefix('airflow-node: ')[:300]}"
-        )
+        # the line the master's CLI printed for its UserError: what that error said, without the CLI's prefix
+        why = said[-1].removeprefix(ERROR_PREFIX)[:300]
+        raise UserError(f"the master refused to enroll {node_name}: {why}", about="--join")
     if result.returncode != 0 or not result.stdout.strip():
         reason = execute.failure_reason(argv, result.returncode, result.stderr)
         raise OperationError(f"--join: enrolling with {token.host}: {reason}")
@@ -589,32 +590,55 @@ def _master(target):
     from airflow_nodes.context import load_context
 
     ctx = load_context(target)
-    if ctx.node.role != "master":
+    if not ctx.role.creates_cluster:
         raise UserError("join-token: run it on the master (this node is a worker)")
     return ctx, (ctx.cluster.airflow_user if target.privileged else None)
 
 
-def list_joins(target) -> str:
+@dataclass(frozen=True)
+class ListedToken:
+    id: str
+    expires: float | None  # epoch seconds as sshd reads the line's expiry-time; None when it has none
+    expired: bool
+
+
+@dataclass(frozen=True)
+class EnrolledWorker:
+    name: str
+    address: str  # the address it advertised when it enrolled
+
+
+@dataclass(frozen=True)
+class JoinListing:
+    """The master's join tokens and enrolled workers (output.join_listing prints them)."""
+
+    tokens: list[ListedToken]
+    workers: list[EnrolledWorker]
+
+
+def list_joins(target) -> JoinListing:
+    """On the master: return its tokens, expired ones included, and its enrolled workers. Raise UserError
+    on a worker."""
     ctx, _ = _master(target)
     keys = keys_file_of(target, ctx)
     with _system_zone(keys.root):
         tokens = [(line.tag[len(TOKEN_TAG) :], _expires_at(line)) for line in keys.tokens()]
     now = time.time()
-    lines = [f"token {token_id}  {'expired' if expires is not None and expires < now else 'valid'} until "
-             f"{'?' if expires is None else time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(expires))}"
-             for token_id, expires in tokens]  # fmt: skip
-    lines += [f"worker {name}  {address}" for name, address in keys.workers()]
-    return "\n".join(lines) or "no tokens, no enrolled workers"
+    return JoinListing(
+        [ListedToken(token_id, expires, expires is not None and expires < now) for token_id, expires in tokens],
+        [EnrolledWorker(name, address) for name, address in keys.workers()],
+    )
 
 
-def revoke(target, what: str) -> str:
-    """Revoke the token with this id, or else the enrolled worker with this name."""
+def revoke(target, what: str) -> list[str]:
+    """Revoke the token with this id, or else the enrolled worker with this name; return the tags of the
+    key lines removed. Raise UserError when nothing has that id or name."""
     ctx, user = _master(target)
     keys = keys_file_of(target, ctx)
     gone = as_user(user, keys.revoke_token, what) or as_user(user, keys.revoke_worker, what)
     if not gone:
-        raise UserError(f"join-token --revoke: no token or enrolled worker named {what!r}")
-    return "revoked " + ", ".join(gone)
+        raise UserError(f"no token or enrolled worker named {what!r}", about="join-token --revoke")
+    return gone
 
 
 def check_token(text: str) -> str:

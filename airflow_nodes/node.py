@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from airflow_nodes import defaults
 from airflow_nodes.errors import UserError
+from airflow_nodes.roles import ROLES, Role, role_named
 from airflow_nodes.schema import (
     Field,
     check_abs_path,
@@ -20,7 +21,6 @@ from airflow_nodes.schema import (
 )
 from airflow_nodes.versions import AirflowVersion, check_version, parse_airflow_version
 
-ROLES = ("master", "worker")
 INIT_SYSTEMS = ("systemd", "supervisor")
 
 CONFIG_DIR = "/etc/airflow-node"
@@ -70,8 +70,7 @@ _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def _role(value: str, where: str) -> None:
-    if value not in ROLES:
-        raise UserError(f"{where}: unknown role {value!r} (expected master or worker)")
+    role_named(value, where)
 
 
 def _address(value: str, where: str) -> None:
@@ -137,9 +136,14 @@ class NodeSettings:
         return parse_airflow_version(self.airflow_version)
 
     @property
+    def duties(self) -> Role:
+        """What this node's role runs, probes and syncs (roles.py)."""
+        return ROLES[self.role]
+
+    @property
     def role_name(self) -> str:
         """Name of the systemd target / supervisor group that drives the whole role."""
-        return f"airflow-{self.role}"
+        return self.duties.unit_name
 
     @property
     def celery_name(self) -> str:

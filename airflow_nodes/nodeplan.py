@@ -14,6 +14,7 @@ from airflow_nodes import defaults, statefile
 from airflow_nodes.apply import Preview, preview
 from airflow_nodes.cluster import ClusterConfig, default_dags_source
 from airflow_nodes.context import NodeContext
+from airflow_nodes.digest import sha256
 from airflow_nodes.errors import UserError
 from airflow_nodes.initsystems import all_init_systems, init_system
 from airflow_nodes.node import (
@@ -24,8 +25,6 @@ from airflow_nodes.node import (
     DAGS_AUTHORING_DIR,
     KNOWN_HOSTS_FILE,
     NODE_FILE,
-    OWN_SUPERVISOR_SOCKET,
-    OWN_SUPERVISORD_CONF,
     RELEASE_FAILURES_DIR,
     RELEASE_REQUESTS_DIR,
     SSH_DIR,
@@ -93,25 +92,7 @@ def render_cron(ctx: NodeContext) -> str:
             "--wait",
             f"{defaults.LOCK_WAIT:g}",
         ),
-        # our own supervisord has no other way to start at boot
-        boot_command=(ctx.node.airflow_node_bin, "start") if owns_supervisord(ctx.node) else None,
-    )
-
-
-def owns_supervisord(node: NodeSettings) -> bool:
-    return node.init_system == "supervisor" and node.supervisord_conf == OWN_SUPERVISORD_CONF
-
-
-def render_supervisord_conf(ctx: NodeContext) -> str:
-    from airflow_nodes.initsystems.supervisor import supervisor_bin
-
-    return render(
-        "supervisor/supervisord.conf.j2",
-        conf=OWN_SUPERVISORD_CONF,
-        supervisord=supervisor_bin(ctx.node, "supervisord"),
-        socket=OWN_SUPERVISOR_SOCKET,
-        pidfile="/run/airflow-node-supervisord.pid",
-        log_dir=ctx.log_dir,
+        boot_command=init_system(ctx.node.init_system).boot_command(ctx),
     )
 
 
@@ -140,11 +121,13 @@ def build_node_plan(
     cluster: ClusterConfig,
     cluster_text: bytes,
     node: NodeSettings,
+    target: Target,
     previous: NodeSettings | None = None,
     credentials: NodeCredentials | None = None,
 ) -> Plan:
-    """Given the cluster config (and its exact bytes), this node's settings, the settings it was
-    installed with (if any) and its SSH credentials (a joined worker), return the node's Plan."""
+    """Given the cluster config (and its exact bytes), this node's settings, where it lives (the init
+    system's running state there), the settings it was installed with (if any) and its SSH credentials
+    (a joined worker), return the node's Plan."""
     ctx = NodeContext(cluster, node)
     user = cluster.airflow_user
     manager = init_system(node.init_system)
@@ -159,24 +142,22 @@ def build_node_plan(
         PlannedDir(ctx.dags_folder, 0o750, user, user),
         PlannedDir(ctx.log_dir, 0o750),
     ]
-    if node.role == "worker" and ctx.line.versioned_dags:  # where tasks ask the follower for a DAG version
+    if ctx.role.follows_master and ctx.line.versioned_dags:  # where tasks ask the follower for a DAG version
         dirs += [PlannedDir(RELEASE_REQUESTS_DIR, 0o1730, "root", user), PlannedDir(RELEASE_FAILURES_DIR, 0o755)]
-    if node.role == "master" and dags_source_is_local_to_master(cluster):
+    if ctx.role.creates_cluster and dags_source_is_local_to_master(cluster):
         dirs += [PlannedDir("/srv/airflow", 0o755), PlannedDir(DAGS_AUTHORING_DIR, 0o755, user, user)]
 
+    airflow_cfg, env_file = render_airflow_cfg(ctx).encode(), render_env_file(ctx).encode()
     files = [
         PlannedFile(CLUSTER_FILE, cluster_text, 0o640, "root", user, secret=True),
         PlannedFile(NODE_FILE, dump_node(node).encode(), 0o644),
-        PlannedFile(ctx.env_file, render_env_file(ctx).encode(), 0o644),
-        PlannedFile(ctx.airflow_cfg, render_airflow_cfg(ctx).encode(), 0o640, "root", user, secret=True),
+        PlannedFile(ctx.env_file, env_file, 0o644),
+        PlannedFile(ctx.airflow_cfg, airflow_cfg, 0o640, "root", user, secret=True),
         *python_modules(ctx),
-        *manager.plan_files(ctx),
+        *manager.plan_files(ctx, sha256(airflow_cfg + env_file)[:16]),
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]
-    if node.init_system == "supervisor":
-        dirs.append(PlannedDir(node.supervisor_conf_file.rsplit("/", 1)[0], 0o755))
-    if owns_supervisord(node):
-        files.append(PlannedFile(OWN_SUPERVISORD_CONF, render_supervisord_conf(ctx).encode(), 0o644))
+    dirs += manager.plan_dirs(ctx)
     if credentials:
         dirs.append(PlannedDir(SSH_DIR, 0o755))
         files += [
@@ -198,18 +179,18 @@ def build_node_plan(
         # on the master, workers log in as this user (key only: it has no password) to pull DAGs
         # and the cluster file with rsync and ssh, which need a shell
         users=(
-            SystemUser(user, ctx.airflow_home, "/bin/sh" if node.role == "master" else "/usr/sbin/nologin"),
+            SystemUser(user, ctx.airflow_home, ctx.role.login_shell),
             SystemUser(SYNC_USER, "/nonexistent", purpose="fetches DAGs and the cluster file"),
         ),
         dirs=tuple(dirs),
         files=tuple(files),
-        triggers=tuple(manager.triggers(ctx, (ctx.airflow_cfg, ctx.env_file))),
+        triggers=tuple(manager.triggers(ctx, target)),
         # either init system may have run this node before (--init-system changed): both can retire
         retirements=tuple(
             rule
             for system in all_init_systems()
             for settings in {node, previous or node}
-            for rule in system.retirements(settings)
+            for rule in system.retirements(settings, target)
         ),  # fmt: skip
         secrets=cluster.secret_values(),
     )
@@ -233,7 +214,7 @@ def reconcile_node(
             f"runs {cluster.airflow_version}; install {cluster.airflow_version}.x here"
         )
     credentials = credentials or read_credentials(target)
-    return preview(build_node_plan(cluster, cluster_text, node, previous, credentials), target, force)
+    return preview(build_node_plan(cluster, cluster_text, node, target, previous, credentials), target, force)
 
 
 def read_credentials(target: Target) -> NodeCredentials | None:

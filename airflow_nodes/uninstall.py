@@ -13,7 +13,6 @@ from airflow_nodes.apply import apply, preview, read_manifest
 from airflow_nodes.context import load_context
 from airflow_nodes.errors import UserError
 from airflow_nodes.initsystems import all_init_systems
-from airflow_nodes.initsystems.systemd import Systemd
 from airflow_nodes.join import leave
 from airflow_nodes.node import CLUSTER_FILE, MANIFEST_FILE
 from airflow_nodes.plan import Plan
@@ -37,9 +36,12 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
         ctx = load_context(target)
         nodes = [ctx.node]
     except UserError:
-        ctx, nodes = None, []  # node.toml already gone: units are still retired by name; a supervisor group is not
-    rules = [rule for system in all_init_systems() for node in nodes for rule in system.retirements(node)]
-    plan = Plan(retirements=tuple(rules or Systemd().retirements(None)), keep=keep, purge_secrets=purge)
+        ctx, nodes = None, []
+    # without node.toml, units are still retired by name (a supervisor group is not: no supervisord.conf)
+    rules = [
+        rule for system in all_init_systems() for node in nodes or [None] for rule in system.retirements(node, target)
+    ]
+    plan = Plan(retirements=tuple(rules), keep=keep, purge_secrets=purge)
     planned = preview(plan, target, force=force)  # refuses (a link, a backup in the way) before anything
     left = leave(target, ctx) if ctx else ""  # a joined worker's key on the master goes with it
     result = apply(planned)

@@ -4,9 +4,12 @@ Upstream's upgrade guide, done in order by the tool: preflight (a lock for this 
 pass ruff's Airflow 3 rules, a reachable DB, the new Airflow accepting the new config), the new
 Airflow built beside the old one, the cluster drained, a pg_dump backup, the role stopped, the venv
 link switched, the node re-rendered for the new version (daemons added and removed), `airflow db
-migrate`, the role started and its health awaited. When migrate or health fails, the old venv, the
-DB from the backup and the old units come back, and it says so. Workers follow on their next sync
-(they see the new version line).
+migrate`, the role started and its health awaited. Each of these is a Step with its undo
+(upgrade_steps): the dry run prints the very steps the run carries out, and when one fails (or Ctrl-C
+comes) the steps done are undone, newest first (airflow_nodes/steps.py): before the role is stopped,
+that is the drain alone, nothing changed; after, the old venv, the DB from the backup (when migrate
+began) and the old units come back, and it says so. Workers follow on their next sync (they see the
+new version line).
 
 The drain: the scheduler stops first, so nothing new is queued; the queued and running tasks finish
 under the old Airflow, against the DB they started with; then every worker stops consuming (Celery's
@@ -26,8 +29,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from airflow_nodes import defaults, execute
@@ -51,6 +55,7 @@ from airflow_nodes.install import (
 )
 from airflow_nodes.node import NODE_FILE, NodeSettings
 from airflow_nodes.nodeplan import read_credentials, reconcile_node, render_airflow_cfg
+from airflow_nodes.steps import Step, StepFailed, reason_of, run_steps
 from airflow_nodes.target import Target, check_creatable_dir
 from airflow_nodes.urls import libpq_conninfo, libpq_params
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
@@ -74,30 +79,8 @@ class UpgradePlan:
     drain_timeout: float = defaults.DRAIN_TIMEOUT
 
     def steps(self) -> list[str]:
-        old, new = self.ctx.line, self.to.line
-        daemons = [d.name for d in self.ctx.daemons]
-        new_daemons = [d.name for d in new.master_daemons]
-        return [
-            f"preflight: the Airflow {self.to} lock for Python {self.lock.python}; DAGs in {self.ctx.dags_folder} "
-            f"against ruff {', '.join(BLOCKING_RULES)}; the metadata DB answers; `airflow config lint` of the "
-            "new config",
-            f"build Airflow {self.to} beside {self.venv} ({self.venv}.releases/)",
-            f"drain: stop the scheduler; wait up to {self.drain_timeout:g} s for queued and running tasks to "
-            "finish (else start it again and stop here, nothing changed); every worker stops consuming",
-            f"back up the metadata DB with pg_dump into {self.backup_dir}",
-            f"stop airflow-master ({', '.join(daemons)})",
-            f"switch {self.venv} to the new build; cluster file: airflow_version {self.ctx.cluster.airflow_version} "
-            f"-> {self.new_cluster.airflow_version}",
-            f"re-render the node: daemons {', '.join(sorted(set(new_daemons) - set(daemons))) or 'none'} added, "
-            f"{', '.join(sorted(set(daemons) - set(new_daemons))) or 'none'} removed"
-            + (" (Airflow 3: api-server replaces webserver)" if old.major < new.major else ""),
-            f"airflow db migrate with Airflow {self.to}",
-            "start airflow-master and wait until the web server and scheduler are healthy",
-            "on a failed migrate or health: stop, restore the DB from the backup, switch back, re-render the old "
-            "node, start, and the workers consume again",
-            "workers: their next `airflow-node sync` installs the same lock, stops them (running tasks get "
-            "their stop timeout) and starts them on the new Airflow",
-        ]
+        """The dry run: the description of every step the upgrade runs, in order (see upgrade_steps)."""
+        return [step.description for step in upgrade_steps(self)]
 
 
 def venv_of(node: NodeSettings, target: Target) -> tuple[Path, str]:
@@ -133,7 +116,7 @@ def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | N
     try:
         lock = find_lock(str(new), python_version(python))
     except UserError as exc:
-        raise UserError("--to: " + str(exc).split(": ", 1)[1]) from None
+        raise exc.about_instead("--to") from None
     new_cluster = dataclasses.replace(ctx.cluster, airflow_version=new.series, airflow_packages=lock.package_hash)
     if wheelhouse is None and ctx.node.wheelhouse:  # the one `init --wheelhouse` recorded
         wheelhouse = Path(ctx.node.wheelhouse)
@@ -297,9 +280,8 @@ def wait_for_tasks(plan: UpgradePlan, progress: Callable[[str], None]) -> None:
         time.sleep(2)
 
 
-def stop_consuming(plan: UpgradePlan, progress: Callable[[str], None]) -> dict[str, list[str]]:
-    """Tell every worker that answers to take no more tasks; return what each consumed."""
-    consumed = consumed_queues(plan.ctx, plan.venv)
+def stop_consuming(plan: UpgradePlan, consumed: dict[str, list[str]], progress: Callable[[str], None]) -> None:
+    """Tell the workers that answered (consumed_queues) to take no more tasks from the queues they consume."""
     for worker, queues in sorted(consumed.items()):
         progress(f"  {worker} stopped consuming {', '.join(queues) or 'nothing'}")
     silent = sorted(known_workers(plan.ctx) - consumed.keys())
@@ -308,7 +290,6 @@ def stop_consuming(plan: UpgradePlan, progress: Callable[[str], None]) -> dict[s
                  f"Airflow {plan.current} takes tasks until `airflow-node sync` runs there")  # fmt: skip
     for unconfirmed in set_consuming(plan.ctx, plan.venv, consumed, on=False):
         progress(f"  not confirmed: {unconfirmed} stopped consuming")
-    return consumed
 
 
 def undrain(plan: UpgradePlan, target: Target, consumed: dict[str, list[str]], progress) -> str:
@@ -449,94 +430,203 @@ def wait_healthy(target: Target, timeout: float) -> None:
     raise OperationError(f"not healthy within {timeout:g} s: {last}")
 
 
-def upgrade(plan: UpgradePlan, target: Target, progress: Callable[[str], None], health_timeout: float) -> str:
-    """Carry out the plan on the real master. Raise UserError (nothing changed) when preflight blocks,
-    OperationError after a rollback when migrate or health failed."""
-    timings: list[str] = []
+# -- the steps, each with its undo -----------------------------------------------------------------
 
-    def phase(name: str, started: float) -> None:
-        timings.append(f"{name} {time.monotonic() - started:.1f}s")
-        progress(f"  done: {timings[-1]}")
 
-    started = time.monotonic()
-    blocking, deprecated = check_dags(plan, target)
+@dataclass
+class UpgradeRun:
+    """One run of the upgrade: where it runs, and what each step learns for the steps and undos after it."""
+
+    target: Target
+    progress: Callable[[str], None]
+    health_timeout: float
+    release: Path | None = None  # the new Airflow, built beside the old one
+    consumed: dict[str, list[str]] = field(default_factory=dict)  # the queues each worker consumed
+    dump: Path | None = None  # the DB backup
+    old_release: Path | None = None  # where the venv link pointed before the switch
+    db_migrated: bool = False  # migrate began and no restore finished since: no old Airflow may run on the DB
+    paused: float = 0.0  # when the scheduler stopped (time.monotonic)
+    down: float = 0.0  # when the master stopped
+
+
+def upgraded_node(plan: UpgradePlan) -> NodeSettings:
+    return dataclasses.replace(plan.ctx.node, airflow_version=str(plan.to))
+
+
+def preflight(plan: UpgradePlan, run: UpgradeRun) -> None:
+    """Raise UserError when a published DAG cannot run on the new Airflow or the DB does not answer."""
+    blocking, deprecated = check_dags(plan, run.target)
     for line in deprecated:
-        progress(f"  deprecated in Airflow 3 (still runs): {line}")
+        run.progress(f"  deprecated in Airflow 3 (still runs): {line}")
     if blocking:
         raise UserError(f"upgrade: {len(blocking)} DAG finding(s) that Airflow {plan.to} cannot run, first: "
                         f"{blocking[0]} (ruff check --preview --select AIR3 {plan.ctx.dags_folder})")  # fmt: skip
     check_database(plan)
-    phase("preflight", started)
 
-    started = time.monotonic()
-    release = build_release(plan.lock, plan.venv, plan.python, plan.wheelhouse, progress)
-    for remark in config_lint(plan, release):
-        progress(f"  airflow config lint: {remark}")
-    phase(f"build Airflow {plan.to} and lint its config", started)
 
-    # the drain: the scheduler stops first, so nothing new is queued
-    started = paused = time.monotonic()
-    progress(control("stop", target, daemons=("scheduler",)))
-    consumed: dict[str, list[str]] = {}
+def build_new_release(plan: UpgradePlan, run: UpgradeRun) -> None:
+    run.release = build_release(plan.lock, plan.venv, plan.python, plan.wheelhouse, run.progress)
+    for remark in config_lint(plan, run.release):
+        run.progress(f"  airflow config lint: {remark}")
+
+
+def drain(plan: UpgradePlan, run: UpgradeRun) -> None:
+    """The scheduler stops first, so nothing new is queued; the queued and running tasks finish; then every
+    worker that answers stops consuming."""
+    run.paused = time.monotonic()
+    run.progress(control("stop", run.target, daemons=("scheduler",)))
+    wait_for_tasks(plan, run.progress)
+    run.consumed = consumed_queues(plan.ctx, plan.venv)  # kept before they are told: the undo tells them again
+    stop_consuming(plan, run.consumed, run.progress)
+
+
+def undo_drain(plan: UpgradePlan, run: UpgradeRun) -> None:
+    """The workers consume again and the scheduler runs; raise OperationError saying what could not be done."""
+    if run.db_migrated:
+        raise OperationError(f"the scheduler and the workers stay stopped: the DB is not Airflow {plan.current}'s")
+    if problems := undrain(plan, run.target, run.consumed, run.progress):
+        raise OperationError(problems)
+
+
+def back_up(plan: UpgradePlan, run: UpgradeRun) -> None:
+    run.dump = backup_database(plan)
+    run.progress(f"  backup: {run.dump}")
+
+
+def stop_master(plan: UpgradePlan, run: UpgradeRun) -> None:
+    run.down = time.monotonic()
+    run.progress(control("stop", run.target))
+
+
+def stop_master_quietly(plan: UpgradePlan, run: UpgradeRun) -> None:
+    """Stop the role whatever state it is in; a stop that fails is said, not raised (as after a failed start)."""
     try:
-        wait_for_tasks(plan, progress)
-        consumed = stop_consuming(plan, progress)
-        phase("drain", started)
-        started = time.monotonic()
-        dump = backup_database(plan)
-        progress(f"  backup: {dump}")
-        phase("backup", started)
-    except BaseException as exc:  # Ctrl-C included: put the cluster back to work
-        problems = undrain(plan, target, consumed, progress)
-        undone = f"but {problems}" if problems else "the scheduler and the workers run again"
-        if not isinstance(exc, OperationError):
-            progress(f"  interrupted: nothing was changed, {undone}")
-            raise
-        raise OperationError(f"upgrade: {exc}; nothing was changed, {undone}") from None
-
-    old_release = plan.venv.resolve()
-    new_node = dataclasses.replace(plan.ctx.node, airflow_version=str(plan.to))
-    down = time.monotonic()
-    try:
-        progress(control("stop", target))
-        started = time.monotonic()
-        switch_venv(plan.venv, release, progress)
-        render(target, plan.new_cluster, new_node, plan.ctx.node)
-        migrate(NodeContext(plan.new_cluster, new_node), release)
-        phase("migrate", started)
-        started = time.monotonic()
-        progress(control("start", target))
-        wait_healthy(target, health_timeout)
-        phase("start and health", started)
-    except BaseException as exc:  # Ctrl-C included: a half-done upgrade is rolled back too
-        reason = exc if isinstance(exc, (OperationError, UserError)) else f"interrupted: {exc.__class__.__name__}"
-        progress(f"  FAILED: {reason}; rolling back to Airflow {plan.current}")
-        try:
-            rollback(plan, target, dump, old_release, health_timeout, progress)
-        except (OperationError, UserError) as failed:
-            raise OperationError(f"upgrade to {plan.to} failed ({reason}), and so did the rollback ({failed}): the "
-                                 f"DB backup is {dump}, the old Airflow {old_release}; the workers take no tasks "
-                                 "until restarted") from None  # fmt: skip
-        problems = undrain(plan, target, consumed, progress)
-        raise OperationError(f"upgrade to {plan.to} failed ({reason}); rolled back to Airflow {plan.current}, the DB "
-                             f"restored from {dump}" + (f"; but {problems}" if problems else "")) from None  # fmt: skip
-    timings.append(f"master down {time.monotonic() - down:.1f}s, no scheduling {time.monotonic() - paused:.1f}s")
-    return (f"upgraded the master to Airflow {plan.to} ({', '.join(timings)}); backup {dump}; the workers take "
-            "no tasks until their next `airflow-node sync` moves them to it")  # fmt: skip
-
-
-def rollback(plan: UpgradePlan, target: Target, dump: Path, old_release: Path, health_timeout: float,
-             progress: Callable[[str], None]) -> None:  # fmt: skip
-    try:
-        progress(control("stop", target))
+        run.progress(control("stop", run.target))
     except OperationError as exc:
-        progress(f"  stop: {exc}")
-    restore_database(plan, dump)
-    switch_venv(plan.venv, old_release, progress)
-    render(target, plan.ctx.cluster, plan.ctx.node, dataclasses.replace(plan.ctx.node, airflow_version=str(plan.to)))
-    progress(control("start", target))
-    wait_healthy(target, health_timeout)
-    progress(f"  rolled back: Airflow {plan.current} healthy again")
+        run.progress(f"  stop: {exc}")
+
+
+def start_old_master(plan: UpgradePlan, run: UpgradeRun) -> None:
+    if run.db_migrated:
+        raise OperationError(f"airflow-master not started: the DB is not Airflow {plan.current}'s")
+    run.progress(control("start", run.target))
+    wait_healthy(run.target, run.health_timeout)
+    run.progress(f"  rolled back: Airflow {plan.current} healthy again")
+
+
+def switch_to_new(plan: UpgradePlan, run: UpgradeRun) -> None:
+    run.old_release = plan.venv.resolve()
+    switch_venv(plan.venv, run.release, run.progress)
+
+
+def switch_back(plan: UpgradePlan, run: UpgradeRun) -> None:
+    if run.old_release is not None:
+        switch_venv(plan.venv, run.old_release, run.progress)
+
+
+def render_new_node(plan: UpgradePlan, run: UpgradeRun) -> None:
+    render(run.target, plan.new_cluster, upgraded_node(plan), plan.ctx.node)
+
+
+def render_old_node(plan: UpgradePlan, run: UpgradeRun) -> None:
+    switch_back(plan, run)  # before: the fleet record render publishes names the packages the link points at
+    render(run.target, plan.ctx.cluster, plan.ctx.node, upgraded_node(plan))
+
+
+def migrate_db(plan: UpgradePlan, run: UpgradeRun) -> None:
+    run.db_migrated = True
+    migrate(NodeContext(plan.new_cluster, upgraded_node(plan)), run.release)
+
+
+def restore_db(plan: UpgradePlan, run: UpgradeRun) -> None:
+    stop_master_quietly(plan, run)  # nothing may hold the DB while its schema is replaced
+    restore_database(plan, run.dump)
+    run.db_migrated = False
+
+
+def start_new_master(plan: UpgradePlan, run: UpgradeRun) -> None:
+    run.progress(control("start", run.target))
+    wait_healthy(run.target, run.health_timeout)
+
+
+StepAction = Callable[[UpgradePlan, UpgradeRun], None]
+DRAIN, STOP_MASTER, MIGRATE = "drain", "stop the master", "migrate"  # failure_message asks what was undone
+
+
+def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
+    """Given the plan, return the upgrade's steps in order, each with its undo: the dry run prints their
+    descriptions (UpgradePlan.steps), upgrade() runs them."""
+
+    def step(name: str, description: str, do: StepAction, undo: StepAction | None = None) -> Step[UpgradeRun]:
+        # each step with an undo can stop halfway (a half-migrated DB, a half-rendered node), and each
+        # undo is safe on a change half made: a failed step is undone too
+        return Step(name, description, partial(do, plan), undo and partial(undo, plan), undo_if_failed=bool(undo))
+
+    daemons = [d.name for d in plan.ctx.daemons]
+    new_daemons = [d.name for d in plan.to.line.master_daemons]
+    added = ", ".join(sorted(set(new_daemons) - set(daemons))) or "none"
+    removed = ", ".join(sorted(set(daemons) - set(new_daemons))) or "none"
+    replaced = " (Airflow 3: api-server replaces webserver)" if plan.ctx.line.major < plan.to.line.major else ""
+    return [
+        step("preflight", f"preflight: the Airflow {plan.to} lock for Python {plan.lock.python}; DAGs in "
+             f"{plan.ctx.dags_folder} against ruff {', '.join(BLOCKING_RULES)}; the metadata DB answers",
+             preflight),
+        step(f"build Airflow {plan.to} and lint its config", f"build Airflow {plan.to} beside {plan.venv} "
+             f"({plan.venv}.releases/); `airflow config lint` of the new config with it", build_new_release),
+        step(DRAIN, f"drain: stop the scheduler; wait up to {plan.drain_timeout:g} s for queued and running tasks "
+             "to finish; every worker stops consuming; undo: the workers consume again, the scheduler starts",
+             drain, undo_drain),
+        step("backup", f"back up the metadata DB with pg_dump into {plan.backup_dir}", back_up),
+        step(STOP_MASTER, f"stop airflow-master ({', '.join(daemons)}); undo: start it on Airflow {plan.current} "
+             "and wait until it is healthy", stop_master, start_old_master),
+        step("switch the venv", f"switch {plan.venv} to the new build; undo: switch it back", switch_to_new,
+             switch_back),
+        step("re-render", f"re-render the node: cluster file airflow_version {plan.ctx.cluster.airflow_version} -> "
+             f"{plan.new_cluster.airflow_version}; daemons {added} added, {removed} removed{replaced}; undo: "
+             f"re-render the Airflow {plan.current} node", render_new_node, render_old_node),
+        step(MIGRATE, f"airflow db migrate with Airflow {plan.to}; undo: stop airflow-master, restore the DB from "
+             "the backup", migrate_db, restore_db),
+        step("start and health", "start airflow-master and wait until the web server and scheduler are healthy; "
+             "undo: stop it. The workers then follow on their next `airflow-node sync`, which installs the same "
+             "lock, stops them (running tasks get their stop timeout) and starts them on the new Airflow",
+             start_new_master, stop_master_quietly),
+    ]  # fmt: skip
+
+
+def upgrade(plan: UpgradePlan, target: Target, progress: Callable[[str], None], health_timeout: float) -> str:
+    """Carry out the plan on the real master, step by step (upgrade_steps). Raise UserError (nothing
+    changed) when preflight blocks; OperationError when a step fails, after undoing the steps done."""
+    return carry_out(plan, upgrade_steps(plan), UpgradeRun(target, progress, health_timeout))
+
+
+def carry_out(plan: UpgradePlan, steps: list[Step[UpgradeRun]], run: UpgradeRun) -> str:
+    """Run the upgrade's steps; return the line that says it is done, with the timings. Raise the
+    failure as it came when nothing was to be undone, else OperationError (failure_message)."""
+    try:
+        timings = run_steps(steps, run, run.progress)
+    except StepFailed as failed:
+        raise OperationError(failure_message(plan, run, failed)) from None
+    now, spent = time.monotonic(), ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings)
+    return (f"upgraded the master to Airflow {plan.to} ({spent}, master down {now - run.down:.1f}s, no scheduling "
+            f"{now - run.paused:.1f}s); backup {run.dump}; the workers take no tasks until their next "
+            "`airflow-node sync` moves them to it")  # fmt: skip
+
+
+def failure_message(plan: UpgradePlan, run: UpgradeRun, failed: StepFailed) -> str:
+    """Given a failed run of the upgrade's steps, return its one-line error: before the master was
+    stopped, nothing was changed; after, the rollback, and what of it failed."""
+    reason = reason_of(failed.cause)
+    tried = {step.name for step in failed.undone} | {step.name for step, _ in failed.not_undone}
+    drain_problems = "; ".join(str(exc) for step, exc in failed.not_undone if step.name == DRAIN)
+    if STOP_MASTER not in tried:
+        undone = f"but {drain_problems}" if drain_problems else "the scheduler and the workers run again"
+        return f"upgrade: {reason}; nothing was changed, {undone}"
+    but = f"; but {drain_problems}" if drain_problems else ""
+    if rollback := [f"undoing {step.name}: {reason_of(exc)}" for step, exc in failed.not_undone if step.name != DRAIN]:
+        return (f"upgrade to {plan.to} failed ({reason}), and so did the rollback ({'; '.join(rollback)}): the DB "
+                f"backup is {run.dump}, the old Airflow {run.old_release or plan.venv.resolve()}{but}")  # fmt: skip
+    db = f"the DB restored from {run.dump}" if MIGRATE in tried else f"the DB unchanged (backup {run.dump})"
+    return f"upgrade to {plan.to} failed ({reason}); rolled back to Airflow {plan.current}, {db}{but}"
 
 
 # -- workers follow ----------------------------------------------------------------------------------

@@ -66,9 +66,6 @@ class AirflowLine:
         ]
         return tuple(daemons)
 
-    def worker_daemons(self, concurrency: int, queues: tuple[str, ...], celery_name: str) -> tuple[Daemon, ...]:
-        return (self.worker_daemon(concurrency, queues, celery_name), FOLLOWER)
-
     def worker_daemon(self, concurrency: int, queues: tuple[str, ...], celery_name: str) -> Daemon:
         args = ["celery", "worker", "-c", str(concurrency), "-H", celery_name]
         if queues:

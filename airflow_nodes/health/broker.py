@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import describe_error
 from airflow_nodes.redaction import redact_url
 from airflow_nodes.redisclient import connect
@@ -85,4 +85,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     return [Result(Status.OK, NAME, target, time.monotonic() - started, f"{detail}, round trip {rtt * 1000:.1f} ms")]
 
 
-PROBE = Probe(NAME, ANY_ROLE, check, description="Redis broker: connect, AUTH, SELECT, PING")
+PROBE = Probe(NAME, check, description="Redis broker: connect, AUTH, SELECT, PING")

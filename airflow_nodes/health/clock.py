@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from email.utils import parsedate_to_datetime
 
-from airflow_nodes.health.model import WORKER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, http_get
 
 NAME = "clock"
@@ -53,4 +53,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     return [Result(grade(skew), NAME, url, response.latency, detail)]
 
 
-PROBE = Probe(NAME, WORKER, check, description="clock skew against the master (HTTP Date)")
+PROBE = Probe(NAME, check, description="clock skew against the master (HTTP Date)")

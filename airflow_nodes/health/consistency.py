@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from airflow_nodes import statefile
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import UserError
-from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.node import CLUSTER_FILE, SYNC_STATE_FILE
 from airflow_nodes.timestamps import parse_utc
 
@@ -79,7 +79,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
         probe_input.ctx.cluster.sync_interval_minutes,
         datetime.now(timezone.utc),
     )
-    if probe_input.ctx.node.role == "worker" and broker_is_ours(probe_input):
+    if probe_input.ctx.role.follows_master and broker_is_ours(probe_input):
         findings.append(compare_with_master(probe_input, state))
     return [Result(status, NAME, aspect, None, detail) for status, aspect, detail in findings]
 
@@ -116,4 +116,4 @@ def compare_with_master(probe_input: ProbeInput, state: dict) -> tuple[Status, s
     return Status.OK, aspect, f"same as the master's ({master['node']})"
 
 
-PROBE = Probe(NAME, ANY_ROLE, check, description="airflow.cfg, cluster file and DAGs as last synced")
+PROBE = Probe(NAME, check, description="airflow.cfg, cluster file and DAGs as last synced")

@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Iterator
 
-from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, describe_error, run_concurrently
 from airflow_nodes.redaction import redact_url
 from airflow_nodes.urls import libpq_params, libpq_url
@@ -38,7 +38,7 @@ def _targets(probe_input: ProbeInput) -> list[tuple[str, str]]:
     result_backend = cluster.result_backend.removeprefix("db+")
     targets = []
     # Airflow 3 workers never open the metadata DB; Airflow 2 workers do.
-    if probe_input.ctx.node.role == "master" or not probe_input.ctx.line.has_execution_api:
+    if probe_input.ctx.role.schedules or not probe_input.ctx.line.has_execution_api:
         targets.append(("metadata", cluster.db_url))
     if libpq_url(result_backend) not in {libpq_url(url) for _, url in targets}:
         targets.append(("result backend", result_backend))
@@ -154,4 +154,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     ]
 
 
-PROBE = Probe(NAME, ANY_ROLE, check, description="PostgreSQL: connect, SELECT 1, server version")
+PROBE = Probe(NAME, check, description="PostgreSQL: connect, SELECT 1, server version")

@@ -5,7 +5,7 @@ Workers run every task through this API; a worker that cannot reach it takes tas
 
 from __future__ import annotations
 
-from airflow_nodes.health.model import WORKER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, http_get
 
 NAME = "execution-api"
@@ -28,7 +28,6 @@ def check(probe_input: ProbeInput) -> list[Result]:
 
 PROBE = Probe(
     NAME,
-    WORKER,
     check,
     applies=lambda probe_input: probe_input.ctx.line.has_execution_api,
     description="master's execution API (Airflow 3 workers)",

@@ -6,7 +6,7 @@ Flower can lag behind reality by up to a minute after a broker outage: a warning
 
 from __future__ import annotations
 
-from airflow_nodes.health.model import MASTER, WORKER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, basic_auth, http_get, run_concurrently
 
 NAME = "flower"
@@ -84,5 +84,5 @@ def check_this_worker(probe_input: ProbeInput) -> list[Result]:
     return [Result(Status.CRITICAL, WORKER_NAME, target, latency, f"{name} {seen}")]
 
 
-PROBE = Probe(NAME, MASTER, check, description="flower /healthcheck and online workers")
-WORKER_PROBE = Probe(WORKER_NAME, WORKER, check_this_worker, description="this node's Celery worker online")
+PROBE = Probe(NAME, check, description="flower /healthcheck and online workers")
+WORKER_PROBE = Probe(WORKER_NAME, check_this_worker, description="this node's Celery worker online")

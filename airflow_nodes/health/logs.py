@@ -13,7 +13,7 @@ import socket
 import time
 
 from airflow_nodes.errors import UserError
-from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, describe_error, run_concurrently
 
 NAME = "logs"
@@ -65,4 +65,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     return results
 
 
-PROBE = Probe(NAME, MASTER, check, description="each enrolled worker's log server reachable from the master")
+PROBE = Probe(NAME, check, description="each enrolled worker's log server reachable from the master")

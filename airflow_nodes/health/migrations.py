@@ -12,7 +12,7 @@ import time
 
 from airflow_nodes import execute
 from airflow_nodes.execute import CommandError
-from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 
 NAME = "migrations"
 MIN_TIMEOUT = 30.0
@@ -44,7 +44,6 @@ def check(probe_input: ProbeInput) -> list[Result]:
 
 PROBE = Probe(
     NAME,
-    MASTER,
     check,
     applies=lambda probe_input: probe_input.deep,
     description="DB schema migrations current (--deep)",

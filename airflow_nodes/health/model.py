@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from airflow_nodes.context import NodeContext
+from airflow_nodes.exitcodes import CheckStatus as Status  # the Nagios states: the value is the exit code
 from airflow_nodes.target import Target
-
-
-class Status(enum.IntEnum):
-    """Nagios states; the value is the plugin exit code."""
-
-    OK = 0
-    WARNING = 1
-    CRITICAL = 2
-    UNKNOWN = 3
-
 
 # Which state wins when results are combined: a failure we saw outranks one we could not check.
 _SEVERITY = {Status.OK: 0, Status.WARNING: 1, Status.UNKNOWN: 2, Status.CRITICAL: 3}
@@ -59,17 +49,11 @@ class ProbeInput:
 class Probe:
     """A named check. `check` returns one or more Results and should not raise.
 
-    `roles` are the node roles it applies to; `applies` narrows that further (Airflow line, options).
+    The roles it applies to list its name (roles.py); `applies` narrows that further (Airflow line, options).
     """
 
     name: str
-    roles: frozenset[str]
     check: Callable[[ProbeInput], list[Result]]
     applies: Callable[[ProbeInput], bool] = lambda probe_input: True
     description: str = ""
     min_timeout: float = 0.0  # a slow check (an `airflow` command) gets at least this many seconds
-
-
-MASTER = frozenset({"master"})
-WORKER = frozenset({"worker"})
-ANY_ROLE = frozenset({"master", "worker"})

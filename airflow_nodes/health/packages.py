@@ -11,7 +11,7 @@ import time
 
 from airflow_nodes.detect import interpreter_of, package_set_hash, probe_interpreter
 from airflow_nodes.errors import UserError
-from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.install import compare_package_sets
 
 NAME = "packages"
@@ -44,4 +44,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     return [Result(status, NAME, str(python), latency, f"Airflow {version}, {how}")]
 
 
-PROBE = Probe(NAME, ANY_ROLE, check, description="installed package set equals the master's, or is its Python's lock")
+PROBE = Probe(NAME, check, description="installed package set equals the master's, or is its Python's lock")

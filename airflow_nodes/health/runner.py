@@ -87,7 +87,7 @@ def select_probes(probe_input: ProbeInput, only: tuple[str, ...] | None) -> tupl
     for probe in PROBES:
         if only is not None and probe.name not in only:
             continue
-        if probe_input.ctx.node.role in probe.roles and probe.applies(probe_input):
+        if probe.name in probe_input.ctx.role.probes and probe.applies(probe_input):
             chosen.append(probe)
         else:
             skipped.append(probe.name)

@@ -5,7 +5,7 @@ It answers 200 while the scheduler on that host heartbeats and 503 when it does 
 
 from __future__ import annotations
 
-from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, http_get
 
 NAME = "scheduler"
@@ -25,4 +25,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     return [Result(Status.CRITICAL, NAME, url, response.latency, f"unexpected HTTP {response.status}")]
 
 
-PROBE = Probe(NAME, MASTER, check, description="scheduler health server (port 8974)")
+PROBE = Probe(NAME, check, description="scheduler health server (port 8974)")

@@ -1,18 +1,18 @@
 """Local units probe: the role's systemd units or supervisor programs are active.
 
 Uses the init system's own `status` command and parser (airflow_nodes.initsystems). Under --root the
-systemd state of the real host says nothing about the rendered node, so the probe only runs there for
-supervisor, whose supervisord.conf path is explicit.
+systemd state of the real host says nothing about the rendered node, so the probe runs there only where
+the init system says it can ask (supervisor: its supervisord.conf path is explicit).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from airflow_nodes import execute
 from airflow_nodes.execute import CommandError
-from airflow_nodes.health.model import ANY_ROLE, Probe, ProbeInput, Result, Status, worst
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status, worst
+from airflow_nodes.initsystems import init_system as init_system_named
 
 NAME = "units"
 _RUNNING = ("active", "RUNNING")
@@ -33,15 +33,11 @@ def classify(name: str, state: str, oneshot: bool) -> Status:
 
 def applies(probe_input: ProbeInput) -> bool:
     node = probe_input.ctx.node
-    if probe_input.target.real_system:
-        return True
-    return node.init_system == "supervisor" and os.path.exists(node.supervisord_conf)
+    return probe_input.target.real_system or init_system_named(node.init_system).observable_under_root(node)
 
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a node, return one Result summarizing the state of its role's units or programs."""
-    from airflow_nodes.initsystems import init_system as init_system_named  # pulls in the renderers
-
     ctx = probe_input.ctx
     init_system = init_system_named(ctx.node.init_system)
     target = f"{ctx.node.init_system} {ctx.role_name}"
@@ -68,4 +64,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     return [Result(status, NAME, target, latency, detail)]
 
 
-PROBE = Probe(NAME, ANY_ROLE, check, applies=applies, description="the role's units/programs are active")
+PROBE = Probe(NAME, check, applies=applies, description="the role's units/programs are active")

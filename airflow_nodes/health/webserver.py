@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from airflow_nodes.health.model import MASTER, Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.health.netio import ProbeFailure, http_get
 from airflow_nodes.timestamps import parse_utc
 
@@ -79,4 +79,4 @@ def check(probe_input: ProbeInput) -> list[Result]:
     return [Result(status, NAME, f"{url} {component}", response.latency, detail) for component, status, detail in rows]
 
 
-PROBE = Probe(NAME, MASTER, check, description="web/api server health JSON, per component")
+PROBE = Probe(NAME, check, description="web/api server health JSON, per component")

@@ -1,7 +1,8 @@
 """Init systems behind one small interface: a node's files, what runs after they change, control.
 
 Two implementations: `systemd.Systemd` (a hardened unit per daemon and a target per role) and
-`supervisor.Supervisor` (one conf.d file with a program per daemon and a group per role).
+`supervisor.Supervisor` (one conf.d file with a program per daemon, each its own group). Nothing
+outside this package knows which one a node runs under.
 """
 
 from __future__ import annotations
@@ -9,35 +10,54 @@ from __future__ import annotations
 from typing import Protocol
 
 from airflow_nodes.context import NodeContext
+from airflow_nodes.initsystems.supervisor import Supervisor
+from airflow_nodes.initsystems.systemd import Systemd
 from airflow_nodes.node import NodeSettings
-from airflow_nodes.plan import PlannedFile, Retirement, Trigger
+from airflow_nodes.plan import PlannedDir, PlannedFile, Retirement, Trigger
+from airflow_nodes.target import Target
 
 
 class InitSystem(Protocol):
     name: str
 
-    def plan_files(self, ctx: NodeContext) -> list[PlannedFile]:
-        """The files that run the role's daemons."""
+    def plan_dirs(self, ctx: NodeContext) -> list[PlannedDir]:
+        """The directories its files live in, if ours to make."""
 
-    def triggers(self, ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
-        """Commands to run when those files (or the daemons' config files) change."""
+    def plan_files(self, ctx: NodeContext, config_digest: str) -> list[PlannedFile]:
+        """The files that run the role's daemons; `config_digest` changes with the config they read."""
 
-    def retirements(self, node: NodeSettings) -> list[Retirement]:
+    def boot_command(self, ctx: NodeContext) -> tuple[str, ...] | None:
+        """What the cron entry runs at boot, when nothing else starts the role."""
+
+    def triggers(self, ctx: NodeContext, target: Target) -> list[Trigger]:
+        """Commands to run when those files (or the daemons' config files) change: each daemon whose
+        definition or config changed is restarted, and no other."""
+
+    def retirements(self, node: NodeSettings | None, target: Target) -> list[Retirement]:
         """How to take such a file out of service when a new plan no longer has it."""
 
     def control_argv(self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
         """The commands for start | stop | restart | status of the role, or of the named daemons only."""
 
+    def ensure_running(self, node: NodeSettings) -> None:
+        """Before start or restart: the init system itself answers (raise OperationError)."""
+
+    def observable_under_root(self, node: NodeSettings) -> bool:
+        """Whether the status of a node rendered under --root can be asked."""
+
+    def settle(self, node: NodeSettings, target: Target, conf_given: bool) -> NodeSettings:
+        """Init's settings for this init system, completed and checked (raise UserError)."""
+
     def parse_status(self, output: str) -> list[tuple[str, str]]:
         """Given the status commands' output, return (unit or program, state) pairs."""
 
 
-def init_system(name: str) -> InitSystem:
-    from airflow_nodes.initsystems.supervisor import Supervisor
-    from airflow_nodes.initsystems.systemd import Systemd
+_BY_NAME: dict[str, InitSystem] = {"systemd": Systemd(), "supervisor": Supervisor()}
 
-    return {"systemd": Systemd(), "supervisor": Supervisor()}[name]
+
+def init_system(name: str) -> InitSystem:
+    return _BY_NAME[name]
 
 
 def all_init_systems() -> tuple[InitSystem, ...]:
-    return tuple(init_system(name) for name in ("systemd", "supervisor"))
+    return tuple(_BY_NAME.values())

@@ -1,14 +1,21 @@
-"""supervisor: one conf.d file with a program per daemon and a group per role."""
+"""supervisor: one conf.d file with a program per daemon, each its own process group."""
 
 from __future__ import annotations
 
+import configparser
+import dataclasses
+import os
+import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from airflow_nodes import execute, statefile
 from airflow_nodes.context import NodeContext
-from airflow_nodes.node import OWN_SUPERVISORD_CONF, NodeSettings
-from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
+from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.node import OWN_SUPERVISOR_SOCKET, OWN_SUPERVISORD_CONF, NodeSettings
+from airflow_nodes.plan import Command, PlannedDir, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
+from airflow_nodes.target import Target
 from airflow_nodes.versions import Daemon
 
 
@@ -23,6 +30,7 @@ class Program:
     startretries: int
     stopwaitsecs: int
     log_file: str
+    environment: dict[str, str]
     ours: bool = False  # airflow-node's own daemon, run as root
 
 
@@ -30,7 +38,11 @@ def program_name(daemon: Daemon) -> str:
     return f"airflow-{daemon.name}"
 
 
-def _program(ctx: NodeContext, daemon: Daemon) -> Program:
+def _program(ctx: NodeContext, daemon: Daemon, config_digest: str) -> Program:
+    environment = dict(ctx.environment)
+    if not (daemon.oneshot or daemon.ours):  # the follower reads the config anew on every look
+        # part of the program's definition: a config change is a changed program, which `update` restarts
+        environment["AIRFLOW_NODE_CONFIG_DIGEST"] = config_digest
     return Program(
         name=program_name(daemon),
         command=ctx.argv(daemon),
@@ -42,6 +54,7 @@ def _program(ctx: NodeContext, daemon: Daemon) -> Program:
         startretries=30 if daemon.needs_migrated_db else 10,
         stopwaitsecs=ctx.node.stop_timeout if daemon.graceful_stop else 60,
         log_file=f"{ctx.log_dir}/{program_name(daemon)}.log",
+        environment=environment,
         ours=daemon.ours,
     )
 
@@ -61,64 +74,122 @@ def if_running(node: NodeSettings, argv: tuple[str, ...], reason: str) -> Comman
     return Command(argv, reason, only_if=supervisorctl(node, "pid"))
 
 
+def owns_supervisord(node: NodeSettings) -> bool:
+    """Whether this node runs under the supervisord init set up (there was none)."""
+    return node.supervisord_conf == OWN_SUPERVISORD_CONF
+
+
+def installed_groups(node: NodeSettings, target: Target) -> tuple[str, ...]:
+    """The process groups our conf.d file on disk defines, as supervisord loaded them: one per program,
+    or (a file an earlier airflow-node wrote) the role's group. Root's own file, read without
+    following a link; a file that does not parse defines none."""
+    text = statefile.read_text(target.path(node.supervisor_conf_file), limit=1 << 20)
+    parser = configparser.RawConfigParser(strict=False)
+    try:
+        parser.read_string(text or "")
+    except configparser.Error:
+        return ()
+    groups, programs, grouped = [], [], set()
+    for section in parser.sections():
+        kind, _, name = section.partition(":")
+        if kind == "group":
+            groups.append(name)
+            grouped.update(member.strip() for member in parser[section].get("programs", "").split(","))
+        elif kind == "program":
+            programs.append(name)
+    return (*groups, *(name for name in programs if name not in grouped))
+
+
 class Supervisor:
+    """Each program is a process group of its own, so that supervisor's `update` (its own old/new diff,
+    computed per group) restarts exactly the programs whose definition changed. A program's definition
+    holds the digest of the config its daemon reads: a config change restarts the daemons that read it."""
+
     name = "supervisor"
 
-    def plan_files(self, ctx: NodeContext) -> list[PlannedFile]:
+    def plan_dirs(self, ctx: NodeContext) -> list[PlannedDir]:
+        return [PlannedDir(ctx.node.supervisor_conf_file.rsplit("/", 1)[0], 0o755)]
+
+    def plan_files(self, ctx: NodeContext, config_digest: str) -> list[PlannedFile]:
         text = render(
             "supervisor/airflow-node.conf.j2",
             role=ctx.node.role,
             cluster_name=ctx.cluster.name,
-            group=ctx.role_name,
-            programs=[_program(ctx, d) for d in ctx.daemons],
+            programs=[_program(ctx, d, config_digest) for d in ctx.daemons],
             user=ctx.cluster.airflow_user,
             airflow_home=ctx.airflow_home,
-            environment=ctx.environment,
         )
-        return [PlannedFile(ctx.node.supervisor_conf_file, text.encode(), 0o644)]
+        files = [PlannedFile(ctx.node.supervisor_conf_file, text.encode(), 0o644)]
+        if owns_supervisord(ctx.node):
+            files.append(PlannedFile(OWN_SUPERVISORD_CONF, _render_supervisord_conf(ctx).encode(), 0o644))
+        return files
 
-    def triggers(self, ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
-        """`update` re-adds a changed group (restarting it); a config-only change restarts the daemons."""
-        conf = ctx.node.supervisor_conf_file
-        reload = Trigger(
-            (conf,),
-            (
-                if_running(ctx.node, supervisorctl(ctx.node, "reread"), "program definitions changed"),
-                if_running(ctx.node, supervisorctl(ctx.node, "update", ctx.role_name), "apply the changed programs"),
-            ),
-        )
-        # the follower reads the config anew on every look: Airflow's daemons only
-        long_running = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if not (d.oneshot or d.ours)]
-        restart = Trigger(
-            config_paths,
-            (if_running(ctx.node, supervisorctl(ctx.node, "restart", *long_running), "airflow config changed"),),
-            unless=(conf,),
-        )
-        return [reload, restart]
+    def boot_command(self, ctx: NodeContext) -> tuple[str, ...] | None:
+        # our own supervisord has no other way to start at boot
+        return (ctx.node.airflow_node_bin, "start") if owns_supervisord(ctx.node) else None
 
-    def retirements(self, node: NodeSettings) -> list[Retirement]:
-        """Our conf.d file no longer planned: the role's group is stopped (gracefully) and removed while
+    def triggers(self, ctx: NodeContext, target: Target) -> list[Trigger]:
+        """`update` naming the groups loaded now and the programs planned: supervisor stops and removes the
+        ones gone, restarts the changed ones and adds the new ones; the others keep running."""
+        planned = [program_name(d) for d in ctx.daemons]
+        names = dict.fromkeys([*installed_groups(ctx.node, target), *planned])
+        update = if_running(ctx.node, supervisorctl(ctx.node, "update", *names), "programs or their config changed")
+        return [Trigger((ctx.node.supervisor_conf_file,), (update,))]
+
+    def retirements(self, node: NodeSettings | None, target: Target) -> list[Retirement]:
+        """Our conf.d file no longer planned: its programs are stopped (gracefully) and removed while
         supervisord can still be asked; our own supervisord, no longer planned, is shut down."""
-        group = (
-            if_running(node, supervisorctl(node, "stop", f"{node.role_name}:*"), "programs no longer planned"),
-            if_running(node, supervisorctl(node, "remove", node.role_name), "programs no longer planned"),
-        )
+        if node is None:  # no node file: no supervisord.conf to ask
+            return []
+        groups = installed_groups(node, target)
+        programs = (
+            if_running(node, supervisorctl(node, "stop", *(f"{g}:*" for g in groups)), "programs no longer planned"),
+            *(if_running(node, supervisorctl(node, "remove", g), "programs no longer planned") for g in groups),
+        ) if groups else ()  # fmt: skip
         shutdown = if_running(node, supervisorctl(node, "shutdown"), "our supervisord is no longer needed")
-        rules = [Retirement(node.supervisor_conf_file, before=group)]
-        if node.supervisord_conf == OWN_SUPERVISORD_CONF:
+        rules = [Retirement(node.supervisor_conf_file, before=programs)]
+        if owns_supervisord(node):
             rules.append(Retirement(OWN_SUPERVISORD_CONF, before=(shutdown,)))
         return rules
 
     def control_argv(self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-        if daemons:
-            programs = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if d.name in daemons]
-            return [supervisorctl(ctx.node, action, *programs)]
-        group = f"{ctx.role_name}:*"
-        if action == "start" and ctx.node.role == "master":
+        chosen = [d for d in ctx.daemons if not daemons or d.name in daemons]
+        programs = [program_name(d) for d in chosen]
+        oneshots = [program_name(d) for d in chosen if d.oneshot]
+        if action == "start" and oneshots:
             # the migration runs first and exits; starting the rest then finds a migrated DB
-            oneshots = [f"{ctx.role_name}:{program_name(d)}" for d in ctx.daemons if d.oneshot]
-            return [supervisorctl(ctx.node, "start", *oneshots), supervisorctl(ctx.node, "start", group)]
-        return [supervisorctl(ctx.node, action, group)]
+            return [supervisorctl(ctx.node, "start", *oneshots), supervisorctl(ctx.node, "start", *programs)]
+        return [supervisorctl(ctx.node, action, *programs)]
+
+    def ensure_running(self, node: NodeSettings, timeout: float = 20) -> None:
+        """Start the supervisord init set up (a host without one) unless it answers already; wait until it does."""
+        if not owns_supervisord(node):
+            return
+        ctl = supervisorctl(node, "pid")
+        if execute.run(ctl, ok_codes=None, timeout=10).returncode == 0:
+            return
+        supervisord = [supervisor_bin(node, "supervisord"), "-c", node.supervisord_conf]
+        execute.run(supervisord, what="starting supervisord", clean_env=True, timeout=30)
+        deadline = time.monotonic() + timeout
+        while execute.run(ctl, ok_codes=None, timeout=10).returncode != 0:
+            if time.monotonic() > deadline:
+                raise OperationError(f"supervisord ({node.supervisord_conf}) did not answer within {timeout:g} s")
+            time.sleep(0.2)
+
+    def observable_under_root(self, node: NodeSettings) -> bool:
+        # its supervisord.conf path is explicit: a rendered tree's own supervisord can be asked
+        return os.path.exists(node.supervisord_conf)
+
+    def settle(self, node: NodeSettings, target: Target, conf_given: bool) -> NodeSettings:
+        """The supervisord to run under: the one named, else the host's, else (none here) our own. Raise
+        UserError when the named config is a directory."""
+        if not conf_given and not target.path(node.supervisord_conf).exists():
+            node = dataclasses.replace(node, supervisord_conf=OWN_SUPERVISORD_CONF)
+        if target.path(node.supervisord_conf).is_dir():
+            raise UserError(
+                f"--supervisord-conf: {node.supervisord_conf} is a directory; name supervisord's config file"
+            )
+        return node
 
     def parse_status(self, output: str) -> list[tuple[str, str]]:
         """Given `supervisorctl status` output, return (program, state) pairs."""
@@ -128,3 +199,14 @@ class Supervisor:
             if len(parts) >= 2:
                 result.append((parts[0], " ".join(parts[1:])))
         return result
+
+
+def _render_supervisord_conf(ctx: NodeContext) -> str:
+    return render(
+        "supervisor/supervisord.conf.j2",
+        conf=OWN_SUPERVISORD_CONF,
+        supervisord=supervisor_bin(ctx.node, "supervisord"),
+        socket=OWN_SUPERVISOR_SOCKET,
+        pidfile="/run/airflow-node-supervisord.pid",
+        log_dir=ctx.log_dir,
+    )

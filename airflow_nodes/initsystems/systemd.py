@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from airflow_nodes.context import NodeContext
 from airflow_nodes.node import RELEASE_REQUESTS_DIR, STATE_DIR, SYSTEMD_DIR, NodeSettings
-from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
+from airflow_nodes.plan import Command, PlannedDir, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
+from airflow_nodes.target import Target
 from airflow_nodes.versions import Daemon
 
 
@@ -54,7 +55,10 @@ def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
 class Systemd:
     name = "systemd"
 
-    def plan_files(self, ctx: NodeContext) -> list[PlannedFile]:
+    def plan_dirs(self, ctx: NodeContext) -> list[PlannedDir]:
+        return []
+
+    def plan_files(self, ctx: NodeContext, config_digest: str) -> list[PlannedFile]:
         files = [PlannedFile(unit_path(unit_name(d)), _render_unit(ctx, d).encode(), 0o644) for d in ctx.daemons]
         target = render(
             "systemd/airflow-role.target.j2",
@@ -66,8 +70,12 @@ class Systemd:
         files.append(PlannedFile(unit_path(target_name(ctx)), target.encode(), 0o644))
         return files
 
-    def triggers(self, ctx: NodeContext, config_paths: tuple[str, ...]) -> list[Trigger]:
+    def boot_command(self, ctx: NodeContext) -> tuple[str, ...] | None:
+        return None  # the enabled target starts the role
+
+    def triggers(self, ctx: NodeContext, target: Target) -> list[Trigger]:
         """After unit changes: reload and enable. After a daemon's unit or config changes: try-restart it."""
+        config_paths = (ctx.airflow_cfg, ctx.env_file)
         units = [unit_name(d) for d in ctx.daemons]
         unit_files = tuple(unit_path(u) for u in [*units, target_name(ctx)])
         result = [
@@ -88,7 +96,7 @@ class Systemd:
             result.append(Trigger((unit_path(name), *config_paths), (command,)))
         return result
 
-    def retirements(self, node: NodeSettings | None) -> list[Retirement]:
+    def retirements(self, node: NodeSettings | None, target: Target) -> list[Retirement]:
         """A unit no longer planned is stopped and disabled while its file still exists, then forgotten."""
         disable = Command(("systemctl", "disable", "--now", "{name}"), "no longer planned")
         reload = Command(("systemctl", "daemon-reload"), "unit files removed")
@@ -108,6 +116,15 @@ class Systemd:
         # stop, restart: the target's own job is done at once; naming its units too makes systemctl wait
         # until they have stopped (a worker's running tasks first), so nothing changes under a live daemon
         return [("systemctl", action, target_name(ctx), *(unit_name(d) for d in ctx.daemons))]
+
+    def ensure_running(self, node: NodeSettings) -> None:
+        pass  # systemd is PID 1
+
+    def observable_under_root(self, node: NodeSettings) -> bool:
+        return False  # the real host's units say nothing about a rendered tree
+
+    def settle(self, node: NodeSettings, target: Target, conf_given: bool) -> NodeSettings:
+        return node
 
     def parse_status(self, output: str) -> list[tuple[str, str]]:
         """Given `systemctl show` output for several units, return (unit, state) pairs."""

@@ -1,4 +1,5 @@
-"""What changed between two trees, read from rsync's itemized output (`--out-format='%i %n'`)."""
+"""What changed between two trees, read from rsync's itemized output (`--out-format='%i %n'`), and
+what a fetch found."""
 
 from __future__ import annotations
 
@@ -40,3 +41,12 @@ def unescape_name(name: str) -> str:
     """Given a file name as rsync printed it (decoded with surrogateescape), return the name itself."""
     raw = _ESCAPED_BYTE.sub(lambda match: bytes([int(match[1], 8)]), os.fsencode(name))
     return os.fsdecode(raw)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a fetch into the mirror found."""
+
+    changes: tuple[Change, ...] | None  # None: not known, compare the mirror with the current release
+    source_revision: str | None = None  # git: the commit; rsync sources: None (the tree hash stands)
+    unchanged: bool = False  # a cheap check proved nothing changed; the mirror was not touched

@@ -227,8 +227,8 @@ def forget_old_failures(failures: Path) -> None:
 def follow(target: Target, poll: float, splay: float, passes: int | None = None) -> None:
     """Run the follower (for ever, or `passes` looks). Raise UserError when this node is no worker."""
     ctx = load_context(target)
-    if ctx.node.role != "worker":
-        raise UserError("follow: only a worker follows the master's DAG releases")
+    if not ctx.role.follows_master:
+        raise UserError(f"follow: a {ctx.node.role} does not follow the master's DAG releases (a worker does)")
     if ctx.line.versioned_dags:
         prepare_requests_dir(target, ctx.cluster.airflow_user)
     Follower(target, poll, splay).run(passes)

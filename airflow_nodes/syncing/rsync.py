@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow_nodes.syncing.changes import ITEMIZE_FORMAT, parse_itemized
+from airflow_nodes.syncing.changes import ITEMIZE_FORMAT, Fetched, parse_itemized
 from airflow_nodes.syncing.commands import TransferRunner
-from airflow_nodes.syncing.source import Fetched
 
 RSYNC_OK = (0, 24)  # 24: some source files vanished during the transfer; the next run catches up
 

@@ -150,7 +150,7 @@ def effective_source(ctx: NodeContext) -> DagSourceSpec:
     """The DAG source this node reads: on the master, an SSH spec naming the master itself is read locally."""
     spec = parse_dags_source(ctx.cluster.dags_source, f"{CLUSTER_FILE}: dags.source")
     local_names = {ctx.cluster.master_host, socket.gethostname(), socket.getfqdn()}
-    if ctx.node.role == "master" and spec.kind == SSH and str(spec.host).strip("[]") in local_names:
+    if ctx.role.creates_cluster and spec.kind == SSH and str(spec.host).strip("[]") in local_names:
         return DagSourceSpec(PATH, path=spec.path)
     return spec
 
@@ -159,7 +159,7 @@ def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpe
     """Whether this node copies the master's releases rather than building from the DAG source itself: a
     worker joined through the gate whose DAG source is the master's. It then holds exactly the trees the
     master's Airflow reads, under the same names (the DAG versions of Airflow 3's bundle)."""
-    return (ctx.node.role == "worker" and spec.kind == SSH and target.path(SSH_KEY_FILE).exists()
+    return (ctx.role.follows_master and spec.kind == SSH and target.path(SSH_KEY_FILE).exists()
             and str(spec.host).strip("[]") == ctx.cluster.master_host.strip("[]"))  # fmt: skip
 
 
@@ -261,7 +261,7 @@ def sync_dags(
     if request.wanted:  # an older version a task asked for: added beside the published one
         details.append(f"added {release.path}, asked for by a task")
         return DagOutcome(PUBLISHED, release.revision, release.revision, len(built.changed), built.deleted_files)
-    if ctx.node.role == "master":
+    if ctx.role.creates_cluster:
         write_offered(layout, release.revision)  # what workers fetch from now on
         warnings += offer_to_workers(ctx, request, release.revision, details)
     flip_dags_folder(layout.dags_folder, release.path)
@@ -366,7 +366,7 @@ def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> Syn
     else:
         removed = prune_releases(layout, request.keep_releases, request.keep_days)
         details.append(f"pruned {len(removed)} old release(s)")
-    if ctx.node.role == "worker" and not request.dags_only:
+    if ctx.role.follows_master and not request.dags_only:
         try:  # even when the DAGs failed: a rotated secret must still arrive
             config = sync_config(ctx, target, spec, transfer, request.master_root, request.guards.force,
                                  seen.get("master_cluster_hash", ""))  # fmt: skip
@@ -402,13 +402,3 @@ def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> Syn
     result = SyncResult(dags.status, dags, config, seconds=time.monotonic() - started, details=tuple(details))
     log_run(result.summary, failed=False)
     return result
-
-
-def format_status(target: Target) -> str:
-    """Return the state file as `key: value` lines (what `airflow-node health` reads)."""
-    state = read_state(target)
-    width = max(len(f.name) for f in dataclasses.fields(SyncState))
-    return "\n".join(
-        f"{key:<{width}}  {printable(str(value)) if value is not None else '-'}"  # an error may quote a file name
-        for key, value in dataclasses.asdict(state).items()
-    )

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from airflow_nodes.syncing.changes import Change
+from airflow_nodes.syncing import source_git, source_path, source_ssh
+from airflow_nodes.syncing.changes import Fetched
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.spec import GIT, PATH, SSH, DagSourceSpec
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """What a fetch into the mirror found."""
-
-    changes: tuple[Change, ...] | None  # None: not known, compare the mirror with the current release
-    source_revision: str | None = None  # git: the commit; rsync sources: None (the tree hash stands)
-    unchanged: bool = False  # a cheap check proved nothing changed; the mirror was not touched
 
 
 class DagSource(Protocol):
@@ -30,8 +21,6 @@ class DagSource(Protocol):
 
 def open_source(spec: DagSourceSpec, runner: TransferRunner, root: Path) -> DagSource:
     """Given a parsed spec, return the source that fetches it (local paths re-rooted under root)."""
-    from airflow_nodes.syncing import source_git, source_path, source_ssh
-
     if spec.kind == SSH:
         return source_ssh.SshSource(spec, runner)
     if spec.kind == PATH:

@@ -7,8 +7,8 @@ import shlex
 from pathlib import Path
 
 from airflow_nodes.errors import OperationError
+from airflow_nodes.syncing.changes import Fetched
 from airflow_nodes.syncing.commands import TransferRunner
-from airflow_nodes.syncing.source import Fetched
 from airflow_nodes.syncing.spec import DagSourceSpec
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")

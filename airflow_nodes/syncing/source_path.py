@@ -6,9 +6,9 @@ from pathlib import Path
 
 from airflow_nodes.errors import OperationError
 from airflow_nodes.node import under_root
+from airflow_nodes.syncing.changes import Fetched
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.rsync import rsync_into_mirror
-from airflow_nodes.syncing.source import Fetched
 from airflow_nodes.syncing.spec import DagSourceSpec
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from airflow_nodes.syncing.changes import Fetched
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.rsync import rsync_into_mirror
-from airflow_nodes.syncing.source import Fetched
 from airflow_nodes.syncing.spec import DagSourceSpec
 
 

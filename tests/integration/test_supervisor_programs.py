@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -67,7 +68,7 @@ class Supervisor:
 def node(tmp_path, run_cli):
     """A node rendered with the stand-in airflow, airflow_home in tmp, run as the current user."""
 
-    def render(role: str, version: str = "3.3.2") -> Supervisor:
+    def render(role: str, version: str = "3.3.2", airflow_node_bin: Path | None = None) -> Supervisor:
         root = tmp_path / "root"
         home = tmp_path / "home"
         markers = tmp_path / "markers"
@@ -78,7 +79,7 @@ def node(tmp_path, run_cli):
         cluster_file.write_text(dump_cluster(cluster))
         args = ["init", "--role", role, "--root", root, "--airflow-version", version, "--init-system",
                 "supervisor", "--airflow-bin", STAND_IN, "--node-name", "n1", "--supervisord-conf", SUPERVISORD_CONF,
-                "--airflow-node-bin", Path(sys.executable).parent / "airflow-node"]  # fmt: skip
+                "--airflow-node-bin", airflow_node_bin or Path(sys.executable).parent / "airflow-node"]  # fmt: skip
         if role == "worker":
             args += ["--config", cluster_file, "-c", "2", "--stop-timeout", "30"]
         else:
@@ -100,13 +101,12 @@ def node(tmp_path, run_cli):
 
 def test_every_master_program_runs_and_the_migration_exits(node):
     supervisor = node("master")
-    expected = {f"airflow-master:airflow-{name}" for name in
-                ("api-server", "scheduler", "dag-processor", "triggerer", "flower")}  # fmt: skip
+    expected = {f"airflow-{name}" for name in ("api-server", "scheduler", "dag-processor", "triggerer", "flower")}
 
     def all_running():
         states = supervisor.states()
         running = {name for name, (state, _) in states.items() if state == "RUNNING"}
-        return expected <= running and states.get("airflow-master:airflow-db-migrate", ("",))[0] == "EXITED"
+        return expected <= running and states.get("airflow-db-migrate", ("",))[0] == "EXITED"
 
     wait_for(all_running, 40, "every master program RUNNING and db-migrate EXITED")
 
@@ -140,15 +140,15 @@ def converge_for_real(supervisor: Supervisor, request: InitRequest) -> list[tupl
 
 def test_a_program_the_new_plan_drops_is_gone_from_supervisor_after_apply(node):
     supervisor = node("master", "2.11.2")
-    wait_for(lambda: supervisor.pid("airflow-master:airflow-webserver"), 40, "the 2.x webserver RUNNING")
+    wait_for(lambda: supervisor.pid("airflow-webserver"), 40, "the 2.x webserver RUNNING")
 
     converge_for_real(supervisor, InitRequest(role="master", airflow_version="3.3.2"))
 
     def upgraded():
         states = supervisor.states()
         running = {name for name, (state, _) in states.items() if state == "RUNNING"}
-        wanted = {"airflow-master:airflow-api-server", "airflow-master:airflow-dag-processor"}
-        return "airflow-master:airflow-webserver" not in states and wanted <= running and states
+        wanted = {"airflow-api-server", "airflow-dag-processor"}
+        return "airflow-webserver" not in states and wanted <= running and states
 
     states = wait_for(upgraded, 40, "api-server and dag-processor RUNNING, no webserver program")
     assert not [name for name in states if "webserver" in name]
@@ -160,7 +160,42 @@ def test_a_worker_moved_to_systemd_leaves_no_supervisor_program_behind(node):
 
     recorded = converge_for_real(supervisor, InitRequest(role="worker", airflow_version="3.3.2", init_system="systemd"))
 
-    assert supervisor.states() == {}  # `update airflow-worker` after the conf file went: the group is gone
+    assert supervisor.states() == {}  # the programs were stopped and removed before the conf file went
     assert not (supervisor.root / "etc/supervisor/conf.d/airflow-node.conf").exists()
     enable = ("systemctl", "enable", "airflow-worker.target", "airflow-worker.service", "airflow-dag-follower.service")
     assert enable in recorded
+
+
+def test_a_change_to_one_program_restarts_that_program_only(node, tmp_path):
+    # the follower is airflow-node's own daemon: a stand-in here too, beside the real supervisorctl
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "airflow-node").symlink_to(STAND_IN)
+    (tools / "supervisorctl").symlink_to(shutil.which("supervisorctl") or Path(sys.executable).parent / "supervisorctl")
+    supervisor = node("worker", airflow_node_bin=tools / "airflow-node")
+    same = InitRequest(role="worker", airflow_version="3.3.2", config_file=tmp_path / "cluster.toml")
+    converge_for_real(supervisor, same)  # as on a real host: its advertised address joins the environment
+    programs = {"airflow-worker", "airflow-dag-follower"}
+    first = wait_for(lambda: (pids := running_pids(supervisor)).keys() >= programs and pids, 30, "both RUNNING")
+
+    assert not [argv for argv in converge_for_real(supervisor, same) if "update" in argv]  # nothing changed
+    assert running_pids(supervisor) == first  # nothing changed: nothing restarted
+
+    converge_for_real(supervisor, dataclasses.replace(same, concurrency=3))
+    second = wait_for(lambda: (pids := running_pids(supervisor)).get("airflow-worker", first["airflow-worker"])
+                      != first["airflow-worker"] and pids, 30, "the worker restarted with -c 3")  # fmt: skip
+    assert second["airflow-dag-follower"] == first["airflow-dag-follower"]  # its program did not change
+
+    # airflow.cfg changes (the cluster's visibility timeout): the worker reads it, the follower reads it anew
+    cluster = (tmp_path / "cluster.toml").read_text()
+    (tmp_path / "cluster.toml").write_text(cluster.replace("visibility_timeout = 86400", "visibility_timeout = 7200"))
+    assert (tmp_path / "cluster.toml").read_text() != cluster
+    converge_for_real(supervisor, same)
+    third = wait_for(lambda: (pids := running_pids(supervisor)).get("airflow-worker", second["airflow-worker"])
+                     != second["airflow-worker"] and pids, 30, "the worker restarted on the new config")  # fmt: skip
+    assert third["airflow-dag-follower"] == first["airflow-dag-follower"]
+
+
+def running_pids(supervisor: Supervisor) -> dict[str, int]:
+    return {name: int(info.split()[1].rstrip(",")) for name, (state, info) in supervisor.states().items()
+            if state == "RUNNING" and info.startswith("pid ")}  # fmt: skip

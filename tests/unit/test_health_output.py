@@ -11,9 +11,10 @@ import pytest
 from airflow_nodes.cli import main
 from airflow_nodes.health.clock import grade, skew_seconds
 from airflow_nodes.health.consistency import judge_sync_state
-from airflow_nodes.health.formatting import format_prometheus, format_table
+from airflow_nodes.health.formatting import format_prometheus
 from airflow_nodes.health.model import Result, Status, worst
 from airflow_nodes.health.runner import PROBE_NAMES, HealthReport
+from airflow_nodes.output import health_table
 
 from conftest import NASTY_PASSWORD, NASTY_QUOTED
 
@@ -88,7 +89,7 @@ def report(*results: Result) -> HealthReport:
 
 
 def test_table_has_the_columns_and_a_summary():
-    text = format_table(report(Result(Status.OK, "redis", "redis://h:6379/0", 0.0012, "PING ok")))
+    text = health_table(report(Result(Status.OK, "redis", "redis://h:6379/0", 0.0012, "PING ok")))
     header, row, _, summary = text.splitlines()
     assert header.split() == ["STATUS", "PROBE", "TARGET", "LATENCY", "DETAIL"]
     assert row.split() == ["OK", "redis", "redis://h:6379/0", "1.2", "ms", "PING", "ok"]

@@ -16,10 +16,10 @@ from test_init_cli import init_master
 
 import airflow_nodes.uninstall as uninstall_module
 from airflow_nodes.cluster import dump_cluster
-from airflow_nodes.health.formatting import format_json, format_table
 from airflow_nodes.health.model import Result, Status
 from airflow_nodes.health.runner import HealthReport
 from airflow_nodes.node import SSH_KEY_FILE
+from airflow_nodes.output import health_json, health_table
 from airflow_nodes.sanitise import printable, printable_lines
 
 from conftest import make_cluster, snapshot, worker_args
@@ -89,10 +89,10 @@ def test_a_health_detail_from_outside_is_one_inert_line_in_the_table_and_json():
     detail = f"server said {ESCAPES}{FORGED}\u202e"
     result = Result(Status.CRITICAL, "web", f"http://m:8080 {ESCAPES}", 0.01, detail)
     report = HealthReport((result,), Status.CRITICAL, 0.1, "master", f"m{ESCAPES}", 1.0, ("units",))
-    table = format_table(report)
+    table = health_table(report)
     assert inert(table) and len(table.splitlines()) == 4  # header, one row, blank, summary
     assert "\\x1b]0;pwned\\x07\\x1b[2J\\nOK: all fine\\u202e" in table
-    document = format_json(report)
+    document = health_json(report)
     assert inert(document) and json.loads(document)["results"][0]["detail"] == detail
 
 

@@ -114,7 +114,7 @@ def test_a_worker_moved_between_init_systems_keeps_only_what_it_needs(run_cli, t
     assert set(manifest(root)["files"]) == files_under(root)
     assert "systemctl disable --now airflow-worker.service" in to_supervisor.out
     assert "systemctl disable --now airflow-worker.target" in to_supervisor.out
-    assert "update airflow-worker" in to_supervisor.out
+    assert "update airflow-worker airflow-dag-follower" in to_supervisor.out
     assert "@reboot root /usr/local/bin/airflow-node start" in (root / "etc/cron.d/airflow-node").read_text()
 
     back = run_cli(*worker_args(root, cluster_file, init_system="systemd"))
@@ -122,11 +122,15 @@ def test_a_worker_moved_between_init_systems_keeps_only_what_it_needs(run_cli, t
     assert files_under(root) == systemd_files
     assert set(manifest(root)["files"]) == systemd_files
     assert not (root / "etc/airflow-node/conf.d").exists()
-    # the group is stopped and removed while supervisord can still be asked, then our supervisord goes
+    # the programs (each its own group) are stopped and removed while supervisord can still be asked,
+    # then our supervisord goes
     ctl = "/usr/local/bin/supervisorctl -c /etc/airflow-node/supervisord.conf"
     listed = [line.strip() for line in back.out.splitlines()]
-    stop, remove, shutdown = f"{ctl} stop airflow-worker:*", f"{ctl} remove airflow-worker", f"{ctl} shutdown"
-    assert listed.index(stop) < listed.index(remove) < listed.index(shutdown)
+    stop = f"{ctl} stop airflow-worker:* airflow-dag-follower:*"
+    removes = [f"{ctl} remove airflow-worker", f"{ctl} remove airflow-dag-follower"]
+    shutdown = f"{ctl} shutdown"
+    assert listed.index(stop) < min(map(listed.index, removes))
+    assert max(map(listed.index, removes)) < listed.index(shutdown)
 
 
 def test_retiring_runs_disable_while_the_unit_exists_and_reload_after_it_is_gone(run_cli, tmp_path):

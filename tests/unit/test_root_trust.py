@@ -118,10 +118,10 @@ def test_deep_health_runs_airflow_as_the_airflow_account_never_as_root(open_dir)
     assert (stage / "uid").read_text().strip() == str(NOBODY.pw_uid)
 
 
-def test_supervisord_writes_logs_only_in_a_directory_of_roots():
+def test_supervisord_writes_logs_only_in_a_directory_of_roots(tmp_path):
     cluster = make_cluster("3.3")
     node = NodeSettings("master", "3.3.2", "supervisor", "/opt/airflow-venv/bin/airflow", "/usr/bin/airflow-node", "m1")
-    plan = build_node_plan(cluster, b"", node)
+    plan = build_node_plan(cluster, b"", node, Target.at(str(tmp_path)))
     [log_dir] = [d for d in plan.dirs if d.path == LOG_DIR]
     assert (log_dir.owner, log_dir.group) == ("root", "root")
     account_dirs = [d.path for d in plan.dirs if d.owner == cluster.airflow_user]
