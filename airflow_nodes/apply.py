@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from airflow_nodes import statefile
-from airflow_nodes.atomicfile import write_atomically
+from airflow_nodes.atomicfile import fsync_directory, write_atomically, write_temp_beside
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import MANIFEST_FILE
@@ -394,34 +394,8 @@ def _set_dir_owner_and_mode(path: Path, planned: PlannedDir, set_owner: bool) ->
         os.close(fd)
 
 
-def _write_temp(target: Path, content: bytes, mode: int, ids: tuple[int, int] | None) -> Path:
-    """Write content to a new temp file beside target, with its final mode and owner before any byte."""
-    for attempt in range(100):
-        temp = target.with_name(f".{target.name}.airflow-node-tmp{os.getpid()}-{attempt}")
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o600)
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover
-        raise OperationError(f"{target}: cannot create a temp file beside it")
-    try:
-        if ids is not None:
-            os.fchown(fd, *ids)
-        os.fchmod(fd, mode)
-        view = memoryview(content)
-        while view:  # os.write may write less than asked (a full disk writes nothing: ENOSPC)
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-    return temp
-
-
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.airflow-node-(?:tmp(?P<tmp>\d+)-\d+|old(?P<old>\d+))$")
+# atomicfile.write_temp_beside's temp files and _Transaction.save's saved ones
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.airflow-node-(?:tmp(?P<tmp>\d+)-[0-9a-f]+|old(?P<old>\d+))$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -435,7 +409,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def find_leftovers(target: Target, paths: list[str]) -> tuple[str, ...]:
-    """Return the temp and saved files a killed run left beside our files (`.NAME.airflow-node-tmpPID-N`,
+    """Return the temp and saved files a killed run left beside our files (`.NAME.airflow-node-tmpPID-HEX`,
     `.NAME.airflow-node-oldPID`, for a NAME we write and a PID no longer running)."""
     names: dict[Path, set[str]] = {}
     for path in [*paths, MANIFEST_FILE]:
@@ -514,7 +488,7 @@ def apply(prev: Preview) -> ApplyResult:
                 continue
             path = target.path(change.file.path)
             ids = _ids(change.file.owner, change.file.group) if set_owner else None
-            temp = _write_temp(path, change.file.content, change.file.mode, ids)
+            temp = write_temp_beside(path, change.file.content, change.file.mode, ids)
             tx.temps.append(temp)
             staged.append((path, temp))
 
@@ -534,11 +508,13 @@ def apply(prev: Preview) -> ApplyResult:
         created = set(prev.manifest.dirs) | {d.path for d in prev.missing_dirs}
         manifest = Manifest(manifest_files, tuple(sorted(created)))
         manifest_path = target.path(MANIFEST_FILE)
-        manifest_temp = _write_temp(manifest_path, manifest.to_bytes(), 0o644, None)
+        manifest_temp = write_temp_beside(manifest_path, manifest.to_bytes(), 0o644)
         tx.temps.append(manifest_temp)
         tx.replaced.append((manifest_path, tx.save(manifest_path)))
         os.replace(manifest_temp, manifest_path)
         tx.temps.remove(manifest_temp)
+        for directory in sorted({path.parent for path, _ in staged} | {manifest_path.parent}):
+            fsync_directory(directory)
     except OSError as exc:
         tx.rollback()
         where = exc.filename or target.root

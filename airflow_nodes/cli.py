@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from airflow_nodes import defaults, output
+from airflow_nodes import defaults, output, roles
 from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
 from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.join import DEFAULT_TTL, MAX_TTL
@@ -62,8 +62,11 @@ def cli() -> None:
     """Turn this host into a master or worker node of an Airflow CeleryExecutor cluster."""
 
 
+ROLE_HELP = "What this host runs: " + "; ".join(f"{role.name}, {role.summary}" for role in roles.ROLES.values())
+
+
 @cli.command()
-@click.option("--role", type=click.Choice(["master", "worker"]), required=True, help="What this host runs.")
+@click.option("--role", type=click.Choice(roles.NAMES), required=True, help=ROLE_HELP)
 @root_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and a diff against the disk; change nothing.")
 @click.option("--force", is_flag=True, help="Replace files someone edited since we wrote them (kept as a backup).")

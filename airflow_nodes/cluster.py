@@ -115,8 +115,7 @@ class ClusterConfig:
 
 def default_dags_source(master_host: str, airflow_user: str = "airflow") -> str:
     """The DAG source a cluster gets unless --dags-source says otherwise: the master's authoring dir."""
-    host = f"[{master_host.strip('[]')}]" if ":" in master_host else master_host  # rsync's IPv6 form
-    return f"{airflow_user}@{host}:{DAGS_AUTHORING_DIR}/"
+    return f"{airflow_user}@{urls.url_host(master_host)}:{DAGS_AUTHORING_DIR}/"  # rsync's IPv6 form: brackets
 
 
 # -- the schema: (section, key, attribute, type, check, init option) ---------------------------

@@ -13,6 +13,7 @@ from airflow_nodes import defaults, execute
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import under_root
+from airflow_nodes.urls import bare_host
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
 DEFAULT_VENV = defaults.AIRFLOW_VENV
@@ -206,7 +207,7 @@ def route_address(host: str) -> str:
     import socket
 
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), 9, type=socket.SOCK_DGRAM)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(bare_host(host), 9, type=socket.SOCK_DGRAM)[0]
         with socket.socket(family, kind, proto) as probe:
             probe.connect(address)
             return probe.getsockname()[0]

@@ -36,6 +36,7 @@ from airflow_nodes.errors import UserError
 from airflow_nodes.exitcodes import CheckStatus
 from airflow_nodes.install import compare_package_sets
 from airflow_nodes.node import CLUSTER_FILE, STATE_DIR
+from airflow_nodes.roles import NO_ROLE, ROLES, Role
 from airflow_nodes.target import Target
 
 KEY_PREFIX = "airflow-node"
@@ -319,10 +320,16 @@ def known_workers(ctx: NodeContext, timeout: float = 2.0) -> set[str]:
     return {f"celery@{name}" for name in names | {r["node"] for r in live}}
 
 
+def role_of(record: dict) -> Role:
+    """What a record's node does, by the table of roles; a role this version does not know does nothing."""
+    return ROLES.get(record.get("role"), NO_ROLE)
+
+
 def live_workers(ctx: NodeContext, timeout: float = 2.0) -> list[dict]:
-    """The records of the live workers (younger than two sync periods). Raise as read_fleet does."""
+    """The records of the live workers (younger than two sync periods): the nodes that follow the master's
+    releases. Raise as read_fleet does."""
     records, now = read_records(ctx, timeout)
-    return [r for r in records if r.get("role") == "worker" and not stale(r, now, period_seconds(ctx))]
+    return [r for r in records if role_of(r).follows_master and not stale(r, now, period_seconds(ctx))]
 
 
 def age(record: dict, now: float) -> float:
@@ -364,7 +371,7 @@ def expected_missing(expected: str, present: set[str], workers_seen: int) -> lis
 
 def master_of(records: list[dict]) -> dict | None:
     """The master's record, the reference: None when there is none, or when two claim the role."""
-    masters = [r for r in records if r.get("role") == "master"]
+    masters = [r for r in records if role_of(r).creates_cluster]
     return masters[0] if len(masters) == 1 else None
 
 
@@ -380,10 +387,10 @@ def compare(
     """Given the records that passed the checks, the broker's time and why others were refused, return the
     fleet: the master's values as the reference, every differing value, stale and missing nodes, and a
     verdict with a Nagios status. A refused record counts for nothing."""
-    masters = [r for r in records if r.get("role") == "master"]
+    masters = [r for r in records if role_of(r).creates_cluster]
     master = master_of(records)
     rows = []
-    for record in sorted(records, key=lambda r: (r.get("role") != "master", r["node"])):
+    for record in sorted(records, key=lambda r: (not role_of(r).creates_cluster, r["node"])):
         row = NodeRow(record)
         if stale(record, now, period):
             row.findings.append(f"stale: last report {age(record, now):.0f} s ago")
@@ -397,12 +404,12 @@ def compare(
             row.findings.append(f"clock {record['clock_offset']:+.1f} s off")
         if record.get("sync_error"):
             row.findings.append(f"last sync failed: {record['sync_error'][:80]}")
-        if record.get("role") == "worker" and record.get("worker_online") is False:
+        if role_of(record).runs_tasks and record.get("worker_online") is False:
             row.findings.append("its Celery worker is offline")
         row.status = DRIFT if row.findings else OK
         rows.append(row)
     names = {r["node"] for r in records}
-    workers = sum(1 for r in records if r.get("role") == "worker")
+    workers = sum(1 for r in records if role_of(r).runs_tasks)
     lost = [] if master else ([f"the master ({len(masters)} records claim it)"] if masters else ["the master"])
     missing = lost + expected_missing(expected_workers, names, workers)
     status = MISSING if missing else max((row.status for row in rows), default=OK)

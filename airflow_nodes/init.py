@@ -280,7 +280,7 @@ def node_settings(
         queues=pick("queues"),
         stop_timeout=pick("stop_timeout"),
         supervisord_conf=pick("supervisord_conf"),
-        advertise_address=address.strip("[]"),
+        advertise_address=urls.bare_host(address),
         writable_paths=pick("writable_paths"),
         wheelhouse=pick("wheelhouse"),
     )
@@ -434,5 +434,5 @@ def join_master(request: InitRequest, existing: NodeSettings | None) -> tuple[by
     name = request.node_name or (existing.node_name if existing else socket.gethostname())
     check_host(name, "--node-name")  # before anything is enrolled on the master
     address = request.advertise_address or route_address(token.host) or name
-    joined = join(token, name, address.strip("[]"))
+    joined = join(token, name, urls.bare_host(address))
     return joined.cluster_text, NodeCredentials(joined.key_file, joined.known_hosts)

@@ -19,10 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import execute
+from airflow_nodes.atomicfile import replace_symlink
 from airflow_nodes.defaults import AIRFLOW_VENV
-from airflow_nodes.detect import first_untrusted, package_set_hash, parse_pin, probe_interpreter, root_only
+from airflow_nodes.detect import (
+    first_untrusted,
+    package_set_hash,
+    parse_pin,
+    probe_interpreter,
+    root_only,
+    trusted_for_root,
+)
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.target import check_creatable_dir
+from airflow_nodes.node import NODE_FILE, NodeSettings
+from airflow_nodes.target import Target, check_creatable_dir
 
 LOCKS_DIR = Path(__file__).resolve().parent / "locks"
 _LOCK_NAME = re.compile(r"^airflow-(\d+\.\d+\.\d+)-py(\d+\.\d+)\.txt$")
@@ -291,10 +300,7 @@ def switch_venv(venv: Path, release: Path, progress: Callable[[str], None] = lam
         aside = venv.with_name(f"{venv.name}.replaced-by-airflow-node")
         venv.rename(aside)
         progress(f"moved the previous venv aside to {aside}")
-    link = venv.with_name(f".{venv.name}.new-link")
-    link.unlink(missing_ok=True)
-    link.symlink_to(release)
-    os.replace(link, venv)
+    replace_symlink(venv, release)
 
 
 def build_wheelhouse(
@@ -306,3 +312,18 @@ def build_wheelhouse(
     _run([python, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "--progress-bar", "off",
           "-w", str(directory), "-r", str(lock.path)], "build wheelhouse", progress)  # fmt: skip
     return directory
+
+
+def venv_of(node: NodeSettings, target: Target) -> tuple[Path, str]:
+    """The venv link a node's daemons run through, and the system interpreter it was made from (a new
+    release is built with that one). Raise UserError when another account may change either: root
+    builds beside the one and runs the other (`airflow-node init` moves such a venv)."""
+    venv = Path(node.airflow_bin).parent.parent
+    if not target.real_system:  # a rendered tree: its own venv, or the interpreter we run on
+        local = target.path(str(venv)) / "bin" / "python"
+        return venv, str(local.resolve()) if local.exists() else sys.executable
+    check_root_owns_way(venv, f"{NODE_FILE}: airflow_bin")
+    python = (venv / "bin" / "python").resolve()
+    if not trusted_for_root(python):
+        raise UserError(f"{python}: the interpreter of {venv} is not root's own; root will not build with it")
+    return venv, str(python)

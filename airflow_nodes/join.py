@@ -46,7 +46,8 @@ from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
 from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, DAGS_AUTHORING_DIR
-from airflow_nodes.schema import check_host
+from airflow_nodes.schema import LOGIN_NAME, check_host
+from airflow_nodes.urls import bare_host
 
 TOKEN_PREFIX = "afn1-"
 DEFAULT_TTL = 3600  # seconds a token can enroll workers
@@ -435,7 +436,7 @@ def verified_host_key(token: JoinToken, timeout: float = 15) -> str:
     """Return the master's host key line after checking its fingerprint against the token. Raise
     UserError when it differs: nothing has been sent to that host but the key exchange's own bytes."""
     result = execute.run(
-        ["ssh-keyscan", "-T", str(int(timeout)), "-t", "ed25519", "-p", str(token.port), "--", token.host.strip("[]")],
+        ["ssh-keyscan", "-T", str(int(timeout)), "-t", "ed25519", "-p", str(token.port), "--", bare_host(token.host)],
         what=f"--join: reading the host key of {token.host}:{token.port}", timeout=timeout + 5, ok_codes=None,
     )  # fmt: skip
     for line in result.stdout.splitlines():
@@ -452,7 +453,7 @@ def verified_host_key(token: JoinToken, timeout: float = 15) -> str:
 
 
 def known_hosts_line(token: JoinToken, key: str) -> str:
-    host = token.host.strip("[]")
+    host = bare_host(token.host)
     return f"{host if token.port == 22 else f'[{host}]:{token.port}'} {key}\n"
 
 
@@ -476,7 +477,7 @@ def join(token: JoinToken, node_name: str, address: str, worker_seed: bytes | No
         known.write_text(known_hosts_line(token, host_key))
         argv = ["ssh", "-F", "/dev/null", "-i", token_key, "-o", "IdentitiesOnly=yes", *pinned(known),
                 "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-                "-p", str(token.port), "--", f"{token.user}@{token.host.strip('[]')}", "join"]  # fmt: skip
+                "-p", str(token.port), "--", f"{token.user}@{bare_host(token.host)}", "join"]  # fmt: skip
         result = execute.run(argv, what="--join", input=request, binary=True, timeout=60, ok_codes=None)
     if result.returncode == 255 and b"Permission denied" in result.stderr:
         raise UserError("--join: the master refused the token (revoked or expired); mint another there")

@@ -71,6 +71,8 @@ WORKER = Role(
 )
 
 ROLES = {role.name: role for role in (MASTER, WORKER)}
+# what a record of an unknown role (another version's) is taken for: a node that does nothing we count
+NO_ROLE = Role("unknown", "", False, False, False, False, (), ())
 NAMES = tuple(ROLES)
 
 

@@ -20,6 +20,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+# the account ssh logs in as (a DAG source's user@, a join token's master account): it reaches ssh's
+# command line, so nothing that could read as an option ("-oProxyCommand=..."); match with fullmatch
+LOGIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 
 
 @dataclass(frozen=True)

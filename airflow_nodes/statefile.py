@@ -13,11 +13,11 @@ import fcntl
 import json
 import os
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from airflow_nodes.errors import UserError
+from airflow_nodes.polling import wait_until
 
 LIMIT = 64 << 20  # bytes; our biggest state file (a DAG release manifest) is well below
 
@@ -85,15 +85,15 @@ def read_text(path: Path, limit: int = LIMIT) -> str | None:
 def flock_within(fd: int, seconds: float) -> bool:
     """Given a lock file's fd, take an exclusive flock, waiting up to `seconds` for its holder (another
     process may hold it for ever). Return whether we hold it."""
-    deadline = time.monotonic() + seconds
-    while True:
+
+    def taken() -> bool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
         except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
+            return False
+        return True
+
+    return wait_until(taken, seconds, 0.1)
 
 
 @contextlib.contextmanager

@@ -36,28 +36,31 @@ from pathlib import Path
 
 from airflow_nodes import defaults, execute
 from airflow_nodes.apply import apply
+from airflow_nodes.celerycontrol import consumed_queues, set_consuming
 from airflow_nodes.cluster import ClusterConfig, dump_cluster
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.control import control
-from airflow_nodes.detect import first_untrusted, trusted_for_root
+from airflow_nodes.detect import first_untrusted, installed_package_hash
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.fleet import known_workers
+from airflow_nodes.fleet import known_workers, publish_record
+from airflow_nodes.health.model import ProbeInput, Status
+from airflow_nodes.health.netio import ProbeFailure
+from airflow_nodes.health.runner import run_probes, select_probes
 from airflow_nodes.install import (
     Lock,
-    available_locks,
     build_release,
-    check_root_owns_way,
     check_wheelhouse,
     find_lock,
-    lock_with_hash,
     python_version,
     switch_venv,
+    venv_of,
 )
-from airflow_nodes.node import NODE_FILE, NodeSettings
+from airflow_nodes.node import NodeSettings
 from airflow_nodes.nodeplan import read_credentials, reconcile_node, render_airflow_cfg
+from airflow_nodes.pgclient import connect, libpq_tool_args, query_database
 from airflow_nodes.steps import Step, StepFailed, reason_of, run_steps
+from airflow_nodes.syncing.state import record_rendered_config
 from airflow_nodes.target import Target, check_creatable_dir
-from airflow_nodes.urls import libpq_conninfo, libpq_params
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
 # ruff's Airflow 3 rules: code that no longer runs (removed, or moved to a provider we do not install)
@@ -83,28 +86,15 @@ class UpgradePlan:
         return [step.description for step in upgrade_steps(self)]
 
 
-def venv_of(node: NodeSettings, target: Target) -> tuple[Path, str]:
-    """The venv link a node's daemons run through, and the system interpreter it was made from (a new
-    release is built with that one). Raise UserError when another account may change either: root
-    builds beside the one and runs the other (`airflow-node init` moves such a venv)."""
-    venv = Path(node.airflow_bin).parent.parent
-    if not target.real_system:  # a rendered tree: its own venv, or the interpreter we run on
-        local = target.path(str(venv)) / "bin" / "python"
-        return venv, str(local.resolve()) if local.exists() else sys.executable
-    check_root_owns_way(venv, f"{NODE_FILE}: airflow_bin")
-    python = (venv / "bin" / "python").resolve()
-    if not trusted_for_root(python):
-        raise UserError(f"{python}: the interpreter of {venv} is not root's own; root will not build with it")
-    return venv, str(python)
-
-
 def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | None = None,
                  drain_timeout: float = defaults.DRAIN_TIMEOUT) -> UpgradePlan:  # fmt: skip
     """Given the node and the target version, return the upgrade's plan. Raise UserError (exit 2, nothing
     changed) for a worker, an unknown or older target, or a Python the target's lock does not cover."""
     ctx = load_context(target)
-    if ctx.node.role != "master":
-        raise UserError("upgrade: this node is a worker; run it on the master (workers follow on `airflow-node sync`)")
+    if not ctx.role.creates_cluster:
+        raise UserError(
+            f"upgrade: this node is a {ctx.node.role}; run it on the master (workers follow on `airflow-node sync`)"
+        )
     new = parse_airflow_version(to, "--to")
     current = parse_airflow_version(ctx.node.airflow_version, "node.airflow_version")
     if new.patch is None:
@@ -143,9 +133,6 @@ def check_dags(plan: UpgradePlan, target: Target) -> tuple[list[str], list[str]]
 
 
 def check_database(plan: UpgradePlan) -> None:
-    from airflow_nodes.health.database import query_database
-    from airflow_nodes.health.netio import ProbeFailure
-
     try:
         query_database(plan.ctx.cluster.db_url, timeout=10)
     except ProbeFailure as exc:
@@ -181,77 +168,17 @@ def config_lint(plan: UpgradePlan, release: Path) -> list[str]:
 
 # -- the drain -------------------------------------------------------------------------------------
 
-CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"  # the app every Airflow line's provider has
+# -- the drain -------------------------------------------------------------------------------------
+
 # task instances that a worker holds or is about to take
 UNFINISHED_TASKS = (
     "SELECT dag_id, task_id, state, coalesce(hostname, '') FROM task_instance "
     "WHERE state IN ('queued', 'running', 'restarting') ORDER BY dag_id, task_id"
 )
-EX_UNAVAILABLE = 69  # celery's exit code when no worker answered
-# what a worker answers goes back on a command line: a name that could read as an option is dropped
-CELERY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,199}\Z")
-
-
-def celery_control(ctx: NodeContext, venv: Path, *args: str) -> object:
-    """Celery's own remote-control CLI from the node's Airflow venv (the provider of every lock has the
-    app; `airflow celery remove-all-queues` is missing from the older ones), as the airflow user.
-    Return its JSON reply, or None when no worker answered."""
-    command, arguments = args[:2], args[2:]  # e.g. ("inspect", "active_queues"), then its own arguments
-    argv = [venv / "bin" / "celery", "--app", CELERY_APP, *command, "--json", "--timeout", "5", *arguments]
-    env = {**ctx.environment, "PATH": f"{venv}/bin:/usr/bin:/bin", "PYTHONWARNINGS": "ignore"}
-    result = execute.run(argv, what=f"celery {' '.join(args)}", user=ctx.cluster.airflow_user, env=env,
-                         clean_env=True, timeout=120, ok_codes=(0, EX_UNAVAILABLE))  # fmt: skip
-    if result.returncode != 0:
-        return None
-    for line in reversed(result.stdout.splitlines()):  # the reply is the last line; Airflow may log before it
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue
-    return None
-
-
-def consumed_queues(ctx: NodeContext, venv: Path, workers: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """The queues each worker that answers (all, or the named ones) consumes now."""
-    where = ("--destination", ",".join(workers)) if workers else ()
-    return queues_of(celery_control(ctx, venv, "inspect", "active_queues", *where))
-
-
-def queues_of(replies: object) -> dict[str, list[str]]:
-    """Given `celery inspect active_queues --json` output, return each worker's queue names."""
-
-    def name(value: object) -> str | None:
-        return value if isinstance(value, str) and CELERY_NAME.match(value) else None
-
-    return {
-        worker: sorted(q["name"] for q in queues if isinstance(q, dict) and name(q.get("name")))
-        for worker, queues in (replies if isinstance(replies, dict) else {}).items()
-        if name(worker) and isinstance(queues, list)
-    }
-
-
-def by_queue(consumed: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """Given each worker's queues, return (queue, its workers comma-separated): one command per queue."""
-    queues = sorted({q for names in consumed.values() for q in names})
-    return [(q, ",".join(sorted(w for w, names in consumed.items() if q in names))) for q in queues]
-
-
-def set_consuming(ctx: NodeContext, venv: Path, consumed: dict[str, list[str]], on: bool) -> list[str]:
-    """Make workers stop taking tasks from those queues (running tasks go on), or take them again.
-    Return the "queue (workers)" that no worker confirmed."""
-    command = "add_consumer" if on else "cancel_consumer"
-    return [
-        f"{queue} ({workers})"
-        for queue, workers in by_queue(consumed)
-        if celery_control(ctx, venv, "control", command, "--destination", workers, queue) is None
-    ]
 
 
 def unfinished_tasks(db_url: str) -> list[str]:
     """The task instances queued or running now in the metadata DB, as "dag.task state on host"."""
-    from airflow_nodes.health.database import connect
-    from airflow_nodes.health.netio import ProbeFailure
-
     try:
         with connect(db_url, timeout=10, application_name="airflow-node-upgrade") as connection:
             rows = connection.execute(UNFINISHED_TASKS).fetchall()
@@ -311,14 +238,6 @@ def undrain(plan: UpgradePlan, target: Target, consumed: dict[str, list[str]], p
 # -- the database ----------------------------------------------------------------------------------
 
 
-def _libpq(plan: UpgradePlan) -> tuple[list[str], dict[str, str]]:
-    """The --dbname of pg_dump, pg_restore and psql: every libpq parameter of the DB URL (sslmode, a host
-    list, options, ...) but the password, which goes in their environment (never argv)."""
-    params = libpq_params(plan.ctx.cluster.db_url)
-    password = params.pop("password", "")
-    return ["--dbname", libpq_conninfo(params)], {"PGPASSWORD": password} if password else {}
-
-
 # what backup_database writes: the only entries a backup directory may hold, as it is made 0700
 DUMP_NAME = re.compile(r"airflow-db-[0-9A-Za-z.+-]+-[0-9]{8}T[0-9]{6}Z\.dump")
 
@@ -366,7 +285,7 @@ def backup_database(plan: UpgradePlan) -> Path:
         raise OperationError(str(exc)) from None
     except OSError as exc:
         raise OperationError(f"--backup-dir: cannot create {dump}: {exc.strerror}") from None
-    options, env = _libpq(plan)
+    options, env = libpq_tool_args(plan.ctx.cluster.db_url)
     try:  # pg_dump truncates the file we made, keeping its mode
         execute.run(["pg_dump", "--format=custom", "--file", dump, *options], what="pg_dump (DB backup)", env=env,
                     timeout=3600)  # fmt: skip
@@ -378,7 +297,7 @@ def backup_database(plan: UpgradePlan) -> Path:
 
 def restore_database(plan: UpgradePlan, dump: Path) -> None:
     """Put the DB back as the dump has it: the migrated schema goes, the dump's comes back."""
-    options, env = _libpq(plan)
+    options, env = libpq_tool_args(plan.ctx.cluster.db_url)
     sql = "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"
     execute.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql, *options], what="psql (reset schema)",
                 env=env, timeout=600)  # fmt: skip
@@ -397,10 +316,6 @@ def migrate(ctx: NodeContext, release: Path) -> None:
 
 def render(target: Target, cluster: ClusterConfig, node, previous) -> None:
     """Converge the node to a cluster file and settings, as init and sync do (files, units, retirements)."""
-    from airflow_nodes.detect import installed_package_hash
-    from airflow_nodes.fleet import publish_record
-    from airflow_nodes.syncing.state import record_rendered_config
-
     text = dump_cluster(cluster).encode()
     apply(reconcile_node(cluster, text, node, target, force=True, previous=previous,
                          credentials=read_credentials(target)))  # fmt: skip
@@ -413,9 +328,6 @@ def render(target: Target, cluster: ClusterConfig, node, previous) -> None:
 
 def wait_healthy(target: Target, timeout: float) -> None:
     """Poll the web server and scheduler probes until both are OK; raise OperationError at the deadline."""
-    from airflow_nodes.health.model import ProbeInput, Status
-    from airflow_nodes.health.runner import run_probes, select_probes
-
     deadline, last = time.monotonic() + timeout, "no answer yet"
     while time.monotonic() < deadline:
         ctx = load_context(target)
@@ -627,54 +539,3 @@ def failure_message(plan: UpgradePlan, run: UpgradeRun, failed: StepFailed) -> s
                 f"backup is {run.dump}, the old Airflow {run.old_release or plan.venv.resolve()}{but}")  # fmt: skip
     db = f"the DB restored from {run.dump}" if MIGRATE in tried else f"the DB unchanged (backup {run.dump})"
     return f"upgrade to {plan.to} failed ({reason}); rolled back to Airflow {plan.current}, {db}{but}"
-
-
-# -- workers follow ----------------------------------------------------------------------------------
-
-
-def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> tuple[NodeSettings, list[str]]:
-    """A worker whose new cluster file names another Airflow than it runs (another line; or another
-    version, when the master runs one of our locks): stop it consuming (the master's upgrade has done
-    so already, unless this worker was down then), build the lock of that version for its Python beside
-    the old one (from its wheelhouse, if it has one), stop it (a warm stop: running tasks get its stop
-    timeout), switch the venv; return its new settings and what was done. Other changes leave the
-    settings alone."""
-    locks = available_locks()
-    # the master runs one of our locks: be on its very version (a patch upgrade stays within a line);
-    # a set of its own: its line is all there is to follow
-    master_lock = lock_with_hash(cluster.airflow_packages)
-    masters = {master_lock.airflow_version} if master_lock else set()
-    if ctx.node.airflow_version in masters or (not masters and cluster.airflow_version == ctx.node.version.series):
-        return ctx.node, []
-    of_line = {
-        lock.airflow_version
-        for lock in locks
-        if parse_airflow_version(lock.airflow_version).series == cluster.airflow_version
-    }
-    wanted = masters or of_line
-    venv, python = venv_of(ctx.node, target)
-    pyver = python_version(python) if target.real_system else f"{sys.version_info[0]}.{sys.version_info[1]}"
-    candidates = [lock for lock in locks if lock.python == pyver and lock.airflow_version in wanted]
-    if not candidates:
-        raise OperationError(f"the master runs Airflow {cluster.airflow_version}: no shipped lock for it on Python "
-                             f"{pyver}; this worker stays on {ctx.node.airflow_version}")  # fmt: skip
-    lock = max(candidates, key=lambda lock: parse_airflow_version(lock.airflow_version))
-    done = [f"the master moved to Airflow {lock.airflow_version}"]
-    if target.real_system:
-        wheelhouse = Path(ctx.node.wheelhouse) if ctx.node.wheelhouse else None
-        check_wheelhouse(wheelhouse, f"{NODE_FILE}: wheelhouse")
-        consumed = consumed_queues(ctx, venv, (ctx.node.celery_name,))
-        set_consuming(ctx, venv, consumed, on=False)
-        done += [f"{worker} stopped consuming {', '.join(queues)}" for worker, queues in consumed.items() if queues]
-        started = time.monotonic()
-        try:
-            release = build_release(lock, venv, python, wheelhouse, progress=lambda line: None)
-        except OperationError as exc:
-            raise OperationError(f"{exc}; this worker stays on Airflow {ctx.node.airflow_version}, taking no tasks, "
-                                 f"until a sync builds {lock.airflow_version}") from None  # fmt: skip
-        done.append(f"built Airflow {lock.airflow_version} in {time.monotonic() - started:.1f}s: {release}")
-        started = time.monotonic()
-        done.append(control("stop", target))  # Celery's warm shutdown: running tasks finish first
-        done.append(f"stopped in {time.monotonic() - started:.1f}s")
-        switch_venv(venv, release)
-    return dataclasses.replace(ctx.node, airflow_version=lock.airflow_version), done

@@ -235,7 +235,18 @@ def check_result_backend(url: str, version: AirflowVersion, option: str = "--res
     return url
 
 
+def bare_host(host: str) -> str:
+    """Given a host as a URL, a DAG source spec or an option writes it ("[fe80::1]", "fe80::1", "db1"),
+    return the bare name or address, as ssh, getaddrinfo and libpq take it ("fe80::1", "db1")."""
+    return host.strip("[]")
+
+
+def url_host(host: str) -> str:
+    """Given a host, bracketed or bare, return it as a URL or rsync writes it: an IPv6 address in brackets."""
+    bare = bare_host(host)
+    return f"[{bare}]" if ":" in bare else host
+
+
 def http_url(host: str, port: int) -> str:
     """Return http://HOST:PORT, with an IPv6 address in brackets."""
-    bare = host.strip("[]")
-    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{host}:{port}"
+    return f"http://{url_host(host)}:{port}"

@@ -7,20 +7,35 @@ and a change that only touches (say) the cron entry restarts no daemon either.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from airflow_nodes.apply import apply
-from airflow_nodes.cluster import check_account_and_home, check_served_cluster, parse_cluster
+from airflow_nodes.celerycontrol import consumed_queues, set_consuming
+from airflow_nodes.cluster import ClusterConfig, check_account_and_home, check_served_cluster, parse_cluster
 from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import CLUSTER_FILE
+from airflow_nodes.install import (
+    available_locks,
+    build_release,
+    check_wheelhouse,
+    lock_with_hash,
+    python_version,
+    switch_venv,
+    venv_of,
+)
+from airflow_nodes.node import CLUSTER_FILE, NODE_FILE, NodeSettings
 from airflow_nodes.nodeplan import reconcile_node
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.spec import SSH, DagSourceSpec
 from airflow_nodes.target import Target
+from airflow_nodes.versions import parse_airflow_version
 
 
 @dataclass(frozen=True)
@@ -77,8 +92,6 @@ def sync_config(
     check_served_cluster(cluster, ctx.cluster, where)
     if target.privileged:
         check_account_and_home(cluster, target.path(cluster.airflow_home), where)
-    from airflow_nodes.upgrade import follow_master  # only a changed cluster file needs the machinery
-
     node, upgraded = follow_master(ctx, cluster, target)
     try:
         result = apply(reconcile_node(cluster, fetched, node, target, force=force, previous=ctx.node))
@@ -96,3 +109,51 @@ def sync_config(
         commands=tuple(upgraded) + tuple(" ".join(c.argv) for c in commands if c.argv[0] != "useradd"),
         ran_commands=bool(result.ran or upgraded),
     )
+
+
+def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> tuple[NodeSettings, list[str]]:
+    """A worker whose new cluster file names another Airflow than it runs (another line; or another
+    version, when the master runs one of our locks): stop it consuming (the master's upgrade has done
+    so already, unless this worker was down then), build the lock of that version for its Python beside
+    the old one (from its wheelhouse, if it has one), stop it (a warm stop: running tasks get its stop
+    timeout), switch the venv; return its new settings and what was done. Other changes leave the
+    settings alone."""
+    locks = available_locks()
+    # the master runs one of our locks: be on its very version (a patch upgrade stays within a line);
+    # a set of its own: its line is all there is to follow
+    master_lock = lock_with_hash(cluster.airflow_packages)
+    masters = {master_lock.airflow_version} if master_lock else set()
+    if ctx.node.airflow_version in masters or (not masters and cluster.airflow_version == ctx.node.version.series):
+        return ctx.node, []
+    of_line = {
+        lock.airflow_version
+        for lock in locks
+        if parse_airflow_version(lock.airflow_version).series == cluster.airflow_version
+    }
+    wanted = masters or of_line
+    venv, python = venv_of(ctx.node, target)
+    pyver = python_version(python) if target.real_system else f"{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = [lock for lock in locks if lock.python == pyver and lock.airflow_version in wanted]
+    if not candidates:
+        raise OperationError(f"the master runs Airflow {cluster.airflow_version}: no shipped lock for it on Python "
+                             f"{pyver}; this worker stays on {ctx.node.airflow_version}")  # fmt: skip
+    lock = max(candidates, key=lambda lock: parse_airflow_version(lock.airflow_version))
+    done = [f"the master moved to Airflow {lock.airflow_version}"]
+    if target.real_system:
+        wheelhouse = Path(ctx.node.wheelhouse) if ctx.node.wheelhouse else None
+        check_wheelhouse(wheelhouse, f"{NODE_FILE}: wheelhouse")
+        consumed = consumed_queues(ctx, venv, (ctx.node.celery_name,))
+        set_consuming(ctx, venv, consumed, on=False)
+        done += [f"{worker} stopped consuming {', '.join(queues)}" for worker, queues in consumed.items() if queues]
+        started = time.monotonic()
+        try:
+            release = build_release(lock, venv, python, wheelhouse, progress=lambda line: None)
+        except OperationError as exc:
+            raise OperationError(f"{exc}; this worker stays on Airflow {ctx.node.airflow_version}, taking no tasks, "
+                                 f"until a sync builds {lock.airflow_version}") from None  # fmt: skip
+        done.append(f"built Airflow {lock.airflow_version} in {time.monotonic() - started:.1f}s: {release}")
+        started = time.monotonic()
+        done.append(control("stop", target))  # Celery's warm shutdown: running tasks finish first
+        done.append(f"stopped in {time.monotonic() - started:.1f}s")
+        switch_venv(venv, release)
+    return dataclasses.replace(ctx.node, airflow_version=lock.airflow_version), done

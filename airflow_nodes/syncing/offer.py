@@ -14,6 +14,7 @@ import time
 from airflow_nodes import defaults
 from airflow_nodes.context import NodeContext
 from airflow_nodes.fleet import KEY_PREFIX, live_workers
+from airflow_nodes.polling import wait_until
 from airflow_nodes.syncing.releases import REVISION
 
 
@@ -70,12 +71,14 @@ def wait_for_workers(ctx: NodeContext, revision: str, wait: float, poll: float =
     from airflow_nodes.fleet import TooManyRecords
 
     started = time.monotonic()
-    while True:
-        try:
-            behind = workers_behind(ctx, revision)
-        except (RedisError, TooManyRecords, OSError):
-            return time.monotonic() - started, ["(the broker: unreadable)"]
-        waited = time.monotonic() - started
-        if not behind or waited >= wait:
-            return waited, behind
-        time.sleep(min(poll, wait - waited))
+    behind: list[str] = []  # as the last look saw them
+
+    def caught_up() -> bool:
+        behind[:] = workers_behind(ctx, revision)
+        return not behind
+
+    try:
+        wait_until(caught_up, wait, poll)
+    except (RedisError, TooManyRecords, OSError):
+        return time.monotonic() - started, ["(the broker: unreadable)"]
+    return time.monotonic() - started, behind

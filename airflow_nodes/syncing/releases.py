@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import execute, statefile
-from airflow_nodes.atomicfile import write_atomically
+from airflow_nodes.atomicfile import replace_symlink, write_atomically
 from airflow_nodes.digest import sha256, sha256_file
 from airflow_nodes.errors import UserError
 from airflow_nodes.node import DAG_RELEASES_DIR, under_root
@@ -446,17 +446,9 @@ def flip_dags_folder(dags_folder: Path, target: Path) -> None:
 
     The first publish replaces the empty directory `init` created (checked by check_dags_folder).
     """
-    temp = dags_folder.with_name(f".{dags_folder.name}.airflow-node-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    os.symlink(target, temp)  # root's link (no chown: the account could swap in a hard link first)
     if dags_folder.is_dir() and not dags_folder.is_symlink():
         dags_folder.rmdir()  # empty (checked before the run): nothing was published yet
-    os.replace(temp, dags_folder)
-    fd = os.open(dags_folder.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_symlink(dags_folder, target)  # root's link (no chown: the account could swap in a hard link first)
 
 
 def held_release(layout: DagLayout, name: str, owner: tuple[int, int] | None) -> Path | None:

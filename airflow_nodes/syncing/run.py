@@ -51,6 +51,7 @@ from airflow_nodes.syncing.spec import PATH, SSH, DagSourceSpec, parse_dags_sour
 from airflow_nodes.syncing.state import SyncState, read_state, write_state
 from airflow_nodes.target import Target
 from airflow_nodes.timestamps import utc_now
+from airflow_nodes.urls import bare_host
 
 PUBLISHED, UNCHANGED, SKIPPED = "published", "unchanged", "skipped"
 NOT_FOLLOWING = "only a worker joined to the master fetches a release of the master's by its name"
@@ -150,7 +151,7 @@ def effective_source(ctx: NodeContext) -> DagSourceSpec:
     """The DAG source this node reads: on the master, an SSH spec naming the master itself is read locally."""
     spec = parse_dags_source(ctx.cluster.dags_source, f"{CLUSTER_FILE}: dags.source")
     local_names = {ctx.cluster.master_host, socket.gethostname(), socket.getfqdn()}
-    if ctx.role.creates_cluster and spec.kind == SSH and str(spec.host).strip("[]") in local_names:
+    if ctx.role.creates_cluster and spec.kind == SSH and bare_host(str(spec.host)) in local_names:
         return DagSourceSpec(PATH, path=spec.path)
     return spec
 
@@ -160,7 +161,7 @@ def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpe
     worker joined through the gate whose DAG source is the master's. It then holds exactly the trees the
     master's Airflow reads, under the same names (the DAG versions of Airflow 3's bundle)."""
     return (ctx.role.follows_master and spec.kind == SSH and target.path(SSH_KEY_FILE).exists()
-            and str(spec.host).strip("[]") == ctx.cluster.master_host.strip("[]"))  # fmt: skip
+            and bare_host(str(spec.host)) == bare_host(ctx.cluster.master_host))  # fmt: skip
 
 
 def ask_master_release(transfer: TransferRunner, spec: DagSourceSpec) -> tuple[str, str]:

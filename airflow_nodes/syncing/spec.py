@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from airflow_nodes.errors import UserError
 from airflow_nodes.redaction import redact_url
 from airflow_nodes.schema import check_abs_path, check_host, check_port
+from airflow_nodes.urls import bare_host
 
 SSH, PATH, GIT = "ssh", "path", "git"
 # user and host reach ssh's command line: nothing that could read as an option ("-oProxyCommand=...")
@@ -35,7 +36,7 @@ class DagSourceSpec:
     @property
     def ssh_destination(self) -> str:
         """[user@]host for ssh's command line (no brackets: ssh takes a bare IPv6 address)."""
-        host = str(self.host).strip("[]")
+        host = bare_host(str(self.host))
         return f"{self.user}@{host}" if self.user else host
 
     def describe(self) -> str:

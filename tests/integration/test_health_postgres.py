@@ -10,8 +10,8 @@ from fake_postgres import PlaintextPostgres
 from servers import DB_PASSWORD, broker_url, free_port, render_node, running_postgres
 
 from airflow_nodes.cli import main
-from airflow_nodes.health.database import connect, query_database
 from airflow_nodes.health.netio import ProbeFailure
+from airflow_nodes.pgclient import connect, query_database
 
 pytestmark = pytest.mark.integration
 postgres = pytest.fixture(scope="module")(running_postgres)
