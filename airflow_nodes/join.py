@@ -59,7 +59,9 @@ MAX_WORKERS = 500  # enrolled worker keys in all
 KEYS_LOCK_WAIT = 10  # seconds; an edit of authorized_keys holds the lock for milliseconds
 JOIN_REQUEST_LIMIT, JOIN_REQUEST_WAIT = 8192, 5  # bytes and seconds the gate reads a join request for
 TOKEN_TAG, WORKER_TAG = "airflow-node-token:", "airflow-node-worker:"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+# a joining worker's name and address land in authorized_keys, the name as a word of the gate's shell
+# command line: not schema's host pattern, whose brackets are shell glob characters; bounded
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,62}$")  # an IP address, or a name if that is all there is
 _ED25519_LINE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}$")
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9+/]{12}$")
@@ -105,7 +107,7 @@ def parse_token(text: str, option: str = "--join") -> JoinToken:
     except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise bad from None
     check_host(token.host, option)
-    if not (0 < token.port < 65536 and _NAME.fullmatch(token.user) and len(token.seed) == 32):
+    if not (0 < token.port < 65536 and LOGIN_NAME.fullmatch(token.user) and len(token.seed) == 32):
         raise bad
     if not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", token.fingerprint):
         raise bad
@@ -340,7 +342,9 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
         if not isinstance(request, dict):
             raise UserError("ssh-gate: a join request is one JSON object")
         name, key, address = request.get("name", ""), request.get("key", ""), request.get("address", "")
-        if not (_NAME.fullmatch(str(name)) and _ED25519_LINE.fullmatch(str(key)) and _ADDRESS.fullmatch(str(address))):
+        if not (
+            _NODE_NAME.fullmatch(str(name)) and _ED25519_LINE.fullmatch(str(key)) and _ADDRESS.fullmatch(str(address))
+        ):
             raise UserError("ssh-gate: a join needs a node name, an ed25519 public key and an address")
         keys.enroll(name, key, address, client, args[1])
         return statefile.read_bytes(cluster_file) or b""

@@ -15,7 +15,7 @@ import re
 import socket
 from collections.abc import Iterator
 
-from airflow_nodes.health.netio import ProbeFailure, describe_error
+from airflow_nodes.netio import ProbeFailure, describe_error
 from airflow_nodes.urls import libpq_conninfo, libpq_params
 
 # SQLSTATEs worth a plain sentence (PostgreSQL appendix A).

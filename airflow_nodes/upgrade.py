@@ -44,7 +44,6 @@ from airflow_nodes.detect import first_untrusted, installed_package_hash
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.fleet import known_workers, publish_record
 from airflow_nodes.health.model import ProbeInput, Status
-from airflow_nodes.health.netio import ProbeFailure
 from airflow_nodes.health.runner import run_probes, select_probes
 from airflow_nodes.install import (
     Lock,
@@ -55,6 +54,7 @@ from airflow_nodes.install import (
     switch_venv,
     venv_of,
 )
+from airflow_nodes.netio import ProbeFailure
 from airflow_nodes.node import NodeSettings
 from airflow_nodes.nodeplan import read_credentials, reconcile_node, render_airflow_cfg
 from airflow_nodes.pgclient import connect, libpq_tool_args, query_database

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.health.netio import describe_error
+from airflow_nodes.netio import describe_error
 from airflow_nodes.redaction import redact_url
 from airflow_nodes.redisclient import connect
 from airflow_nodes.urls import broker_endpoints

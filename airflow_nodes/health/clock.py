@@ -10,7 +10,7 @@ import time
 from email.utils import parsedate_to_datetime
 
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.health.netio import ProbeFailure, http_get
+from airflow_nodes.netio import ProbeFailure, http_get
 
 NAME = "clock"
 WARN_SKEW = 5.0

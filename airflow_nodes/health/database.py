@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.health.netio import ProbeFailure, run_concurrently
+from airflow_nodes.netio import ProbeFailure, run_concurrently
 from airflow_nodes.pgclient import query_database
 from airflow_nodes.redaction import redact_url
 from airflow_nodes.urls import libpq_url

@@ -6,7 +6,7 @@ Workers run every task through this API; a worker that cannot reach it takes tas
 from __future__ import annotations
 
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.health.netio import ProbeFailure, http_get
+from airflow_nodes.netio import ProbeFailure, http_get
 
 NAME = "execution-api"
 

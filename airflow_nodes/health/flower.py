@@ -7,7 +7,7 @@ Flower can lag behind reality by up to a minute after a broker outage: a warning
 from __future__ import annotations
 
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.health.netio import ProbeFailure, basic_auth, http_get, run_concurrently
+from airflow_nodes.netio import ProbeFailure, basic_auth, http_get, run_concurrently
 
 NAME = "flower"
 WORKER_NAME = "worker"

@@ -14,7 +14,7 @@ import time
 
 from airflow_nodes.errors import UserError
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.health.netio import ProbeFailure, describe_error, run_concurrently
+from airflow_nodes.netio import ProbeFailure, describe_error, run_concurrently
 
 NAME = "logs"
 

@@ -6,7 +6,7 @@ It answers 200 while the scheduler on that host heartbeats and 503 when it does 
 from __future__ import annotations
 
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.health.netio import ProbeFailure, http_get
+from airflow_nodes.netio import ProbeFailure, http_get
 
 NAME = "scheduler"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.health.netio import ProbeFailure, http_get
+from airflow_nodes.netio import ProbeFailure, http_get
 from airflow_nodes.timestamps import parse_utc
 
 NAME = "web"

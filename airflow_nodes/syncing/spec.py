@@ -7,12 +7,10 @@ from dataclasses import dataclass
 
 from airflow_nodes.errors import UserError
 from airflow_nodes.redaction import redact_url
-from airflow_nodes.schema import check_abs_path, check_host, check_port
+from airflow_nodes.schema import LOGIN_NAME, check_abs_path, check_host, check_port
 from airflow_nodes.urls import bare_host
 
 SSH, PATH, GIT = "ssh", "path", "git"
-# user and host reach ssh's command line: nothing that could read as an option ("-oProxyCommand=...")
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 # git transports that only move data (not ext::, which runs a command)
 _GIT_URL = re.compile(r"^(?:(?:https?|ssh|git|file)://[^\s]+|[A-Za-z0-9_][A-Za-z0-9_.-]*@[A-Za-z0-9][^\s:]*:[^\s]+)$")
 
@@ -86,7 +84,7 @@ def parse_dags_source(spec: str, where: str = "dags.source") -> DagSourceSpec:
 def check_endpoint(user: str | None, host: str, port: str | None, where: str) -> tuple[str | None, str, int | None]:
     """Given the parts of an SSH endpoint, return (user, host, port). Raise UserError naming `where`
     when one could be read by ssh as an option or is not what it says."""
-    if user is not None and not _USER.match(user):
+    if user is not None and not LOGIN_NAME.fullmatch(user):
         raise UserError(f"{where}: {user[:40]!r} is not a user name")
     check_host(host, where)
     if port is None:

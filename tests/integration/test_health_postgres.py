@@ -10,7 +10,7 @@ from fake_postgres import PlaintextPostgres
 from servers import DB_PASSWORD, broker_url, free_port, render_node, running_postgres
 
 from airflow_nodes.cli import main
-from airflow_nodes.health.netio import ProbeFailure
+from airflow_nodes.netio import ProbeFailure
 from airflow_nodes.pgclient import connect, query_database
 
 pytestmark = pytest.mark.integration
