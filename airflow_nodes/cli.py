@@ -210,10 +210,11 @@ def ssh_gate(keys: Path, gate_root: str, words: tuple[str, ...]) -> None:
     """The forced command of every key airflow-node adds on the master (see join.py)."""
     import os
 
-    from airflow_nodes import join
+    from airflow_nodes.join import gate
+    from airflow_nodes.sshkeys import KeysFile
 
-    keys_file = join.KeysFile(keys, sys.argv[0], gate_root)
-    output = join.gate(keys_file, list(words), os.environ.get("SSH_ORIGINAL_COMMAND", ""), sys.stdin.buffer)
+    keys_file = KeysFile(keys, sys.argv[0], gate_root)
+    output = gate(keys_file, list(words), os.environ.get("SSH_ORIGINAL_COMMAND", ""), sys.stdin.buffer)
     sys.stdout.buffer.write(output)
 
 
@@ -320,10 +321,10 @@ def wheelhouse(directory: Path, airflow_version: str, python: str) -> None:
 def sync(target: Target, quiet: bool, verbose: bool, show_status: bool, force: bool, max_delete_ratio: float,
          validate: str, **options: object) -> None:  # fmt: skip
     """Bring DAGs and the cluster config in line with the master (run by cron)."""
+    from airflow_nodes.sync import SyncRequest
+    from airflow_nodes.sync import sync as run_sync
     from airflow_nodes.syncing.checks import Guards
     from airflow_nodes.syncing.commands import ssh_extra_from_env
-    from airflow_nodes.syncing.run import SyncRequest
-    from airflow_nodes.syncing.run import sync as run_sync
     from airflow_nodes.syncing.state import read_state
 
     if show_status:
@@ -358,7 +359,7 @@ class _CheckCommand(click.Command):
 @click.option("--passes", type=click.IntRange(1, 10**6), default=None, help="Look this many times, then exit.")
 def follow(target: Target, poll: float, splay: float, passes: int | None) -> None:
     """Fetch each new DAG release within seconds, and the release a task asks for (the worker's daemon)."""
-    from airflow_nodes.syncing.follow import follow as run_follow
+    from airflow_nodes.follow import follow as run_follow
 
     run_follow(target, poll, splay, passes)
 

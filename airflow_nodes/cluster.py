@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import defaults, statefile, urls
+from airflow_nodes.dagsource import PATH, check_source_apart, parse_dags_source
 from airflow_nodes.errors import UserError
 from airflow_nodes.node import CONFIG_DIR, DAGS_AUTHORING_DIR, STATE_DIR, SYSTEM_DIRS, overlaps
 from airflow_nodes.redaction import url_password
@@ -34,7 +35,6 @@ from airflow_nodes.schema import (
     in_range,
     load_toml,
 )
-from airflow_nodes.syncing.spec import PATH, check_source_apart, parse_dags_source
 from airflow_nodes.versions import AirflowVersion, check_version, parse_airflow_version
 
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_=-]{16,}$")

@@ -30,12 +30,13 @@ from importlib.metadata import PackageNotFoundError, version
 from airflow_nodes import statefile
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.cluster import ClusterConfig
-from airflow_nodes.context import NodeContext
+from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.digest import sha256, sha256_file
 from airflow_nodes.errors import UserError
 from airflow_nodes.exitcodes import CheckStatus
 from airflow_nodes.install import compare_package_sets
 from airflow_nodes.node import CLUSTER_FILE, STATE_DIR
+from airflow_nodes.redisclient import connect
 from airflow_nodes.roles import NO_ROLE, ROLES, Role
 from airflow_nodes.target import Target
 
@@ -208,8 +209,6 @@ def save_own_record(target: Target, record: dict) -> None:
 def publish_record(ctx: NodeContext, target: Target, facts: dict, timeout: float = 1.0) -> str:
     """Given this node and the facts of this run, store its record, signed, with its expiry. Return "" or
     why it was not stored (the broker down, say): publishing never fails the run that does it."""
-    from airflow_nodes.redisclient import connect
-
     record = own_record(ctx, target, facts)
     save_own_record(target, record)
     try:
@@ -267,8 +266,6 @@ def read_fleet(ctx: NodeContext, timeout: float) -> FleetRead:
     """Given this node and a timeout, return every record of its cluster that passes the checks, why the
     others were refused, and the broker's time. Raise redis-py's errors (TimeoutError when the whole read
     takes longer than timeout), TooManyRecords when the broker holds more keys than a fleet has nodes."""
-    from airflow_nodes.redisclient import connect
-
     deadline = time.monotonic() + timeout
     prefix = key_of(ctx.cluster.name, "")
     client = connect(ctx.cluster.broker_url, ctx.cluster.sentinel_master, timeout)
@@ -426,8 +423,6 @@ def compare(
 def fleet_report(target: Target, timeout: float) -> FleetReport:
     """Read and compare the records of this node's cluster. A broker that cannot be read is CRITICAL."""
     from redis.exceptions import RedisError
-
-    from airflow_nodes.context import load_context
 
     ctx = load_context(target)
     try:

@@ -22,6 +22,9 @@ from airflow_nodes.cluster import (
     parse_cluster,
     validate_cluster,
 )
+from airflow_nodes.config_sync import fetch_master_cluster_file
+from airflow_nodes.control import control
+from airflow_nodes.dagsource import parse_ssh_endpoint
 from airflow_nodes.detect import (
     DEFAULT_VENV,
     AirflowInstall,
@@ -33,6 +36,8 @@ from airflow_nodes.detect import (
 )
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.initsystems import init_system as init_system_named
+from airflow_nodes.install import find_lock, install_airflow, python_version
+from airflow_nodes.join import join, master_join_token, parse_token, token_command
 from airflow_nodes.node import (
     CLUSTER_FILE,
     NODE_FILE,
@@ -44,6 +49,7 @@ from airflow_nodes.node import (
 from airflow_nodes.nodeplan import NodeCredentials, reconcile_node
 from airflow_nodes.roles import ROLES, Role, role_named
 from airflow_nodes.schema import check_abs_path, check_host
+from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
 from airflow_nodes.target import Target, check_creatable_dir
 
 # The option that sets each key of the cluster and node files, so an error names what the user typed.
@@ -104,27 +110,6 @@ def _read_existing(target: Target, path: str) -> bytes | None:
     return statefile.read_bytes(target.path(path), limit=1 << 20)
 
 
-SECRET_FILE_LIMIT = 4096  # bytes; a URL, not a document
-
-
-def read_secret_file(path: Path, option: str) -> str:
-    """Return the first line of a file holding a secret. Raise UserError naming the option and the
-    file, never its content."""
-    try:
-        data = statefile.read_bytes(path, SECRET_FILE_LIMIT, follow_links=True)
-        text = (data or b"").decode()
-    except UserError as exc:
-        raise UserError(f"{option}: {exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{option}: {path} is not UTF-8 text") from None
-    if data is None:
-        raise UserError(f"{option}: cannot read {path} (no such file)")
-    line = text.split("\n", 1)[0].strip()
-    if not line:
-        raise UserError(f"{option}: {path} must hold one URL on its first line")
-    return line
-
-
 def with_secret_files(request: InitRequest) -> InitRequest:
     """Return the request with --broker-url-file / --db-url-file read into the URLs they stand for."""
     values = {}
@@ -135,7 +120,7 @@ def with_secret_files(request: InitRequest) -> InitRequest:
             continue
         if getattr(request, attr) is not None:
             raise UserError(f"{option}-file: give {option} one way only (option, variable or file)")
-        values[attr] = read_secret_file(path, f"{option}-file")
+        values[attr] = statefile.read_secret_file(path, f"{option}-file")
     return dataclasses.replace(request, **values, broker_url_file=None, db_url_file=None) if values else request
 
 
@@ -192,11 +177,6 @@ def fetch_cluster_from_master(spec: str) -> bytes:
     The bytes never touch our disk before they are validated. Extra ssh options (a key, known
     hosts) come from $AIRFLOW_NODE_SSH_OPTS, as for `airflow-node sync`.
     """
-    # imported here, not at the top: the sync machinery costs every other init ~20 ms of start-up
-    from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
-    from airflow_nodes.syncing.config_sync import fetch_master_cluster_file
-    from airflow_nodes.syncing.spec import parse_ssh_endpoint
-
     user, host, port = parse_ssh_endpoint(spec, "--from-master")
     runner = TransferRunner(ssh_extra=ssh_extra_from_env())
     try:
@@ -302,8 +282,6 @@ def with_moved_venv(request: InitRequest, target: Target) -> InitRequest:
     airflow_bin = Path(node.airflow_bin)
     if not (first_untrusted(airflow_bin) or untrusted_in_venv(airflow_bin.parent / "python")):
         return request
-    from airflow_nodes.install import find_lock, python_version
-
     try:  # only a version we ship a lock for can be built again; otherwise detection refuses it aloud
         find_lock(node.airflow_version, python_version(sys.executable))
     except UserError:
@@ -320,8 +298,6 @@ def install_requested_airflow(request: InitRequest, target: Target, dry_run: boo
         return request, ""
     if request.wheelhouse:  # checked before anything is installed from it
         check_abs_path(request.wheelhouse, "--wheelhouse")
-    from airflow_nodes.install import find_lock, install_airflow, python_version
-
     try:  # a version we ship a lock for
         find_lock(request.install_airflow, python_version(sys.executable))
     except UserError as exc:  # the lock's check names the install-airflow command's option
@@ -406,19 +382,14 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
 def after_init(outcome: InitOutcome, target: Target, joined: bool) -> str:
     """What follows an applied init: the master prints the command that joins a worker (a fresh token);
     a worker that joined starts its role, as the join command promises."""
-    from airflow_nodes import join
-    from airflow_nodes.control import control
-
     if outcome.node.duties.creates_cluster:
         if not any(note.startswith("generated the cluster secrets") for note in outcome.notes):
             return "join a worker: run `airflow-node join-token` here for its command (a token valid for an hour)"
         try:  # the first init of a cluster: print how to join, as kubeadm init does
-            token = join.master_join_token(target)
+            token = master_join_token(target)
         except (UserError, OperationError) as exc:
             return f"no join token: {exc}"
-        return (
-            f"join a worker (valid for an hour; `airflow-node join-token` mints more):\n  {join.token_command(token)}"
-        )
+        return f"join a worker (valid for an hour; `airflow-node join-token` mints more):\n  {token_command(token)}"
     if joined:
         return control("start", target)
     return "start it: airflow-node start"
@@ -426,8 +397,6 @@ def after_init(outcome: InitOutcome, target: Target, joined: bool) -> str:
 
 def join_master(request: InitRequest, existing: NodeSettings | None) -> tuple[bytes, NodeCredentials]:
     """Enroll with the master a join token names; return its cluster file and this worker's credentials."""
-    from airflow_nodes.join import join, parse_token  # the key machinery: only joins need it
-
     if request.config_file or request.from_master:
         raise UserError("--join: give --join, --config or --from-master, one of them")
     token = parse_token(request.join)

@@ -108,3 +108,24 @@ def locked_fd(path: Path) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+SECRET_FILE_LIMIT = 4096  # bytes; a URL, not a document
+
+
+def read_secret_file(path: Path, option: str) -> str:
+    """Return the first line of a file holding a secret. Raise UserError naming the option and the
+    file, never its content."""
+    try:
+        data = read_bytes(path, SECRET_FILE_LIMIT, follow_links=True)
+        text = (data or b"").decode()
+    except UserError as exc:
+        raise UserError(f"{option}: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{option}: {path} is not UTF-8 text") from None
+    if data is None:
+        raise UserError(f"{option}: cannot read {path} (no such file)")
+    line = text.split("\n", 1)[0].strip()
+    if not line:
+        raise UserError(f"{option}: {path} must hold one URL on its first line")
+    return line

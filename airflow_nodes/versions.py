@@ -81,7 +81,7 @@ class AirflowLine:
         )
 
 
-# a worker's DAG follower: new releases within seconds, and the release a task asks for (syncing/follow.py)
+# a worker's DAG follower: new releases within seconds, and the release a task asks for (follow.py)
 FOLLOWER = Daemon("dag-follower", "airflow-node DAG follower", ("follow",), ours=True)
 
 AIRFLOW_2 = AirflowLine(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from airflow_nodes.cli import main as cli_main
 from airflow_nodes.cluster import ClusterConfig, ClusterSecrets, dump_cluster
-from airflow_nodes.syncing.run import SyncRequest, sync
+from airflow_nodes.sync import SyncRequest, sync
 from airflow_nodes.target import Target
 
 

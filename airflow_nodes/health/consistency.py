@@ -17,9 +17,11 @@ from datetime import datetime, timezone
 from airflow_nodes import statefile
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import UserError
+from airflow_nodes.fleet import COMPARED, master_of, node_facts, read_records
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.node import CLUSTER_FILE, SYNC_STATE_FILE
 from airflow_nodes.timestamps import parse_utc
+from airflow_nodes.urls import broker_endpoints
 
 NAME = "consistency"
 STALE_AFTER_INTERVALS = 3
@@ -87,8 +89,6 @@ def check(probe_input: ProbeInput) -> list[Result]:
 def broker_is_ours(probe_input: ProbeInput) -> bool:
     """On the real system the broker is the cluster's; a tree rendered under --root only asks one on
     this machine (tests render clusters whose addresses must never be contacted)."""
-    from airflow_nodes.urls import broker_endpoints
-
     if probe_input.target.real_system:
         return True
     hosts = {e.host for e in broker_endpoints(probe_input.ctx.cluster.broker_url)}
@@ -98,8 +98,6 @@ def broker_is_ours(probe_input: ProbeInput) -> bool:
 def compare_with_master(probe_input: ProbeInput, state: dict) -> tuple[Status, str, str]:
     """This node against the master's live record in the broker (what the master published last)."""
     from redis.exceptions import RedisError
-
-    from airflow_nodes.fleet import COMPARED, master_of, node_facts, read_records
 
     aspect = "the master's live record"
     try:

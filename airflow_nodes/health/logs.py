@@ -15,6 +15,7 @@ import time
 from airflow_nodes.errors import UserError
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.netio import ProbeFailure, describe_error, run_concurrently
+from airflow_nodes.sshkeys import keys_file_of
 
 NAME = "logs"
 
@@ -34,8 +35,6 @@ def reach(address: str, port: int, timeout: float) -> float:
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given the master, return one Result per enrolled worker: its log server answers a TCP connect."""
-    from airflow_nodes.join import keys_file_of
-
     port = probe_input.ctx.cluster.worker_log_port
     try:
         workers = keys_file_of(probe_input.target, probe_input.ctx).workers()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from airflow_nodes import defaults
 from airflow_nodes.context import load_context
 from airflow_nodes.errors import UserError
+from airflow_nodes.fleet import publish_record
 from airflow_nodes.health import (
     broker,
     clock,
@@ -148,8 +149,6 @@ def publish_health(probe_input: ProbeInput, results: tuple[Result, ...]) -> None
     left = probe_input.deadline - time.monotonic()
     if by_probe.get("redis") is None or by_probe["redis"].status != Status.OK or left < 0.05:
         return
-    from airflow_nodes.fleet import publish_record
-
     facts: dict[str, object] = {}
     with contextlib.suppress(UserError):  # the DAG revision this node serves, as its last sync left it
         facts["dags"] = read_state(probe_input.target).dag_revision or ""

@@ -13,8 +13,9 @@ import time
 
 from airflow_nodes import defaults
 from airflow_nodes.context import NodeContext
-from airflow_nodes.fleet import KEY_PREFIX, live_workers
+from airflow_nodes.fleet import KEY_PREFIX, TooManyRecords, live_workers
 from airflow_nodes.polling import wait_until
+from airflow_nodes.redisclient import connect
 from airflow_nodes.syncing.releases import REVISION
 
 
@@ -24,8 +25,6 @@ def release_key(cluster_name: str) -> str:
 
 def ring(ctx: NodeContext, revision: str, timeout: float = 1.0) -> str:
     """Store the offered revision in the broker. Return "" or why not (never fails the sync)."""
-    from airflow_nodes.redisclient import connect
-
     try:
         client = connect(ctx.cluster.broker_url, ctx.cluster.sentinel_master, timeout)
         try:
@@ -54,8 +53,6 @@ def herd_splay(ctx: NodeContext, most: float) -> float:
     worker, at most `most` (the master's sshd turns away unauthenticated connections past ten at once)."""
     from redis.exceptions import RedisError
 
-    from airflow_nodes.fleet import TooManyRecords
-
     try:
         count = len(live_workers(ctx))
     except (RedisError, TooManyRecords, OSError):
@@ -67,8 +64,6 @@ def wait_for_workers(ctx: NodeContext, revision: str, wait: float, poll: float =
     """Wait until every live worker holds `revision`, at most `wait` seconds. Return (seconds waited,
     the workers still behind). A broker that cannot be read ends the wait: nobody can be seen."""
     from redis.exceptions import RedisError
-
-    from airflow_nodes.fleet import TooManyRecords
 
     started = time.monotonic()
     behind: list[str] = []  # as the last look saw them

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from airflow_nodes.dagsource import GIT, PATH, SSH, DagSourceSpec
 from airflow_nodes.syncing import source_git, source_path, source_ssh
 from airflow_nodes.syncing.changes import Fetched
 from airflow_nodes.syncing.commands import TransferRunner
-from airflow_nodes.syncing.spec import GIT, PATH, SSH, DagSourceSpec
 
 
 class DagSource(Protocol):

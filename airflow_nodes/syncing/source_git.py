@@ -6,10 +6,10 @@ import re
 import shlex
 from pathlib import Path
 
+from airflow_nodes.dagsource import DagSourceSpec
 from airflow_nodes.errors import OperationError
 from airflow_nodes.syncing.changes import Fetched
 from airflow_nodes.syncing.commands import TransferRunner
-from airflow_nodes.syncing.spec import DagSourceSpec
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 

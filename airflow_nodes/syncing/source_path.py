@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from airflow_nodes.dagsource import DagSourceSpec
 from airflow_nodes.errors import OperationError
 from airflow_nodes.node import under_root
 from airflow_nodes.syncing.changes import Fetched
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.rsync import rsync_into_mirror
-from airflow_nodes.syncing.spec import DagSourceSpec
 
 
 class PathSource:

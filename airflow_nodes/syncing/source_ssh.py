@@ -5,10 +5,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from airflow_nodes.dagsource import DagSourceSpec
 from airflow_nodes.syncing.changes import Fetched
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.rsync import rsync_into_mirror
-from airflow_nodes.syncing.spec import DagSourceSpec
 
 
 class SshSource:

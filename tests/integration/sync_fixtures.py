@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from airflow_nodes.cluster import dump_cluster
+from airflow_nodes.sync import SyncRequest, sync
 from airflow_nodes.syncing.checks import Guards
-from airflow_nodes.syncing.run import SyncRequest, sync
 from airflow_nodes.target import Target
 
 from conftest import make_cluster, wait_for

@@ -19,7 +19,7 @@ from servers import RedisServer
 from test_join import join, mint, ssh_as_worker, start_master
 
 from airflow_nodes.context import load_context
-from airflow_nodes.syncing.follow import Follower
+from airflow_nodes.follow import Follower
 from airflow_nodes.syncing.offer import release_key, ring
 from airflow_nodes.target import Target
 

@@ -21,7 +21,8 @@ import pytest
 from sync_fixtures import STAND_IN, free_port, wait_for
 
 from airflow_nodes.cluster import dump_cluster
-from airflow_nodes.join import JOIN_REQUEST_WAIT, KEYS_LOCK_WAIT, parse_token, private_key_file
+from airflow_nodes.join import JOIN_REQUEST_WAIT, parse_token
+from airflow_nodes.sshkeys import KEYS_LOCK_WAIT, private_key_file
 
 from conftest import make_cluster
 

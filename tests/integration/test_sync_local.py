@@ -25,9 +25,9 @@ from sync_fixtures import (
 
 from airflow_nodes.context import load_context
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.sync import splay_of
 from airflow_nodes.syncing.lock import sync_lock
 from airflow_nodes.syncing.releases import DagLayout, build_release, unpublished
-from airflow_nodes.syncing.run import splay_of
 from airflow_nodes.target import Target
 
 pytestmark = pytest.mark.integration

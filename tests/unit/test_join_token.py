@@ -14,16 +14,13 @@ import time
 import pytest
 
 from airflow_nodes.errors import UserError
-from airflow_nodes.join import (
+from airflow_nodes.join import JoinToken, gate, mint, parse_token
+from airflow_nodes.sshkeys import (
     MAX_ENROLMENTS_PER_TOKEN,
     MAX_WORKERS,
-    JoinToken,
     KeyLine,
     KeysFile,
     fingerprint_of,
-    gate,
-    mint,
-    parse_token,
     public_key_line,
 )
 
@@ -287,7 +284,7 @@ def test_minting_waits_a_bounded_time_for_the_keys_lock_and_names_it(tmp_path, m
     mint(keys, "m", 22, "airflow", HOST_KEY, 3600)
     before = keys.path.read_bytes()
     lock = keys.path.with_name(".airflow-node-keys.lock")
-    monkeypatch.setattr("airflow_nodes.join.KEYS_LOCK_WAIT", 1)
+    monkeypatch.setattr("airflow_nodes.sshkeys.KEYS_LOCK_WAIT", 1)
     with open(lock, "rb+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # what the airflow account can do for ever
         started = time.monotonic()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_nodes.dagsource import GIT, PATH, SSH, parse_dags_source
 from airflow_nodes.errors import UserError
 from airflow_nodes.syncing.changes import Change, parse_itemized
 from airflow_nodes.syncing.releases import FILE, _link_is_safe, tree_revision
-from airflow_nodes.syncing.spec import GIT, PATH, SSH, parse_dags_source
 
 
 @pytest.mark.parametrize(

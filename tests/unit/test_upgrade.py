@@ -11,11 +11,11 @@ import pytest
 
 from airflow_nodes.celerycontrol import by_queue, queues_of
 from airflow_nodes.cluster import dump_cluster
+from airflow_nodes.config_sync import follow_master
 from airflow_nodes.context import load_context
 from airflow_nodes.control import control
 from airflow_nodes.errors import UserError
 from airflow_nodes.install import check_wheelhouse, find_lock
-from airflow_nodes.syncing.config_sync import follow_master
 from airflow_nodes.target import Target
 from airflow_nodes.upgrade import check_dags, plan_upgrade
 from airflow_nodes.versions import parse_airflow_version

@@ -30,10 +30,11 @@ from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import RELEASE_FAILURES_DIR, RELEASE_REQUESTS_DIR
 from airflow_nodes.redaction import redact
+from airflow_nodes.redisclient import connect
 from airflow_nodes.sanitise import one_line
+from airflow_nodes.sync import SKIPPED, SyncRequest, master_releases, splay_of, sync
 from airflow_nodes.syncing.offer import herd_splay, rung
 from airflow_nodes.syncing.releases import RELEASE_NAME, DagLayout, current_release, held_release
-from airflow_nodes.syncing.run import SKIPPED, SyncRequest, master_releases, splay_of, sync
 from airflow_nodes.target import Target
 
 MAX_FETCHES = 64  # releases fetched in one look: more wait for the next one
@@ -141,8 +142,6 @@ class Follower:
     def _doorbell(self, ctx: NodeContext) -> str:
         """The revision the broker's doorbell names, or "" (none, or the broker unreachable: the cron line's
         sync still comes)."""
-        from airflow_nodes.redisclient import connect
-
         broker = (ctx.cluster.broker_url, ctx.cluster.sentinel_master)
         try:
             if self._client is None or broker != self._broker:

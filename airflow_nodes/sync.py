@@ -13,18 +13,19 @@ import time
 from dataclasses import dataclass, field
 
 from airflow_nodes import defaults
+from airflow_nodes.config_sync import ConfigSyncOutcome, sync_config
 from airflow_nodes.context import NodeContext, load_context
+from airflow_nodes.dagsource import PATH, SSH, DagSourceSpec, parse_dags_source
 from airflow_nodes.detect import installed_package_hash
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.fleet import publish_record
-from airflow_nodes.join import pinned
 from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, KNOWN_HOSTS_FILE, SSH_KEY_FILE, SYNC_LOCK_FILE, SYNC_USER
 from airflow_nodes.redaction import redact
 from airflow_nodes.sanitise import printable
+from airflow_nodes.sshkeys import pinned
 from airflow_nodes.syncing.checks import Guards, check_guards, check_python
 from airflow_nodes.syncing.commands import TransferRunner
-from airflow_nodes.syncing.config_sync import ConfigSyncOutcome, sync_config
 from airflow_nodes.syncing.lock import sync_lock
 from airflow_nodes.syncing.logline import log_run
 from airflow_nodes.syncing.offer import ring, wait_for_workers
@@ -47,7 +48,6 @@ from airflow_nodes.syncing.releases import (
     write_offered,
 )
 from airflow_nodes.syncing.source import open_source
-from airflow_nodes.syncing.spec import PATH, SSH, DagSourceSpec, parse_dags_source
 from airflow_nodes.syncing.state import SyncState, read_state, write_state
 from airflow_nodes.target import Target
 from airflow_nodes.timestamps import utc_now

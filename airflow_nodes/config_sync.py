@@ -19,6 +19,7 @@ from airflow_nodes.celerycontrol import consumed_queues, set_consuming
 from airflow_nodes.cluster import ClusterConfig, check_account_and_home, check_served_cluster, parse_cluster
 from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
+from airflow_nodes.dagsource import SSH, DagSourceSpec
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.install import (
@@ -33,7 +34,6 @@ from airflow_nodes.install import (
 from airflow_nodes.node import CLUSTER_FILE, NODE_FILE, NodeSettings
 from airflow_nodes.nodeplan import reconcile_node
 from airflow_nodes.syncing.commands import TransferRunner
-from airflow_nodes.syncing.spec import SSH, DagSourceSpec
 from airflow_nodes.target import Target
 from airflow_nodes.versions import parse_airflow_version
 
