@@ -151,7 +151,7 @@ def init(target: Target, dry_run: bool, force: bool, **options: object) -> None:
 def _control(action: str, target: Target) -> None:
     from airflow_nodes.control import control
 
-    echo(control(action, target))
+    echo(output.control_outcome(control(action, target)))
 
 
 @cli.command()
@@ -224,9 +224,10 @@ def ssh_gate(keys: Path, gate_root: str, words: tuple[str, ...]) -> None:
 @click.option("--force", is_flag=True, help="Also remove files someone edited since we wrote them (kept as backups).")
 def uninstall(target: Target, purge: bool, force: bool) -> None:
     """Stop the role and remove exactly what init installed."""
+    from airflow_nodes.report import format_uninstall
     from airflow_nodes.uninstall import uninstall as run_uninstall
 
-    echo(run_uninstall(target, purge=purge, force=force))
+    echo(format_uninstall(run_uninstall(target, purge=purge, force=force)))
 
 
 @cli.command("install-airflow")

@@ -101,7 +101,7 @@ def sync_config(
         raise type(exc)(f"{exc}; this worker is stopped, its venv already on Airflow {node.airflow_version}: "
                         "the next sync tries again") from None  # fmt: skip
     if upgraded and target.real_system:  # drained for the upgrade: back to work on the new Airflow
-        upgraded.append(control("start", target))
+        upgraded.append(control("start", target).summary())
     commands = result.ran or result.skipped
     return ConfigSyncOutcome(
         changed=True,
@@ -153,7 +153,7 @@ def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> t
                                  f"until a sync builds {lock.airflow_version}") from None  # fmt: skip
         done.append(f"built Airflow {lock.airflow_version} in {time.monotonic() - started:.1f}s: {release}")
         started = time.monotonic()
-        done.append(control("stop", target))  # Celery's warm shutdown: running tasks finish first
+        done.append(control("stop", target).summary())  # Celery's warm shutdown: running tasks finish first
         done.append(f"stopped in {time.monotonic() - started:.1f}s")
         switch_venv(venv, release)
     return dataclasses.replace(ctx.node, airflow_version=lock.airflow_version), done

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 from airflow_nodes import execute
 from airflow_nodes.context import load_context
 from airflow_nodes.execute import CommandError, failure_reason
@@ -9,14 +12,33 @@ from airflow_nodes.initsystems import init_system
 from airflow_nodes.target import Target
 
 
-def control(action: str, target: Target, daemons: tuple[str, ...] = ()) -> str:
+@dataclass(frozen=True)
+class ControlOutcome:
+    """What start | stop | restart | status did: the daemons it was about (or the whole role), the
+    commands only listed (on a rendered tree), and for status each unit's or program's state."""
+
+    action: str
+    scope: str  # the daemons named, or the role's target / group
+    init_system: str
+    listed: tuple[str, ...] = ()  # under --root: the commands, not run
+    states: tuple[tuple[str, str], ...] = ()  # status: (unit or program, state)
+
+    def summary(self) -> str:
+        """One line for a progress report (the upgrade's, a sync's)."""
+        if self.listed:
+            return "not run under --root: " + "; ".join(self.listed)
+        return f"{self.action}: {self.scope} ({self.init_system})"
+
+
+def control(action: str, target: Target, daemons: tuple[str, ...] = ()) -> ControlOutcome:
     """Run the role's start/stop/restart/status commands (or only the named daemons'); on a rendered
     tree, list them instead."""
     ctx = load_context(target)
     manager = init_system(ctx.node.init_system)
     commands = manager.control_argv(ctx, action, daemons)
+    outcome = ControlOutcome(action, ", ".join(daemons) or ctx.role_name, ctx.node.init_system)
     if not target.real_system:
-        return "\n".join(["not run under --root:", *(f"  {' '.join(argv)}" for argv in commands)])
+        return dataclasses.replace(outcome, listed=tuple(" ".join(argv) for argv in commands))
     if action in ("start", "restart"):
         manager.ensure_running(ctx.node)
     outputs = []
@@ -27,7 +49,5 @@ def control(action: str, target: Target, daemons: tuple[str, ...] = ()) -> str:
             raise CommandError(" ".join(argv), failure_reason(argv, result.returncode, result.stderr))
         outputs.append(result.stdout)
     if action == "status":
-        rows = manager.parse_status("".join(outputs))
-        width = max((len(name) for name, _ in rows), default=0)
-        return "\n".join(f"{name:<{width}}  {state}" for name, state in rows)
-    return f"{action}: {', '.join(daemons) or ctx.role_name} ({ctx.node.init_system})"
+        return dataclasses.replace(outcome, states=tuple(manager.parse_status("".join(outputs))))
+    return outcome

@@ -37,6 +37,11 @@ class DagSourceSpec:
         host = bare_host(str(self.host))
         return f"{self.user}@{host}" if self.user else host
 
+    def is_on(self, *hosts: str) -> bool:
+        """Whether this is an SSH source on one of these hosts (given as written, IPv6 in brackets or
+        not): the one check of "the DAG source is the master's"."""
+        return self.kind == SSH and bare_host(str(self.host)) in {bare_host(host) for host in hosts}
+
     def describe(self) -> str:
         if self.kind == SSH:
             port = f":{self.port}" if self.port else ""

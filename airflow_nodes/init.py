@@ -391,7 +391,7 @@ def after_init(outcome: InitOutcome, target: Target, joined: bool) -> str:
             return f"no join token: {exc}"
         return f"join a worker (valid for an hour; `airflow-node join-token` mints more):\n  {token_command(token)}"
     if joined:
-        return control("start", target)
+        return control("start", target).summary()
     return "start it: airflow-node start"
 
 

@@ -104,7 +104,9 @@ class NodeCredentials:
     known_hosts: bytes
 
 
-def dags_source_is_local_to_master(cluster: ClusterConfig) -> bool:
+def dags_source_is_default(cluster: ClusterConfig) -> bool:
+    """Whether the DAG source is the one init picks (the master's own authoring directory, which init then
+    makes): not just any source on the master, whose directory is the operator's."""
     return cluster.dags_source == default_dags_source(cluster.master_host, cluster.airflow_user)
 
 
@@ -144,7 +146,7 @@ def build_node_plan(
     ]
     if ctx.role.follows_master and ctx.line.versioned_dags:  # where tasks ask the follower for a DAG version
         dirs += [PlannedDir(RELEASE_REQUESTS_DIR, 0o1730, "root", user), PlannedDir(RELEASE_FAILURES_DIR, 0o755)]
-    if ctx.role.creates_cluster and dags_source_is_local_to_master(cluster):
+    if ctx.role.creates_cluster and dags_source_is_default(cluster):
         dirs += [PlannedDir("/srv/airflow", 0o755), PlannedDir(DAGS_AUTHORING_DIR, 0o755, user, user)]
 
     airflow_cfg, env_file = render_airflow_cfg(ctx).encode(), render_env_file(ctx).encode()

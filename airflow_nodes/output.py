@@ -21,6 +21,7 @@ from airflow_nodes.exitcodes import CheckStatus
 from airflow_nodes.sanitise import printable
 
 if TYPE_CHECKING:  # the values formatted here; this module needs none of them to run
+    from airflow_nodes.control import ControlOutcome
     from airflow_nodes.fleet import FleetReport
     from airflow_nodes.health.model import Result
     from airflow_nodes.health.runner import HealthReport
@@ -153,6 +154,19 @@ def fleet_json(report: FleetReport) -> str:
         "nodes": [{**row.record, "findings": row.findings, "status": row.status} for row in report.rows],
     }
     return to_json(document, sort_keys=True)
+
+
+# -- airflow-node status | start | stop | restart ----------------------------------------------------
+
+
+def control_outcome(outcome: ControlOutcome) -> str:
+    """Given what a start, stop, restart or status did, return the commands listed (under --root), the
+    table of states (status), or its one line."""
+    if outcome.listed:
+        return "\n".join(["not run under --root:", *(f"  {argv}" for argv in outcome.listed)])
+    if outcome.action == "status":
+        return "\n".join(table(outcome.states))
+    return outcome.summary()
 
 
 # -- airflow-node join-token -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from airflow_nodes.apply import (
 from airflow_nodes.context import NodeContext
 from airflow_nodes.init import InitOutcome
 from airflow_nodes.sanitise import printable, printable_lines
+from airflow_nodes.uninstall import UninstallOutcome
 
 _LABELS = {
     CREATE: "create",
@@ -88,3 +89,11 @@ def format_apply(result: ApplyResult) -> str:
     if result.ownership_skipped:
         lines.append("file owners were not set (not root, or under --root)")
     return "\n".join(map(printable, lines))
+
+
+def format_uninstall(outcome: UninstallOutcome) -> str:
+    """Given what uninstall did, return the applied changes, what the master said, what was kept."""
+    lines = [format_apply(outcome.applied), *([outcome.left] if outcome.left else [])]
+    if outcome.kept:
+        lines.append(f"kept {printable(outcome.kept)} (holds the cluster secrets; --purge removes it)")
+    return "\n".join(lines)

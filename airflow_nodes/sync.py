@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from airflow_nodes import defaults
 from airflow_nodes.config_sync import ConfigSyncOutcome, sync_config
 from airflow_nodes.context import NodeContext, load_context
-from airflow_nodes.dagsource import PATH, SSH, DagSourceSpec, parse_dags_source
+from airflow_nodes.dagsource import PATH, DagSourceSpec, parse_dags_source
 from airflow_nodes.detect import installed_package_hash
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
@@ -51,7 +51,6 @@ from airflow_nodes.syncing.source import open_source
 from airflow_nodes.syncing.state import SyncState, read_state, write_state
 from airflow_nodes.target import Target
 from airflow_nodes.timestamps import utc_now
-from airflow_nodes.urls import bare_host
 
 PUBLISHED, UNCHANGED, SKIPPED = "published", "unchanged", "skipped"
 NOT_FOLLOWING = "only a worker joined to the master fetches a release of the master's by its name"
@@ -150,8 +149,7 @@ def _accounts(ctx: NodeContext, target: Target) -> Accounts:
 def effective_source(ctx: NodeContext) -> DagSourceSpec:
     """The DAG source this node reads: on the master, an SSH spec naming the master itself is read locally."""
     spec = parse_dags_source(ctx.cluster.dags_source, f"{CLUSTER_FILE}: dags.source")
-    local_names = {ctx.cluster.master_host, socket.gethostname(), socket.getfqdn()}
-    if ctx.role.creates_cluster and spec.kind == SSH and bare_host(str(spec.host)) in local_names:
+    if ctx.role.creates_cluster and spec.is_on(ctx.cluster.master_host, socket.gethostname(), socket.getfqdn()):
         return DagSourceSpec(PATH, path=spec.path)
     return spec
 
@@ -160,8 +158,7 @@ def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpe
     """Whether this node copies the master's releases rather than building from the DAG source itself: a
     worker joined through the gate whose DAG source is the master's. It then holds exactly the trees the
     master's Airflow reads, under the same names (the DAG versions of Airflow 3's bundle)."""
-    return (ctx.role.follows_master and spec.kind == SSH and target.path(SSH_KEY_FILE).exists()
-            and bare_host(str(spec.host)) == bare_host(ctx.cluster.master_host))  # fmt: skip
+    return ctx.role.follows_master and spec.is_on(ctx.cluster.master_host) and target.path(SSH_KEY_FILE).exists()
 
 
 def ask_master_release(transfer: TransferRunner, spec: DagSourceSpec) -> tuple[str, str]:

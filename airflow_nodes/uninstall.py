@@ -8,19 +8,26 @@ worker with its warm shutdown) and removes the files, keeping edited ones.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
-from airflow_nodes.apply import apply, preview, read_manifest
+from airflow_nodes.apply import ApplyResult, apply, preview, read_manifest
 from airflow_nodes.context import load_context
 from airflow_nodes.errors import UserError
 from airflow_nodes.initsystems import all_init_systems
 from airflow_nodes.join import leave
 from airflow_nodes.node import CLUSTER_FILE, MANIFEST_FILE
 from airflow_nodes.plan import Plan
-from airflow_nodes.report import format_apply
 from airflow_nodes.target import Target
 
 
-def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
+@dataclass(frozen=True)
+class UninstallOutcome:
+    applied: ApplyResult
+    left: str  # what the master said when this joined worker left it ("" when it never joined)
+    kept: str | None  # the cluster file, kept (no --purge)
+
+
+def uninstall(target: Target, purge: bool = False, force: bool = False) -> UninstallOutcome:
     """Retire the role and delete the files in the manifest whose content is still ours (with force,
     edited ones are moved aside as backups). Raise UserError if nothing was installed here, or if
     the preview refuses; then nothing changed, here or on the master.
@@ -50,7 +57,4 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> str:
         for directory in sorted(manifest.dirs, key=len, reverse=True):
             with contextlib.suppress(OSError):
                 target.path(directory).rmdir()
-    lines = [format_apply(result), *([left] if left else [])]
-    if not purge:
-        lines.append(f"kept {target.path(CLUSTER_FILE)} (holds the cluster secrets; --purge removes it)")
-    return "\n".join(lines)
+    return UninstallOutcome(result, left, None if purge else str(target.path(CLUSTER_FILE)))

@@ -58,6 +58,7 @@ from airflow_nodes.netio import ProbeFailure
 from airflow_nodes.node import NodeSettings
 from airflow_nodes.nodeplan import read_credentials, reconcile_node, render_airflow_cfg
 from airflow_nodes.pgclient import connect, libpq_tool_args, query_database
+from airflow_nodes.polling import wait_until
 from airflow_nodes.steps import Step, StepFailed, reason_of, run_steps
 from airflow_nodes.syncing.state import record_rendered_config
 from airflow_nodes.target import Target, check_creatable_dir
@@ -195,16 +196,20 @@ def printable(text: str) -> str:
 def wait_for_tasks(plan: UpgradePlan, progress: Callable[[str], None]) -> None:
     """Wait until no task is queued or running (the scheduler is stopped: none is added); raise
     OperationError at the drain timeout."""
-    deadline, seen = time.monotonic() + plan.drain_timeout, None
-    while tasks := unfinished_tasks(plan.ctx.cluster.db_url):
-        if time.monotonic() >= deadline:
-            raise OperationError(f"drain: {len(tasks)} task(s) still queued or running after {plan.drain_timeout:g} s "
-                                 f"({', '.join(tasks[:3])}): wait, give a longer --drain-timeout, or clear a task "
-                                 "whose worker is gone")  # fmt: skip
-        if tasks != seen:
-            progress(f"  waiting for {len(tasks)} task(s) to finish: {', '.join(tasks[:5])}")
-            seen = tasks
-        time.sleep(2)
+    tasks: list[str] = []
+
+    def finished() -> bool:
+        nonlocal tasks
+        now = unfinished_tasks(plan.ctx.cluster.db_url)
+        if now and now != tasks:
+            progress(f"  waiting for {len(now)} task(s) to finish: {', '.join(now[:5])}")
+        tasks = now
+        return not tasks
+
+    if not wait_until(finished, plan.drain_timeout, interval=2):
+        raise OperationError(f"drain: {len(tasks)} task(s) still queued or running after {plan.drain_timeout:g} s "
+                             f"({', '.join(tasks[:3])}): wait, give a longer --drain-timeout, or clear a task "
+                             "whose worker is gone")  # fmt: skip
 
 
 def stop_consuming(plan: UpgradePlan, consumed: dict[str, list[str]], progress: Callable[[str], None]) -> None:
@@ -229,7 +234,7 @@ def undrain(plan: UpgradePlan, target: Target, consumed: dict[str, list[str]], p
     except OperationError as exc:
         problems.append(f"the workers could not be told to consume again ({exc}): restart them")
     try:
-        progress(control("start", target, daemons=("scheduler",)))
+        progress(control("start", target, daemons=("scheduler",)).summary())
     except OperationError as exc:
         problems.append(f"the scheduler did not start ({exc}): airflow-node start")
     return "; ".join(problems)
@@ -328,18 +333,19 @@ def render(target: Target, cluster: ClusterConfig, node, previous) -> None:
 
 def wait_healthy(target: Target, timeout: float) -> None:
     """Poll the web server and scheduler probes until both are OK; raise OperationError at the deadline."""
-    deadline, last = time.monotonic() + timeout, "no answer yet"
-    while time.monotonic() < deadline:
-        ctx = load_context(target)
-        probe_input = ProbeInput(ctx=ctx, target=target, timeout=5, deadline=time.monotonic() + 5)
+    last = "no answer yet"
+
+    def healthy() -> bool:
+        nonlocal last
+        probe_input = ProbeInput(ctx=load_context(target), target=target, timeout=5, deadline=time.monotonic() + 5)
         probes, _ = select_probes(probe_input, ("web", "scheduler"))
         results = run_probes(probes, probe_input)
         bad = [r for r in results if r.status != Status.OK]
-        if results and not bad:
-            return
         last = "; ".join(f"{r.probe} {r.detail}" for r in bad)[:300]
-        time.sleep(3)
-    raise OperationError(f"not healthy within {timeout:g} s: {last}")
+        return bool(results) and not bad
+
+    if not wait_until(healthy, timeout, interval=3):
+        raise OperationError(f"not healthy within {timeout:g} s: {last}")
 
 
 # -- the steps, each with its undo -----------------------------------------------------------------
@@ -386,7 +392,7 @@ def drain(plan: UpgradePlan, run: UpgradeRun) -> None:
     """The scheduler stops first, so nothing new is queued; the queued and running tasks finish; then every
     worker that answers stops consuming."""
     run.paused = time.monotonic()
-    run.progress(control("stop", run.target, daemons=("scheduler",)))
+    run.progress(control("stop", run.target, daemons=("scheduler",)).summary())
     wait_for_tasks(plan, run.progress)
     run.consumed = consumed_queues(plan.ctx, plan.venv)  # kept before they are told: the undo tells them again
     stop_consuming(plan, run.consumed, run.progress)
@@ -407,13 +413,13 @@ def back_up(plan: UpgradePlan, run: UpgradeRun) -> None:
 
 def stop_master(plan: UpgradePlan, run: UpgradeRun) -> None:
     run.down = time.monotonic()
-    run.progress(control("stop", run.target))
+    run.progress(control("stop", run.target).summary())
 
 
 def stop_master_quietly(plan: UpgradePlan, run: UpgradeRun) -> None:
     """Stop the role whatever state it is in; a stop that fails is said, not raised (as after a failed start)."""
     try:
-        run.progress(control("stop", run.target))
+        run.progress(control("stop", run.target).summary())
     except OperationError as exc:
         run.progress(f"  stop: {exc}")
 
@@ -421,7 +427,7 @@ def stop_master_quietly(plan: UpgradePlan, run: UpgradeRun) -> None:
 def start_old_master(plan: UpgradePlan, run: UpgradeRun) -> None:
     if run.db_migrated:
         raise OperationError(f"airflow-master not started: the DB is not Airflow {plan.current}'s")
-    run.progress(control("start", run.target))
+    run.progress(control("start", run.target).summary())
     wait_healthy(run.target, run.health_timeout)
     run.progress(f"  rolled back: Airflow {plan.current} healthy again")
 
@@ -457,7 +463,7 @@ def restore_db(plan: UpgradePlan, run: UpgradeRun) -> None:
 
 
 def start_new_master(plan: UpgradePlan, run: UpgradeRun) -> None:
-    run.progress(control("start", run.target))
+    run.progress(control("start", run.target).summary())
     wait_healthy(run.target, run.health_timeout)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
-import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -14,6 +13,7 @@ from airflow_nodes.context import NodeContext
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import OWN_SUPERVISOR_SOCKET, OWN_SUPERVISORD_CONF, NodeSettings
 from airflow_nodes.plan import Command, PlannedDir, PlannedFile, Retirement, Trigger
+from airflow_nodes.polling import wait_until
 from airflow_nodes.render import render
 from airflow_nodes.target import Target
 from airflow_nodes.versions import Daemon
@@ -170,11 +170,8 @@ class Supervisor:
             return
         supervisord = [supervisor_bin(node, "supervisord"), "-c", node.supervisord_conf]
         execute.run(supervisord, what="starting supervisord", clean_env=True, timeout=30)
-        deadline = time.monotonic() + timeout
-        while execute.run(ctl, ok_codes=None, timeout=10).returncode != 0:
-            if time.monotonic() > deadline:
-                raise OperationError(f"supervisord ({node.supervisord_conf}) did not answer within {timeout:g} s")
-            time.sleep(0.2)
+        if not wait_until(lambda: execute.run(ctl, ok_codes=None, timeout=10).returncode == 0, timeout, 0.2):
+            raise OperationError(f"supervisord ({node.supervisord_conf}) did not answer within {timeout:g} s")
 
     def observable_under_root(self, node: NodeSettings) -> bool:
         # its supervisord.conf path is explicit: a rendered tree's own supervisord can be asked
