@@ -18,15 +18,15 @@ class ControlOutcome:
     commands only listed (on a rendered tree), and for status each unit's or program's state."""
 
     action: str
-    scope: str  # the daemons named, or the role's target / group
+    scope: str  # the daemons named, or the role (airflow-<role>)
     init_system: str
     listed: tuple[str, ...] = ()  # under --root: the commands, not run
     states: tuple[tuple[str, str], ...] = ()  # status: (unit or program, state)
 
     def summary(self) -> str:
-        """One line for a progress report (the upgrade's, a sync's)."""
+        """One line for a progress report (the upgrade's, a sync's); under --root, the commands listed."""
         if self.listed:
-            return "not run under --root: " + "; ".join(self.listed)
+            return "\n".join(["not run under --root:", *(f"  {argv}" for argv in self.listed)])
         return f"{self.action}: {self.scope} ({self.init_system})"
 
 
@@ -35,7 +35,7 @@ def control(action: str, target: Target, daemons: tuple[str, ...] = ()) -> Contr
     tree, list them instead."""
     ctx = load_context(target)
     manager = init_system(ctx.node.init_system)
-    commands = manager.control_argv(ctx, action, daemons)
+    commands = manager.control_argv(ctx, action, daemons, manager.installed(ctx.node, target))
     outcome = ControlOutcome(action, ", ".join(daemons) or ctx.role_name, ctx.node.init_system)
     if not target.real_system:
         return dataclasses.replace(outcome, listed=tuple(" ".join(argv) for argv in commands))

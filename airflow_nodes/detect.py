@@ -13,6 +13,7 @@ from airflow_nodes import defaults, execute
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import under_root
+from airflow_nodes.trust import first_untrusted
 from airflow_nodes.urls import bare_host
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
@@ -67,53 +68,6 @@ class AirflowInstall:
     package_hash: str = ""  # empty when not detected (--airflow-version)
 
 
-def first_untrusted(path: Path) -> Path | None:
-    """Given a path root would run, open or write through, return the first place on the way to it that
-    another account owns or may change (every directory from /, every link and every directory on the
-    way to where it leads, then the entry itself), or None when there is none. A link's own mode means
-    nothing; the directory holding it decides. A sticky directory above, such as /tmp, is fine: others
-    may add entries there but not replace root's. A part not there yet ends the walk: only root could
-    make it, its directory being root's."""
-    current = Path("/")
-    if not root_only(current.lstat()):
-        return current
-    pending = list(Path(os.path.abspath(path)).parts[1:])
-    links = 0
-    while pending:
-        name = pending.pop(0)
-        if name in ("", "."):
-            continue
-        if name == "..":
-            current = current.parent
-            continue
-        candidate = current / name
-        try:
-            info = candidate.lstat()
-        except OSError:
-            return None
-        if stat.S_ISLNK(info.st_mode):
-            links += 1
-            if links > 40 or info.st_uid != 0:
-                return candidate
-            destination = Path(os.readlink(candidate))
-            if destination.is_absolute():
-                current = Path("/")
-            pending = list(destination.parts[1:] if destination.is_absolute() else destination.parts) + pending
-            continue
-        if not root_only(info, sticky_ok=bool(pending) and stat.S_ISDIR(info.st_mode)):
-            return candidate
-        current = candidate
-    return None
-
-
-def trusted_for_root(path: Path) -> bool:
-    """Whether root may run or read this file: it exists and nothing on the way to it, nor it, is another
-    account's (see first_untrusted). Not root: True."""
-    if os.geteuid() != 0:
-        return True
-    return os.path.lexists(path) and first_untrusted(path) is None
-
-
 def untrusted_in_venv(python: Path) -> Path | None:
     """Given a venv's interpreter, return the first part of the venv root would run that another account
     may change: the interpreter's path, pyvenv.cfg (it says where the packages are), the site-packages
@@ -126,13 +80,6 @@ def untrusted_in_venv(python: Path) -> Path | None:
     for site in sorted(venv.glob("lib*/python*/site-packages")):
         parts += [site, *sorted(site.glob("*.pth"))]
     return next((bad for part in parts if (bad := first_untrusted(part))), None)
-
-
-def root_only(info: os.stat_result, sticky_ok: bool = False) -> bool:
-    """Whether root owns it and no other account may write it (in a sticky directory, such as /tmp,
-    others may add entries but not replace root's)."""
-    writable_by_others = info.st_mode & 0o022 and not (sticky_ok and info.st_mode & stat.S_ISVTX)
-    return info.st_uid == 0 and not writable_by_others
 
 
 def interpreter_of(airflow_bin: Path, root: Path | None = None) -> Path:

@@ -30,7 +30,6 @@ from airflow_nodes.detect import (
     AirflowInstall,
     detect_airflow,
     detect_init_system,
-    first_untrusted,
     route_address,
     untrusted_in_venv,
 )
@@ -51,6 +50,7 @@ from airflow_nodes.roles import ROLES, Role, role_named
 from airflow_nodes.schema import check_abs_path, check_host
 from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
 from airflow_nodes.target import Target, check_creatable_dir
+from airflow_nodes.trust import first_untrusted
 
 # The option that sets each key of the cluster and node files, so an error names what the user typed.
 OPTION_OF_KEY = {f.name: f.option for f in (*CLUSTER_SCHEMA, *NODE_SCHEMA) if f.option}
@@ -199,6 +199,8 @@ def check_role_options(request: InitRequest, role: Role) -> None:
         for attr in other.options:
             if attr not in role.options and getattr(request, attr) is not None:
                 option = "--config" if attr == "config_file" else "--" + attr.replace("_", "-")
+                if attr == "join":  # it may come from the environment, where it is easily forgotten
+                    option += " (or $AIRFLOW_NODE_JOIN_TOKEN)"
                 raise UserError(f"{option}: for a {other.name}, not a {role.name}")
 
 

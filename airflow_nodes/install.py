@@ -21,17 +21,11 @@ from pathlib import Path
 from airflow_nodes import execute
 from airflow_nodes.atomicfile import replace_symlink
 from airflow_nodes.defaults import AIRFLOW_VENV
-from airflow_nodes.detect import (
-    first_untrusted,
-    package_set_hash,
-    parse_pin,
-    probe_interpreter,
-    root_only,
-    trusted_for_root,
-)
+from airflow_nodes.detect import package_set_hash, parse_pin, probe_interpreter
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import NODE_FILE, NodeSettings
 from airflow_nodes.target import Target, check_creatable_dir
+from airflow_nodes.trust import first_untrusted, root_only, trusted_for_root
 
 LOCKS_DIR = Path(__file__).resolve().parent / "locks"
 _LOCK_NAME = re.compile(r"^airflow-(\d+\.\d+\.\d+)-py(\d+\.\d+)\.txt$")

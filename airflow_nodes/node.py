@@ -142,7 +142,8 @@ class NodeSettings:
 
     @property
     def role_name(self) -> str:
-        """Name of the systemd target / supervisor group that drives the whole role."""
+        """The role's name to its init system: the systemd target that drives it; under supervisor, the
+        word for the role in what we print (each program is its own group)."""
         return self.duties.unit_name
 
     @property

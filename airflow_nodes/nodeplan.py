@@ -123,13 +123,14 @@ def build_node_plan(
     cluster: ClusterConfig,
     cluster_text: bytes,
     node: NodeSettings,
-    target: Target,
     previous: NodeSettings | None = None,
     credentials: NodeCredentials | None = None,
+    installed: Installed | None = None,
 ) -> Plan:
-    """Given the cluster config (and its exact bytes), this node's settings, where it lives (the init
-    system's running state there), the settings it was installed with (if any) and its SSH credentials
-    (a joined worker), return the node's Plan."""
+    """Given the cluster config (and its exact bytes), this node's settings, the settings it was
+    installed with (if any), its SSH credentials (a joined worker) and what each init system runs now
+    for those settings (read_installed), return the node's Plan."""
+    installed = installed or {}
     ctx = NodeContext(cluster, node)
     user = cluster.airflow_user
     manager = init_system(node.init_system)
@@ -186,13 +187,13 @@ def build_node_plan(
         ),
         dirs=tuple(dirs),
         files=tuple(files),
-        triggers=tuple(manager.triggers(ctx, target)),
+        triggers=tuple(manager.triggers(ctx, installed.get((manager.name, node), ()))),
         # either init system may have run this node before (--init-system changed): both can retire
         retirements=tuple(
             rule
             for system in all_init_systems()
             for settings in {node, previous or node}
-            for rule in system.retirements(settings, target)
+            for rule in system.retirements(settings, installed.get((system.name, settings), ()))
         ),  # fmt: skip
         secrets=cluster.secret_values(),
     )
@@ -216,7 +217,22 @@ def reconcile_node(
             f"runs {cluster.airflow_version}; install {cluster.airflow_version}.x here"
         )
     credentials = credentials or read_credentials(target)
-    return preview(build_node_plan(cluster, cluster_text, node, target, previous, credentials), target, force)
+    installed = read_installed(target, node, previous)
+    return preview(build_node_plan(cluster, cluster_text, node, previous, credentials, installed), target, force)
+
+
+# what each init system runs now, by (its name, the settings it was asked for)
+Installed = dict[tuple[str, NodeSettings], tuple[str, ...]]
+
+
+def read_installed(target: Target, *settings: NodeSettings | None) -> Installed:
+    """What each init system runs now for each of these settings, read from the node's files."""
+    return {
+        (system.name, node): system.installed(node, target)
+        for system in all_init_systems()
+        for node in settings
+        if node is not None
+    }
 
 
 def read_credentials(target: Target) -> NodeCredentials | None:

@@ -162,9 +162,7 @@ def fleet_json(report: FleetReport) -> str:
 def control_outcome(outcome: ControlOutcome) -> str:
     """Given what a start, stop, restart or status did, return the commands listed (under --root), the
     table of states (status), or its one line."""
-    if outcome.listed:
-        return "\n".join(["not run under --root:", *(f"  {argv}" for argv in outcome.listed)])
-    if outcome.action == "status":
+    if outcome.action == "status" and not outcome.listed:
         return "\n".join(table(outcome.states))
     return outcome.summary()
 

@@ -31,7 +31,7 @@ class Role:
 
     @property
     def unit_name(self) -> str:
-        """The systemd target / supervisor group that drives the whole role."""
+        """airflow-<role>: its systemd target's name (and the group of an earlier airflow-node's supervisor file)."""
         return f"airflow-{self.name}"
 
     @property

@@ -2,7 +2,9 @@
 
 Every such file is opened here: without following a symlink, only if it is a regular file, and only
 up to a size limit, so a link to /etc/shadow, a FIFO or a huge file planted by another account gives
-one line and exit 2 instead of a read of the wrong file, a hang, or a traceback.
+one line and exit 2 instead of a read of the wrong file, a hang, or a traceback. The one file read
+through links is a secret the operator names (--db-url-file), and only when no other account may
+change any part of the way to it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from airflow_nodes.errors import UserError
 from airflow_nodes.polling import wait_until
+from airflow_nodes.trust import first_untrusted
 
 LIMIT = 64 << 20  # bytes; our biggest state file (a DAG release manifest) is well below
 
@@ -114,8 +117,11 @@ SECRET_FILE_LIMIT = 4096  # bytes; a URL, not a document
 
 
 def read_secret_file(path: Path, option: str) -> str:
-    """Return the first line of a file holding a secret. Raise UserError naming the option and the
-    file, never its content."""
+    """Return the first line of a file holding a secret (the operator's: links followed, but root's all the
+    way). Raise UserError naming the option and the file, never its content."""
+    if os.geteuid() == 0 and (untrusted := first_untrusted(path)):
+        raise UserError(f"{option}: {untrusted} may be changed by another account than root: root reads a secret "
+                        "only through its own directories")  # fmt: skip
     try:
         data = read_bytes(path, SECRET_FILE_LIMIT, follow_links=True)
         text = (data or b"").decode()

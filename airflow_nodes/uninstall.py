@@ -46,7 +46,10 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> Unins
         ctx, nodes = None, []
     # without node.toml, units are still retired by name (a supervisor group is not: no supervisord.conf)
     rules = [
-        rule for system in all_init_systems() for node in nodes or [None] for rule in system.retirements(node, target)
+        rule
+        for system in all_init_systems()
+        for node in nodes or [None]
+        for rule in system.retirements(node, system.installed(node, target))
     ]
     plan = Plan(retirements=tuple(rules), keep=keep, purge_secrets=purge)
     planned = preview(plan, target, force=force)  # refuses (a link, a backup in the way) before anything

@@ -40,8 +40,8 @@ from airflow_nodes.celerycontrol import consumed_queues, set_consuming
 from airflow_nodes.cluster import ClusterConfig, dump_cluster
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.control import control
-from airflow_nodes.detect import first_untrusted, installed_package_hash
-from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.detect import installed_package_hash
+from airflow_nodes.errors import OperationError, UserError, clipped
 from airflow_nodes.fleet import known_workers, publish_record
 from airflow_nodes.health.model import ProbeInput, Status
 from airflow_nodes.health.runner import run_probes, select_probes
@@ -59,9 +59,11 @@ from airflow_nodes.node import NodeSettings
 from airflow_nodes.nodeplan import read_credentials, reconcile_node, render_airflow_cfg
 from airflow_nodes.pgclient import connect, libpq_tool_args, query_database
 from airflow_nodes.polling import wait_until
+from airflow_nodes.sanitise import printable
 from airflow_nodes.steps import Step, StepFailed, reason_of, run_steps
 from airflow_nodes.syncing.state import record_rendered_config
 from airflow_nodes.target import Target, check_creatable_dir
+from airflow_nodes.trust import first_untrusted
 from airflow_nodes.versions import AirflowVersion, parse_airflow_version
 
 # ruff's Airflow 3 rules: code that no longer runs (removed, or moved to a provider we do not install)
@@ -169,8 +171,6 @@ def config_lint(plan: UpgradePlan, release: Path) -> list[str]:
 
 # -- the drain -------------------------------------------------------------------------------------
 
-# -- the drain -------------------------------------------------------------------------------------
-
 # task instances that a worker holds or is about to take
 UNFINISHED_TASKS = (
     "SELECT dag_id, task_id, state, coalesce(hostname, '') FROM task_instance "
@@ -185,12 +185,8 @@ def unfinished_tasks(db_url: str) -> list[str]:
             rows = connection.execute(UNFINISHED_TASKS).fetchall()
     except ProbeFailure as exc:
         raise OperationError(f"drain: the metadata DB: {exc}") from None
-    return [printable(f"{dag}.{task} {state}" + (f" on {host}" if host else "")) for dag, task, state, host in rows]
-
-
-def printable(text: str) -> str:
-    """A DB value fit for one line of output: no control characters, bounded."""
-    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+    return [clipped(printable(f"{dag}.{task} {state}" + (f" on {host}" if host else "")), 200)
+            for dag, task, state, host in rows]  # fmt: skip
 
 
 def wait_for_tasks(plan: UpgradePlan, progress: Callable[[str], None]) -> None:
@@ -426,7 +422,7 @@ def stop_master_quietly(plan: UpgradePlan, run: UpgradeRun) -> None:
 
 def start_old_master(plan: UpgradePlan, run: UpgradeRun) -> None:
     if run.db_migrated:
-        raise OperationError(f"airflow-master not started: the DB is not Airflow {plan.current}'s")
+        raise OperationError(f"{plan.ctx.role_name} not started: the DB is not Airflow {plan.current}'s")
     run.progress(control("start", run.target).summary())
     wait_healthy(run.target, run.health_timeout)
     run.progress(f"  rolled back: Airflow {plan.current} healthy again")
@@ -495,18 +491,18 @@ def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
              "to finish; every worker stops consuming; undo: the workers consume again, the scheduler starts",
              drain, undo_drain),
         step("backup", f"back up the metadata DB with pg_dump into {plan.backup_dir}", back_up),
-        step(STOP_MASTER, f"stop airflow-master ({', '.join(daemons)}); undo: start it on Airflow {plan.current} "
+        step(STOP_MASTER, f"stop {plan.ctx.role_name} ({', '.join(daemons)}); undo: start it on Airflow {plan.current} "
              "and wait until it is healthy", stop_master, start_old_master),
         step("switch the venv", f"switch {plan.venv} to the new build; undo: switch it back", switch_to_new,
              switch_back),
         step("re-render", f"re-render the node: cluster file airflow_version {plan.ctx.cluster.airflow_version} -> "
              f"{plan.new_cluster.airflow_version}; daemons {added} added, {removed} removed{replaced}; undo: "
              f"re-render the Airflow {plan.current} node", render_new_node, render_old_node),
-        step(MIGRATE, f"airflow db migrate with Airflow {plan.to}; undo: stop airflow-master, restore the DB from "
-             "the backup", migrate_db, restore_db),
-        step("start and health", "start airflow-master and wait until the web server and scheduler are healthy; "
-             "undo: stop it. The workers then follow on their next `airflow-node sync`, which installs the same "
-             "lock, stops them (running tasks get their stop timeout) and starts them on the new Airflow",
+        step(MIGRATE, f"airflow db migrate with Airflow {plan.to}; undo: stop {plan.ctx.role_name}, restore the DB "
+             "from the backup", migrate_db, restore_db),
+        step("start and health", f"start {plan.ctx.role_name} and wait until the web server and scheduler are "
+             "healthy; undo: stop it. The workers then follow on their next `airflow-node sync`, which installs the "
+             "same lock, stops them (running tasks get their stop timeout) and starts them on the new Airflow",
              start_new_master, stop_master_quietly),
     ]  # fmt: skip
 
@@ -542,6 +538,7 @@ def failure_message(plan: UpgradePlan, run: UpgradeRun, failed: StepFailed) -> s
     but = f"; but {drain_problems}" if drain_problems else ""
     if rollback := [f"undoing {step.name}: {reason_of(exc)}" for step, exc in failed.not_undone if step.name != DRAIN]:
         return (f"upgrade to {plan.to} failed ({reason}), and so did the rollback ({'; '.join(rollback)}): the DB "
-                f"backup is {run.dump}, the old Airflow {run.old_release or plan.venv.resolve()}{but}")  # fmt: skip
+                f"backup is {run.dump}, the old Airflow {run.old_release or plan.venv.resolve()}; the workers take no "
+                f"tasks until restarted{but}")  # fmt: skip
     db = f"the DB restored from {run.dump}" if MIGRATE in tried else f"the DB unchanged (backup {run.dump})"
     return f"upgrade to {plan.to} failed ({reason}); rolled back to Airflow {plan.current}, {db}{but}"

@@ -43,7 +43,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
     target = f"{ctx.node.init_system} {ctx.role_name}"
     started = time.monotonic()
     output = []
-    for argv in init_system.control_argv(ctx, "status"):
+    for argv in init_system.control_argv(ctx, "status", installed=init_system.installed(ctx.node, probe_input.target)):
         try:
             completed = execute.run(argv, timeout=probe_input.remaining(), ok_codes=None)
         except CommandError as exc:

@@ -29,14 +29,20 @@ class InitSystem(Protocol):
     def boot_command(self, ctx: NodeContext) -> tuple[str, ...] | None:
         """What the cron entry runs at boot, when nothing else starts the role."""
 
-    def triggers(self, ctx: NodeContext, target: Target) -> list[Trigger]:
+    def installed(self, node: NodeSettings | None, target: Target) -> tuple[str, ...]:
+        """What of ours it runs now for those settings, read from its files on disk (supervisor: the groups
+        of our conf.d file): the one input of the plan read from the node, read before planning."""
+
+    def triggers(self, ctx: NodeContext, installed: tuple[str, ...]) -> list[Trigger]:
         """Commands to run when those files (or the daemons' config files) change: each daemon whose
         definition or config changed is restarted, and no other."""
 
-    def retirements(self, node: NodeSettings | None, target: Target) -> list[Retirement]:
+    def retirements(self, node: NodeSettings | None, installed: tuple[str, ...]) -> list[Retirement]:
         """How to take such a file out of service when a new plan no longer has it."""
 
-    def control_argv(self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    def control_argv(
+        self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = (), installed: tuple[str, ...] = ()
+    ) -> list[tuple[str, ...]]:
         """The commands for start | stop | restart | status of the role, or of the named daemons only."""
 
     def ensure_running(self, node: NodeSettings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -79,14 +80,17 @@ def owns_supervisord(node: NodeSettings) -> bool:
     return node.supervisord_conf == OWN_SUPERVISORD_CONF
 
 
-def installed_groups(node: NodeSettings, target: Target) -> tuple[str, ...]:
-    """The process groups our conf.d file on disk defines, as supervisord loaded them: one per program,
-    or (a file an earlier airflow-node wrote) the role's group. Root's own file, read without
-    following a link; a file that does not parse defines none."""
-    text = statefile.read_text(target.path(node.supervisor_conf_file), limit=1 << 20)
+# the names we give programs and groups: anything else in the file is not ours to name to supervisorctl
+# (which splits its arguments again on spaces, and reads "all" as every group)
+_OUR_NAME = re.compile(r"airflow-[a-z0-9-]{1,40}")
+
+
+def _groups_in(text: str) -> tuple[str, ...]:
+    """Given a conf.d file we wrote, return its process groups: one per program, or (a file an earlier
+    airflow-node wrote) the role's group. A file that does not parse defines none."""
     parser = configparser.RawConfigParser(strict=False)
     try:
-        parser.read_string(text or "")
+        parser.read_string(text)
     except configparser.Error:
         return ()
     groups, programs, grouped = [], [], set()
@@ -97,7 +101,7 @@ def installed_groups(node: NodeSettings, target: Target) -> tuple[str, ...]:
             grouped.update(member.strip() for member in parser[section].get("programs", "").split(","))
         elif kind == "program":
             programs.append(name)
-    return (*groups, *(name for name in programs if name not in grouped))
+    return tuple(name for name in (*groups, *programs) if name not in grouped and _OUR_NAME.fullmatch(name))
 
 
 class Supervisor:
@@ -128,20 +132,32 @@ class Supervisor:
         # our own supervisord has no other way to start at boot
         return (ctx.node.airflow_node_bin, "start") if owns_supervisord(ctx.node) else None
 
-    def triggers(self, ctx: NodeContext, target: Target) -> list[Trigger]:
+    def installed(self, node: NodeSettings | None, target: Target) -> tuple[str, ...]:
+        """The process groups of our conf.d file on disk, which supervisord loaded when it was written.
+        Root's own file, read without following a link and bounded; one that is not ours to read (a
+        link, not text) holds none we act on."""
+        if node is None:
+            return ()
+        try:
+            text = statefile.read_text(target.path(node.supervisor_conf_file), limit=1 << 20)
+        except UserError:
+            return ()
+        return _groups_in(text or "")
+
+    def triggers(self, ctx: NodeContext, installed: tuple[str, ...]) -> list[Trigger]:
         """`update` naming the groups loaded now and the programs planned: supervisor stops and removes the
         ones gone, restarts the changed ones and adds the new ones; the others keep running."""
         planned = [program_name(d) for d in ctx.daemons]
-        names = dict.fromkeys([*installed_groups(ctx.node, target), *planned])
+        names = dict.fromkeys([*installed, *planned])
         update = if_running(ctx.node, supervisorctl(ctx.node, "update", *names), "programs or their config changed")
         return [Trigger((ctx.node.supervisor_conf_file,), (update,))]
 
-    def retirements(self, node: NodeSettings | None, target: Target) -> list[Retirement]:
+    def retirements(self, node: NodeSettings | None, installed: tuple[str, ...]) -> list[Retirement]:
         """Our conf.d file no longer planned: its programs are stopped (gracefully) and removed while
         supervisord can still be asked; our own supervisord, no longer planned, is shut down."""
         if node is None:  # no node file: no supervisord.conf to ask
             return []
-        groups = installed_groups(node, target)
+        groups = installed
         programs = (
             if_running(node, supervisorctl(node, "stop", *(f"{g}:*" for g in groups)), "programs no longer planned"),
             *(if_running(node, supervisorctl(node, "remove", g), "programs no longer planned") for g in groups),
@@ -152,10 +168,14 @@ class Supervisor:
             rules.append(Retirement(OWN_SUPERVISORD_CONF, before=(shutdown,)))
         return rules
 
-    def control_argv(self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    def control_argv(
+        self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = (), installed: tuple[str, ...] = ()
+    ) -> list[tuple[str, ...]]:
         chosen = [d for d in ctx.daemons if not daemons or d.name in daemons]
-        programs = [program_name(d) for d in chosen]
-        oneshots = [program_name(d) for d in chosen if d.oneshot]
+        # a file an earlier airflow-node wrote, still loaded: its programs are members of the role's group
+        group = f"{ctx.role_name}:" if ctx.role_name in installed else ""
+        programs = [group + program_name(d) for d in chosen]
+        oneshots = [group + program_name(d) for d in chosen if d.oneshot]
         if action == "start" and oneshots:
             # the migration runs first and exits; starting the rest then finds a migrated DB
             return [supervisorctl(ctx.node, "start", *oneshots), supervisorctl(ctx.node, "start", *programs)]

@@ -73,7 +73,10 @@ class Systemd:
     def boot_command(self, ctx: NodeContext) -> tuple[str, ...] | None:
         return None  # the enabled target starts the role
 
-    def triggers(self, ctx: NodeContext, target: Target) -> list[Trigger]:
+    def installed(self, node: NodeSettings | None, target: Target) -> tuple[str, ...]:
+        return ()  # retired by unit name: airflow-*.service, airflow-*.target
+
+    def triggers(self, ctx: NodeContext, installed: tuple[str, ...]) -> list[Trigger]:
         """After unit changes: reload and enable. After a daemon's unit or config changes: try-restart it."""
         config_paths = (ctx.airflow_cfg, ctx.env_file)
         units = [unit_name(d) for d in ctx.daemons]
@@ -96,7 +99,7 @@ class Systemd:
             result.append(Trigger((unit_path(name), *config_paths), (command,)))
         return result
 
-    def retirements(self, node: NodeSettings | None, target: Target) -> list[Retirement]:
+    def retirements(self, node: NodeSettings | None, installed: tuple[str, ...]) -> list[Retirement]:
         """A unit no longer planned is stopped and disabled while its file still exists, then forgotten."""
         disable = Command(("systemctl", "disable", "--now", "{name}"), "no longer planned")
         reload = Command(("systemctl", "daemon-reload"), "unit files removed")
@@ -105,7 +108,9 @@ class Systemd:
             for pattern in ("airflow-*.service", "airflow-*.target")
         ]
 
-    def control_argv(self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    def control_argv(
+        self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = (), installed: tuple[str, ...] = ()
+    ) -> list[tuple[str, ...]]:
         if action == "status":
             units = [unit_name(d) for d in ctx.daemons]
             return [("systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts", *units)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-import airflow_nodes
-
-PACKAGE = Path(airflow_nodes.__file__).parent
-SETUP_CFG = PACKAGE.parent / "setup.cfg"
+# the source tree, not the installed package (tox installs it): the contracts are about the code here
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "airflow_nodes"
+SETUP_CFG = REPO / "setup.cfg"
 
 
 def modules() -> set[str]:

@@ -13,7 +13,10 @@ from pathlib import Path
 from test_init_cli import MASTER_OPTIONS
 
 from airflow_nodes.apply import apply
+from airflow_nodes.context import load_context
+from airflow_nodes.control import control
 from airflow_nodes.init import InitRequest, plan_init
+from airflow_nodes.initsystems.supervisor import Supervisor
 from airflow_nodes.target import Target
 
 from conftest import make_cluster, worker_args
@@ -213,3 +216,33 @@ def test_files_written_by_the_previous_version_still_load(tmp_path):
         "stop_timeout = 600\n"
     )
     assert parse_node(node, "old").advertise_address == ""
+
+
+def test_a_supervisor_node_of_the_previous_layout_is_driven_by_its_group_until_init_moves_it(run_cli, tmp_path):
+    """airflow-node before 0.4 put every program in one group, airflow-<role>: a node upgraded to this
+    version but not re-rendered yet still runs that layout, and is driven through it."""
+    assert master_at(run_cli, tmp_path, "3.3.2", "--init-system", "supervisor").code == 0
+    conf = tmp_path / "etc/airflow-node/conf.d/airflow-node.conf"
+    programs = [line[len("[program:") : -1] for line in conf.read_text().splitlines() if line.startswith("[program:")]
+    conf.write_text(conf.read_text() + f"\n[group:airflow-master]\nprograms={','.join(programs)}\n")
+
+    listed = control("stop", Target.at(str(tmp_path)), daemons=("scheduler",)).listed
+    assert listed and listed[0].endswith(" stop airflow-master:airflow-scheduler"), listed
+
+    # the next init names the old group to supervisor's update, which removes it and adds one per program
+    result = master_at(run_cli, tmp_path, "3.3.2", "--init-system", "supervisor", "--dry-run")
+    assert f"update airflow-master {' '.join(programs)}" in result.out, result.out
+
+
+def test_a_conf_file_that_is_not_ours_to_read_names_nothing_to_supervisor(run_cli, tmp_path):
+    assert master_at(run_cli, tmp_path, "3.3.2", "--init-system", "supervisor").code == 0
+    conf = tmp_path / "etc/airflow-node/conf.d/airflow-node.conf"
+    conf.write_text(conf.read_text() + "\n[program:x all]\ncommand=/bin/true\n[program:all]\ncommand=/bin/true\n")
+    result = master_at(run_cli, tmp_path, "3.3.2", "--init-system", "supervisor", "--dry-run", "--force")
+    update = next(line for line in result.out.splitlines() if " update " in line)
+    assert " all" not in update and "x " not in update, update  # supervisorctl would read "all" as every group
+
+    conf.unlink()
+    conf.symlink_to("/etc/passwd")  # a link is not read: it names nothing (preview refuses it on its own)
+    node = load_context(Target.at(str(tmp_path))).node
+    assert Supervisor().installed(node, Target.at(str(tmp_path))) == ()

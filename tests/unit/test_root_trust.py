@@ -18,7 +18,7 @@ import pytest
 
 from airflow_nodes.cluster import check_account_and_home, check_served_cluster, dump_cluster
 from airflow_nodes.context import NodeContext
-from airflow_nodes.detect import DEFAULT_VENV, first_untrusted, interpreter_of, untrusted_in_venv
+from airflow_nodes.detect import DEFAULT_VENV, interpreter_of, untrusted_in_venv
 from airflow_nodes.errors import UserError
 from airflow_nodes.health import migrations
 from airflow_nodes.health.model import ProbeInput, Status
@@ -27,6 +27,7 @@ from airflow_nodes.node import LOG_DIR, NodeSettings
 from airflow_nodes.nodeplan import build_node_plan
 from airflow_nodes.syncing.releases import DagLayout, prepare_work_dirs
 from airflow_nodes.target import Target
+from airflow_nodes.trust import first_untrusted
 
 from conftest import make_cluster
 
@@ -118,10 +119,10 @@ def test_deep_health_runs_airflow_as_the_airflow_account_never_as_root(open_dir)
     assert (stage / "uid").read_text().strip() == str(NOBODY.pw_uid)
 
 
-def test_supervisord_writes_logs_only_in_a_directory_of_roots(tmp_path):
+def test_supervisord_writes_logs_only_in_a_directory_of_roots():
     cluster = make_cluster("3.3")
     node = NodeSettings("master", "3.3.2", "supervisor", "/opt/airflow-venv/bin/airflow", "/usr/bin/airflow-node", "m1")
-    plan = build_node_plan(cluster, b"", node, Target.at(str(tmp_path)))
+    plan = build_node_plan(cluster, b"", node)
     [log_dir] = [d for d in plan.dirs if d.path == LOG_DIR]
     assert (log_dir.owner, log_dir.group) == ("root", "root")
     account_dirs = [d.path for d in plan.dirs if d.owner == cluster.airflow_user]
@@ -211,3 +212,19 @@ def test_init_moves_a_venv_the_airflow_account_can_change_to_roots_own(run_cli, 
     for part in (home / "venv", *(home / "venv").rglob("*")):
         os.chown(part, 0, 0, follow_symlinks=False)
     assert with_moved_venv(InitRequest(role="worker"), node).install_airflow is None
+
+
+def test_a_secret_file_the_account_could_swap_is_not_read(run_cli, tmp_path):
+    """--db-url-file in a directory another account owns: it could make the name a link to any file root
+    can read, whose first line would then land in the cluster file its group reads."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "db-url").write_text("postgresql://airflow:pa55word@10.0.0.1:5432/airflow\n")
+    os.chown(theirs, NOBODY.pw_uid, NOBODY.pw_gid)
+    root = tmp_path / "node"
+    result = run_cli("init", "--role", "master", "--root", root, "--airflow-version", "3.3.2", "--master-host",
+                     "10.0.0.1", "--broker-url", "redis://:pw@10.0.0.1:6379/0",
+                     "--db-url-file", theirs / "db-url")  # fmt: skip
+    assert result.code == 2, result.err
+    assert result.err.startswith(f"airflow-node: --db-url-file: {theirs} may be changed by another account"), result.err
+    assert "pa55word" not in result.err and not root.exists()

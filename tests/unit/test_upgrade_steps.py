@@ -200,7 +200,8 @@ def test_a_rollback_that_fails_names_the_backup_and_the_old_airflow_and_undoes_t
         carry_out(plan, steps, run)
     assert str(raised.value) == (
         "upgrade to 3.3.2 failed (not healthy within 300 s), and so did the rollback (undoing migrate: pg_restore: "
-        f"connection refused): the DB backup is {DUMP}, the old Airflow /opt/airflow/venv.releases/old"
+        f"connection refused): the DB backup is {DUMP}, the old Airflow /opt/airflow/venv.releases/old; "
+        "the workers take no tasks until restarted"
     )
     assert [name for kind, name in ran if kind == "undo"] == [
         "start and health", "re-render", "switch the venv", "stop the master", "drain"
