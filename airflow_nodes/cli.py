@@ -267,15 +267,14 @@ def upgrade(target: Target, to: str, dry_run: bool, backup_dir: Path, health_tim
     from airflow_nodes.upgrade import upgrade as run_upgrade
 
     plan = plan_upgrade(target, to, backup_dir, wheelhouse, drain_timeout)
-    echo(f"upgrade the master from Airflow {plan.current} to {plan.to}:")
-    echo("\n".join(f"  {number}. {step}" for number, step in enumerate(plan.steps(), 1)))
+    echo(output.upgrade_plan(plan))
     if dry_run:
         return
     if not target.real_system:
         raise UserError(
             "runs on the real master only (not under --root); use --dry-run to see the plan", about="upgrade"
         )
-    echo(run_upgrade(plan, target, echo, health_timeout))
+    echo(output.upgraded(run_upgrade(plan, target, echo, health_timeout)))
 
 
 @cli.command()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the values formatted here; this module needs none of them t
     from airflow_nodes.health.runner import HealthReport
     from airflow_nodes.join import JoinListing
     from airflow_nodes.syncing.state import SyncState
+    from airflow_nodes.upgrade import UpgradeOutcome, UpgradePlan
 
 COLUMN_GAP = "  "
 
@@ -196,3 +197,20 @@ def sync_status(state: SyncState) -> str:
         (key, printable(str(value)) if value is not None else "-") for key, value in dataclasses.asdict(state).items()
     ]
     return "\n".join(table(rows))
+
+
+# -- airflow-node upgrade --------------------------------------------------------------------------
+
+
+def upgrade_plan(plan: UpgradePlan) -> str:
+    """Given the upgrade's plan, return its steps, numbered: what the dry run prints and the run carries out."""
+    steps = (f"  {number}. {step}" for number, step in enumerate(plan.steps(), 1))
+    return "\n".join([f"upgrade the master from Airflow {plan.current} to {plan.to}:", *steps])
+
+
+def upgraded(outcome: UpgradeOutcome) -> str:
+    """Given what the upgrade did, return the line that says so, with its timings."""
+    spent = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome.timings)
+    return (f"upgraded the master to Airflow {outcome.to} ({spent}, master down {outcome.master_down:.1f}s, no "
+            f"scheduling {outcome.no_scheduling:.1f}s); backup {outcome.backup}; the workers take no tasks until "
+            "their next `airflow-node sync` moves them to it")  # fmt: skip

@@ -477,7 +477,7 @@ def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
         return Step(name, description, partial(do, plan), undo and partial(undo, plan), undo_if_failed=bool(undo))
 
     daemons = [d.name for d in plan.ctx.daemons]
-    new_daemons = [d.name for d in plan.to.line.master_daemons]
+    new_daemons = [d.name for d in plan.ctx.role.daemons(plan.to.line)]
     added = ", ".join(sorted(set(new_daemons) - set(daemons))) or "none"
     removed = ", ".join(sorted(set(daemons) - set(new_daemons))) or "none"
     replaced = " (Airflow 3: api-server replaces webserver)" if plan.ctx.line.major < plan.to.line.major else ""
@@ -507,23 +507,32 @@ def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
     ]  # fmt: skip
 
 
-def upgrade(plan: UpgradePlan, target: Target, progress: Callable[[str], None], health_timeout: float) -> str:
+def upgrade(
+    plan: UpgradePlan, target: Target, progress: Callable[[str], None], health_timeout: float
+) -> UpgradeOutcome:
     """Carry out the plan on the real master, step by step (upgrade_steps). Raise UserError (nothing
     changed) when preflight blocks; OperationError when a step fails, after undoing the steps done."""
     return carry_out(plan, upgrade_steps(plan), UpgradeRun(target, progress, health_timeout))
 
 
-def carry_out(plan: UpgradePlan, steps: list[Step[UpgradeRun]], run: UpgradeRun) -> str:
-    """Run the upgrade's steps; return the line that says it is done, with the timings. Raise the
-    failure as it came when nothing was to be undone, else OperationError (failure_message)."""
+@dataclass(frozen=True)
+class UpgradeOutcome:
+    to: AirflowVersion
+    timings: tuple[tuple[str, float], ...]  # (step, seconds)
+    master_down: float  # seconds from the master's stop to its health
+    no_scheduling: float  # seconds from the scheduler's stop to the master's health
+    backup: Path
+
+
+def carry_out(plan: UpgradePlan, steps: list[Step[UpgradeRun]], run: UpgradeRun) -> UpgradeOutcome:
+    """Run the upgrade's steps; return what was done, with the timings. Raise the failure as it came
+    when nothing was to be undone, else OperationError (failure_message)."""
     try:
         timings = run_steps(steps, run, run.progress)
     except StepFailed as failed:
         raise OperationError(failure_message(plan, run, failed)) from None
-    now, spent = time.monotonic(), ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings)
-    return (f"upgraded the master to Airflow {plan.to} ({spent}, master down {now - run.down:.1f}s, no scheduling "
-            f"{now - run.paused:.1f}s); backup {run.dump}; the workers take no tasks until their next "
-            "`airflow-node sync` moves them to it")  # fmt: skip
+    now = time.monotonic()
+    return UpgradeOutcome(plan.to, tuple(timings), now - run.down, now - run.paused, run.dump)
 
 
 def failure_message(plan: UpgradePlan, run: UpgradeRun, failed: StepFailed) -> str:

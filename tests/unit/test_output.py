@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +11,10 @@ from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.exitcodes import CheckStatus, ExitCode
 from airflow_nodes.fleet import FleetReport, NodeRow
 from airflow_nodes.join import EnrolledWorker, JoinListing, ListedToken
-from airflow_nodes.output import fleet_json, fleet_table, join_listing, sync_status, table, to_json
+from airflow_nodes.output import fleet_json, fleet_table, join_listing, sync_status, table, to_json, upgraded
 from airflow_nodes.syncing.state import SyncState
+from airflow_nodes.upgrade import UpgradeOutcome
+from airflow_nodes.versions import parse_airflow_version
 
 
 def test_the_checks_states_are_the_tools_exit_codes_under_nagios_names():
@@ -80,3 +83,13 @@ def test_the_sync_status_is_aligned_key_value_lines():
     lines = sync_status(SyncState(dag_revision="abc", last_error="x\ny")).splitlines()
     assert lines[0] == "dag_revision       abc" and lines[1] == "source_revision    -"
     assert lines[-1] == "last_error         x\\ny"
+
+
+def test_the_upgrade_says_what_it_did_with_its_timings():
+    outcome = UpgradeOutcome(parse_airflow_version("3.3.2"), (("build", 61.25), ("migrate", 4.0)), 31.5, 95.04,
+                             Path("/var/backups/airflow-node/x.dump"))  # fmt: skip
+    assert upgraded(outcome) == (
+        "upgraded the master to Airflow 3.3.2 (build 61.2s, migrate 4.0s, master down 31.5s, no scheduling 95.0s); "
+        "backup /var/backups/airflow-node/x.dump; the workers take no tasks until their next `airflow-node sync` "
+        "moves them to it"
+    )
