@@ -178,14 +178,11 @@ def fetch_cluster_from_master(spec: str) -> bytes:
     hosts) come from $AIRFLOW_NODE_SSH_OPTS, as for `airflow-node sync`.
     """
     user, host, port = parse_ssh_endpoint(spec, "--from-master")
-    runner = TransferRunner(ssh_extra=ssh_extra_from_env())
+    runner = TransferRunner(ssh_extra=ssh_extra_from_env(), failure_note="")  # an init has no DAGs published yet
     try:
         return fetch_master_cluster_file(runner, f"{user or 'airflow'}@{host}", port, "")
     except OperationError as exc:
-        # TransferRunner says what a failure means for a sync; an init has no published DAGs to speak of
-        raise OperationError(
-            str(exc).removesuffix("; the published DAGs are unchanged"), about="--from-master"
-        ) from None
+        raise OperationError(str(exc), about="--from-master") from None
 
 
 def check_role_options(request: InitRequest, role: Role) -> None:

@@ -437,7 +437,7 @@ def leave(target, ctx) -> str:
     key = target.path(SSH_KEY_FILE)
     if not key.exists():
         return ""
-    runner = TransferRunner(ssh_key=str(key), ssh_extra=pinned(target.path(KNOWN_HOSTS_FILE)))
+    runner = TransferRunner(ssh_key=str(key), ssh_extra=pinned(target.path(KNOWN_HOSTS_FILE)), failure_note="")
     destination, port = master_endpoint(ctx, parse_dags_source(ctx.cluster.dags_source))
     if not target.real_system:
         return f"not run under --root: ssh {destination} leave   # the master drops this worker's key"

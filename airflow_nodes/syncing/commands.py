@@ -32,6 +32,8 @@ class TransferRunner:
     ssh_key: str | None = None
     ssh_extra: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    # what a failed transfer means, said after it: a sync's leaves the published DAGs as they were
+    failure_note: str = "; the published DAGs are unchanged"
 
     def ssh_argv(self, port: int | None = None) -> list[str]:
         """Return the ssh command line shared by rsync -e, `ssh cat` and git."""
@@ -61,7 +63,7 @@ class TransferRunner:
                 dropped = bool(DROPPED.search(exc.reason))
                 if delay is None or not dropped:
                     after = f" ({tries} tries)" if dropped else ""
-                    raise OperationError(f"{exc}{after}; the published DAGs are unchanged") from None
+                    raise OperationError(f"{exc}{after}{self.failure_note}") from None
                 time.sleep(delay * random.uniform(0.5, 1.5))
         raise AssertionError("the last try raises")
 
