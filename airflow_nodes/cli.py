@@ -12,6 +12,7 @@ from airflow_nodes import defaults, output, roles
 from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
 from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.join import DEFAULT_TTL, MAX_TTL
+from airflow_nodes.node import INIT_SYSTEMS
 from airflow_nodes.sanitise import one_line, printable, printable_lines
 from airflow_nodes.target import Target
 
@@ -73,7 +74,7 @@ ROLE_HELP = "What this host runs: " + "; ".join(f"{role.name}, {role.summary}" f
 @click.option("--airflow-version", metavar="X.Y[.Z]", help="Use this version instead of detecting the installed one.")
 @click.option("--venv", metavar="DIR", help="Virtualenv Airflow is installed in [default: airflow on PATH].")
 @click.option("--airflow-bin", metavar="PATH", help="The airflow executable, if not DIR/bin/airflow.")
-@click.option("--init-system", type=click.Choice(["systemd", "supervisor"]), help="[default: systemd if PID 1]")
+@click.option("--init-system", type=click.Choice(INIT_SYSTEMS), help="[default: systemd if PID 1]")
 @click.option("--node-name", metavar="NAME", help="This node's name; the Celery worker is celery@NAME.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1),
               help=f"Worker: tasks run at once [default: {defaults.CONCURRENCY}].")  # fmt: skip

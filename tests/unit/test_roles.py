@@ -7,6 +7,8 @@ import pytest
 from airflow_nodes.errors import UserError
 from airflow_nodes.health.runner import PROBE_NAMES
 from airflow_nodes.init import InitRequest, plan_init
+from airflow_nodes.initsystems import all_init_systems
+from airflow_nodes.node import INIT_SYSTEMS
 from airflow_nodes.roles import MASTER, ROLES, WORKER, role_named
 from airflow_nodes.target import Target
 from airflow_nodes.versions import AIRFLOW_2, AIRFLOW_3
@@ -46,3 +48,7 @@ def test_an_option_of_another_role_is_refused_and_nothing_is_written(tmp_path, r
     with pytest.raises(UserError, match=f"^{message}"):
         plan_init(request, Target.at(str(tmp_path)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_init_systems_the_cli_offers_are_the_ones_there_are():
+    assert {system.name for system in all_init_systems()} == set(INIT_SYSTEMS)
