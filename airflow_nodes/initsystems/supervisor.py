@@ -85,23 +85,29 @@ def owns_supervisord(node: NodeSettings) -> bool:
 _OUR_NAME = re.compile(r"airflow-[a-z0-9-]{1,40}")
 
 
-def _groups_in(text: str) -> tuple[str, ...]:
-    """Given a conf.d file we wrote, return its process groups: one per program, or (a file an earlier
-    airflow-node wrote) the role's group. A file that does not parse defines none."""
+def _processes_in(text: str) -> tuple[str, ...]:
+    """Given a conf.d file we wrote, return each program as supervisorctl names it, GROUP:PROGRAM: each its
+    own group (PROGRAM:PROGRAM), or, in a file an earlier airflow-node wrote, members of the role's group
+    (airflow-<role>:PROGRAM). A file that does not parse names none."""
     parser = configparser.RawConfigParser(strict=False)
     try:
         parser.read_string(text)
     except configparser.Error:
         return ()
-    groups, programs, grouped = [], [], set()
+    group_of = {}
     for section in parser.sections():
         kind, _, name = section.partition(":")
         if kind == "group":
-            groups.append(name)
-            grouped.update(member.strip() for member in parser[section].get("programs", "").split(","))
-        elif kind == "program":
-            programs.append(name)
-    return tuple(name for name in (*groups, *programs) if name not in grouped and _OUR_NAME.fullmatch(name))
+            group_of.update((member.strip(), name) for member in parser[section].get("programs", "").split(","))
+    programs = [section.partition(":")[2] for section in parser.sections() if section.startswith("program:")]
+    names = [(group_of.get(program, program), program) for program in programs]
+    return tuple(
+        f"{group}:{program}" for group, program in names if _OUR_NAME.fullmatch(group) and _OUR_NAME.fullmatch(program)
+    )
+
+
+def _groups(processes: tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys(process.partition(":")[0] for process in processes))
 
 
 class Supervisor:
@@ -133,7 +139,7 @@ class Supervisor:
         return (ctx.node.airflow_node_bin, "start") if owns_supervisord(ctx.node) else None
 
     def installed(self, node: NodeSettings | None, target: Target) -> tuple[str, ...]:
-        """The process groups of our conf.d file on disk, which supervisord loaded when it was written.
+        """The programs of our conf.d file on disk (GROUP:PROGRAM), which supervisord loaded when it was written.
         Root's own file, read without following a link and bounded; one that is not ours to read (a
         link, not text) holds none we act on."""
         if node is None:
@@ -142,13 +148,13 @@ class Supervisor:
             text = statefile.read_text(target.path(node.supervisor_conf_file), limit=1 << 20)
         except UserError:
             return ()
-        return _groups_in(text or "")
+        return _processes_in(text or "")
 
     def triggers(self, ctx: NodeContext, installed: tuple[str, ...]) -> list[Trigger]:
         """`update` naming the groups loaded now and the programs planned: supervisor stops and removes the
         ones gone, restarts the changed ones and adds the new ones; the others keep running."""
         planned = [program_name(d) for d in ctx.daemons]
-        names = dict.fromkeys([*installed, *planned])
+        names = dict.fromkeys([*_groups(installed), *planned])
         update = if_running(ctx.node, supervisorctl(ctx.node, "update", *names), "programs or their config changed")
         return [Trigger((ctx.node.supervisor_conf_file,), (update,))]
 
@@ -157,7 +163,7 @@ class Supervisor:
         supervisord can still be asked; our own supervisord, no longer planned, is shut down."""
         if node is None:  # no node file: no supervisord.conf to ask
             return []
-        groups = installed
+        groups = _groups(installed)
         programs = (
             if_running(node, supervisorctl(node, "stop", *(f"{g}:*" for g in groups)), "programs no longer planned"),
             *(if_running(node, supervisorctl(node, "remove", g), "programs no longer planned") for g in groups),
@@ -172,10 +178,10 @@ class Supervisor:
         self, ctx: NodeContext, action: str, daemons: tuple[str, ...] = (), installed: tuple[str, ...] = ()
     ) -> list[tuple[str, ...]]:
         chosen = [d for d in ctx.daemons if not daemons or d.name in daemons]
-        # a file an earlier airflow-node wrote, still loaded: its programs are members of the role's group
-        group = f"{ctx.role_name}:" if ctx.role_name in installed else ""
-        programs = [group + program_name(d) for d in chosen]
-        oneshots = [group + program_name(d) for d in chosen if d.oneshot]
+        # as loaded (a file an earlier airflow-node wrote has them in the role's group), else as planned
+        loaded = {process.partition(":")[2]: process for process in installed}
+        programs = [loaded.get(program_name(d), program_name(d)) for d in chosen]
+        oneshots = [loaded.get(program_name(d), program_name(d)) for d in chosen if d.oneshot]
         if action == "start" and oneshots:
             # the migration runs first and exits; starting the rest then finds a migrated DB
             return [supervisorctl(ctx.node, "start", *oneshots), supervisorctl(ctx.node, "start", *programs)]

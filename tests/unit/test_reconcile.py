@@ -246,3 +246,16 @@ def test_a_conf_file_that_is_not_ours_to_read_names_nothing_to_supervisor(run_cl
     conf.symlink_to("/etc/passwd")  # a link is not read: it names nothing (preview refuses it on its own)
     node = load_context(Target.at(str(tmp_path))).node
     assert Supervisor().installed(node, Target.at(str(tmp_path))) == ()
+
+
+def test_a_worker_s_programs_are_named_as_supervisor_loaded_them(run_cli, tmp_path, cluster_file):
+    # the worker's program has the role's name, airflow-worker: the old layout's group had it too
+    root = tmp_path / "node"
+    assert run_cli(*worker_args(root, cluster_file, init_system="supervisor")).code == 0
+    [start] = control("start", Target.at(str(root))).listed
+    assert start.endswith(" start airflow-worker:airflow-worker airflow-dag-follower:airflow-dag-follower"), start
+
+    conf = root / "etc/airflow-node/conf.d/airflow-node.conf"
+    conf.write_text(conf.read_text() + "\n[group:airflow-worker]\nprograms=airflow-worker,airflow-dag-follower\n")
+    [start] = control("start", Target.at(str(root))).listed
+    assert start.endswith(" start airflow-worker:airflow-worker airflow-worker:airflow-dag-follower"), start

@@ -145,7 +145,7 @@ def test_dags_that_airflow_3_cannot_run_block_and_deprecated_ones_are_listed(mas
 @pytest.mark.parametrize(
     "init_system,command",
     [("systemd", "systemctl stop airflow-scheduler.service"),
-     ("supervisor", "supervisorctl -c /etc/airflow-node/supervisord.conf stop airflow-scheduler")],
+     ("supervisor", "supervisorctl -c /etc/airflow-node/supervisord.conf stop airflow-scheduler:airflow-scheduler")],
 )  # fmt: skip
 def test_the_drain_stops_the_scheduler_alone(run_cli, tmp_path, make_venv, init_system, command):
     root = tmp_path / init_system
