@@ -11,7 +11,6 @@ import click
 from airflow_nodes import defaults, output, roles
 from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
 from airflow_nodes.exitcodes import ExitCode
-from airflow_nodes.join import DEFAULT_TTL, MAX_TTL
 from airflow_nodes.node import INIT_SYSTEMS
 from airflow_nodes.sanitise import one_line, printable, printable_lines
 from airflow_nodes.target import Target
@@ -185,8 +184,8 @@ def restart(target: Target) -> None:
 
 @cli.command("join-token")
 @root_option
-@click.option("--ttl", type=click.IntRange(60, MAX_TTL), default=DEFAULT_TTL, show_default=True, metavar="SEC",
-              help="How long the token can enroll workers.")  # fmt: skip
+@click.option("--ttl", type=click.IntRange(60, defaults.JOIN_TOKEN_MAX_TTL), default=defaults.JOIN_TOKEN_TTL,
+              show_default=True, metavar="SEC", help="How long the token can enroll workers.")  # fmt: skip
 @click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True,
               help="The port of the master's sshd.")  # fmt: skip
 @click.option("--list", "show", is_flag=True, help="List the tokens and the enrolled workers.")

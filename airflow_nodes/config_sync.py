@@ -19,7 +19,7 @@ from airflow_nodes.celerycontrol import consumed_queues, set_consuming
 from airflow_nodes.cluster import ClusterConfig, check_account_and_home, check_served_cluster, parse_cluster
 from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
-from airflow_nodes.dagsource import SSH, DagSourceSpec
+from airflow_nodes.dagsource import DagSourceSpec, master_endpoint
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.install import (
@@ -46,14 +46,6 @@ class ConfigSyncOutcome:
     ran_commands: bool = False
 
 
-def master_endpoint(ctx: NodeContext, spec: DagSourceSpec) -> tuple[str, int | None]:
-    """Return ([user@]host, port) to read the master's cluster file from: the DAG source's SSH endpoint
-    when it has one, else the cluster's airflow user on the master host."""
-    if spec.kind == SSH:
-        return spec.ssh_destination, spec.port
-    return f"{ctx.cluster.airflow_user}@{ctx.cluster.master_host}", None
-
-
 def fetch_master_cluster_file(runner: TransferRunner, destination: str, port: int | None, master_root: str) -> bytes:
     """Return the bytes of the master's cluster file, read with `ssh … cat`. Raise OperationError."""
     remote_path = master_root.rstrip("/") + CLUSTER_FILE
@@ -78,7 +70,7 @@ def sync_config(
     when the master's gate said it (the file is then fetched only when ours differs)."""
     if master_hash and master_hash == sha256_file(target.path(CLUSTER_FILE), unreadable_ok=True):
         return ConfigSyncOutcome(changed=False)
-    destination, port = master_endpoint(ctx, spec)
+    destination, port = master_endpoint(spec, ctx.cluster.airflow_user, ctx.cluster.master_host)
     fetched = fetch_master_cluster_file(transfer, destination, port, master_root)
     if target.path(CLUSTER_FILE).read_bytes() == fetched:
         return ConfigSyncOutcome(changed=False)

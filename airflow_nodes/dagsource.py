@@ -51,6 +51,14 @@ class DagSourceSpec:
         return self.path
 
 
+def master_endpoint(spec: DagSourceSpec, airflow_user: str, master_host: str) -> tuple[str, int | None]:
+    """Return ([user@]host, port) a worker reaches the master's gate at (its cluster file, leaving): the
+    DAG source's SSH endpoint when it has one, else the cluster's airflow user on the master host."""
+    if spec.kind == SSH:
+        return spec.ssh_destination, spec.port
+    return f"{airflow_user}@{master_host}", None
+
+
 def parse_dags_source(spec: str, where: str = "dags.source") -> DagSourceSpec:
     """Given a DAG source spec, return a DagSourceSpec. Raise UserError naming `where` if it is none.
 

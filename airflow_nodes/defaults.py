@@ -55,3 +55,7 @@ DRAIN_TIMEOUT = 600.0  # seconds the queued and running tasks get to finish befo
 
 # health
 HEALTH_TIMEOUT = 2.0  # seconds per probe
+
+# join-token
+JOIN_TOKEN_TTL = 3600  # seconds a token can enroll workers
+JOIN_TOKEN_MAX_TTL = 7 * 86400

@@ -39,11 +39,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes import execute, statefile
+from airflow_nodes import defaults, execute, statefile
 from airflow_nodes.cluster import read_cluster
-from airflow_nodes.config_sync import master_endpoint
 from airflow_nodes.context import load_context
-from airflow_nodes.dagsource import parse_dags_source
+from airflow_nodes.dagsource import master_endpoint, parse_dags_source
 from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
 from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, DAGS_AUTHORING_DIR, KNOWN_HOSTS_FILE, SSH_KEY_FILE
@@ -64,8 +63,6 @@ from airflow_nodes.syncing.releases import read_offered, release_names
 from airflow_nodes.urls import bare_host
 
 TOKEN_PREFIX = "afn1-"
-DEFAULT_TTL = 3600  # seconds a token can enroll workers
-MAX_TTL = 7 * 86400
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 JOIN_REQUEST_LIMIT, JOIN_REQUEST_WAIT = 8192, 5  # bytes and seconds the gate reads a join request for
 # a joining worker's name and address land in authorized_keys, the name as a word of the gate's shell
@@ -291,8 +288,8 @@ def join(token: JoinToken, node_name: str, address: str, worker_seed: bytes | No
 
 def mint(keys: KeysFile, host: str, port: int, user: str, host_key: str, ttl: int) -> JoinToken:
     """Add a new token's key to the master's authorized_keys; return the token."""
-    if not 60 <= ttl <= MAX_TTL:
-        raise UserError(f"--ttl: 60 to {MAX_TTL} seconds, got {ttl}")
+    if not 60 <= ttl <= defaults.JOIN_TOKEN_MAX_TTL:
+        raise UserError(f"--ttl: 60 to {defaults.JOIN_TOKEN_MAX_TTL} seconds, got {ttl}")
     token = JoinToken(host, port, user, fingerprint_of(host_key), os.urandom(32), int(time.time()) + ttl)
     keys.add_token(token.seed, token.expires)
     return token
@@ -355,7 +352,7 @@ def read_token(value: str | None, file: Path | None) -> str | None:
 # -- the commands around it: on the master, and the worker's leaving --------------------------------
 
 
-def master_join_token(target, ttl: int = DEFAULT_TTL, ssh_port: int = 22) -> JoinToken:
+def master_join_token(target, ttl: int = defaults.JOIN_TOKEN_TTL, ssh_port: int = 22) -> JoinToken:
     """On the master: mint a token for its address and SSH host key. Raise UserError when this node is
     no master or has no ed25519 host key (sshd not installed)."""
     ctx, user = _master(target)
@@ -438,7 +435,8 @@ def leave(target, ctx) -> str:
     if not key.exists():
         return ""
     runner = TransferRunner(ssh_key=str(key), ssh_extra=pinned(target.path(KNOWN_HOSTS_FILE)), failure_note="")
-    destination, port = master_endpoint(ctx, parse_dags_source(ctx.cluster.dags_source))
+    spec = parse_dags_source(ctx.cluster.dags_source)
+    destination, port = master_endpoint(spec, ctx.cluster.airflow_user, ctx.cluster.master_host)
     if not target.real_system:
         return f"not run under --root: ssh {destination} leave   # the master drops this worker's key"
     try:
