@@ -423,8 +423,7 @@ def stop_master_quietly(plan: UpgradePlan, run: UpgradeRun) -> None:
 def start_old_master(plan: UpgradePlan, run: UpgradeRun) -> None:
     if run.db_migrated:
         raise OperationError(f"{plan.ctx.role_name} not started: the DB is not Airflow {plan.current}'s")
-    run.progress(control("start", run.target).summary())
-    wait_healthy(run.target, run.health_timeout)
+    start_master(plan, run)
     run.progress(f"  rolled back: Airflow {plan.current} healthy again")
 
 
@@ -458,7 +457,8 @@ def restore_db(plan: UpgradePlan, run: UpgradeRun) -> None:
     run.db_migrated = False
 
 
-def start_new_master(plan: UpgradePlan, run: UpgradeRun) -> None:
+def start_master(plan: UpgradePlan, run: UpgradeRun) -> None:
+    """Start the role (whichever Airflow the venv link names) and wait until it is healthy."""
     run.progress(control("start", run.target).summary())
     wait_healthy(run.target, run.health_timeout)
 
@@ -503,7 +503,7 @@ def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
         step("start and health", f"start {plan.ctx.role_name} and wait until the web server and scheduler are "
              "healthy; undo: stop it. The workers then follow on their next `airflow-node sync`, which installs the "
              "same lock, stops them (running tasks get their stop timeout) and starts them on the new Airflow",
-             start_new_master, stop_master_quietly),
+             start_master, stop_master_quietly),
     ]  # fmt: skip
 
 

@@ -180,8 +180,9 @@ class Supervisor:
         chosen = [d for d in ctx.daemons if not daemons or d.name in daemons]
         # as loaded (a file an earlier airflow-node wrote has them in the role's group), else as planned
         loaded = {process.partition(":")[2]: process for process in installed}
-        programs = [loaded.get(program_name(d), program_name(d)) for d in chosen]
-        oneshots = [loaded.get(program_name(d), program_name(d)) for d in chosen if d.oneshot]
+        named = [(d, loaded.get(program_name(d), program_name(d))) for d in chosen]
+        programs = [name for _, name in named]
+        oneshots = [name for d, name in named if d.oneshot]
         if action == "start" and oneshots:
             # the migration runs first and exits; starting the rest then finds a migrated DB
             return [supervisorctl(ctx.node, "start", *oneshots), supervisorctl(ctx.node, "start", *programs)]
@@ -191,12 +192,15 @@ class Supervisor:
         """Start the supervisord init set up (a host without one) unless it answers already; wait until it does."""
         if not owns_supervisord(node):
             return
-        ctl = supervisorctl(node, "pid")
-        if execute.run(ctl, ok_codes=None, timeout=10).returncode == 0:
+
+        def answers() -> bool:
+            return execute.run(supervisorctl(node, "pid"), ok_codes=None, timeout=10).returncode == 0
+
+        if answers():
             return
         supervisord = [supervisor_bin(node, "supervisord"), "-c", node.supervisord_conf]
         execute.run(supervisord, what="starting supervisord", clean_env=True, timeout=30)
-        if not wait_until(lambda: execute.run(ctl, ok_codes=None, timeout=10).returncode == 0, timeout, 0.2):
+        if not wait_until(answers, timeout, 0.2):
             raise OperationError(f"supervisord ({node.supervisord_conf}) did not answer within {timeout:g} s")
 
     def observable_under_root(self, node: NodeSettings) -> bool:

@@ -69,7 +69,8 @@ def wait_for_workers(ctx: NodeContext, revision: str, wait: float, poll: float =
     behind: list[str] = []  # as the last look saw them
 
     def caught_up() -> bool:
-        behind[:] = workers_behind(ctx, revision)
+        nonlocal behind
+        behind = workers_behind(ctx, revision)
         return not behind
 
     try:
