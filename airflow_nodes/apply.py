@@ -166,7 +166,7 @@ class Preview:
 
     @property
     def commands(self) -> list[Command]:
-        return self.user_commands + self.stop_commands + self.after_commands
+        return self.user_commands + self.stop_commands + self.after_commands + list(self.plan.setup)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -174,7 +174,7 @@ class Preview:
         users_pending = self.missing_users and self.real_system
         forgotten = any(r.status == FORGET for r in self.removals)
         pending = self.changed_paths or self.removed_paths or self.missing_dirs or self.wrong_dirs or self.leftovers
-        return not (pending or users_pending or forgotten)
+        return not (pending or users_pending or forgotten or self.plan.setup)
 
     def diff(self, change: FileChange | Removal) -> str:
         """Return a unified diff of a change or a removal, with secrets redacted."""
@@ -443,7 +443,10 @@ def _run_all(prev: Preview, commands: list[Command], result: ApplyResult, tolera
                     prev.target.runner(command.only_if)
                 except OperationError:
                     continue  # say, supervisord not running yet: starting it reads the new config
-            prev.target.runner(command.argv)
+            if command.input is None:
+                prev.target.runner(command.argv)
+            else:
+                prev.target.runner(command.argv, input=command.input)
         except OperationError as exc:
             if not tolerate:
                 raise
@@ -527,6 +530,7 @@ def apply(prev: Preview) -> ApplyResult:
     result.backups = tx.commit(backed_up | moved_aside)
     _remove_orphan_dirs(prev, manifest, result)
     _run_all(prev, prev.after_commands, result)
+    _run_all(prev, list(prev.plan.setup), result)
     return result
 
 

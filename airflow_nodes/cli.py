@@ -118,34 +118,69 @@ ROLE_HELP = "What this host runs: " + "; ".join(f"{role.name}, {role.summary}" f
               help=f"Master: longest task plus margin [{defaults.VISIBILITY_TIMEOUT}].")  # fmt: skip
 @click.option("--web-port", type=int, help=f"Master: webserver / api-server port [{defaults.WEB_PORT}].")
 @click.option("--flower-port", type=int, help=f"Master: flower port [{defaults.FLOWER_PORT}].")
+@click.option("--with-redis/--without-redis", default=None,
+              help="Master: set up this host's Redis (the distribution's package) as the broker, with a generated "
+              "password, instead of --broker-url [default: as the last init].")  # fmt: skip
+@click.option(
+    "--with-postgres/--without-postgres",
+    default=None,
+    help="Master: set up this host's PostgreSQL (the distribution's package) with a role and database "
+    "for Airflow, instead of --db-url; enrolled workers are admitted [default: as the last init].",
+)
+@click.option("--db-allow", "db_allow", multiple=True, metavar="NETWORK",
+              help="Master, --with-postgres: also admit this network (10.0.0.0/24), say for workers set up with "
+              "--config; repeat for more; replaces the recorded list ('' clears it).")  # fmt: skip
+@click.option("--start", is_flag=True, help="Start the node's daemons once it is set up.")
 @click.option("--install-airflow", metavar="X.Y.Z", help="First install this Airflow into --venv from a shipped lock.")
 @click.option("--wheelhouse", metavar="DIR",
               help="Install Airflow offline from this directory of wheels (root's own): for --install-airflow, "
               "and when a worker follows the master to a new Airflow; recorded ('' clears it).")  # fmt: skip
 @click.option("--airflow-node-bin", metavar="PATH", hidden=True)
-def init(target: Target, dry_run: bool, force: bool, **options: object) -> None:
+def init(target: Target, dry_run: bool, force: bool, start: bool, **options: object) -> None:
     """Write this node's config, units and cron entry, and enable its daemons; remove what a previous
     init wrote that this one no longer needs."""
     from airflow_nodes.apply import apply
-    from airflow_nodes.init import InitRequest, after_init, install_requested_airflow, plan_init
+    from airflow_nodes.init import (
+        InitRequest,
+        after_init,
+        install_requested_airflow,
+        install_requested_servers,
+        plan_init,
+    )
     from airflow_nodes.join import check_token, read_token
     from airflow_nodes.report import format_apply, format_preview
 
     options["join"] = read_token(options["join"], options.pop("join_file"))
-    options["writable_paths"] = ",".join(options["writable_paths"]) if options["writable_paths"] else None
+    for listed in ("writable_paths", "db_allow"):
+        options[listed] = ",".join(options[listed]) if options[listed] else None
     if dry_run and options["join"]:  # joining changes the master: a dry run only checks the token
         echo(check_token(options["join"]))
         return
     request, installed = install_requested_airflow(InitRequest(**options), target, dry_run, progress=echo)
+    servers_installed = install_requested_servers(request, target, dry_run)
     outcome = plan_init(request, target, force=force)
+    for done in (installed, servers_installed):  # before the plan: they run (or would) before it is made
+        if done:
+            echo(done)
     echo(format_preview(outcome, show_diff=dry_run))
-    if installed:
-        echo(installed)
     if dry_run:
         return
     if not outcome.preview.nothing_to_do:
         echo(format_apply(apply(outcome.preview)))
-    echo(after_init(outcome, target, joined=bool(request.join)))
+    echo(after_init(outcome, target, start=start or bool(request.join)))
+
+
+@cli.command()
+@root_option
+def admit(target: Target) -> None:
+    """Let the workers enrolled now reach this master's PostgreSQL (init --with-postgres): its pg_hba is
+    written again from what the last init recorded. A path unit runs it whenever a worker enrolls or leaves."""
+    from airflow_nodes.apply import apply
+    from airflow_nodes.init import plan_admit
+    from airflow_nodes.report import format_apply
+
+    outcome = plan_admit(target)
+    echo("Nothing to change." if outcome.preview.nothing_to_do else format_apply(apply(outcome.preview)))
 
 
 def _control(action: str, target: Target) -> None:

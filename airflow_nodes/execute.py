@@ -149,6 +149,7 @@ def run_streaming(
         raise CommandError(what, f"{tail[-1] if tail else 'no output'} (exit {process.returncode})", process.returncode)
 
 
-def run_checked(argv: Sequence[str]) -> None:
-    """Run a system command for apply (useradd, systemctl, supervisorctl). Raise CommandError on failure."""
-    run(argv, timeout=600)
+def run_checked(argv: Sequence[str], input: str | None = None) -> None:
+    """Run a system command for apply (useradd, systemctl, supervisorctl, psql with SQL on stdin), from /
+    (psql runs as postgres, who may not enter ours). Raise CommandError on failure."""
+    run(argv, timeout=600, input=input, cwd="/")

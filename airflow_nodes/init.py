@@ -23,6 +23,7 @@ from airflow_nodes.cluster import (
     validate_cluster,
 )
 from airflow_nodes.config_sync import fetch_master_cluster_file
+from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
 from airflow_nodes.dagsource import parse_ssh_endpoint
 from airflow_nodes.detect import (
@@ -34,9 +35,23 @@ from airflow_nodes.detect import (
     untrusted_in_venv,
 )
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.execute import run_checked
 from airflow_nodes.initsystems import init_system as init_system_named
 from airflow_nodes.install import find_lock, install_airflow, python_version
-from airflow_nodes.join import join, master_join_token, parse_token, token_command
+from airflow_nodes.join import enrolled_sources, join, master_join_token, parse_token, token_command
+from airflow_nodes.localservers import (
+    DB_NAME,
+    DB_USER,
+    REDIS_PORT,
+    REDIS_SERVICE,
+    ServerFacts,
+    check_local_address,
+    check_port_free,
+    database_ready,
+    gather_facts,
+    generated_password,
+    install_commands,
+)
 from airflow_nodes.node import (
     CLUSTER_FILE,
     NODE_FILE,
@@ -93,6 +108,10 @@ class InitRequest:
     db_url_file: Path | None = None
     advertise_address: str | None = None
     join: str | None = None  # a worker's join token (from --join, --join-file or the environment)
+    # set up this host's Redis / PostgreSQL for the cluster (None: as the last init did)
+    with_redis: bool | None = None
+    with_postgres: bool | None = None
+    db_allow: str | None = None  # comma-separated networks our PostgreSQL admits; "" clears them
 
     def given_cluster_options(self) -> dict[str, object]:
         return {attr: getattr(self, attr) for attr in CLUSTER_OPTIONS if getattr(self, attr) is not None}
@@ -262,6 +281,7 @@ def node_settings(
         advertise_address=urls.bare_host(address),
         writable_paths=pick("writable_paths"),
         wheelhouse=pick("wheelhouse"),
+        db_allow=pick("db_allow"),
     )
     settings = _checked_options(validate_node, settings)
     return init_system_named(settings.init_system).settle(settings, target, conf_given=bool(request.supervisord_conf))
@@ -311,19 +331,114 @@ def install_requested_airflow(request: InitRequest, target: Target, dry_run: boo
     return dataclasses.replace(request, venv=str(venv)), f"  ran: {command}   # {result.message}"
 
 
+@dataclass(frozen=True)
+class WantedServers:
+    redis: bool
+    postgres: bool
+    postgres_cluster: str = ""  # the cluster we set up before ("15/main"): we stay with it
+
+    def __bool__(self) -> bool:
+        return self.redis or self.postgres
+
+    def facts(self, target: Target) -> ServerFacts:
+        return gather_facts(self.redis, self.postgres, target, self.postgres_cluster)
+
+
+def wanted_servers(request: InitRequest, existing: NodeSettings | None) -> WantedServers:
+    """Which of Redis and PostgreSQL this host runs for the cluster: as the options say, else as the last init did."""
+    redis = request.with_redis if request.with_redis is not None else bool(existing and existing.local_redis)
+    postgres = (
+        request.with_postgres if request.with_postgres is not None else bool(existing and existing.local_postgres)
+    )
+    return WantedServers(redis, postgres, existing.local_postgres if existing and postgres else "")
+
+
+def install_requested_servers(request: InitRequest, target: Target, dry_run: bool) -> str:
+    """With --with-redis / --with-postgres, install what the distribution lacks of them before the node
+    is planned (its packages, a PostgreSQL cluster); return what was done. Under --dry-run or --root the
+    commands are only listed."""
+    if not role_named(request.role).creates_cluster:
+        return ""
+    wanted = wanted_servers(request, _existing_node(target))
+    if not wanted:
+        return ""
+    commands = install_commands(wanted.facts(target))
+    if dry_run or not target.real_system:
+        return "\n".join(f"  would run: {' '.join(c.argv)}   # {c.reason}" for c in commands)
+    for command in commands:
+        run_checked(command.argv)
+    return "\n".join(f"  ran: {' '.join(c.argv)}   # {c.reason}" for c in commands)
+
+
+def _existing_node(target: Target) -> NodeSettings | None:
+    text = _read_existing(target, NODE_FILE)
+    if text is None:
+        return None
+    where = str(target.path(NODE_FILE))
+    try:
+        return parse_node(text.decode(), where)
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: not UTF-8 text") from None
+
+
+def with_server_urls(
+    request: InitRequest,
+    wanted: WantedServers,
+    facts: ServerFacts | None,
+    existing_cluster: ClusterConfig | None,
+    existing_node: NodeSettings | None,
+) -> tuple[InitRequest, list[str]]:
+    """The request with the broker and DB URLs of the servers we set up here, as if the operator had given
+    them, and notes on passwords generated. A password is generated once, when the server becomes ours;
+    later inits keep it (the URL follows --master-host). Raise UserError naming the option that clashes."""
+    host = request.master_host or (existing_cluster.master_host if existing_cluster else None)
+    notes, values = [], {}
+    servers = (
+        ("broker_url", "--with-redis", wanted.redis, bool(existing_node and existing_node.local_redis)),
+        ("db_url", "--with-postgres", wanted.postgres, bool(existing_node and existing_node.local_postgres)),
+    )
+    for attr, option, wanted_now, ours_before in servers:
+        url_option = "--" + attr.replace("_", "-")
+        given = getattr(request, attr) is not None
+        if wanted_now and given:
+            raise UserError(f"{url_option}: not with {option}, which sets up that server here and writes its URL")
+        if ours_before and not wanted_now and not given:
+            raise UserError(f"{option.replace('with', 'without')}: give {url_option} of the server to use instead")
+        if not wanted_now or host is None:
+            continue  # without --master-host on a first init, master_cluster says what is missing
+        if ours_before and existing_cluster:
+            password = urls.parse_url(getattr(existing_cluster, attr), attr).password
+        else:
+            password = generated_password()
+            notes.append(f"generated the password of this host's {'Redis' if attr == 'broker_url' else 'PostgreSQL'}")
+        if attr == "broker_url":
+            values[attr] = urls.redis_url(host, REDIS_PORT, password)
+        else:
+            values[attr] = urls.postgres_url(DB_USER, password, host, facts.postgres_port, DB_NAME)
+    return dataclasses.replace(request, **values), notes
+
+
+def check_servers(cluster: ClusterConfig, wanted: WantedServers, facts: ServerFacts) -> ServerFacts:
+    """On the real system, before anything changes: the master's address is this host's, the ports are
+    free or held by the servers we configure, PostgreSQL lets us in. Return the facts with what the
+    database holds. Raise UserError naming the option."""
+    option = "--with-postgres" if wanted.postgres else "--with-redis"
+    check_local_address(cluster.master_host, f"--master-host (with {option})")
+    if wanted.redis:
+        check_port_free(REDIS_PORT, REDIS_SERVICE, "--with-redis")
+    if not wanted.postgres or not facts.postgres_cluster_exists:
+        return facts
+    check_port_free(facts.postgres_port, facts.postgres_service, "--with-postgres")
+    password = urls.parse_url(cluster.db_url, "database.url").password
+    return dataclasses.replace(facts, database_ready=database_ready(facts, password))
+
+
 def plan_init(request: InitRequest, target: Target, force: bool = False) -> InitOutcome:
     """Given the init options and the node, return the previewed change. Raise UserError on bad input."""
     role = role_named(request.role)
     check_creatable_dir(target.root, "--root")
     request = with_secret_files(request)
-    existing_node_text = _read_existing(target, NODE_FILE)
-    existing_node = None
-    if existing_node_text is not None:
-        where = str(target.path(NODE_FILE))
-        try:
-            existing_node = parse_node(existing_node_text.decode(), where)
-        except UnicodeDecodeError:
-            raise UserError(f"{where}: not UTF-8 text") from None
+    existing_node = _existing_node(target)
     existing_cluster_text = _read_existing(target, CLUSTER_FILE)
     cluster_where = str(target.path(CLUSTER_FILE))
     install = detect_airflow(
@@ -334,8 +449,10 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
     )
     notes = []
     credentials = None
+    facts = None
 
     check_role_options(request, role)
+    wanted = wanted_servers(request, existing_node) if role.creates_cluster else WantedServers(False, False)
     if role.creates_cluster:
         existing = None
         if not (existing_cluster_text or b"").strip() and CLUSTER_FILE in read_manifest(target).files:
@@ -350,6 +467,10 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
                 existing = parse_cluster(existing_cluster_text.decode(), cluster_where)
             except UnicodeDecodeError:
                 raise UserError(f"{cluster_where}: the cluster file is not UTF-8 text") from None
+        if wanted:
+            facts = wanted.facts(target)
+        request, generated = with_server_urls(request, wanted, facts, existing, existing_node)
+        notes += generated
         cluster = master_cluster(request, install, existing)
         if existing == cluster:
             cluster_text = existing_cluster_text  # hand formatting and comments are kept
@@ -372,26 +493,53 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         check_account_and_home(cluster, target.path(cluster.airflow_home), source)
 
     node = node_settings(request, existing_node, str(install.version), install.airflow_bin, target, cluster.master_host)
+    if facts:
+        if node.init_system != "systemd":
+            option = "--with-postgres" if wanted.postgres else "--with-redis"
+            raise UserError(f"{option}: the distribution's Redis and PostgreSQL run as systemd services; this node "
+                            f"runs under {node.init_system}: give --broker-url and --db-url instead")  # fmt: skip
+        node = dataclasses.replace(node, local_redis=wanted.redis,
+                                   local_postgres=facts.postgres_cluster if wanted.postgres else "")  # fmt: skip
+        if target.real_system:
+            facts = check_servers(cluster, wanted, facts)
+        if wanted.postgres:  # pg_hba admits each enrolled worker
+            facts = dataclasses.replace(facts, enrolled=enrolled_sources(target, NodeContext(cluster, node)))
     prev = reconcile_node(
-        cluster, cluster_text, node, target, force=force, previous=existing_node, credentials=credentials
+        cluster, cluster_text, node, target, force=force, previous=existing_node, credentials=credentials, servers=facts
     )
     return InitOutcome(prev, cluster, node, tuple(notes))
 
 
-def after_init(outcome: InitOutcome, target: Target, joined: bool) -> str:
-    """What follows an applied init: the master prints the command that joins a worker (a fresh token);
-    a worker that joined starts its role, as the join command promises."""
-    if outcome.node.duties.creates_cluster:
-        if not any(note.startswith("generated the cluster secrets") for note in outcome.notes):
-            return "join a worker: run `airflow-node join-token` here for its command (a token valid for an hour)"
-        try:  # the first init of a cluster: print how to join, as kubeadm init does
-            token = master_join_token(target)
-        except (UserError, OperationError) as exc:
-            return f"no join token: {exc}"
-        return f"join a worker (valid for an hour; `airflow-node join-token` mints more):\n  {token_command(token)}"
-    if joined:
-        return control("start", target).summary()
-    return "start it: airflow-node start"
+def after_init(outcome: InitOutcome, target: Target, start: bool) -> str:
+    """What follows an applied init: with --start (and on a worker that joined, as the join command
+    promises) the role starts; the master then says where its UI is, and prints the command that joins a
+    worker (a fresh token)."""
+    lines = [control("start", target).summary()] if start else []
+    if not outcome.node.duties.creates_cluster:
+        return "\n".join(lines or ["start it: airflow-node start"])
+    lines.append(web_ui_note(outcome.cluster) if start else "start it: airflow-node start")
+    if not any(note.startswith("generated the cluster secrets") for note in outcome.notes):
+        lines.append("join a worker: run `airflow-node join-token` here for its command (a token valid for an hour)")
+        return "\n".join(lines)
+    try:  # the first init of a cluster: print how to join, as kubeadm init does
+        token = master_join_token(target)
+    except (UserError, OperationError) as exc:
+        lines.append(f"no join token: {exc}")
+    else:
+        lines.append(
+            f"join a worker (valid for an hour; `airflow-node join-token` mints more):\n  {token_command(token)}"
+        )
+    return "\n".join(lines)
+
+
+def web_ui_note(cluster: ClusterConfig) -> str:
+    """Where the UI is and how to log in (never the password itself: this output may end up in a log)."""
+    if cluster.version.line.has_execution_api:  # Airflow 3: the simple auth manager's generated password
+        passwords = f"{cluster.airflow_home}/simple_auth_manager_passwords.json.generated"
+        return (f"the UI: {cluster.web_url} (user admin; its password, once the api-server has started: "
+                f"cat {passwords})")  # fmt: skip
+    return (f"the UI: {cluster.web_url} (make a user first: sudo -u {cluster.airflow_user} airflow users create "
+            "--role Admin --username admin ...)")  # fmt: skip
 
 
 def join_master(request: InitRequest, existing: NodeSettings | None) -> tuple[bytes, NodeCredentials]:
@@ -404,3 +552,13 @@ def join_master(request: InitRequest, existing: NodeSettings | None) -> tuple[by
     address = request.advertise_address or route_address(token.host) or name
     joined = join(token, name, urls.bare_host(address))
     return joined.cluster_text, NodeCredentials(joined.key_file, joined.known_hosts)
+
+
+def plan_admit(target: Target) -> InitOutcome:
+    """`airflow-node admit`: this master planned again from what its last init recorded, so its pg_hba
+    admits exactly the workers enrolled now (the path unit runs it when one enrolls or leaves)."""
+    node = _existing_node(target)
+    if node is None or not node.local_postgres:
+        raise UserError(f"{target.path(NODE_FILE)}: this node runs no PostgreSQL of airflow-node's "
+                        "(`init --with-postgres`): nothing to admit to")  # fmt: skip
+    return plan_init(InitRequest(role=node.role), target)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -48,6 +49,7 @@ from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, DAGS_AUTHORING_DIR, KNOWN_HOSTS_FILE, SSH_KEY_FILE
 from airflow_nodes.schema import LOGIN_NAME, check_host
 from airflow_nodes.sshkeys import (
+    MAX_WORKERS,
     TOKEN_TAG,
     KeysFile,
     expires_at,
@@ -417,6 +419,23 @@ def revoke(target, what: str) -> list[str]:
     if not gone:
         raise UserError(f"no token or enrolled worker named {what!r}", about="join-token --revoke")
     return gone
+
+
+def enrolled_sources(target, ctx) -> tuple[tuple[str, str], ...]:
+    """(name, address) of each worker enrolled on this master, as pg_hba admits them: read as the airflow
+    account (the file is its own), then only well-formed names and addresses kept, at most MAX_WORKERS."""
+    keys = keys_file_of(target, ctx)
+    try:
+        found = as_user(ctx.cluster.airflow_user if target.privileged else None, keys.worker_sources)
+    except UserError:  # the account does not exist yet: nothing is enrolled
+        return ()
+    kept = []
+    for name, address in found[:MAX_WORKERS]:
+        with contextlib.suppress(ValueError, UserError):
+            ipaddress.ip_address(address)
+            check_host(name, "authorized_keys")
+            kept.append((name, address))
+    return tuple(kept)
 
 
 def check_token(text: str) -> str:

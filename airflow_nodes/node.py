@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from dataclasses import dataclass
@@ -108,6 +109,27 @@ def check_writable_paths(value: str, where: str) -> None:
             raise UserError(f"{where}: {path} and {nested}: one lies in the other; give the outer one only")
 
 
+def check_networks(value: str, where: str) -> None:
+    """Comma-separated IP networks (10.0.0.0/24) or addresses, for pg_hba lines: at most 64."""
+    networks = list(filter(None, value.split(",")))
+    if len(networks) > 64:
+        raise UserError(f"{where}: at most 64 networks, got {len(networks)}")
+    for network in networks:
+        try:
+            ipaddress.ip_network(network)
+        except ValueError:
+            raise UserError(f"{where}: {network[:50]!r} is not an IP network (10.0.0.0/24) or address") from None
+
+
+def _postgres_cluster(value: str, where: str) -> None:
+    if value and not re.fullmatch(r"[0-9]{1,3}/main", value):
+        raise UserError(f"{where}: {value[:40]!r} is not a PostgreSQL cluster of ours (VERSION/main)")
+
+
+def _flag(value: bool, where: str) -> None:
+    pass  # the schema's type check is the whole check
+
+
 def _optional_path(value: str, where: str) -> None:
     if value:
         check_abs_path(value, where)
@@ -130,6 +152,9 @@ class NodeSettings:
     advertise_address: str = ""  # what the other nodes reach this one at (logs); "" means its FQDN
     writable_paths: str = ""  # comma-separated directories the systemd sandbox lets daemons write
     wheelhouse: str = ""  # wheels this node installs Airflow from (offline); "" means the package index
+    local_redis: bool = False  # the broker is this host's redis-server, set up by init (localservers.py)
+    local_postgres: str = ""  # the PostgreSQL cluster ("15/main") init set up here for the metadata DB
+    db_allow: str = ""  # comma-separated networks our PostgreSQL admits besides the cluster's nodes
 
     @property
     def version(self) -> AirflowVersion:
@@ -159,6 +184,10 @@ class NodeSettings:
         return tuple(filter(None, self.writable_paths.split(",")))
 
     @property
+    def db_allow_list(self) -> tuple[str, ...]:
+        return tuple(filter(None, self.db_allow.split(",")))
+
+    @property
     def supervisor_conf_file(self) -> str:
         return str(PurePosixPath(self.supervisord_conf).parent / "conf.d" / "airflow-node.conf")
 
@@ -174,6 +203,9 @@ NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "advertise_address", "advertise_address", str, _address, "--advertise-address", since="0.2"),
     Field("node", "writable_paths", "writable_paths", str, check_writable_paths, "--writable-path", since="0.3"),
     Field("node", "wheelhouse", "wheelhouse", str, _optional_path, "--wheelhouse", since="0.3"),
+    Field("servers", "redis", "local_redis", bool, _flag, "--with-redis", since="0.5"),
+    Field("servers", "postgres", "local_postgres", str, _postgres_cluster, "--with-postgres", since="0.5"),
+    Field("servers", "db_allow", "db_allow", str, check_networks, "--db-allow", since="0.5"),
     Field("worker", "concurrency", "concurrency", int, in_range(1, 1024), "--concurrency"),
     Field("worker", "queues", "queues", str, check_queues, "--queues"),
     Field("worker", "stop_timeout", "stop_timeout", int, in_range(10, 7 * 86400, " seconds"), "--stop-timeout"),

@@ -17,6 +17,8 @@ from airflow_nodes.context import NodeContext
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import UserError
 from airflow_nodes.initsystems import all_init_systems, init_system
+from airflow_nodes.localservers import ServerFacts, plan_servers
+from airflow_nodes.localservers import retirements as server_retirements
 from airflow_nodes.node import (
     CLUSTER_FILE,
     CONFIG_DIR,
@@ -126,10 +128,12 @@ def build_node_plan(
     previous: NodeSettings | None = None,
     credentials: NodeCredentials | None = None,
     installed: Installed | None = None,
+    servers: ServerFacts | None = None,
 ) -> Plan:
     """Given the cluster config (and its exact bytes), this node's settings, the settings it was
-    installed with (if any), its SSH credentials (a joined worker) and what each init system runs now
-    for those settings (read_installed), return the node's Plan."""
+    installed with (if any), its SSH credentials (a joined worker), what each init system runs now
+    for those settings (read_installed) and, where init sets up Redis or PostgreSQL here, what the host
+    holds of them (localservers.gather_facts), return the node's Plan."""
     installed = installed or {}
     ctx = NodeContext(cluster, node)
     user = cluster.airflow_user
@@ -161,6 +165,8 @@ def build_node_plan(
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]
     dirs += manager.plan_dirs(ctx)
+    server_files, server_triggers, setup = plan_servers(ctx, servers) if servers else ([], [], [])
+    files += server_files
     if credentials:
         dirs.append(PlannedDir(SSH_DIR, 0o755))
         files += [
@@ -187,15 +193,17 @@ def build_node_plan(
         ),
         dirs=tuple(dirs),
         files=tuple(files),
-        triggers=tuple(manager.triggers(ctx, installed.get((manager.name, node), ()))),
+        triggers=(*manager.triggers(ctx, installed.get((manager.name, node), ())), *server_triggers),
         # either init system may have run this node before (--init-system changed): both can retire
         retirements=tuple(
             rule
             for system in all_init_systems()
             for settings in {node, previous or node}
             for rule in system.retirements(settings, installed.get((system.name, settings), ()))
-        ),  # fmt: skip
+        )
+        + tuple(rule for settings in {node, previous or node} for rule in server_retirements(settings)),  # fmt: skip
         secrets=cluster.secret_values(),
+        setup=tuple(setup),
     )
 
 
@@ -207,6 +215,7 @@ def reconcile_node(
     force: bool = False,
     previous: NodeSettings | None = None,
     credentials: NodeCredentials | None = None,
+    servers: ServerFacts | None = None,
 ) -> Preview:
     """Given what this node should be and where it lives, return the previewed change (added, changed
     and removed files, and the commands around them). Raise UserError if this node's Airflow cannot
@@ -218,7 +227,8 @@ def reconcile_node(
         )
     credentials = credentials or read_credentials(target)
     installed = read_installed(target, node, previous)
-    return preview(build_node_plan(cluster, cluster_text, node, previous, credentials, installed), target, force)
+    plan = build_node_plan(cluster, cluster_text, node, previous, credentials, installed, servers)
+    return preview(plan, target, force)
 
 
 # what each init system runs now, by (its name, the settings it was asked for)

@@ -40,6 +40,7 @@ class Command:
     argv: tuple[str, ...]
     reason: str
     only_if: tuple[str, ...] = ()  # run only when this succeeds (as systemctl try-restart: "if running")
+    input: str | None = None  # its standard input (SQL with a password's verifier): never shown
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Plan:
     keep: tuple[str, ...] = ()  # files we wrote that stay although not planned (uninstall: the cluster file)
     purge_secrets: bool = False  # `uninstall --purge`: files holding the only copy of a secret go too
     secrets: tuple[str, ...] = ()  # values to redact from anything we print
+    # run after everything else, whatever changed: what the node was found to lack (a database role)
+    setup: tuple[Command, ...] = ()
 
     @property
     def paths(self) -> set[str]:

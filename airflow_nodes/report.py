@@ -96,4 +96,7 @@ def format_uninstall(outcome: UninstallOutcome) -> str:
     lines = [format_apply(outcome.applied), *([outcome.left] if outcome.left else [])]
     if outcome.kept:
         lines.append(f"kept {printable(outcome.kept)} (holds the cluster secrets; --purge removes it)")
+    if outcome.kept_database:
+        lines.append(f"kept the {outcome.kept_database} (holds the cluster's metadata; --purge drops it); the "
+                     "distribution's redis-server and postgresql packages stay installed")  # fmt: skip
     return "\n".join(lines)

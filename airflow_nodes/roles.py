@@ -1,7 +1,7 @@
 """What each role of a node runs, probes and syncs, as data.
 
 As versions.py is for Airflow lines, this is the one table of roles: code asks a node's Role what it
-does, it does not compare role names. A new role (a second master, a one-host cluster) is a new row.
+does, it does not compare role names. A new role is a new row (the one-host cluster was).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ MASTER = Role(
     creates_cluster=True,
     follows_master=False,
     probes=(*COMMON_PROBES, "migrations", "flower", "web", "scheduler", "logs"),
-    options=(),
+    options=("with_redis", "with_postgres", "db_allow"),
 )
 WORKER = Role(
     "worker",
@@ -70,7 +70,19 @@ WORKER = Role(
     options=("concurrency", "queues", "stop_timeout", "config_file", "from_master", "join"),
 )
 
-ROLES = {role.name: role for role in (MASTER, WORKER)}
+# the smallest real deployment: a master that runs tasks too; workers may join it as they join a master
+ALL_IN_ONE = Role(
+    "all-in-one",
+    "a master that also runs a Celery worker: the whole cluster on one host, which workers may join",
+    schedules=True,
+    runs_tasks=True,
+    creates_cluster=True,
+    follows_master=False,  # its worker reads the releases this host publishes itself
+    probes=(*MASTER.probes, "worker"),
+    options=(*MASTER.options, "concurrency", "queues", "stop_timeout"),
+)
+
+ROLES = {role.name: role for role in (MASTER, WORKER, ALL_IN_ONE)}
 # what a record of an unknown role (another version's) is taken for: a node that does nothing we count
 NO_ROLE = Role("unknown", "", False, False, False, False, (), ())
 NAMES = tuple(ROLES)
@@ -81,4 +93,4 @@ def role_named(name: str, where: str = "--role") -> Role:
     try:
         return ROLES[name]
     except (KeyError, TypeError):
-        raise UserError(f"{where}: unknown role {name!r} (expected {' or '.join(NAMES)})") from None
+        raise UserError(f"{where}: unknown role {name!r} (expected {', '.join(NAMES)})") from None

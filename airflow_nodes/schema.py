@@ -56,7 +56,7 @@ def dump_toml(obj: Any, schema: tuple[Field, ...], header: str) -> str:
             lines += ["", f"[{section}]"]
         value = get_attr(obj, field.attr)
         # JSON string escapes are valid TOML basic-string escapes.
-        lines.append(f"{field.key} = {json.dumps(value) if field.type is str else value}")
+        lines.append(f"{field.key} = {json.dumps(value) if field.type in (str, bool) else value}")
     return "\n".join(lines) + "\n"
 
 

@@ -120,6 +120,15 @@ class KeysFile:
                 found.append((name, rest.partition(",")[0]))
         return found
 
+    def worker_sources(self) -> list[tuple[str, str]]:
+        """(name, the address sshd saw it enroll from) of every enrolled worker: where it connects from."""
+        found = []
+        for line in self.read():
+            if isinstance(line, KeyLine) and line.tag.startswith(WORKER_TAG):
+                source = re.search(r'(?:^|,)from="([^"]*)"', line.options)
+                found.append((line.tag[len(WORKER_TAG) :].partition("@")[0], source[1] if source else ""))
+        return found
+
     @contextlib.contextmanager
     def _editing(self):
         """Hold a lock for a read-change-write of the file: two workers may join at the same moment.

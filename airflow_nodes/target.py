@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from airflow_nodes import execute
 from airflow_nodes.errors import UserError
 from airflow_nodes.node import under_root
 
-Runner = Callable[[Sequence[str]], None]  # runs one system command (useradd, systemctl, supervisorctl)
+Runner = Callable[..., None]  # runs one system command (useradd, systemctl, supervisorctl), maybe with input=
 
 
 @dataclass(frozen=True)

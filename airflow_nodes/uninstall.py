@@ -15,6 +15,8 @@ from airflow_nodes.context import load_context
 from airflow_nodes.errors import UserError
 from airflow_nodes.initsystems import all_init_systems
 from airflow_nodes.join import leave
+from airflow_nodes.localservers import DB_NAME, DB_USER, drop_database_sql, gather_facts, psql_command
+from airflow_nodes.localservers import retirements as server_retirements
 from airflow_nodes.node import CLUSTER_FILE, MANIFEST_FILE
 from airflow_nodes.plan import Plan
 from airflow_nodes.target import Target
@@ -25,6 +27,7 @@ class UninstallOutcome:
     applied: ApplyResult
     left: str  # what the master said when this joined worker left it ("" when it never joined)
     kept: str | None  # the cluster file, kept (no --purge)
+    kept_database: str = ""  # the database of our PostgreSQL, kept (no --purge)
 
 
 def uninstall(target: Target, purge: bool = False, force: bool = False) -> UninstallOutcome:
@@ -51,7 +54,14 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> Unins
         for node in nodes or [None]
         for rule in system.retirements(node, system.installed(node, target))
     ]
-    plan = Plan(retirements=tuple(rules), keep=keep, purge_secrets=purge)
+    rules += [rule for node in nodes or [None] for rule in server_retirements(node)]
+    database = ctx.node.local_postgres if ctx else ""
+    # the database holds the cluster's metadata: dropped with --purge only, as the cluster file's secrets
+    setup = ()
+    if purge and database:
+        facts = gather_facts(False, True, target, database)
+        setup = (psql_command(facts, drop_database_sql(), f"drop database {DB_NAME} and role {DB_USER} (--purge)"),)
+    plan = Plan(retirements=tuple(rules), keep=keep, purge_secrets=purge, setup=setup)
     planned = preview(plan, target, force=force)  # refuses (a link, a backup in the way) before anything
     left = leave(target, ctx) if ctx else ""  # a joined worker's key on the master goes with it
     result = apply(planned)
@@ -60,4 +70,5 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> Unins
         for directory in sorted(manifest.dirs, key=len, reverse=True):
             with contextlib.suppress(OSError):
                 target.path(directory).rmdir()
-    return UninstallOutcome(result, left, None if purge else str(target.path(CLUSTER_FILE)))
+    kept_database = "" if purge or not database else f"database {DB_NAME} in PostgreSQL {database}"
+    return UninstallOutcome(result, left, None if purge else str(target.path(CLUSTER_FILE)), kept_database)

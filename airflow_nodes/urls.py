@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from airflow_nodes.errors import UserError
 from airflow_nodes.redaction import redact_url
@@ -250,3 +250,13 @@ def url_host(host: str) -> str:
 def http_url(host: str, port: int) -> str:
     """Return http://HOST:PORT, with an IPv6 address in brackets."""
     return f"http://{url_host(host)}:{port}"
+
+
+def redis_url(host: str, port: int, password: str, db_index: int = 0) -> str:
+    """The broker URL of a Redis with a password and no user (requirepass): redis://:PASSWORD@HOST:PORT/DB."""
+    return f"redis://:{quote(password, safe='')}@{url_host(host)}:{port}/{db_index}"
+
+
+def postgres_url(user: str, password: str, host: str, port: int, database: str) -> str:
+    """The metadata DB URL: postgresql://USER:PASSWORD@HOST:PORT/DATABASE."""
+    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{url_host(host)}:{port}/{quote(database)}"

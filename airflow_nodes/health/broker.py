@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import MANAGED_HERE, Probe, ProbeInput, Result, Status
 from airflow_nodes.netio import describe_error
 from airflow_nodes.redaction import redact_url
 from airflow_nodes.redisclient import connect
@@ -74,7 +74,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
 
     cluster = probe_input.ctx.cluster
     url = cluster.broker_url
-    target = redact_url(url)
+    target = redact_url(url) + (f" ({MANAGED_HERE})" if probe_input.ctx.node.local_redis else "")
     db_index = int(broker_endpoints(url, "broker.url")[0].path or 0)
     started = time.monotonic()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
+from airflow_nodes.health.model import MANAGED_HERE, Probe, ProbeInput, Result, Status
 from airflow_nodes.netio import ProbeFailure, run_concurrently
 from airflow_nodes.pgclient import query_database
 from airflow_nodes.redaction import redact_url
@@ -23,6 +23,8 @@ def _targets(probe_input: ProbeInput) -> list[tuple[str, str]]:
         targets.append(("metadata", cluster.db_url))
     if libpq_url(result_backend) not in {libpq_url(url) for _, url in targets}:
         targets.append(("result backend", result_backend))
+    if probe_input.ctx.node.local_postgres:
+        targets = [(f"{label} ({MANAGED_HERE})", url) for label, url in targets]
     return [(label, libpq_url(url)) for label, url in targets]
 
 

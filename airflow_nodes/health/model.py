@@ -11,6 +11,8 @@ from airflow_nodes.exitcodes import CheckStatus as Status  # the Nagios states: 
 from airflow_nodes.target import Target
 
 # Which state wins when results are combined: a failure we saw outranks one we could not check.
+# how the redis and db probes name a server `init --with-redis / --with-postgres` set up on this host
+MANAGED_HERE = "local, managed by airflow-node"
 _SEVERITY = {Status.OK: 0, Status.WARNING: 1, Status.UNKNOWN: 2, Status.CRITICAL: 3}
 
 

@@ -30,7 +30,7 @@ def test_daemons_by_role_and_line(line):
 
 
 def test_an_unknown_role_is_refused_naming_the_option():
-    with pytest.raises(UserError, match=r"^--role: unknown role 'scheduler' \(expected master or worker\)$"):
+    with pytest.raises(UserError, match=r"^--role: unknown role 'scheduler' \(expected master, worker, all-in-one\)$"):
         role_named("scheduler")
 
 
