@@ -45,6 +45,7 @@ from airflow_nodes.localservers import (
     REDIS_PORT,
     REDIS_SERVICE,
     ServerFacts,
+    check_address,
     check_local_address,
     check_port_free,
     database_ready,
@@ -392,6 +393,8 @@ def with_server_urls(
     them, and notes on passwords generated. A password is generated once, when the server becomes ours;
     later inits keep it (the URL follows --master-host). Raise UserError naming the option that clashes."""
     host = request.master_host or (existing_cluster.master_host if existing_cluster else None)
+    if wanted and host is not None:
+        check_address(host, "--master-host (with " + ("--with-postgres)" if wanted.postgres else "--with-redis)"))
     notes, values = [], {}
     servers = (
         ("broker_url", "--with-redis", wanted.redis, bool(existing_node and existing_node.local_redis)),

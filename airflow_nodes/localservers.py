@@ -276,6 +276,14 @@ def psql_command(facts: ServerFacts, sql: str, reason: str) -> Command:
 # -- checks before anything changes ------------------------------------------------------------------
 
 
+def check_address(address: str, option: str) -> None:
+    """Redis binds, PostgreSQL listens on and pg_hba admits addresses, not names. Raise UserError naming the option."""
+    try:
+        ipaddress.ip_address(urls.bare_host(address))
+    except ValueError:
+        raise UserError(f"{option}: {address[:60]!r} is not an IP address; the servers listen on addresses") from None
+
+
 def check_local_address(address: str, option: str = "--master-host") -> None:
     """Redis and PostgreSQL listen on the master's address: it must be one of this host's. Raise
     UserError naming the option (binding a socket to it tells, and sends nothing)."""
@@ -325,6 +333,13 @@ def admitted_networks(ctx: NodeContext, facts: ServerFacts) -> list[tuple[str, s
     return list(unique.items())
 
 
+def listen_addresses(master_host: str, *loopback: str) -> list[str]:
+    """Loopback, and the master's address unless it is loopback itself: Redis will not start when told to
+    bind one address twice ("-" marks an address Redis may skip when it is missing, as ::1 may be)."""
+    master = urls.bare_host(master_host)
+    return list(loopback) if ipaddress.ip_address(master).is_loopback else [master, *loopback]
+
+
 def host_network(address: str) -> str:
     return str(ipaddress.ip_network(urls.bare_host(address)))
 
@@ -340,7 +355,7 @@ def plan_servers(ctx: NodeContext, facts: ServerFacts) -> tuple[list[PlannedFile
     if node.local_redis:
         password = urls.parse_url(cluster.broker_url, "broker.url").password
         conf = render("servers/redis.conf.j2", cluster=cluster.name, include="/etc/redis/redis.conf",
-                      bind=[urls.bare_host(cluster.master_host), "127.0.0.1", "-::1"], port=REDIS_PORT,
+                      bind=listen_addresses(cluster.master_host, "127.0.0.1", "-::1"), port=REDIS_PORT,
                       password=password, drop_in=REDIS_DROP_IN)  # fmt: skip
         drop_in = render("servers/redis-server.service.d.j2", conf=REDIS_CONF)
         files += [
@@ -354,7 +369,7 @@ def plan_servers(ctx: NodeContext, facts: ServerFacts) -> tuple[list[PlannedFile
         )))  # fmt: skip
     if node.local_postgres:
         conf_file = f"{facts.postgres_conf_dir}/conf.d/airflow-node.conf"
-        listen = ",".join(["localhost", urls.bare_host(cluster.master_host)])
+        listen = ",".join(listen_addresses(cluster.master_host, "localhost"))
         conf = render("servers/postgresql.conf.j2", cluster=cluster.name, listen=listen, hba_file=PG_HBA)
         hba = render("servers/pg_hba.conf.j2", cluster=cluster.name, database=DB_NAME, user=DB_USER,
                      admitted=admitted_networks(ctx, facts), version=facts.postgres_version,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from airflow_nodes.context import NodeContext
+from airflow_nodes.localservers import server_services
 from airflow_nodes.node import RELEASE_REQUESTS_DIR, STATE_DIR, SYSTEMD_DIR, NodeSettings
 from airflow_nodes.plan import Command, PlannedDir, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
@@ -29,6 +30,7 @@ def task_requests(ctx: NodeContext, daemon: Daemon) -> list[str]:
 
 def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
     migrate = [unit_name(d) for d in ctx.daemons if d.oneshot] if daemon.needs_migrated_db else []
+    servers = list(server_services(ctx.node))  # this host's Redis and PostgreSQL, if init set them up: first
     return render(
         "systemd/airflow-daemon.service.j2",
         unit=unit_name(daemon),
@@ -36,7 +38,8 @@ def _render_unit(ctx: NodeContext, daemon: Daemon) -> str:
         role=ctx.node.role,
         cluster_name=ctx.cluster.name,
         target=target_name(ctx),
-        after=migrate,
+        after=[*servers, *migrate],
+        wants=servers,
         requires=migrate,
         user=ctx.cluster.airflow_user,
         env_file=ctx.env_file,

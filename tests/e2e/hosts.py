@@ -11,12 +11,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
+
+from airflow_nodes.install import find_lock
 
 import conftest
 
@@ -32,6 +37,10 @@ ROOTFS_PACKAGES = {
     "openssh-client,iproute2,passwd,postgresql-client",  # pg_dump for `airflow-node upgrade`
     "trixie": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,openssh-client,"
     "iproute2,passwd",
+    # a fresh host as its package manager leaves it with Redis and PostgreSQL (the one-host cluster's
+    # `init --with-redis --with-postgres` finds them installed: the containers have no network)
+    "bookworm-servers": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,"
+    "openssh-server,openssh-client,iproute2,passwd,hostname,redis-server,postgresql",
 }
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -93,11 +102,11 @@ def debian_mirror() -> str:
     raise AssertionError("no Debian mirror in /etc/apt: cannot debootstrap the containers' root file systems")
 
 
-def cached_rootfs(suite: str) -> Path:
-    """A Debian root file system of `suite` for a container, built once (70-100 s) and kept; its name
-    carries a hash of the package list, so a changed list builds a new one."""
-    packages = ROOTFS_PACKAGES[suite]
-    name = f"rootfs-{suite}-{hashlib.sha256(packages.encode()).hexdigest()[:8]}"
+def cached_rootfs(kind: str) -> Path:
+    """A Debian root file system for a container (ROOTFS_PACKAGES: the suite, maybe -what it adds), built
+    once (70-100 s) and kept; its name carries a hash of the package list, so a changed list builds a new one."""
+    packages, suite = ROOTFS_PACKAGES[kind], kind.partition("-")[0]
+    name = f"rootfs-{kind}-{hashlib.sha256(packages.encode()).hexdigest()[:8]}"
     rootfs, done = CACHE / name, CACHE / f"{name}.complete"
     if done.exists():
         return rootfs
@@ -269,3 +278,185 @@ class Postgres:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+
+# -- the tool, and Airflow's wheels, for hosts without network -----------------------------------------
+
+TOOL = "/opt/airflow-node"  # the README's venv for the tool on a PEP 668 host
+HOST_ENV = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # not our PIP_*
+DEBIAN_PYTHON = "/usr/bin/python3.11"  # the same interpreter exists inside the Debian 12 containers
+REPO = Path(__file__).resolve().parents[2]
+# Airflow venvs and wheels kept between runs; outside /root, which the airflow user cannot enter.
+VENVS = Path(os.environ.get("AIRFLOW_NODES_E2E_VENVS", "/var/cache/airflow-nodes-e2e"))
+
+
+def tool_venv(workdir: Path) -> Path:
+    """airflow-nodes for this machine's Debian python: it builds the Airflow venvs and wheelhouses the
+    hosts install from (they have no network)."""
+    venv = workdir / "tool"
+    sh([DEBIAN_PYTHON, "-m", "venv", venv])
+    # --no-cache: uv would reuse a wheel built from an older state of this work tree
+    sh(["uv", "pip", "install", "-q", "--no-cache", "--python", venv / "bin" / "python", REPO], timeout=600)
+    return venv
+
+
+def tool_wheels(workdir: Path, pythons: dict[str, Path | str]) -> Path:
+    """Wheels of airflow-nodes and what it needs, for each Python line the hosts run (line -> interpreter):
+    what `pip install airflow-nodes` would fetch from PyPI, for hosts without network."""
+    wheels = workdir / "wheels"
+    # each with the hosts' own Python: Debian 12's 3.11.2 needs a package pyenv's 3.11.7 does not
+    for python in sorted(pythons):
+        sh([pythons[python], "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", wheels, REPO],
+           timeout=600)  # fmt: skip
+    return wheels
+
+
+def install_tool(host, wheels: Path) -> None:
+    """The README's install on a PEP 668 host (the system python refuses pip): a venv in /opt, a link
+    on PATH; offline here, so pip reads the wheels instead of PyPI."""
+    host.run("python3", "-m", "venv", TOOL, env=HOST_ENV)
+    host.run(f"{TOOL}/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index", "--find-links",
+             wheels, "airflow-nodes", timeout=600, env=HOST_ENV)  # fmt: skip
+    host.run("ln", "-sfn", f"{TOOL}/bin/airflow-node", "/usr/local/bin/airflow-node", env=HOST_ENV)
+
+
+def airflow_venv(tool: Path, version: str) -> Path:
+    """The pinned Airflow for this machine's Debian python, kept between runs: the hosts that share this
+    machine's /usr (the workers in namespaces) run it."""
+    venv = VENVS / f"airflow-{version}" / "venv"
+    result = sh([tool / "bin" / "airflow-node", "install-airflow", "--version", version, "--venv", venv,
+                 "--python", DEBIAN_PYTHON, "--force"], timeout=1800)  # fmt: skip
+    print(result.stdout.splitlines()[-1])
+    return venv
+
+
+def cached_wheelhouse(tool: Path, version: str, python: str) -> Path:
+    """`airflow-node wheelhouse` here (with network) for hosts without: a lock's wheels, kept between runs."""
+    lock = find_lock(version, python)
+    wheelhouse = VENVS / f"wheels-{version}-py{python}-{lock.package_hash[:8]}"
+    if not (wheelhouse / ".complete").exists():  # 155 downloads
+        sh([tool / "bin" / "airflow-node", "wheelhouse", wheelhouse, "--version", version,
+            "--python", conftest.interpreter(python)], timeout=1800)  # fmt: skip
+        (wheelhouse / ".complete").touch()
+    return wheelhouse
+
+
+# -- Airflow's REST API, called from inside the master's network namespace -----------------------------
+
+API_CLIENT = r"""
+import json, sys, urllib.request
+request = json.load(sys.stdin)
+req = urllib.request.Request(request["url"], method=request["method"],
+                             data=json.dumps(request["body"]).encode() if request["body"] is not None else None)
+req.add_header("Content-Type", "application/json")
+req.add_header("Accept", "application/json")
+if request["authorization"]:
+    req.add_header("Authorization", request["authorization"])
+try:
+    with urllib.request.urlopen(req, timeout=20) as response:
+        print(json.dumps({"status": response.status, "body": response.read().decode()}))
+except urllib.error.HTTPError as error:
+    print(json.dumps({"status": error.code, "body": error.read().decode()}))
+except OSError as error:
+    print(json.dumps({"status": 0, "body": str(error)}))
+"""
+
+
+class AirflowApi:
+    """A master's REST API as a user reaches it: through its web port, from inside its network namespace."""
+
+    def __init__(self, namespace: str, address: str, python: Path, airflow3: bool = True, port: int = 8080):
+        self.api_namespace, self.api_base, self.api_python = namespace, f"http://{address}:{port}", python
+        self.airflow3 = airflow3  # the upgrade scenario moves it, and api_root with it
+        self.api_root = "/api/v2" if airflow3 else "/api/v1"
+        self.authorization: str | None = None
+
+    def api(self, method: str, path: str, body: object = None, token: bool = True) -> tuple[int, object]:
+        request = {"url": f"{self.api_base}{path}", "method": method, "body": body,
+                   "authorization": self.authorization if token else None}  # fmt: skip
+        result = sh(["ip", "netns", "exec", self.api_namespace, self.api_python, "-c", API_CLIENT],
+                    input=json.dumps(request))  # fmt: skip
+        answer = json.loads(result.stdout)
+        try:
+            return answer["status"], json.loads(answer["body"])
+        except ValueError:
+            return answer["status"], answer["body"]
+
+    def login_simple_auth_manager(self, master) -> None:
+        """Airflow 3: the api-server writes the admin's password at start (the file init points to);
+        trade it for a token."""
+        passwords = "/opt/airflow/simple_auth_manager_passwords.json.generated"
+        wait_for(lambda: master.run("test", "-s", passwords, check=False).returncode == 0, 120,
+                 "the api-server's generated admin password")  # fmt: skip
+        password = json.loads(master.run("cat", passwords).stdout)["admin"]
+
+        def token() -> str | None:
+            status, body = self.api("POST", "/auth/token", {"username": "admin", "password": password}, token=False)
+            assert status in (0, 200, 201), body  # 0: not listening yet
+            return body["access_token"] if status else None
+
+        self.authorization = "Bearer " + wait_for(token, 120, "the api-server to issue a token", interval=1)
+
+    def run_dag(self, dag_id: str, timeout: float = 240, while_running=None) -> str:
+        """Trigger a DAG, wait for the run to finish, return its run_id. Assert it succeeded."""
+        run_id = self.trigger_dag(dag_id)
+        if while_running:
+            while_running(run_id)
+        self.wait_run(dag_id, run_id, timeout)
+        return run_id
+
+    def trigger_dag(self, dag_id: str) -> str:
+        wait_for(lambda: self.api("GET", f"{self.api_root}/dags/{dag_id}")[0] == 200, 180, f"DAG {dag_id} parsed")
+        status, body = self.api(
+            "POST", f"{self.api_root}/dags/{dag_id}/dagRuns", {"logical_date": None} if self.airflow3 else {}
+        )
+        assert status == 200, body
+        return body["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 240) -> None:
+        """Wait for a run to finish; assert it succeeded."""
+        finished = lambda: (state := self.run_state(dag_id, run_id)) in ("success", "failed") and state  # noqa: E731
+        state = wait_for(finished, timeout, f"{dag_id} run {run_id} to finish", interval=1)
+        assert state == "success", self.task_states(dag_id, run_id)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1][
+            "task_instances"
+        ]
+
+    def results(self, dag_id: str, run_id: str) -> dict[str, str]:
+        """Each task's return value (a BashOperator's last line), read through the API."""
+        values = {}
+        for task in self.task_instances(dag_id, run_id):
+            path = f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task['task_id']}"
+            status, body = self.api("GET", f"{path}/xcomEntries/return_value")
+            assert status == 200, body
+            values[task["task_id"]] = str(body["value"]).strip('"')
+        return values
+
+    def task_states(self, dag_id: str, run_id: str) -> list[tuple]:
+        return [(t["task_id"], t["state"], t.get("hostname")) for t in self.task_instances(dag_id, run_id)]
+
+
+class Steps:
+    """Names the step being run, and records durations, so a failure says where it happened."""
+
+    def __init__(self) -> None:
+        self.current = "setup"
+        self.timings: list[tuple[str, float]] = []
+        self.started = time.monotonic()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.current, start = name, time.monotonic()
+        print(f"\n=== {name}", flush=True)
+        yield
+        self.timings.append((name, time.monotonic() - start))
+        print(f"    done in {time.monotonic() - start:.1f}s", flush=True)
+
+    def report(self) -> str:
+        lines = [f"{seconds:7.1f}s  {name}" for name, seconds in self.timings]
+        return "\n".join([*lines, f"total {time.monotonic() - self.started:.1f}s"])

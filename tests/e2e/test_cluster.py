@@ -36,18 +36,33 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hosts import SUBNET, Container, Network, Postgres, Redis, Worker, cached_rootfs, sh, wait_for
+from hosts import (
+    PREFIX,
+    SUBNET,
+    TOOL,
+    VENVS,
+    AirflowApi,
+    Container,
+    Network,
+    Postgres,
+    Redis,
+    Steps,
+    Worker,
+    airflow_venv,
+    cached_rootfs,
+    cached_wheelhouse,
+    install_tool,
+    sh,
+    tool_venv,
+    tool_wheels,
+    wait_for,
+)
 
-from airflow_nodes.install import find_lock
 from airflow_nodes.node import OWN_SUPERVISORD_CONF
 
 from conftest import interpreter
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
-# Airflow venvs kept between runs; outside /root, which the airflow user cannot enter.
-VENVS = Path(os.environ.get("AIRFLOW_NODES_E2E_VENVS", "/var/cache/airflow-nodes-e2e"))
-DEBIAN_PYTHON = "/usr/bin/python3.11"  # the same interpreter exists inside the Debian 12 containers
 AIRFLOW_VERSION = os.environ.get("E2E_AIRFLOW_VERSION", "3.3.2")
 AIRFLOW_3 = AIRFLOW_VERSION.startswith("3.")
 MASTER = f"{SUBNET}.1"
@@ -59,7 +74,6 @@ SYSTEMD_WORKER = "worker3"
 SYSTEMD_WORKER_SUITE, SYSTEMD_WORKER_PYTHON = ("trixie", "3.13") if AIRFLOW_3 else ("bookworm", "3.11")
 DATA_DIR = "/srv/data"  # on worker3: the directory `init --writable-path` lets tasks write
 WHEELS_DIR = "/srv/wheels"  # on worker3: `init --wheelhouse`, where a new Airflow's wheels are put
-TOOL = "/opt/airflow-node"  # the README's venv for the tool on a PEP 668 host
 # Secrets with characters that need URL quoting and %-escaping in every format we write.
 REDIS_PASSWORD = "redis-Pw%42!e2e"
 DB_PASSWORD = "pg-P@ss%w0rd:e2e"
@@ -136,104 +150,22 @@ else:
     MASTER_DAEMONS = ("webserver", "scheduler", "triggerer", "celery flower")
 DAGS, NEW_DAG = DAG_FILE.format(imports=IMPORTS), NEW_DAG_FILE.format(imports=IMPORTS)
 
-API_CLIENT = r"""
-import json, sys, urllib.request
-request = json.load(sys.stdin)
-req = urllib.request.Request(request["url"], method=request["method"],
-                             data=json.dumps(request["body"]).encode() if request["body"] is not None else None)
-req.add_header("Content-Type", "application/json")
-req.add_header("Accept", "application/json")
-if request["authorization"]:
-    req.add_header("Authorization", request["authorization"])
-try:
-    with urllib.request.urlopen(req, timeout=20) as response:
-        print(json.dumps({"status": response.status, "body": response.read().decode()}))
-except urllib.error.HTTPError as error:
-    print(json.dumps({"status": error.code, "body": error.read().decode()}))
-except OSError as error:
-    print(json.dumps({"status": 0, "body": str(error)}))
-"""
 
-
-class Steps:
-    """Names the step being run, and records durations, so a failure says where it happened."""
-
-    def __init__(self) -> None:
-        self.current = "setup"
-        self.timings: list[tuple[str, float]] = []
-        self.started = time.monotonic()
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        self.current, start = name, time.monotonic()
-        print(f"\n=== {name}", flush=True)
-        yield
-        self.timings.append((name, time.monotonic() - start))
-        print(f"    done in {time.monotonic() - start:.1f}s", flush=True)
-
-
-class Cluster:
+class Cluster(AirflowApi):
     def __init__(self, workdir: Path):
+        super().__init__(f"{PREFIX}-master", MASTER, Path("python"), AIRFLOW_3)  # the tool's python, once built
         self.workdir = workdir
         self.closers: list = []
         self.workers: dict[str, Worker] = {}
-        self.authorization: str | None = None
         self.printed: list[str] = []  # everything airflow-node printed, scanned for secrets at the end
-        self.airflow3, self.api_root = AIRFLOW_3, API  # the upgrade scenario moves both
 
     # -- building ---------------------------------------------------------------------------
-
-    def tool_venv(self) -> Path:
-        """airflow-nodes for this machine's Debian python: it builds the Airflow venvs and wheelhouse
-        the hosts install from (they have no network)."""
-        venv = self.workdir / "tool"
-        sh([DEBIAN_PYTHON, "-m", "venv", venv])
-        # --no-cache: uv would reuse a wheel built from an older state of this work tree
-        sh(["uv", "pip", "install", "-q", "--no-cache", "--python", venv / "bin" / "python", REPO], timeout=600)
-        return venv
-
-    def tool_wheels(self) -> Path:
-        """Wheels of airflow-nodes and what it needs, for each Python the hosts run: what `pip install
-        airflow-nodes` would fetch from PyPI, for hosts without network."""
-        wheels = self.workdir / "wheels"
-        # each with the hosts' own Python: Debian 12's 3.11.2 needs a package pyenv's 3.11.7 does not
-        pythons = {"3.11": self.tool / "bin" / "python", "3.13": interpreter("3.13")}
-        for python in sorted({"3.11", SYSTEMD_WORKER_PYTHON}):
-            sh([pythons[python], "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", wheels, REPO],
-               timeout=600)  # fmt: skip
-        return wheels
-
-    def install_tool(self, host) -> None:
-        """The README's install on a PEP 668 host (the system python refuses pip): a venv in /opt,
-        a link on PATH; offline here, so pip reads the wheels instead of PyPI."""
-        env = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # not our PIP_*
-        host.run("python3", "-m", "venv", TOOL, env=env)
-        host.run(f"{TOOL}/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index", "--find-links",
-                 self.wheels, "airflow-nodes", timeout=600, env=env)  # fmt: skip
-        host.run("ln", "-sfn", f"{TOOL}/bin/airflow-node", "/usr/local/bin/airflow-node", env=env)
-
-    def airflow_venv(self) -> Path:
-        venv = VENVS / f"airflow-{AIRFLOW_VERSION}" / "venv"
-        result = sh([self.tool / "bin" / "airflow-node", "install-airflow", "--version", AIRFLOW_VERSION,
-                     "--venv", venv, "--python", DEBIAN_PYTHON, "--force"], timeout=1800)  # fmt: skip
-        print(result.stdout.splitlines()[-1])
-        return venv
-
-    def wheelhouse(self, version: str, python: str) -> Path:
-        """`airflow-node wheelhouse` here (with network) for hosts without: a lock's wheels, kept between runs."""
-        lock = find_lock(version, python)
-        wheelhouse = VENVS / f"wheels-{version}-py{python}-{lock.package_hash[:8]}"
-        if not (wheelhouse / ".complete").exists():  # 155 downloads
-            sh([self.tool / "bin" / "airflow-node", "wheelhouse", wheelhouse, "--version", version,
-                "--python", interpreter(python)], timeout=1800)  # fmt: skip
-            (wheelhouse / ".complete").touch()
-        return wheelhouse
 
     def systemd_worker_venv(self, host: Container) -> Path:
         """worker3's Airflow, a venv of its own for its own python: `airflow-node wheelhouse` here (with
         network), then `install-airflow --wheelhouse` on the host, the README's offline path."""
         venv = VENVS / f"airflow-{AIRFLOW_VERSION}-py{SYSTEMD_WORKER_PYTHON}" / "venv"
-        wheelhouse = self.wheelhouse(AIRFLOW_VERSION, SYSTEMD_WORKER_PYTHON)
+        wheelhouse = cached_wheelhouse(self.tool, AIRFLOW_VERSION, SYSTEMD_WORKER_PYTHON)
         python = f"/usr/bin/python{SYSTEMD_WORKER_PYTHON}"
         result = self.node(host, "install-airflow", "--version", AIRFLOW_VERSION, "--venv", venv, "--python", python,
                            "--wheelhouse", wheelhouse, "--force", timeout=1800)  # fmt: skip
@@ -241,9 +173,11 @@ class Cluster:
         return venv
 
     def start(self) -> None:
-        self.tool = self.tool_venv()
-        self.wheels = self.tool_wheels()
-        self.venv = self.airflow_venv()
+        self.tool = tool_venv(self.workdir)
+        self.api_python = self.tool / "bin" / "python"
+        pythons = {"3.11": self.api_python, "3.13": interpreter("3.13")}
+        self.wheels = tool_wheels(self.workdir, {p: pythons[p] for p in {"3.11", SYSTEMD_WORKER_PYTHON}})
+        self.venv = airflow_venv(self.tool, AIRFLOW_VERSION)
         self.network = Network()
         self.closers.append(self.network.close)
         master_ns = self.network.add_host("master", MASTER)
@@ -264,7 +198,7 @@ class Cluster:
             self.closers.append(worker.close)
             self.workers[name] = worker
         for host in [self.master, *self.workers.values()]:
-            self.install_tool(host)
+            install_tool(host, self.wheels)
         self.venvs = {name: self.venv for name in WORKERS}
         self.venvs[SYSTEMD_WORKER] = self.systemd_worker_venv(self.workers[SYSTEMD_WORKER])
 
@@ -325,36 +259,11 @@ class Cluster:
     def health(self, host, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.node(host, "health", *args, check=False, timeout=timeout)
 
-    def api(self, method: str, path: str, body: object = None, token: bool = True) -> tuple[int, object]:
-        request = {"url": f"http://{MASTER}:8080{path}", "method": method, "body": body,
-                   "authorization": self.authorization if token else None}  # fmt: skip
-        result = sh(["ip", "netns", "exec", "afe2e-master", f"{self.tool}/bin/python", "-c", API_CLIENT],
-                    input=json.dumps(request))  # fmt: skip
-        answer = json.loads(result.stdout)
-        try:
-            return answer["status"], json.loads(answer["body"])
-        except ValueError:
-            return answer["status"], answer["body"]
-
     def login(self) -> None:
         if self.airflow3:
-            self.login_simple_auth_manager()
+            self.login_simple_auth_manager(self.master)
         else:
             self.login_fab()
-
-    def login_simple_auth_manager(self) -> None:
-        """Airflow 3: the api-server writes the admin's password at start; trade it for a token."""
-        passwords = "/opt/airflow/simple_auth_manager_passwords.json.generated"
-        wait_for(lambda: self.master.run("test", "-s", passwords, check=False).returncode == 0, 120,
-                 "the api-server's generated admin password")  # fmt: skip
-        password = json.loads(self.master.run("cat", passwords).stdout)["admin"]
-
-        def token() -> str | None:
-            status, body = self.api("POST", "/auth/token", {"username": "admin", "password": password}, token=False)
-            assert status in (0, 200, 201), body  # 0: not listening yet
-            return body["access_token"] if status else None
-
-        self.authorization = "Bearer " + wait_for(token, 120, "the api-server to issue a token", interval=1)
 
     def login_fab(self) -> None:
         """Airflow 2: create an admin user as an operator would (`airflow users create`); use basic auth."""
@@ -367,49 +276,6 @@ class Cluster:
         wait_for(
             lambda: self.api("GET", f"{self.api_root}/dags")[0] == 200, 180, "the webserver to answer with basic auth"
         )
-
-    def run_dag(self, dag_id: str, timeout: float = 240, while_running=None) -> str:
-        """Trigger a DAG, wait for the run to finish, return its run_id. Assert it succeeded."""
-        run_id = self.trigger_dag(dag_id)
-        if while_running:
-            while_running(run_id)
-        self.wait_run(dag_id, run_id, timeout)
-        return run_id
-
-    def trigger_dag(self, dag_id: str) -> str:
-        wait_for(lambda: self.api("GET", f"{self.api_root}/dags/{dag_id}")[0] == 200, 180, f"DAG {dag_id} parsed")
-        status, body = self.api(
-            "POST", f"{self.api_root}/dags/{dag_id}/dagRuns", {"logical_date": None} if self.airflow3 else {}
-        )
-        assert status == 200, body
-        return body["dag_run_id"]
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
-
-    def wait_run(self, dag_id: str, run_id: str, timeout: float = 240) -> None:
-        """Wait for a run to finish; assert it succeeded."""
-        finished = lambda: (state := self.run_state(dag_id, run_id)) in ("success", "failed") and state  # noqa: E731
-        state = wait_for(finished, timeout, f"{dag_id} run {run_id} to finish", interval=1)
-        assert state == "success", self.task_states(dag_id, run_id)
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1][
-            "task_instances"
-        ]
-
-    def results(self, dag_id: str, run_id: str) -> dict[str, str]:
-        """Each task's return value (a BashOperator's last line), read through the API."""
-        values = {}
-        for task in self.task_instances(dag_id, run_id):
-            path = f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task['task_id']}"
-            status, body = self.api("GET", f"{path}/xcomEntries/return_value")
-            assert status == 200, body
-            values[task["task_id"]] = str(body["value"]).strip('"')
-        return values
-
-    def task_states(self, dag_id: str, run_id: str) -> list[tuple]:
-        return [(t["task_id"], t["state"], t.get("hostname")) for t in self.task_instances(dag_id, run_id)]
 
     def daemon_logs(self) -> str:
         parts = []
@@ -533,8 +399,7 @@ def test_cluster_built_only_with_airflow_node(cluster):
         print(f"\n!!! FAILED at step: {step.current}\n{cluster.diagnose()}", flush=True)
         raise
     finally:
-        print("\n".join(f"{seconds:7.1f}s  {name}" for name, seconds in step.timings))
-        print(f"total {time.monotonic() - step.started:.1f}s")
+        print(step.report())
 
 
 def run_scenario(cluster: Cluster, step: Steps) -> None:
@@ -801,7 +666,7 @@ def run_scenario(cluster: Cluster, step: Steps) -> None:
 def run_upgrade_scenario(cluster: Cluster, step: Steps) -> None:
     """The 2.11 cluster moves to Airflow 3.3.2: `airflow-node upgrade` on the master, `sync` on the workers."""
     master, to = cluster.master, "3.3.2"
-    wheelhouse = cluster.wheelhouse(to, "3.11")  # the hosts have no network: the README's offline path
+    wheelhouse = cached_wheelhouse(cluster.tool, to, "3.11")  # the hosts have no network: the README's offline path
 
     def state(host) -> str:
         return host.run("sh", "-c", f"sha256sum /etc/airflow-node/*.toml /opt/airflow/airflow.cfg "
@@ -879,7 +744,7 @@ def run_upgrade_scenario(cluster: Cluster, step: Steps) -> None:
 
     with step("U4. the workers follow with `airflow-node sync`: built aside, stopped, restarted on 3.3.2"):
         # worker3 installs offline: its operator puts the new Airflow's wheels in its wheelhouse first
-        worker3_wheels = cluster.wheelhouse(to, SYSTEMD_WORKER_PYTHON)
+        worker3_wheels = cached_wheelhouse(cluster.tool, to, SYSTEMD_WORKER_PYTHON)
         venv3 = cluster.venvs[SYSTEMD_WORKER]  # a build kept from an earlier run would make this one a no-op
         cluster.workers[SYSTEMD_WORKER].run("sh", "-c", f"rm -rf {venv3}.releases/airflow-{to}-*")
         cluster.workers[SYSTEMD_WORKER].run(

@@ -158,6 +158,7 @@ def test_a_distribution_we_do_not_set_up_is_refused_in_one_line(run_cli, tmp_pat
         (["--broker-url", "redis://:x@10.20.0.1:6379/0"], "--broker-url: not with --with-redis"),
         (["--init-system", "supervisor"], "--with-postgres: the distribution's Redis and PostgreSQL run as systemd"),
         (["--db-allow", "10.20.0.0/33"], "--db-allow: '10.20.0.0/33' is not an IP network"),
+        (["--master-host", "master.example"], "--master-host (with --with-postgres): 'master.example' is not an IP"),
         (["--db-allow", "10.0.0.1\nhost all all 0.0.0.0/0 trust"], "--db-allow: "),
     ],
 )
