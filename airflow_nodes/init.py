@@ -55,13 +55,14 @@ from airflow_nodes.localservers import (
 )
 from airflow_nodes.node import (
     CLUSTER_FILE,
+    DAGS_AUTHORING_DIR,
     NODE_FILE,
     NODE_SCHEMA,
     NodeSettings,
     parse_node,
     validate_node,
 )
-from airflow_nodes.nodeplan import NodeCredentials, reconcile_node
+from airflow_nodes.nodeplan import NodeCredentials, dags_source_is_default, reconcile_node
 from airflow_nodes.roles import ROLES, Role, role_named
 from airflow_nodes.schema import check_abs_path, check_host
 from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
@@ -521,6 +522,8 @@ def after_init(outcome: InitOutcome, target: Target, start: bool) -> str:
     if not outcome.node.duties.creates_cluster:
         return "\n".join(lines or ["start it: airflow-node start"])
     lines.append(web_ui_note(outcome.cluster) if start else "start it: airflow-node start")
+    if dags_source_is_default(outcome.cluster):
+        lines.append(f"DAGs: put them in {DAGS_AUTHORING_DIR}, then run `airflow-node sync` (cron runs it too)")
     if not any(note.startswith("generated the cluster secrets") for note in outcome.notes):
         lines.append("join a worker: run `airflow-node join-token` here for its command (a token valid for an hour)")
         return "\n".join(lines)
