@@ -342,6 +342,11 @@ class WantedServers:
     def __bool__(self) -> bool:
         return self.redis or self.postgres
 
+    @property
+    def option(self) -> str:
+        """The option an error about them names."""
+        return "--with-postgres" if self.postgres else "--with-redis"
+
     def facts(self, target: Target) -> ServerFacts:
         return gather_facts(self.redis, self.postgres, target, self.postgres_cluster)
 
@@ -364,12 +369,24 @@ def install_requested_servers(request: InitRequest, target: Target, dry_run: boo
     wanted = wanted_servers(request, _existing_node(target))
     if not wanted:
         return ""
-    commands = install_commands(wanted.facts(target))
+    facts = wanted.facts(target)
+    host = request.master_host or _existing_master_host(target)
+    if target.real_system and host:  # refused before a package is installed
+        check_address_and_ports(host, wanted, facts)
+    commands = install_commands(facts)
     if dry_run or not target.real_system:
         return "\n".join(f"  would run: {' '.join(c.argv)}   # {c.reason}" for c in commands)
     for command in commands:
         run_checked(command.argv)
     return "\n".join(f"  ran: {' '.join(c.argv)}   # {c.reason}" for c in commands)
+
+
+def _existing_master_host(target: Target) -> str | None:
+    text = _read_existing(target, CLUSTER_FILE)
+    try:
+        return parse_cluster(text.decode(), str(target.path(CLUSTER_FILE))).master_host if text else None
+    except (UnicodeDecodeError, UserError):
+        return None  # plan_init says what is wrong with it
 
 
 def _existing_node(target: Target) -> NodeSettings | None:
@@ -395,7 +412,7 @@ def with_server_urls(
     later inits keep it (the URL follows --master-host). Raise UserError naming the option that clashes."""
     host = request.master_host or (existing_cluster.master_host if existing_cluster else None)
     if wanted and host is not None:
-        check_address(host, "--master-host (with " + ("--with-postgres)" if wanted.postgres else "--with-redis)"))
+        check_address(host, f"--master-host (with {wanted.option})")
     notes, values = [], {}
     servers = (
         ("broker_url", "--with-redis", wanted.redis, bool(existing_node and existing_node.local_redis)),
@@ -422,17 +439,24 @@ def with_server_urls(
     return dataclasses.replace(request, **values), notes
 
 
-def check_servers(cluster: ClusterConfig, wanted: WantedServers, facts: ServerFacts) -> ServerFacts:
-    """On the real system, before anything changes: the master's address is this host's, the ports are
-    free or held by the servers we configure, PostgreSQL lets us in. Return the facts with what the
-    database holds. Raise UserError naming the option."""
-    option = "--with-postgres" if wanted.postgres else "--with-redis"
-    check_local_address(cluster.master_host, f"--master-host (with {option})")
+def check_address_and_ports(master_host: str, wanted: WantedServers, facts: ServerFacts) -> None:
+    """On the real system: the master's address is one of this host's, and the servers' ports are free or
+    held by the services we configure. Raise UserError naming the option."""
+    option = f"--master-host (with {wanted.option})"
+    check_address(master_host, option)
+    check_local_address(master_host, option)
     if wanted.redis:
         check_port_free(REDIS_PORT, REDIS_SERVICE, "--with-redis")
+    if wanted.postgres:
+        check_port_free(facts.postgres_port, facts.postgres_service, "--with-postgres")
+
+
+def check_servers(cluster: ClusterConfig, wanted: WantedServers, facts: ServerFacts) -> ServerFacts:
+    """On the real system, before anything changes: the address and the ports (check_address_and_ports),
+    and PostgreSQL lets us in. Return the facts with what the database holds. Raise UserError naming the option."""
+    check_address_and_ports(cluster.master_host, wanted, facts)
     if not wanted.postgres or not facts.postgres_cluster_exists:
         return facts
-    check_port_free(facts.postgres_port, facts.postgres_service, "--with-postgres")
     password = urls.parse_url(cluster.db_url, "database.url").password
     return dataclasses.replace(facts, database_ready=database_ready(facts, password))
 
@@ -499,8 +523,7 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
     node = node_settings(request, existing_node, str(install.version), install.airflow_bin, target, cluster.master_host)
     if facts:
         if node.init_system != "systemd":
-            option = "--with-postgres" if wanted.postgres else "--with-redis"
-            raise UserError(f"{option}: the distribution's Redis and PostgreSQL run as systemd services; this node "
+            raise UserError(f"{wanted.option}: the distribution's Redis and PostgreSQL run as systemd services; this node "
                             f"runs under {node.init_system}: give --broker-url and --db-url instead")  # fmt: skip
         node = dataclasses.replace(node, local_redis=wanted.redis,
                                    local_postgres=facts.postgres_cluster if wanted.postgres else "")  # fmt: skip
