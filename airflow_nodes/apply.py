@@ -443,10 +443,10 @@ def _run_all(prev: Preview, commands: list[Command], result: ApplyResult, tolera
                     prev.target.runner(command.only_if)
                 except OperationError:
                     continue  # say, supervisord not running yet: starting it reads the new config
-            if command.input is None:
+            if command.input is None and command.user is None:
                 prev.target.runner(command.argv)
             else:
-                prev.target.runner(command.argv, input=command.input)
+                prev.target.runner(command.argv, input=command.input, user=command.user)
         except OperationError as exc:
             if not tolerate:
                 raise

@@ -157,8 +157,10 @@ def init(target: Target, dry_run: bool, force: bool, start: bool, **options: obj
         echo(check_token(options["join"]))
         return
     request, installed = install_requested_airflow(InitRequest(**options), target, dry_run, progress=echo)
+    outcome = plan_init(request, target, force=force)  # every option checked before a package is installed
     servers_installed = install_requested_servers(request, target, dry_run)
-    outcome = plan_init(request, target, force=force)
+    if servers_installed and target.real_system and not dry_run:
+        outcome = plan_init(request, target, force=force)  # with the servers as installed now
     for done in (installed, servers_installed):  # before the plan: they run (or would) before it is made
         if done:
             echo(done)

@@ -7,6 +7,7 @@ place decides the environment, dropping to another user, timeouts, and how a fai
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -14,7 +15,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from airflow_nodes.errors import OperationError
+from airflow_nodes.errors import OperationError, UserError
 
 
 class CommandError(OperationError):
@@ -149,7 +150,52 @@ def run_streaming(
         raise CommandError(what, f"{tail[-1] if tail else 'no output'} (exit {process.returncode})", process.returncode)
 
 
-def run_checked(argv: Sequence[str], input: str | None = None) -> None:
-    """Run a system command for apply (useradd, systemctl, supervisorctl, psql with SQL on stdin), from /
-    (psql runs as postgres, who may not enter ours). Raise CommandError on failure."""
-    run(argv, timeout=600, input=input, cwd="/")
+def run_checked(argv: Sequence[str], input: str | None = None, user: str | None = None) -> None:
+    """Run a system command for apply (useradd, systemctl, supervisorctl; psql as postgres with SQL on
+    stdin: as another account, with none of our environment, which may hold a password). Raise
+    CommandError on failure."""
+    run(argv, timeout=600, input=input, user=user, clean_env=user is not None)
+
+
+class NoSuchAccount(UserError):
+    """as_user: the account does not exist (yet)."""
+
+
+def as_user(user: str | None, action, *args):
+    """Run action(*args) as `user` in a child process (root edits the airflow user's files only as that
+    user: a link that user planted then leads nowhere root could not otherwise go). Return its result,
+    which must be JSON; the child's UserError or OperationError is raised here."""
+    if not user:
+        return action(*args)
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise NoSuchAccount(f"{user}: no such user here (run `airflow-node init` first)") from None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            try:
+                outcome = {"ok": True, "value": action(*args)}
+            except (UserError, OperationError) as exc:
+                outcome = {"ok": False, "user_error": isinstance(exc, UserError), "message": str(exc)}
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, never run on as the caller
+                outcome = {"ok": False, "user_error": False, "message": f"{exc.__class__.__name__}: {exc}"}
+            os.write(write_end, json.dumps(outcome).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read(1 << 20)
+    os.waitpid(pid, 0)
+    try:
+        outcome = json.loads(data)
+    except ValueError:
+        outcome = {"ok": False, "user_error": False, "message": f"editing as {user} failed"}
+    if outcome["ok"]:
+        return outcome["value"]
+    raise (UserError if outcome["user_error"] else OperationError)(outcome["message"])

@@ -23,7 +23,6 @@ from airflow_nodes.cluster import (
     validate_cluster,
 )
 from airflow_nodes.config_sync import fetch_master_cluster_file
-from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
 from airflow_nodes.dagsource import parse_ssh_endpoint
 from airflow_nodes.detect import (
@@ -38,7 +37,7 @@ from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import run_checked
 from airflow_nodes.initsystems import init_system as init_system_named
 from airflow_nodes.install import find_lock, install_airflow, python_version
-from airflow_nodes.join import enrolled_sources, join, master_join_token, parse_token, token_command
+from airflow_nodes.join import join, master_join_token, parse_token, token_command
 from airflow_nodes.localservers import (
     DB_NAME,
     DB_USER,
@@ -48,10 +47,11 @@ from airflow_nodes.localservers import (
     check_address,
     check_local_address,
     check_port_free,
+    cluster_commands,
     database_ready,
     gather_facts,
     generated_password,
-    install_commands,
+    package_commands,
 )
 from airflow_nodes.node import (
     CLUSTER_FILE,
@@ -361,32 +361,27 @@ def wanted_servers(request: InitRequest, existing: NodeSettings | None) -> Wante
 
 
 def install_requested_servers(request: InitRequest, target: Target, dry_run: bool) -> str:
-    """With --with-redis / --with-postgres, install what the distribution lacks of them before the node
-    is planned (its packages, a PostgreSQL cluster); return what was done. Under --dry-run or --root the
-    commands are only listed."""
+    """With --with-redis / --with-postgres, install what the distribution lacks of them (its packages, then
+    a PostgreSQL cluster where they made none); return what was done, "" when nothing was. Run after
+    plan_init has checked every option, before the plan is made again with what is installed. Under
+    --dry-run or --root the commands are only listed."""
     if not role_named(request.role).creates_cluster:
         return ""
     wanted = wanted_servers(request, _existing_node(target))
     if not wanted:
         return ""
     facts = wanted.facts(target)
-    host = request.master_host or _existing_master_host(target)
-    if target.real_system and host:  # refused before a package is installed
-        check_address_and_ports(host, wanted, facts)
-    commands = install_commands(facts)
     if dry_run or not target.real_system:
-        return "\n".join(f"  would run: {' '.join(c.argv)}   # {c.reason}" for c in commands)
-    for command in commands:
+        commands = [*package_commands(facts), *cluster_commands(facts)]
+        return "\n".join(f"  would run: {c.text}   # {c.reason}" for c in commands)
+    ran = []
+    for command in package_commands(facts):
         run_checked(command.argv)
-    return "\n".join(f"  ran: {' '.join(c.argv)}   # {c.reason}" for c in commands)
-
-
-def _existing_master_host(target: Target) -> str | None:
-    text = _read_existing(target, CLUSTER_FILE)
-    try:
-        return parse_cluster(text.decode(), str(target.path(CLUSTER_FILE))).master_host if text else None
-    except (UnicodeDecodeError, UserError):
-        return None  # plan_init says what is wrong with it
+        ran.append(command)
+    for command in cluster_commands(wanted.facts(target)):  # the package made one, or not
+        run_checked(command.argv)
+        ran.append(command)
+    return "\n".join(f"  ran: {c.text}   # {c.reason}" for c in ran)
 
 
 def _existing_node(target: Target) -> NodeSettings | None:
@@ -521,16 +516,16 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         check_account_and_home(cluster, target.path(cluster.airflow_home), source)
 
     node = node_settings(request, existing_node, str(install.version), install.airflow_bin, target, cluster.master_host)
+    if node.db_allow and not wanted.postgres:
+        raise UserError("--db-allow: only with --with-postgres (who may reach this host's PostgreSQL)")
     if facts:
         if node.init_system != "systemd":
-            raise UserError(f"{wanted.option}: the distribution's Redis and PostgreSQL run as systemd services; this node "
-                            f"runs under {node.init_system}: give --broker-url and --db-url instead")  # fmt: skip
+            raise UserError(f"{wanted.option}: the distribution's Redis and PostgreSQL run as systemd services; this "
+                            f"node runs under {node.init_system}: give --broker-url and --db-url instead")  # fmt: skip
         node = dataclasses.replace(node, local_redis=wanted.redis,
                                    local_postgres=facts.postgres_cluster if wanted.postgres else "")  # fmt: skip
         if target.real_system:
             facts = check_servers(cluster, wanted, facts)
-        if wanted.postgres:  # pg_hba admits each enrolled worker
-            facts = dataclasses.replace(facts, enrolled=enrolled_sources(target, NodeContext(cluster, node)))
     prev = reconcile_node(
         cluster, cluster_text, node, target, force=force, previous=existing_node, credentials=credentials, servers=facts
     )

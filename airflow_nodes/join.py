@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import ipaddress
 import json
@@ -45,11 +44,11 @@ from airflow_nodes.cluster import read_cluster
 from airflow_nodes.context import load_context
 from airflow_nodes.dagsource import master_endpoint, parse_dags_source
 from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
+from airflow_nodes.execute import as_user
 from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, DAGS_AUTHORING_DIR, KNOWN_HOSTS_FILE, SSH_KEY_FILE
 from airflow_nodes.schema import LOGIN_NAME, check_host
 from airflow_nodes.sshkeys import (
-    MAX_WORKERS,
     TOKEN_TAG,
     KeysFile,
     expires_at,
@@ -297,48 +296,6 @@ def mint(keys: KeysFile, host: str, port: int, user: str, host_key: str, ttl: in
     return token
 
 
-def as_user(user: str | None, action, *args):
-    """Run action(*args) as `user` in a child process (root edits the airflow user's files only as that
-    user: a link that user planted then leads nowhere root could not otherwise go). Return its result,
-    which must be JSON; the child's UserError or OperationError is raised here."""
-    if not user:
-        return action(*args)
-    import pwd
-
-    try:
-        account = pwd.getpwnam(user)
-    except KeyError:
-        raise UserError(f"{user}: no such user here (run `airflow-node init` first)") from None
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(account.pw_gid)
-            os.setuid(account.pw_uid)
-            try:
-                outcome = {"ok": True, "value": action(*args)}
-            except (UserError, OperationError) as exc:
-                outcome = {"ok": False, "user_error": isinstance(exc, UserError), "message": str(exc)}
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent, never run on as the caller
-                outcome = {"ok": False, "user_error": False, "message": f"{exc.__class__.__name__}: {exc}"}
-            os.write(write_end, json.dumps(outcome).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read(1 << 20)
-    os.waitpid(pid, 0)
-    try:
-        outcome = json.loads(data)
-    except ValueError:
-        outcome = {"ok": False, "user_error": False, "message": f"editing as {user} failed"}
-    if outcome["ok"]:
-        return outcome["value"]
-    raise (UserError if outcome["user_error"] else OperationError)(outcome["message"])
-
-
 def token_command(token: JoinToken) -> str:
     """The worker's command, the token in its environment: not in argv (ps), only the shell's history."""
     return f"AIRFLOW_NODE_JOIN_TOKEN={token.encode()} airflow-node init --role worker"
@@ -419,23 +376,6 @@ def revoke(target, what: str) -> list[str]:
     if not gone:
         raise UserError(f"no token or enrolled worker named {what!r}", about="join-token --revoke")
     return gone
-
-
-def enrolled_sources(target, ctx) -> tuple[tuple[str, str], ...]:
-    """(name, address) of each worker enrolled on this master, as pg_hba admits them: read as the airflow
-    account (the file is its own), then only well-formed names and addresses kept, at most MAX_WORKERS."""
-    keys = keys_file_of(target, ctx)
-    try:
-        found = as_user(ctx.cluster.airflow_user if target.privileged else None, keys.worker_sources)
-    except UserError:  # the account does not exist yet: nothing is enrolled
-        return ()
-    kept = []
-    for name, address in found[:MAX_WORKERS]:
-        with contextlib.suppress(ValueError, UserError):
-            ipaddress.ip_address(address)
-            check_host(name, "authorized_keys")
-            kept.append((name, address))
-    return tuple(kept)
 
 
 def check_token(text: str) -> str:

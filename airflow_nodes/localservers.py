@@ -18,6 +18,7 @@ holds) is gathered into ServerFacts before planning, so plan_servers stays a pur
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -33,6 +34,7 @@ from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.node import CONFIG_DIR, SYSTEMD_DIR, NodeSettings
 from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
+from airflow_nodes.sshkeys import enrolled_sources
 from airflow_nodes.target import Target
 
 REDIS_PORT = 6379
@@ -42,6 +44,7 @@ REDIS_DROP_IN = f"{SYSTEMD_DIR}/{REDIS_SERVICE}.d/airflow-node.conf"
 PG_HBA = f"{CONFIG_DIR}/pg_hba.conf"
 # the role and database Airflow gets in a PostgreSQL of ours
 DB_USER = DB_NAME = "airflow"
+POSTGRES = "postgres"  # the distribution's account of the server: root's SQL runs as it
 # a systemd path unit on the master runs `airflow-node admit` when a worker enrolls (or leaves)
 ADMIT_UNIT = "airflow-node-admit"
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
@@ -171,19 +174,34 @@ def gather_facts(redis: bool, postgres: bool, target: Target, postgres_cluster: 
     )
 
 
-def install_commands(facts: ServerFacts) -> list[Command]:
-    """What makes the servers exist: the missing packages (the distribution's package manager), and a
-    PostgreSQL cluster where its package made none. Run before planning; listed under --dry-run and --root."""
-    commands = []
-    if facts.missing_packages:
-        apt = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get")
-        commands += [
-            Command((*apt, "update", "-qq"), "the package lists, for what follows"),
-            Command((*apt, "install", "-y", "-qq", *facts.missing_packages), "the distribution's servers"),
-        ]
-    if facts.postgres_version and not facts.postgres_cluster_exists:
-        commands.append(Command(("pg_createcluster", str(facts.postgres_version), "main"), "a PostgreSQL cluster"))
-    return commands
+def server_facts(ctx: NodeContext, target: Target, facts: ServerFacts | None = None) -> ServerFacts | None:
+    """What a node whose init set up Redis or PostgreSQL here needs for its plan (None for any other): the
+    facts (gathered unless given) and, for PostgreSQL, the workers enrolled now, whom pg_hba admits."""
+    node = ctx.node
+    if not (node.local_redis or node.local_postgres):
+        return None
+    facts = facts or gather_facts(node.local_redis, bool(node.local_postgres), target, node.local_postgres)
+    return dataclasses.replace(facts, enrolled=enrolled_sources(target, ctx)) if node.local_postgres else facts
+
+
+def package_commands(facts: ServerFacts) -> list[Command]:
+    """The missing packages, with the distribution's package manager. Run before planning; listed under
+    --dry-run and --root."""
+    if not facts.missing_packages:
+        return []
+    apt = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get")
+    return [
+        Command((*apt, "update", "-qq"), "the package lists, for what follows"),
+        Command((*apt, "install", "-y", "-qq", *facts.missing_packages), "the distribution's servers"),
+    ]
+
+
+def cluster_commands(facts: ServerFacts) -> list[Command]:
+    """A PostgreSQL cluster, started, where the package made none (Debian's makes `main` on install,
+    unless told not to). Facts read after the packages are installed."""
+    if not facts.postgres_version or facts.postgres_cluster_exists:
+        return []
+    return [Command(("pg_createcluster", "--start", str(facts.postgres_version), "main"), "a PostgreSQL cluster")]
 
 
 # -- SCRAM-SHA-256: PostgreSQL keeps a verifier, never the password ---------------------------------
@@ -220,14 +238,14 @@ def scram_matches(password: str, verifier: str) -> bool:
 
 
 def _psql_argv(facts: ServerFacts) -> tuple[str, ...]:
-    """psql as the postgres account (its peer login over the cluster's socket); the SQL goes on stdin."""
-    return ("runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-            "-p", str(facts.postgres_port), "-d", "postgres")  # fmt: skip
+    """psql over the cluster's socket, run as the postgres account (its peer login); the SQL goes on stdin."""
+    return ("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-p", str(facts.postgres_port), "-d", "postgres")
 
 
 def psql(facts: ServerFacts, sql: str, what: str) -> str:
-    """Run SQL as the postgres account; return its unaligned output. Raise CommandError naming `what`."""
-    return execute.run(_psql_argv(facts), what=what, input=sql, timeout=60, cwd="/").stdout
+    """Run SQL as the postgres account (none of our environment, no terminal of ours); return its
+    unaligned output. Raise CommandError naming `what`."""
+    return execute.run(_psql_argv(facts), what=what, input=sql, timeout=60, user=POSTGRES, clean_env=True).stdout
 
 
 def database_ready(facts: ServerFacts, password: str) -> bool:
@@ -270,7 +288,7 @@ def drop_database_sql() -> str:
 
 
 def psql_command(facts: ServerFacts, sql: str, reason: str) -> Command:
-    return Command(_psql_argv(facts), reason, input=sql)
+    return Command(_psql_argv(facts), reason, input=sql, user=POSTGRES)
 
 
 # -- checks before anything changes ------------------------------------------------------------------
@@ -326,7 +344,7 @@ def admitted_networks(ctx: NodeContext, facts: ServerFacts) -> list[tuple[str, s
     found = [("127.0.0.1/32", "this host"), ("::1/128", "this host")]
     found.append((host_network(ctx.cluster.master_host), "this host, the master's address"))
     found += [(host_network(address), f"worker {name}, enrolled") for name, address in facts.enrolled]
-    found += [(network, "--db-allow") for network in ctx.node.db_allow_list]
+    found += [(str(ipaddress.ip_network(network)), "--db-allow") for network in ctx.node.db_allow_list]
     unique: dict[str, str] = {}
     for network, who in found:
         unique.setdefault(network, who)

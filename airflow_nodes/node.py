@@ -110,7 +110,7 @@ def check_writable_paths(value: str, where: str) -> None:
 
 
 def check_networks(value: str, where: str) -> None:
-    """Comma-separated IP networks (10.0.0.0/24) or addresses, for pg_hba lines: at most 64."""
+    """Comma-separated IP networks (10.0.0.0/24, no host bits set) or addresses, for pg_hba lines: at most 64."""
     networks = list(filter(None, value.split(",")))
     if len(networks) > 64:
         raise UserError(f"{where}: at most 64 networks, got {len(networks)}")

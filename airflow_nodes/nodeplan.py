@@ -17,7 +17,7 @@ from airflow_nodes.context import NodeContext
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import UserError
 from airflow_nodes.initsystems import all_init_systems, init_system
-from airflow_nodes.localservers import ServerFacts, plan_servers
+from airflow_nodes.localservers import ServerFacts, plan_servers, server_facts
 from airflow_nodes.localservers import retirements as server_retirements
 from airflow_nodes.node import (
     CLUSTER_FILE,
@@ -219,7 +219,8 @@ def reconcile_node(
 ) -> Preview:
     """Given what this node should be and where it lives, return the previewed change (added, changed
     and removed files, and the commands around them). Raise UserError if this node's Airflow cannot
-    run the cluster's version line."""
+    run the cluster's version line. A node whose init set up Redis or PostgreSQL here keeps their files
+    whoever reconciles it (the upgrade too): their facts are read here unless given."""
     if cluster.version.series != node.version.series:
         raise UserError(
             f"--airflow-version: this node runs Airflow {node.airflow_version} but cluster {cluster.name!r} "
@@ -227,6 +228,7 @@ def reconcile_node(
         )
     credentials = credentials or read_credentials(target)
     installed = read_installed(target, node, previous)
+    servers = server_facts(NodeContext(cluster, node), target, servers)  # init passes them, checked; others read them
     plan = build_node_plan(cluster, cluster_text, node, previous, credentials, installed, servers)
     return preview(plan, target, force)
 

@@ -41,6 +41,12 @@ class Command:
     reason: str
     only_if: tuple[str, ...] = ()  # run only when this succeeds (as systemctl try-restart: "if running")
     input: str | None = None  # its standard input (SQL with a password's verifier): never shown
+    user: str | None = None  # the account it runs as, with none of our environment (psql as postgres)
+
+    @property
+    def text(self) -> str:
+        """The command as we show it (never its input)."""
+        return " ".join(self.argv) + (f"   (as {self.user})" if self.user else "")
 
 
 @dataclass(frozen=True)

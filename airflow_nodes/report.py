@@ -64,7 +64,7 @@ def format_changes(prev: Preview, show_diff: bool) -> str:
         return "\n".join(map(printable, lines))
     verb = "would run" if show_diff or not prev.real_system else "will run"
     for command in prev.commands:
-        lines.append(f"  {verb}: {' '.join(command.argv)}   # {command.reason}")
+        lines.append(f"  {verb}: {command.text}   # {command.reason}")
     lines = [printable(line) for line in lines]
     if show_diff:  # a diff is many lines: of its text, only the line breaks act
         lines += [printable_lines(prev.diff(c).rstrip("\n")) for c in prev.changes if c.writes]
@@ -82,10 +82,10 @@ def format_apply(result: ApplyResult) -> str:
     lines += [f"kept your edited file as {backup}" for backup in result.backups]
     lines += [f"kept {path}: no longer planned, but edited since we wrote it (--force moves it aside)"
               for path in result.kept]  # fmt: skip
-    lines += [f"ran: {' '.join(c.argv)}" for c in result.ran]
+    lines += [f"ran: {c.text}" for c in result.ran]
     if result.skipped:
         lines.append("not run under --root (run them on the real host):")
-        lines += [f"  {' '.join(c.argv)}" for c in result.skipped]
+        lines += [f"  {c.text}" for c in result.skipped]
     if result.ownership_skipped:
         lines.append("file owners were not set (not root, or under --root)")
     return "\n".join(map(printable, lines))

@@ -10,6 +10,7 @@ import base64
 import calendar
 import contextlib
 import hashlib
+import ipaddress
 import os
 import pwd
 import re
@@ -21,6 +22,8 @@ from airflow_nodes import statefile
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.context import NodeContext
 from airflow_nodes.errors import UserError
+from airflow_nodes.execute import NoSuchAccount, as_user
+from airflow_nodes.schema import check_host
 from airflow_nodes.target import Target
 
 LOCALTIME = "/etc/localtime"  # the zone sshd reads expiry-time in
@@ -121,12 +124,14 @@ class KeysFile:
         return found
 
     def worker_sources(self) -> list[tuple[str, str]]:
-        """(name, the address sshd saw it enroll from) of every enrolled worker: where it connects from."""
+        """(name, the address sshd saw it enroll from) of the first MAX_WORKERS enrolled workers, each
+        clipped to 100 characters: where they connect from (the file is the airflow account's to write)."""
         found = []
         for line in self.read():
-            if isinstance(line, KeyLine) and line.tag.startswith(WORKER_TAG):
+            if isinstance(line, KeyLine) and line.tag.startswith(WORKER_TAG) and len(found) < MAX_WORKERS:
                 source = re.search(r'(?:^|,)from="([^"]*)"', line.options)
-                found.append((line.tag[len(WORKER_TAG) :].partition("@")[0], source[1] if source else ""))
+                name = line.tag[len(WORKER_TAG) :].partition("@")[0]
+                found.append((name[:100], source[1][:100] if source else ""))
         return found
 
     @contextlib.contextmanager
@@ -263,3 +268,20 @@ def pinned(known_hosts: Path) -> tuple[str, ...]:
     """ssh options that trust only the master's host key pinned at join time."""
     return ("-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "HostKeyAlgorithms=ssh-ed25519", "-o", "StrictHostKeyChecking=yes")  # fmt: skip
+
+
+def enrolled_sources(target: Target, ctx: NodeContext) -> tuple[tuple[str, str], ...]:
+    """(name, address) of each worker enrolled on this master, as pg_hba admits them: read as the airflow
+    account (the file is its own), then only host names and IP addresses kept."""
+    keys = keys_file_of(target, ctx)
+    try:
+        found = as_user(ctx.cluster.airflow_user if target.privileged else None, keys.worker_sources)
+    except NoSuchAccount:  # the first init: no account, nothing enrolled
+        return ()
+    kept = []
+    for name, address in found:
+        with contextlib.suppress(ValueError, UserError):
+            ipaddress.ip_address(address)
+            check_host(name, "authorized_keys")
+            kept.append((name, address))
+    return tuple(kept)

@@ -34,7 +34,7 @@ from airflow_nodes.node import NodeSettings
 from conftest import make_cluster, wait_for
 
 pytestmark = pytest.mark.integration
-SOCKET_DIR = "/var/run/postgresql"  # where Debian's psql (as `runuser -u postgres -- psql -p PORT`) looks
+SOCKET_DIR = "/var/run/postgresql"  # where Debian's psql (run as postgres, `psql -p PORT`) looks
 AS_POSTGRES = dict(user="postgres", group="postgres", extra_groups=[])
 
 
@@ -141,19 +141,19 @@ def test_postgres_reads_every_rule_of_our_pg_hba(pg):
 def test_setup_makes_the_role_and_database_once(pg):
     assert localservers.database_ready(pg.facts, pg.password) is False
     (command,) = pg.setup
-    run_checked(command.argv, input=command.input)
+    run_checked(command.argv, input=command.input, user=command.user)
     assert localservers.database_ready(pg.facts, pg.password) is True
     verifier = pg.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'airflow'")
     assert re.fullmatch(r"SCRAM-SHA-256\$4096:\S+\$\S+:\S+", verifier)
     assert pg.password not in command.input and pg.password not in " ".join(command.argv)
-    run_checked(command.argv, input=command.input)
+    run_checked(command.argv, input=command.input, user=command.user)
     assert pg.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'airflow'") == verifier
     assert pg.sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'airflow'") == "airflow"
 
 
 def test_airflow_logs_in_with_scram_and_creates_tables(pg):
     (command,) = pg.setup
-    run_checked(command.argv, input=command.input)
+    run_checked(command.argv, input=command.input, user=command.user)
     with pg.connect(pg.password) as conn:
         conn.execute("CREATE TABLE dag_run (id integer PRIMARY KEY)")
         conn.execute("INSERT INTO dag_run VALUES (1)")
@@ -180,10 +180,10 @@ def test_no_server_on_the_port_cannot_log_in(pg):
 
 def test_drop_database_sql_removes_role_and_database(pg):
     (command,) = pg.setup
-    run_checked(command.argv, input=command.input)
+    run_checked(command.argv, input=command.input, user=command.user)
     with pg.connect(pg.password):  # a session open on it: WITH (FORCE) ends it
         drop = localservers.psql_command(pg.facts, localservers.drop_database_sql(), "purge")
-        run_checked(drop.argv, input=drop.input)
+        run_checked(drop.argv, input=drop.input, user=drop.user)
     assert pg.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'airflow'") == "0"
     assert pg.sql("SELECT count(*) FROM pg_database WHERE datname = 'airflow'") == "0"
     assert localservers.database_ready(pg.facts, pg.password) is False

@@ -81,7 +81,8 @@ def test_server_files_match_golden_files(run_cli, tmp_path, distribution, versio
     installed_postgres(root, version)
     managed_before(root, f"{version}/main")
     # --force: node.toml was written by this test, not by an init (its manifest)
-    result = run_cli("init", "--root", root, *ONE_HOST, *SERVERS, "--db-allow", "10.20.5.0/24", "--force")
+    result = run_cli("init", "--root", root, *ONE_HOST, *SERVERS, "--db-allow", "10.20.5.0/24", "--db-allow",
+                     "10.20.6.7", "--force")  # fmt: skip
     assert result.code == 0, result.err
     files = [*SERVER_FILES, f"etc/postgresql/{version}/main/conf.d/airflow-node.conf", "etc/airflow-node/node.toml"]
     rendered = {name: (root / name).read_bytes() for name in files}
@@ -113,11 +114,11 @@ def test_the_password_stays_out_of_what_init_prints_and_of_world_readable_files(
     ("distribution", "installed", "expected"),
     [
         ("debian12", {}, ["apt-get update -qq", "apt-get install -y -qq redis-server postgresql",
-                          "pg_createcluster 15 main"]),
+                          "pg_createcluster --start 15 main"]),
         ("debian13", {}, ["apt-get update -qq", "apt-get install -y -qq redis-server postgresql",
-                          "pg_createcluster 17 main"]),
+                          "pg_createcluster --start 17 main"]),
         ("ubuntu2404", {"redis": True}, ["apt-get update -qq", "apt-get install -y -qq postgresql",
-                                         "pg_createcluster 16 main"]),
+                                         "pg_createcluster --start 16 main"]),
         ("debian12", {"redis": True, "postgres": 15}, []),
     ],
 )  # fmt: skip
@@ -158,6 +159,11 @@ def test_a_distribution_we_do_not_set_up_is_refused_in_one_line(run_cli, tmp_pat
         (["--broker-url", "redis://:x@10.20.0.1:6379/0"], "--broker-url: not with --with-redis"),
         (["--init-system", "supervisor"], "--with-postgres: the distribution's Redis and PostgreSQL run as systemd"),
         (["--db-allow", "10.20.0.0/33"], "--db-allow: '10.20.0.0/33' is not an IP network"),
+        (["--db-allow", "10.20.0.1/24"], "--db-allow: '10.20.0.1/24' is not an IP network"),  # host bits set
+        (
+            ["--without-postgres", "--db-url", "postgresql://a:b@10.20.0.9/airflow", "--db-allow", "10.20.5.0/24"],
+            "--db-allow: only with --with-postgres",
+        ),
         (["--master-host", "master.example"], "--master-host (with --with-postgres): 'master.example' is not an IP"),
         (["--db-allow", "10.0.0.1\nhost all all 0.0.0.0/0 trust"], "--db-allow: "),
     ],
@@ -234,7 +240,8 @@ def test_uninstall_purge_drops_the_database(run_cli, tmp_path):
     result = run_cli("uninstall", "--root", root, "--purge")
     assert result.code == 0, result.err
     listed = result.out.split("not run under --root", 1)[1]
-    assert "runuser -u postgres -- psql" in listed and "kept the database" not in result.out
+    assert "psql -X -q -At -v ON_ERROR_STOP=1 -p 5432 -d postgres   (as postgres)" in listed
+    assert "kept the database" not in result.out
 
 
 def test_scram_verifier_round_trip():
