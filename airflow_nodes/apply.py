@@ -28,7 +28,7 @@ from airflow_nodes import statefile
 from airflow_nodes.atomicfile import fsync_directory, write_atomically, write_temp_beside
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
-from airflow_nodes.node import MANIFEST_FILE
+from airflow_nodes.node import MANIFEST_FILE, STATE_DIR
 from airflow_nodes.plan import Command, Plan, PlannedDir, PlannedFile
 from airflow_nodes.redaction import redact, redact_secret_values, secret_values_in
 from airflow_nodes.target import Target, check_creatable_dir
@@ -38,6 +38,7 @@ EDITED, FOREIGN = "edited", "foreign"
 # what happens to a file we wrote that the plan no longer has
 REMOVE, MOVE_ASIDE, KEEP_EDITED, FORGET = "remove", "move aside", "keep edited", "forget"
 BACKUP_SUFFIX = ".airflow-node-backup"
+NODE_LOCK_WAIT = 120.0  # seconds init or admit waits for the other (an apply takes seconds)
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -166,7 +167,7 @@ class Preview:
 
     @property
     def commands(self) -> list[Command]:
-        return self.user_commands + self.stop_commands + self.after_commands + list(self.plan.setup)
+        return self.user_commands + self.stop_commands + self.after_commands + list(self.plan.final_commands)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -174,7 +175,7 @@ class Preview:
         users_pending = self.missing_users and self.real_system
         forgotten = any(r.status == FORGET for r in self.removals)
         pending = self.changed_paths or self.removed_paths or self.missing_dirs or self.wrong_dirs or self.leftovers
-        return not (pending or users_pending or forgotten or self.plan.setup)
+        return not (pending or users_pending or forgotten or self.plan.final_commands)
 
     def diff(self, change: FileChange | Removal) -> str:
         """Return a unified diff of a change or a removal, with secrets redacted."""
@@ -191,6 +192,27 @@ class Preview:
             new_text = redact(redact_secret_values(new_text, before), self.plan.secrets)
         old_lines, new_lines = old_text.splitlines(keepends=True), new_text.splitlines(keepends=True)
         return "".join(difflib.unified_diff(old_lines, new_lines, f"{label} (on disk)", f"{label} (planned)"))
+
+
+@contextlib.contextmanager
+def node_lock(target: Target, wait: float = NODE_LOCK_WAIT):
+    """Hold the node's lock from planning to applying: `init` and `admit` (run by a path unit when a worker
+    enrolls) must not interleave their writes and manifests. The lock is on the state directory itself
+    (root's; a refused init leaves no lock file behind); a node without one has nothing to race with (its
+    first init). Raise UserError naming it when another holds it."""
+    state = target.path(STATE_DIR)
+    try:
+        fd = os.open(state, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        yield
+        return
+    try:
+        if not statefile.flock_within(fd, wait):
+            raise UserError(f"{state}: another airflow-node init or admit has held its lock for {wait:g} s; "
+                            "nothing was changed (try again)")  # fmt: skip
+        yield
+    finally:
+        os.close(fd)
 
 
 def _user_exists(target: Target, name: str) -> bool:
@@ -530,7 +552,7 @@ def apply(prev: Preview) -> ApplyResult:
     result.backups = tx.commit(backed_up | moved_aside)
     _remove_orphan_dirs(prev, manifest, result)
     _run_all(prev, prev.after_commands, result)
-    _run_all(prev, list(prev.plan.setup), result)
+    _run_all(prev, list(prev.plan.final_commands), result)
     return result
 
 

@@ -139,7 +139,7 @@ ROLE_HELP = "What this host runs: " + "; ".join(f"{role.name}, {role.summary}" f
 def init(target: Target, dry_run: bool, force: bool, start: bool, **options: object) -> None:
     """Write this node's config, units and cron entry, and enable its daemons; remove what a previous
     init wrote that this one no longer needs."""
-    from airflow_nodes.apply import apply
+    from airflow_nodes.apply import apply, node_lock
     from airflow_nodes.init import (
         InitRequest,
         after_init,
@@ -157,32 +157,33 @@ def init(target: Target, dry_run: bool, force: bool, start: bool, **options: obj
         echo(check_token(options["join"]))
         return
     request, installed = install_requested_airflow(InitRequest(**options), target, dry_run, progress=echo)
-    outcome = plan_init(request, target, force=force)  # every option checked before a package is installed
-    servers_installed = install_requested_servers(request, target, dry_run)
-    if servers_installed and target.real_system and not dry_run:
-        outcome = plan_init(request, target, force=force)  # with the servers as installed now
-    for done in (installed, servers_installed):  # before the plan: they run (or would) before it is made
-        if done:
-            echo(done)
-    echo(format_preview(outcome, show_diff=dry_run))
-    if dry_run:
-        return
-    if not outcome.preview.nothing_to_do:
-        echo(format_apply(apply(outcome.preview)))
+    with node_lock(target):
+        outcome = plan_init(request, target, force=force)  # every option checked before a package is installed
+        servers_installed = install_requested_servers(request, target, dry_run)
+        if servers_installed and target.real_system and not dry_run:
+            outcome = plan_init(request, target, force=force)  # with the servers as installed now
+        for done in (installed, servers_installed):  # before the plan: they run (or would) before it is made
+            if done:
+                echo(done)
+        echo(format_preview(outcome, show_diff=dry_run))
+        if dry_run:
+            return
+        if not outcome.preview.nothing_to_do:
+            echo(format_apply(apply(outcome.preview)))
     echo(after_init(outcome, target, start=start or bool(request.join)))
 
 
 @cli.command()
 @root_option
 def admit(target: Target) -> None:
-    """Let the workers enrolled now reach this master's PostgreSQL (init --with-postgres): its pg_hba is
-    written again from what the last init recorded. A path unit runs it whenever a worker enrolls or leaves."""
-    from airflow_nodes.apply import apply
-    from airflow_nodes.init import plan_admit
+    """Let the workers enrolled now reach this master's PostgreSQL (init --with-postgres): the node is
+    planned again as its last init recorded it, so pg_hba lists them. A path unit runs it whenever a worker
+    enrolls or leaves."""
+    from airflow_nodes.init import admit as admit_workers
     from airflow_nodes.report import format_apply
 
-    outcome = plan_admit(target)
-    echo("Nothing to change." if outcome.preview.nothing_to_do else format_apply(apply(outcome.preview)))
+    applied = admit_workers(target)
+    echo("\n".join(map(format_apply, applied)) if applied else "Nothing to change.")
 
 
 def _control(action: str, target: Target) -> None:

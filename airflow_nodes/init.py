@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import statefile, urls
-from airflow_nodes.apply import Preview, read_manifest
+from airflow_nodes.apply import ApplyResult, Preview, apply, node_lock, read_manifest
 from airflow_nodes.cluster import (
     CLUSTER_OPTIONS,
     CLUSTER_SCHEMA,
@@ -409,13 +409,18 @@ def with_server_urls(
     if wanted and host is not None:
         check_address(host, f"--master-host (with {wanted.option})")
     notes, values = [], {}
-    servers = (
-        ("broker_url", "--with-redis", wanted.redis, bool(existing_node and existing_node.local_redis)),
-        ("db_url", "--with-postgres", wanted.postgres, bool(existing_node and existing_node.local_postgres)),
-    )
-    for attr, option, wanted_now, ours_before in servers:
+    servers = (  # the URL, the option, wanted now, ours before, whether the option was given now
+        ("broker_url", "--with-redis", wanted.redis, bool(existing_node and existing_node.local_redis),
+         request.with_redis is not None),
+        ("db_url", "--with-postgres", wanted.postgres, bool(existing_node and existing_node.local_postgres),
+         request.with_postgres is not None),
+    )  # fmt: skip
+    for attr, option, wanted_now, ours_before, option_given in servers:
         url_option = "--" + attr.replace("_", "-")
         given = getattr(request, attr) is not None
+        if wanted_now and given and not option_given:
+            raise UserError(f"{url_option}: this host's server is airflow-node's ({option}, as the last init "
+                            f"recorded); add {option.replace('with', 'without')} to use another")  # fmt: skip
         if wanted_now and given:
             raise UserError(f"{url_option}: not with {option}, which sets up that server here and writes its URL")
         if ours_before and not wanted_now and not given:
@@ -578,11 +583,22 @@ def join_master(request: InitRequest, existing: NodeSettings | None) -> tuple[by
     return joined.cluster_text, NodeCredentials(joined.key_file, joined.known_hosts)
 
 
-def plan_admit(target: Target) -> InitOutcome:
-    """`airflow-node admit`: this master planned again from what its last init recorded, so its pg_hba
-    admits exactly the workers enrolled now (the path unit runs it when one enrolls or leaves)."""
+ADMIT_ROUNDS = 5  # a worker that enrolls while admit applies is planned in the next round
+
+
+def admit(target: Target) -> list[ApplyResult]:
+    """`airflow-node admit`: this master planned again as its last init recorded it, so its pg_hba admits
+    exactly the workers enrolled now, and applied; again while a new plan differs (systemd drops a path
+    unit's trigger that comes while its service runs). Return what each apply did."""
     node = _existing_node(target)
     if node is None or not node.local_postgres:
         raise UserError(f"{target.path(NODE_FILE)}: this node runs no PostgreSQL of airflow-node's "
                         "(`init --with-postgres`): nothing to admit to")  # fmt: skip
-    return plan_init(InitRequest(role=node.role), target)
+    applied = []
+    for _ in range(ADMIT_ROUNDS):
+        with node_lock(target):
+            outcome = plan_init(InitRequest(role=node.role), target)
+            if outcome.preview.nothing_to_do:
+                break
+            applied.append(apply(outcome.preview))
+    return applied

@@ -18,15 +18,18 @@ holds) is gathered into ServerFacts before planning, so plan_servers stays a pur
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 import secrets
 import shlex
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from airflow_nodes import execute, statefile, urls
 from airflow_nodes.context import NodeContext
@@ -251,10 +254,13 @@ def psql(facts: ServerFacts, sql: str, what: str) -> str:
 def database_ready(facts: ServerFacts, password: str) -> bool:
     """Whether the cluster holds our role with this password and our database, owned by it. Raise
     UserError naming --with-postgres when we cannot log in, or when a role or database of that name is
-    someone else's (we never take one over)."""
+    someone else's (we never take one over): another password or none, more rights than LOGIN, another
+    owner."""
+    # the role's verifier ("" without a password, "privileged" with a right we never give), or "-" without one
     query = (
-        f"SELECT coalesce((SELECT rolpassword FROM pg_authid WHERE rolname = '{DB_USER}'), '-'), "
-        f"coalesce((SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{DB_NAME}'), '-');"
+        "SELECT coalesce((SELECT CASE WHEN rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR "
+        f"rolbypassrls THEN 'privileged' ELSE coalesce(rolpassword, '') END FROM pg_authid WHERE rolname = '{DB_USER}'"
+        f"), '-'), coalesce((SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{DB_NAME}'), '-');"
     )
     try:
         answer = psql(facts, query, f"PostgreSQL {facts.postgres_cluster}").strip()
@@ -262,10 +268,10 @@ def database_ready(facts: ServerFacts, password: str) -> bool:
         raise UserError(f"--with-postgres: cannot log in to PostgreSQL {facts.postgres_cluster} as postgres "
                         f"(its peer login): {exc}; give --db-url of a database set up yourself") from None  # fmt: skip
     verifier, _, owner = answer.rpartition("|")
-    if verifier not in ("-", "") and not scram_matches(password, verifier):
-        raise UserError(f"--with-postgres: PostgreSQL {facts.postgres_cluster} has a role {DB_USER!r} with another "
-                        "password; airflow-node never takes over a role it did not make: drop it, or give "
-                        "--db-url")  # fmt: skip
+    if verifier != "-" and not scram_matches(password, verifier):
+        what = "more rights than LOGIN" if verifier == "privileged" else "another password, or none"
+        raise UserError(f"--with-postgres: PostgreSQL {facts.postgres_cluster} has a role {DB_USER!r} with {what}; "
+                        "airflow-node never takes over a role it did not make: drop it, or give --db-url")  # fmt: skip
     if owner not in ("-", DB_USER):
         raise UserError(f"--with-postgres: PostgreSQL {facts.postgres_cluster} has a database {DB_NAME!r} owned by "
                         f"{owner!r}; give --db-url to use it, or drop it")  # fmt: skip
@@ -314,10 +320,34 @@ def check_local_address(address: str, option: str = "--master-host") -> None:
         raise UserError(f"{option}: {bare} is not an address of this host; Redis and PostgreSQL listen on it") from None
 
 
-def listeners(port: int) -> list[tuple[str, int]]:
-    """(program, pid) of each process listening on a TCP port, from `ss`."""
-    output = execute.run(("ss", "-Hltnp", f"sport = :{port}"), timeout=10).stdout
-    return [(m[1], int(m[2])) for m in re.finditer(r'\(\("([^"]{1,64})",pid=(\d{1,9}),', output)]
+def listening_sockets(port: int) -> set[int]:
+    """The inodes of the sockets listening on a TCP port in this network namespace (/proc/net/tcp, tcp6:
+    the kernel's own table, no program's name to parse)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for fields in (row.split() for row in rows):
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def sockets_of(pid: int) -> set[int]:
+    """The inodes of the sockets a process holds open."""
+    inodes = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for name in names:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+            if target.startswith("socket:[") and target[8:-1].isdigit():
+                inodes.add(int(target[8:-1]))
+    return inodes
 
 
 def main_pid(service: str) -> int:
@@ -327,13 +357,16 @@ def main_pid(service: str) -> int:
 
 
 def check_port_free(port: int, service: str, option: str) -> None:
-    """The port is free, or held by the distribution's service we configure. Raise UserError naming the
-    option and what holds it."""
-    ours = main_pid(service)
-    for program, pid in listeners(port):
-        if pid != ours:
-            raise UserError(f"{option}: port {port} is taken by {program} (pid {pid}), not by {service}; stop it "
-                            "or give the URL of that server instead")  # fmt: skip
+    """The port is free, or every socket listening on it is the service's (the one we configure). Raise
+    UserError naming the option otherwise."""
+    listening = listening_sockets(port)
+    if not listening:
+        return
+    pid = main_pid(service)
+    if pid and listening <= sockets_of(pid):
+        return
+    raise UserError(f"{option}: port {port} is taken by another program than {service} (`ss -ltnp sport = "
+                    f":{port}` names it); stop it, or give the URL of that server instead")  # fmt: skip
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -368,7 +401,7 @@ def plan_servers(ctx: NodeContext, facts: ServerFacts) -> tuple[list[PlannedFile
     node, cluster = ctx.node, ctx.cluster
     files: list[PlannedFile] = []
     triggers: list[Trigger] = []
-    setup: list[Command] = []
+    final: list[Command] = []
     reload = Command(("systemctl", "daemon-reload"), "unit files changed")
     if node.local_redis:
         password = urls.parse_url(cluster.broker_url, "broker.url").password
@@ -415,8 +448,8 @@ def plan_servers(ctx: NodeContext, facts: ServerFacts) -> tuple[list[PlannedFile
         if not facts.database_ready:
             password = urls.parse_url(cluster.db_url, "database.url").password
             reason = f"role {DB_USER} and database {DB_NAME} in PostgreSQL {facts.postgres_cluster}, where missing"
-            setup.append(psql_command(facts, create_database_sql(password), reason))
-    return files, triggers, setup
+            final.append(psql_command(facts, create_database_sql(password), reason))
+    return files, triggers, final
 
 
 def plan_admit_units(ctx: NodeContext) -> list[PlannedFile]:

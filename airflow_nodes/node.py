@@ -126,10 +126,6 @@ def _postgres_cluster(value: str, where: str) -> None:
         raise UserError(f"{where}: {value[:40]!r} is not a PostgreSQL cluster of ours (VERSION/main)")
 
 
-def _flag(value: bool, where: str) -> None:
-    pass  # the schema's type check is the whole check
-
-
 def _optional_path(value: str, where: str) -> None:
     if value:
         check_abs_path(value, where)
@@ -203,7 +199,7 @@ NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "advertise_address", "advertise_address", str, _address, "--advertise-address", since="0.2"),
     Field("node", "writable_paths", "writable_paths", str, check_writable_paths, "--writable-path", since="0.3"),
     Field("node", "wheelhouse", "wheelhouse", str, _optional_path, "--wheelhouse", since="0.3"),
-    Field("servers", "redis", "local_redis", bool, _flag, "--with-redis", since="0.5"),
+    Field("servers", "redis", "local_redis", bool, lambda v, w: None, "--with-redis", since="0.5"),  # its type
     Field("servers", "postgres", "local_postgres", str, _postgres_cluster, "--with-postgres", since="0.5"),
     Field("servers", "db_allow", "db_allow", str, check_networks, "--db-allow", since="0.5"),
     Field("worker", "concurrency", "concurrency", int, in_range(1, 1024), "--concurrency"),

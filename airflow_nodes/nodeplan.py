@@ -165,7 +165,7 @@ def build_node_plan(
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]
     dirs += manager.plan_dirs(ctx)
-    server_files, server_triggers, setup = plan_servers(ctx, servers) if servers else ([], [], [])
+    server_files, server_triggers, final = plan_servers(ctx, servers) if servers else ([], [], [])
     files += server_files
     if credentials:
         dirs.append(PlannedDir(SSH_DIR, 0o755))
@@ -203,7 +203,7 @@ def build_node_plan(
         )
         + tuple(rule for settings in {node, previous or node} for rule in server_retirements(settings)),  # fmt: skip
         secrets=cluster.secret_values(),
-        setup=tuple(setup),
+        final_commands=tuple(final),
     )
 
 

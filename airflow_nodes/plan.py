@@ -82,8 +82,9 @@ class Plan:
     keep: tuple[str, ...] = ()  # files we wrote that stay although not planned (uninstall: the cluster file)
     purge_secrets: bool = False  # `uninstall --purge`: files holding the only copy of a secret go too
     secrets: tuple[str, ...] = ()  # values to redact from anything we print
-    # run after everything else, whatever changed: what the node was found to lack (a database role)
-    setup: tuple[Command, ...] = ()
+    # run after everything else, whatever changed: what the node was found to lack (a database role), or
+    # what uninstall --purge drops
+    final_commands: tuple[Command, ...] = ()
 
     @property
     def paths(self) -> set[str]:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from airflow_nodes.apply import ApplyResult, apply, preview, read_manifest
 from airflow_nodes.context import load_context
-from airflow_nodes.errors import UserError
+from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.initsystems import all_init_systems
 from airflow_nodes.join import leave
-from airflow_nodes.localservers import DB_NAME, DB_USER, drop_database_sql, gather_facts, psql_command
+from airflow_nodes.localservers import DB_NAME, DB_USER, drop_database_sql, gather_facts, psql, psql_command
 from airflow_nodes.localservers import retirements as server_retirements
 from airflow_nodes.node import CLUSTER_FILE, MANIFEST_FILE
 from airflow_nodes.plan import Plan
@@ -57,11 +57,17 @@ def uninstall(target: Target, purge: bool = False, force: bool = False) -> Unins
     rules += [rule for node in nodes or [None] for rule in server_retirements(node)]
     database = ctx.node.local_postgres if ctx else ""
     # the database holds the cluster's metadata: dropped with --purge only, as the cluster file's secrets
-    setup = ()
+    final = ()
     if purge and database:
         facts = gather_facts(False, True, target, database)
-        setup = (psql_command(facts, drop_database_sql(), f"drop database {DB_NAME} and role {DB_USER} (--purge)"),)
-    plan = Plan(retirements=tuple(rules), keep=keep, purge_secrets=purge, setup=setup)
+        if target.real_system:  # before anything is removed: once node.toml is gone, nothing says what to drop
+            try:
+                psql(facts, "SELECT 1;", f"PostgreSQL {database}")
+            except OperationError as exc:
+                raise UserError(f"uninstall --purge: cannot drop the database: {exc}; start PostgreSQL {database}, "
+                                "or uninstall without --purge; nothing was changed") from None  # fmt: skip
+        final = (psql_command(facts, drop_database_sql(), f"drop database {DB_NAME} and role {DB_USER} (--purge)"),)
+    plan = Plan(retirements=tuple(rules), keep=keep, purge_secrets=purge, final_commands=final)
     planned = preview(plan, target, force=force)  # refuses (a link, a backup in the way) before anything
     left = leave(target, ctx) if ctx else ""  # a joined worker's key on the master goes with it
     result = apply(planned)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -167,6 +168,15 @@ def test_someone_elses_role_or_database_is_refused(pg):
     with pytest.raises(UserError, match="another password"):
         localservers.database_ready(pg.facts, pg.password)
     pg.sql("DROP ROLE airflow")
+    pg.sql("CREATE ROLE airflow LOGIN")  # no password: CREATE DATABASE ... OWNER would adopt it
+    with pytest.raises(UserError, match="another password, or none"):
+        localservers.database_ready(pg.facts, pg.password)
+    pg.sql("DROP ROLE airflow")
+    # our password, and a right we never give
+    pg.sql(f"CREATE ROLE airflow LOGIN CREATEROLE PASSWORD '{localservers.scram_verifier(pg.password)}'")
+    with pytest.raises(UserError, match="more rights than LOGIN"):
+        localservers.database_ready(pg.facts, pg.password)
+    pg.sql("DROP ROLE airflow")
     pg.sql("CREATE ROLE other")
     pg.sql("CREATE DATABASE airflow OWNER other")
     with pytest.raises(UserError, match="owned by 'other'"):
@@ -189,12 +199,15 @@ def test_drop_database_sql_removes_role_and_database(pg):
     assert localservers.database_ready(pg.facts, pg.password) is False
 
 
-def test_check_port_free_names_who_holds_the_port(pg):
+def test_check_port_free_tells_the_service_from_another_program(pg):
     with pytest.raises(UserError) as caught:
         localservers.check_port_free(pg.port, "some-unit-that-does-not-exist.service", "--with-postgres")
-    assert str(caught.value).startswith("--with-postgres: ")
-    assert f"port {pg.port} is taken by postgres" in str(caught.value)
+    assert str(caught.value).startswith(f"--with-postgres: port {pg.port} is taken by another program than ")
     assert localservers.check_port_free(free_port(), "some-unit-that-does-not-exist.service", "--with-postgres") is None
+    # what tells them apart: the listening sockets (the kernel's table) are the server's own (as systemd's MainPID)
+    listening = localservers.listening_sockets(pg.port)
+    assert listening and listening <= localservers.sockets_of(pg.process.pid)
+    assert not listening & localservers.sockets_of(os.getpid())
 
 
 def test_check_local_address():

@@ -228,6 +228,7 @@ def test_uninstall_gives_the_servers_back_and_keeps_the_database(run_cli, tmp_pa
     assert result.code == 0, result.err
     for name in (*SERVER_FILES, "etc/postgresql/15/main/conf.d/airflow-node.conf"):
         assert not (root / name).exists(), name
+    assert not list((root / "etc/postgresql/15/main/conf.d").iterdir())  # removed, not moved aside
     assert "systemctl try-restart postgresql@15-main.service" in result.out
     assert "kept the database airflow in PostgreSQL 15/main" in result.out and "DROP" not in result.out
     assert (root / "etc/postgresql/15/main/pg_hba.conf").read_text() == DEBIAN_HBA
@@ -259,3 +260,15 @@ def test_only_the_rules_of_the_distributions_pg_hba_are_copied():
         "local   all             all                                     peer\n"
         "host    all             all             127.0.0.1/32            scram-sha-256\n"
     )
+
+
+def test_a_url_for_a_server_the_last_init_set_up_says_how_to_hand_it_back(run_cli, tmp_path):
+    root = host_root(tmp_path, "debian12")
+    installed_postgres(root, 15)
+    assert run_cli("init", "--root", root, *ONE_HOST, *SERVERS).code == 0
+    before = snapshot(root)
+    result = run_cli("init", "--root", root, *ONE_HOST, "--broker-url", "redis://:pw@10.20.0.9:6379/0")
+    assert result.code == 2
+    assert "--broker-url: this host's server is airflow-node's (--with-redis, as the last init recorded); add " \
+           "--without-redis to use another" in result.err  # fmt: skip
+    assert snapshot(root) == before
