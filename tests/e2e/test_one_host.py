@@ -173,6 +173,19 @@ def test_the_readme_two_commands_make_a_whole_cluster_on_one_host(hosts):
         with step("a run lands on the joined worker"):
             run_id = api.run_dag("solo_remote")
             assert api.results("solo_remote", run_id) == {"there": "ran-on-joiner"}
+            assert airflow_node(solo, "admit").stdout.strip() == "Nothing to change."  # admitted already
+
+        with step("solo: uninstall gives Redis and PostgreSQL their own settings back, and keeps the database"):
+            result = airflow_node(solo, "uninstall")
+            printed.append(result.stdout)
+            assert "kept the database airflow in PostgreSQL 15/main" in result.stdout, result.stdout
+            # the distribution's Redis again: loopback, no password
+            assert solo.run("redis-cli", "-h", "127.0.0.1", "ping").stdout.strip() == "PONG"
+            port = re.search(r"@[\d.]+:(\d+)/airflow", cluster).group(1)
+            databases = solo.run("runuser", "-u", "postgres", "--", "psql", "-p", port, "-Atc",
+                                 "SELECT datname FROM pg_database WHERE datname = 'airflow'").stdout  # fmt: skip
+            assert databases.strip() == "airflow"
+            assert not any(p in text for p in passwords for text in printed)
     except BaseException:
         print(f"\n!!! FAILED at step: {step.current}\n{diagnose(solo)}", flush=True)
         raise
