@@ -199,9 +199,9 @@ NODE_SCHEMA: tuple[Field, ...] = (
     Field("node", "advertise_address", "advertise_address", str, _address, "--advertise-address", since="0.2"),
     Field("node", "writable_paths", "writable_paths", str, check_writable_paths, "--writable-path", since="0.3"),
     Field("node", "wheelhouse", "wheelhouse", str, _optional_path, "--wheelhouse", since="0.3"),
-    Field("servers", "redis", "local_redis", bool, lambda v, w: None, "--with-redis", since="0.5"),  # its type
-    Field("servers", "postgres", "local_postgres", str, _postgres_cluster, "--with-postgres", since="0.5"),
-    Field("servers", "db_allow", "db_allow", str, check_networks, "--db-allow", since="0.5"),
+    Field("servers", "redis", "local_redis", bool, lambda v, w: None, "--with-redis", since="0.4"),  # its type
+    Field("servers", "postgres", "local_postgres", str, _postgres_cluster, "--with-postgres", since="0.4"),
+    Field("servers", "db_allow", "db_allow", str, check_networks, "--db-allow", since="0.4"),
     Field("worker", "concurrency", "concurrency", int, in_range(1, 1024), "--concurrency"),
     Field("worker", "queues", "queues", str, check_queues, "--queues"),
     Field("worker", "stop_timeout", "stop_timeout", int, in_range(10, 7 * 86400, " seconds"), "--stop-timeout"),

@@ -41,7 +41,10 @@ class AirflowLine:
     web_port_key: str
     web_command: str
     health_path: str
-    has_dag_processor: bool  # a separate dag-processor daemon on the master
+    # 2.x: the DAG processor runs as a daemon of its own only with [scheduler] standalone_dag_processor
+    # (3.x: always, the option is gone). We set it: a scheduler that forks its DAG processor at start has
+    # stalled for good in our 2.11 runs, its main loop waiting for a reply another process had read
+    standalone_dag_processor_option: bool
     has_execution_api: bool  # workers talk HTTP to the master (Airflow 3)
     versioned_dags: bool  # DAG bundles: each run records the DAG version it was created with (Airflow 3)
     execution_health_path: str = ""  # the execution API's health route on the web port (Airflow 3)
@@ -57,10 +60,7 @@ class AirflowLine:
                 needs_migrated_db=True,
             ),
             Daemon("scheduler", "Airflow scheduler", ("scheduler",), needs_migrated_db=True),
-        ]
-        if self.has_dag_processor:
-            daemons.append(Daemon("dag-processor", "Airflow DAG processor", ("dag-processor",), needs_migrated_db=True))
-        daemons += [
+            Daemon("dag-processor", "Airflow DAG processor", ("dag-processor",), needs_migrated_db=True),
             Daemon("triggerer", "Airflow triggerer", ("triggerer",), needs_migrated_db=True),
             Daemon("flower", "Celery flower (Airflow)", ("celery", "flower"), restart="on-failure"),
         ]
@@ -90,7 +90,7 @@ AIRFLOW_2 = AirflowLine(
     web_port_key="web_server_port",
     web_command="webserver",
     health_path="/health",
-    has_dag_processor=False,
+    standalone_dag_processor_option=True,
     has_execution_api=False,
     versioned_dags=False,
 )
@@ -101,7 +101,7 @@ AIRFLOW_3 = AirflowLine(
     web_port_key="port",
     web_command="api-server",
     health_path="/api/v2/monitor/health",
-    has_dag_processor=True,
+    standalone_dag_processor_option=False,
     has_execution_api=True,
     versioned_dags=True,
     execution_health_path="/execution/health",

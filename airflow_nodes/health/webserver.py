@@ -22,17 +22,10 @@ def heartbeat_age(value: str | None, now: datetime) -> float | None:
     return (now - stamp).total_seconds() if stamp else None
 
 
-def _expected(component: str, has_dag_processor: bool) -> bool:
-    """Whether our role runs a daemon that should report this component (triggerer always, DAG processor on 3.x)."""
-    return component != "dag_processor" or has_dag_processor
-
-
-def parse_health(
-    document: object, has_dag_processor: bool, now: datetime | None = None
-) -> list[tuple[str, Status, str]]:
+def parse_health(document: object, now: datetime | None = None) -> list[tuple[str, Status, str]]:
     """Given the decoded health JSON, return (component, status, detail) for each of the four components.
 
-    Tolerant of extra keys (newer Airflow adds some) and of a missing dag_processor entry.
+    Tolerant of extra keys (newer Airflow adds some); a missing entry is reported, not a crash.
     """
     now = now or datetime.now(timezone.utc)
     if not isinstance(document, dict):
@@ -46,8 +39,6 @@ def parse_health(
         age_text = f", heartbeat {age:.0f}s ago" if age is not None else ""
         if state == "healthy":
             rows.append((component, Status.OK, f"healthy{age_text}"))
-        elif state is None and component != "metadatabase" and not _expected(component, has_dag_processor):
-            rows.append((component, Status.OK, "not running standalone (normal on Airflow 2)"))
         elif state is None:
             if component == "metadatabase" or component == "scheduler":
                 rows.append((component, Status.CRITICAL, "no status in the health answer"))
@@ -75,7 +66,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
         message = document.get("error") if isinstance(document, dict) else None
         detail = f"HTTP 404: {message or 'no health endpoint here'} (Airflow version in the cluster file?)"
         return [Result(Status.CRITICAL, NAME, url, response.latency, detail)]
-    rows = parse_health(document, probe_input.ctx.line.has_dag_processor)
+    rows = parse_health(document)
     return [Result(status, NAME, f"{url} {component}", response.latency, detail) for component, status, detail in rows]
 
 

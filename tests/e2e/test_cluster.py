@@ -147,7 +147,7 @@ if AIRFLOW_3:
 else:
     IMPORTS = "from airflow import DAG\nfrom airflow.operators.bash import BashOperator"
     API = "/api/v1"
-    MASTER_DAEMONS = ("webserver", "scheduler", "triggerer", "celery flower")
+    MASTER_DAEMONS = ("webserver", "scheduler", "dag-processor", "triggerer", "celery flower")
 DAGS, NEW_DAG = DAG_FILE.format(imports=IMPORTS), NEW_DAG_FILE.format(imports=IMPORTS)
 
 

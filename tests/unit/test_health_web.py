@@ -41,7 +41,7 @@ AIRFLOW_2_UNHEALTHY = {
     "metadatabase": {"status": "healthy"},
     "scheduler": {"status": "unhealthy", "latest_scheduler_heartbeat": OLD},
     "triggerer": {"status": "healthy", "latest_triggerer_heartbeat": RECENT},
-    "dag_processor": {"status": None, "latest_dag_processor_heartbeat": None},
+    "dag_processor": {"status": "healthy", "latest_dag_processor_heartbeat": RECENT},  # standalone, as we set it
 }
 AIRFLOW_2_HEALTHY = {**AIRFLOW_2_UNHEALTHY, "scheduler": {"status": "healthy", "latest_scheduler_heartbeat": RECENT}}
 DB = "postgresql://a:long-db-password@127.0.0.1:1/a"
@@ -126,7 +126,15 @@ def test_airflow_2_unhealthy_scheduler_shows_its_stale_heartbeat(tmp_path, capsy
     found = components(document)
     assert code == 2
     assert found["scheduler"][0] == "CRITICAL" and re.search(r"heartbeat 6[01]\ds ago", found["scheduler"][1])
-    assert found["dag_processor"] == ("OK", "not running standalone (normal on Airflow 2)")
+    assert found["dag_processor"][0] == "OK"
+
+
+def test_airflow_2_without_its_dag_processor_warns(tmp_path, capsys, web):
+    """Our 2.x masters run the DAG processor standalone: no status means it is not running."""
+    never = {"status": None, "latest_dag_processor_heartbeat": None}
+    web.routes["/health"] = (200, {**AIRFLOW_2_HEALTHY, "dag_processor": never})
+    code, document = health_json(tmp_path, capsys, "2.11.2", web.server_address[1])
+    assert code == 1 and components(document)["dag_processor"][0] == "WARNING"
 
 
 def test_airflow_2_healthy(tmp_path, capsys, web):
@@ -137,11 +145,13 @@ def test_airflow_2_healthy(tmp_path, capsys, web):
 
 
 def test_tolerates_extra_fields_and_a_missing_dag_processor(tmp_path, capsys, web):
-    body = {k: v for k, v in AIRFLOW_2_HEALTHY.items() if k != "dag_processor"}
-    body["scheduler"] = {**body["scheduler"], "detailed_status": {"x": 1}}
+    body = {**AIRFLOW_2_HEALTHY, "scheduler": {**AIRFLOW_2_HEALTHY["scheduler"], "detailed_status": {"x": 1}}}
     web.routes["/health"] = (200, body)
     code, _ = health_json(tmp_path, capsys, "2.11.2", web.server_address[1])
     assert code == 0
+    web.routes["/health"] = (200, {k: v for k, v in body.items() if k != "dag_processor"})
+    code, document = health_json(tmp_path, capsys, "2.11.2", web.server_address[1])
+    assert code == 1 and components(document)["dag_processor"][0] == "WARNING"
 
 
 def test_a_2x_cluster_file_against_an_airflow_3_server_names_the_move(tmp_path, capsys, web):

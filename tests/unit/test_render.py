@@ -104,7 +104,7 @@ def test_airflow2_cfg_uses_webserver_section_and_no_jwt(run_cli, tmp_path):
     assert cfg["webserver"]["web_server_port"] == "8080"
     assert not cfg.has_section("api_auth")
     assert "execution_api_server_url" not in cfg["core"]
-    assert cfg["scheduler"]["standalone_dag_processor"] == "False"
+    assert cfg["scheduler"]["standalone_dag_processor"] == "True"  # versions.py says why
 
 
 @pytest.mark.parametrize("version,role,init_system", COMBINATIONS)
@@ -128,8 +128,8 @@ def test_master_daemons_follow_the_airflow_version(run_cli, tmp_path):
         "airflow-flower.service", "airflow-master.target", "airflow-scheduler.service", "airflow-triggerer.service",
     ]  # fmt: skip
     assert sorted(p.name for p in two.iterdir()) == [
-        "airflow-db-migrate.service", "airflow-flower.service", "airflow-master.target",
-        "airflow-scheduler.service", "airflow-triggerer.service", "airflow-webserver.service",
+        "airflow-dag-processor.service", "airflow-db-migrate.service", "airflow-flower.service",
+        "airflow-master.target", "airflow-scheduler.service", "airflow-triggerer.service", "airflow-webserver.service",
     ]  # fmt: skip
     scheduler = (three / "airflow-scheduler.service").read_text()
     assert "Requires=airflow-db-migrate.service" in scheduler

@@ -25,7 +25,7 @@ def test_daemons_by_role_and_line(line):
     worker = line.worker_daemon(4, (), "celery@w1")
     master = [d.name for d in MASTER.daemons(line, worker)]
     assert master[:1] == ["db-migrate"] and "worker" not in master and "dag-follower" not in master
-    assert ("dag-processor" in master) == line.has_dag_processor
+    assert "dag-processor" in master  # standalone on 2.x too (versions.py says why)
     assert [d.name for d in WORKER.daemons(line, worker)] == ["worker", "dag-follower"]
 
 
