@@ -3,15 +3,19 @@ our Redis and PostgreSQL configuration, the package commands listed per distribu
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from airflow_nodes.apply import node_lock
 from airflow_nodes.cluster import dump_cluster
+from airflow_nodes.errors import UserError
 from airflow_nodes.localservers import hba_rules, scram_matches, scram_verifier
 from airflow_nodes.node import NodeSettings, dump_node
+from airflow_nodes.target import Target
 
 from conftest import make_cluster, snapshot
 
@@ -272,3 +276,22 @@ def test_a_url_for_a_server_the_last_init_set_up_says_how_to_hand_it_back(run_cl
     assert "--broker-url: this host's server is airflow-node's (--with-redis, as the last init recorded); add " \
            "--without-redis to use another" in result.err  # fmt: skip
     assert snapshot(root) == before
+
+
+def test_init_and_admit_take_turns_on_the_node(run_cli, tmp_path):
+    """One lock on the state directory from plan to apply: an init waits for an admit that is applying."""
+    root = host_root(tmp_path, "debian12")
+    installed_postgres(root, 15)
+    assert run_cli("init", "--root", root, *ONE_HOST, *SERVERS).code == 0
+    holder = os.open(root / "var/lib/airflow-node", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another process's lock, as far as flock is concerned
+        before = snapshot(root)
+        refused = pytest.raises(UserError, match="another airflow-node init or admit has held its lock")
+        with refused, node_lock(Target.at(root), wait=0.2):
+            pass
+        assert snapshot(root) == before  # no lock file left behind
+    finally:
+        os.close(holder)
+    with node_lock(Target.at(root), wait=0.2):
+        pass
