@@ -59,7 +59,7 @@ root_option = click.option(
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="airflow-nodes")
 def cli() -> None:
-    """Turn this host into a master or worker node of an Airflow CeleryExecutor cluster."""
+    """Turn this host into a node of an Airflow CeleryExecutor cluster: a master, a worker, or the whole cluster."""
 
 
 ROLE_HELP = "What this host runs: " + "; ".join(f"{role.name}, {role.summary}" for role in roles.ROLES.values())

@@ -6,7 +6,7 @@ own and never by editing the distribution's in place:
 - Redis: /etc/airflow-node/redis.conf includes the distribution's redis.conf and sets what the cluster
   needs after it (the last value of a setting wins): the master's address and loopback, protected mode,
   a generated password; a systemd drop-in starts redis-server with it.
-- PostgreSQL: a file in the cluster's conf.d (listen on the master's address, scram-sha-256, our
+- PostgreSQL: a file in the cluster's conf.d (listen on the master's address, read our
   pg_hba), and our pg_hba.conf: this host, each enrolled worker and each --db-allow network, for the
   Airflow role and database only, then the distribution's own rules (included on PostgreSQL 16+,
   copied on 15, which has no include in pg_hba.conf).
