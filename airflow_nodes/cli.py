@@ -175,6 +175,30 @@ def init(target: Target, dry_run: bool, force: bool, start: bool, **options: obj
 
 @cli.command()
 @root_option
+@click.option("--timeout", type=Finite(0, 7 * 86400), default=defaults.DRAIN_TIMEOUT, show_default=True,
+              metavar="SEC", help="How long to wait for the running tasks.")  # fmt: skip
+def drain(target: Target, timeout: float) -> int:
+    """Stop this node's worker taking new tasks and wait for its running tasks (exit 1 if some still run);
+    the fleet view shows it drained until `resume` (or a restart of the worker)."""
+    from airflow_nodes.drain import drain as drain_worker
+
+    outcome = drain_worker(target, timeout)
+    echo(output.drained(outcome))
+    return ExitCode.FAILED if outcome.running else ExitCode.OK
+
+
+@cli.command()
+@root_option
+def resume(target: Target) -> None:
+    """Let this node's drained worker take tasks again (its queues, or Airflow's default queue)."""
+    from airflow_nodes.drain import resume as resume_worker
+
+    worker, queues = resume_worker(target)
+    echo(f"{worker} takes tasks again from {', '.join(queues)}")
+
+
+@cli.command()
+@root_option
 def admit(target: Target) -> None:
     """Let the workers enrolled now reach this master's PostgreSQL (init --with-postgres): the node is
     planned again as its last init recorded it, so pg_hba lists them. A path unit runs it whenever a worker

@@ -35,7 +35,7 @@ from airflow_nodes.digest import sha256, sha256_file
 from airflow_nodes.errors import UserError
 from airflow_nodes.exitcodes import CheckStatus
 from airflow_nodes.install import compare_package_sets
-from airflow_nodes.node import CLUSTER_FILE, STATE_DIR
+from airflow_nodes.node import CLUSTER_FILE, DRAINED_FLAG, STATE_DIR
 from airflow_nodes.redisclient import connect
 from airflow_nodes.roles import NO_ROLE, ROLES, Role
 from airflow_nodes.target import Target
@@ -61,7 +61,7 @@ NUMBER_FIELDS: dict[str, tuple[float, float]] = {  # name: (lowest, highest), fi
     "published": (0.0, 1e11),  # the broker's time (seconds since 1970)
     "clock_offset": (-1e10, 1e10),
 }
-FLAG_FIELDS = ("worker_online",)  # true, false, or absent (null)
+FLAG_FIELDS = ("worker_online", "drained")  # true, false, or absent (null)
 SIGNATURE = "sig"
 # a stored record is UTF-8 JSON of printable text: at most 4 bytes a character, plus names and numbers
 MAX_RECORD_BYTES = 4 * sum(TEXT_FIELDS.values()) + 1024
@@ -183,6 +183,7 @@ def node_facts(ctx: NodeContext, target: Target) -> dict:
         "cfg": (sha256_file(target.path(ctx.airflow_cfg), unreadable_ok=True) or "")[:16],
         "cluster_file": (sha256_file(target.path(CLUSTER_FILE), unreadable_ok=True) or "")[:16],
         "secrets": secrets,
+        "drained": ctx.role.runs_tasks and target.path(DRAINED_FLAG).exists(),
     }
 
 
@@ -403,6 +404,8 @@ def compare(
             row.findings.append(f"last sync failed: {record['sync_error'][:80]}")
         if role_of(record).runs_tasks and record.get("worker_online") is False:
             row.findings.append("its Celery worker is offline")
+        if role_of(record).runs_tasks and record.get("drained"):
+            row.findings.append("drained: takes no new tasks (`airflow-node resume` there)")
         row.status = DRIFT if row.findings else OK
         rows.append(row)
     names = {r["node"] for r in records}

@@ -42,6 +42,9 @@ SSH_KEY_FILE = f"{SSH_DIR}/id_ed25519"  # the sync account's: no task (the airfl
 # fetches DAGs and the cluster file (rsync, git, ssh with the worker's key) and owns the mirror it
 # fetches into: not the airflow account, so no task can read the key or change what root builds from
 SYNC_USER = "airflow-sync"
+# `airflow-node drain` on a node that runs tasks: its worker takes no new tasks. In /run: a reboot, which
+# restarts the worker consuming its queues, ends the drain and the flag with it
+DRAINED_FLAG = "/run/airflow-node-drained"
 KNOWN_HOSTS_FILE = f"{SSH_DIR}/known_hosts"
 DAGS_AUTHORING_DIR = "/srv/airflow/dags"  # on the master: where people put DAGs; workers pull from it
 # what no directory of the cluster's may be, sit in or hold: the system's and ours

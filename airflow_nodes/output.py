@@ -22,6 +22,7 @@ from airflow_nodes.sanitise import printable
 
 if TYPE_CHECKING:  # the values formatted here; this module needs none of them to run
     from airflow_nodes.control import ControlOutcome
+    from airflow_nodes.drain import DrainOutcome
     from airflow_nodes.fleet import FleetReport
     from airflow_nodes.health.model import Result
     from airflow_nodes.health.runner import HealthReport
@@ -166,6 +167,19 @@ def control_outcome(outcome: ControlOutcome) -> str:
     if outcome.action == "status" and not outcome.listed:
         return "\n".join(table(outcome.states))
     return outcome.summary()
+
+
+# -- airflow-node drain | resume ---------------------------------------------------------------------
+
+
+def drained(outcome: DrainOutcome) -> str:
+    """Given what a drain did, return whether the worker is idle now, or what still runs."""
+    stopped = f"{outcome.worker} takes no new tasks (stopped consuming {', '.join(outcome.queues) or 'no queue'})"
+    if not outcome.running:
+        return f"{stopped}; nothing runs on it now (waited {outcome.waited:.1f} s): drained"
+    shown = ", ".join(outcome.running[:5]) + (" ..." if len(outcome.running) > 5 else "")
+    return (f"{stopped}; {len(outcome.running)} task(s) still running after {outcome.timeout:g} s: {shown}. They go "
+            "on; run drain again to wait more, `airflow-node resume` to take tasks again")  # fmt: skip
 
 
 # -- airflow-node join-token -----------------------------------------------------------------------

@@ -81,6 +81,9 @@ class AirflowLine:
         )
 
 
+# Airflow's [operators] default_queue, which we leave as it is: a worker without -q consumes it
+DEFAULT_QUEUE = "default"
+
 # a worker's DAG follower: new releases within seconds, and the release a task asks for (follow.py)
 FOLLOWER = Daemon("dag-follower", "airflow-node DAG follower", ("follow",), ours=True)
 

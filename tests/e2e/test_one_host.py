@@ -53,6 +53,9 @@ with DAG("solo_local", schedule=None, start_date=datetime(2024, 1, 1), catchup=F
 
 with DAG("solo_remote", schedule=None, start_date=datetime(2024, 1, 1), catchup=False, is_paused_upon_creation=False):
     BashOperator(task_id="there", bash_command="echo ran-on-$(hostname)", queue="remote")
+
+with DAG("solo_slow", schedule=None, start_date=datetime(2024, 1, 1), catchup=False, is_paused_upon_creation=False):
+    BashOperator(task_id="slow", bash_command="sleep 20; echo finished-while-drained", queue="remote")
 """
 
 
@@ -174,6 +177,25 @@ def test_the_readme_two_commands_make_a_whole_cluster_on_one_host(hosts):
             run_id = api.run_dag("solo_remote")
             assert api.results("solo_remote", run_id) == {"there": "ran-on-joiner"}
             assert airflow_node(solo, "admit").stdout.strip() == "Nothing to change."  # admitted already
+
+        with step("joiner: drained while a task runs there: it finishes, a new one waits, resume runs it"):
+            slow = api.trigger_dag("solo_slow")
+            wait_for(lambda: [t["state"] for t in api.task_instances("solo_slow", slow)] == ["running"], 120,
+                     "the slow task to run on joiner")  # fmt: skip
+            drained = airflow_node(joiner, "drain", "--timeout", "120")
+            print(drained.stdout)
+            assert "celery@joiner takes no new tasks (stopped consuming remote)" in drained.stdout
+            assert drained.stdout.rstrip().endswith("drained")
+            api.wait_run("solo_slow", slow, 60)  # it was not cut short
+            assert api.results("solo_slow", slow) == {"slow": "finished-while-drained"}
+            fleet = airflow_node(solo, "cluster", check=False)
+            assert "drained: takes no new tasks" in fleet.stdout and fleet.returncode == 1, fleet.stdout
+            waiting = api.trigger_dag("solo_remote")
+            time.sleep(20)  # a consuming worker takes a task within a second or two
+            assert [t["state"] for t in api.task_instances("solo_remote", waiting)] == ["queued"]
+            assert "celery@joiner takes tasks again from remote" in airflow_node(joiner, "resume").stdout
+            api.wait_run("solo_remote", waiting, 120)
+            assert api.results("solo_remote", waiting) == {"there": "ran-on-joiner"}
 
         with step("solo: uninstall gives Redis and PostgreSQL their own settings back, and keeps the database"):
             result = airflow_node(solo, "uninstall")
