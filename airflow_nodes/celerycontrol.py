@@ -1,14 +1,17 @@
 """Celery's remote control of the workers (which queues they consume; stop or resume consuming), run
-through a node's Airflow venv as the airflow user."""
+through a node's Airflow venv as the airflow user; and the flag of a drained worker."""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_nodes import execute
+from airflow_nodes import execute, statefile
+from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.context import NodeContext
+from airflow_nodes.errors import UserError
 
 CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"  # the app every Airflow line's provider has
 EX_UNAVAILABLE = 69  # celery's exit code when no worker answered
@@ -69,3 +72,72 @@ def set_consuming(ctx: NodeContext, venv: Path, consumed: dict[str, list[str]], 
         for queue, workers in by_queue(consumed)
         if celery_control(ctx, venv, "control", command, "--destination", workers, queue) is None
     ]
+
+
+def stop_consuming(
+    ctx: NodeContext, venv: Path, workers: tuple[str, ...] = ()
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Make the workers that answer (all, or the named ones) stop taking tasks from every queue they consume.
+    Return (what each consumed, the "queue (workers)" that no worker confirmed)."""
+    consumed = consumed_queues(ctx, venv, workers)
+    return consumed, set_consuming(ctx, venv, consumed, on=False)
+
+
+# -- a drained worker -------------------------------------------------------------------------------
+
+
+def process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, /proc/PID/stat), or None when it does not run: with
+    its pid it names one process, which a restart (a new process, maybe with the same pid) does not match."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces and ")"
+    return fields[19] if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def worker_process(ctx: NodeContext, venv: Path, worker: str) -> tuple[int, str] | None:
+    """(pid, start) of a worker's main process on this host, from its own answer, or None when it did not
+    answer (or names no process running here)."""
+    replies = celery_control(ctx, venv, "inspect", "stats", "--destination", worker)
+    stats = replies.get(worker) if isinstance(replies, dict) else None
+    pid = stats.get("pid") if isinstance(stats, dict) else None
+    if not isinstance(pid, int) or not 1 < pid < 1 << 22:
+        return None
+    started = process_start(pid)
+    return (pid, started) if started else None
+
+
+@dataclass(frozen=True)
+class DrainFlag:
+    """`airflow-node drain` was here: which worker process stopped consuming which queues. Root's, in /run."""
+
+    pid: int
+    started: str
+    queues: tuple[str, ...]
+
+    @property
+    def current(self) -> bool:
+        """Whether the drained process still runs: a restarted worker consumes its queues again."""
+        return process_start(self.pid) == self.started
+
+    def write(self, path: Path) -> None:
+        data = {"pid": self.pid, "started": self.started, "queues": list(self.queues)}
+        write_atomically(path, (json.dumps(data) + "\n").encode(), 0o644)
+
+
+def read_drain_flag(path: Path) -> DrainFlag | None:
+    """The drain flag, or None when there is none or it is not one we wrote."""
+    try:
+        data = statefile.load_json(path, limit=64 << 10)
+    except UserError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    pid, started, queues = data.get("pid"), data.get("started"), data.get("queues")
+    if not (isinstance(pid, int) and isinstance(started, str) and started.isdigit() and isinstance(queues, list)):
+        return None
+    if len(queues) > 100 or not all(isinstance(q, str) and CELERY_NAME.match(q) for q in queues):
+        return None
+    return DrainFlag(pid, started, tuple(queues))

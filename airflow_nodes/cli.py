@@ -184,7 +184,7 @@ def drain(target: Target, timeout: float) -> int:
 
     outcome = drain_worker(target, timeout)
     echo(output.drained(outcome))
-    return ExitCode.FAILED if outcome.running else ExitCode.OK
+    return ExitCode.OK if outcome.running == () else ExitCode.FAILED
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes.apply import apply
-from airflow_nodes.celerycontrol import consumed_queues, set_consuming
+from airflow_nodes.celerycontrol import stop_consuming
 from airflow_nodes.cluster import ClusterConfig, check_account_and_home, check_served_cluster, parse_cluster
 from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
@@ -134,8 +134,7 @@ def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> t
     if target.real_system:
         wheelhouse = Path(ctx.node.wheelhouse) if ctx.node.wheelhouse else None
         check_wheelhouse(wheelhouse, f"{NODE_FILE}: wheelhouse")
-        consumed = consumed_queues(ctx, venv, (ctx.node.celery_name,))
-        set_consuming(ctx, venv, consumed, on=False)
+        consumed, _ = stop_consuming(ctx, venv, (ctx.node.celery_name,))
         done += [f"{worker} stopped consuming {', '.join(queues)}" for worker, queues in consumed.items() if queues]
         started = time.monotonic()
         try:

@@ -9,7 +9,6 @@ from airflow_nodes import execute
 from airflow_nodes.context import load_context
 from airflow_nodes.execute import CommandError, failure_reason
 from airflow_nodes.initsystems import init_system
-from airflow_nodes.node import DRAINED_FLAG
 from airflow_nodes.target import Target
 
 
@@ -42,8 +41,6 @@ def control(action: str, target: Target, daemons: tuple[str, ...] = ()) -> Contr
         return dataclasses.replace(outcome, listed=tuple(" ".join(argv) for argv in commands))
     if action in ("start", "restart"):
         manager.ensure_running(ctx.node)
-        if not daemons or "worker" in daemons:  # a started worker consumes its queues again: not drained
-            target.path(DRAINED_FLAG).unlink(missing_ok=True)
     outputs = []
     for argv in commands:
         # supervisorctl status exits 3 when a program is not running: that is an answer, not a failure

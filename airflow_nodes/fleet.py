@@ -29,6 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from airflow_nodes import statefile
 from airflow_nodes.atomicfile import write_atomically
+from airflow_nodes.celerycontrol import read_drain_flag
 from airflow_nodes.cluster import ClusterConfig
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.digest import sha256, sha256_file
@@ -183,7 +184,7 @@ def node_facts(ctx: NodeContext, target: Target) -> dict:
         "cfg": (sha256_file(target.path(ctx.airflow_cfg), unreadable_ok=True) or "")[:16],
         "cluster_file": (sha256_file(target.path(CLUSTER_FILE), unreadable_ok=True) or "")[:16],
         "secrets": secrets,
-        "drained": ctx.role.runs_tasks and target.path(DRAINED_FLAG).exists(),
+        "drained": ctx.role.runs_tasks and bool((flag := read_drain_flag(target.path(DRAINED_FLAG))) and flag.current),
     }
 
 

@@ -175,6 +175,8 @@ def control_outcome(outcome: ControlOutcome) -> str:
 def drained(outcome: DrainOutcome) -> str:
     """Given what a drain did, return whether the worker is idle now, or what still runs."""
     stopped = f"{outcome.worker} takes no new tasks (stopped consuming {', '.join(outcome.queues) or 'no queue'})"
+    if outcome.running is None:
+        return f"{stopped}; it did not say what it runs within {outcome.timeout:g} s: not known to be drained"
     if not outcome.running:
         return f"{stopped}; nothing runs on it now (waited {outcome.waited:.1f} s): drained"
     shown = ", ".join(outcome.running[:5]) + (" ..." if len(outcome.running) > 5 else "")

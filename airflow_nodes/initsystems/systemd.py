@@ -77,10 +77,17 @@ class Systemd:
         return None  # the enabled target starts the role
 
     def installed(self, node: NodeSettings | None, target: Target) -> tuple[str, ...]:
-        return ()  # retired by unit name: airflow-*.service, airflow-*.target
+        """Our unit files on disk (units are retired by name: airflow-*.service, airflow-*.target). A node an
+        older airflow-node rendered may lack a unit its role has now, which stop and restart must not name."""
+        try:
+            return tuple(sorted(path.name for path in target.path(SYSTEMD_DIR).glob("airflow-*")))
+        except OSError:
+            return ()
 
     def triggers(self, ctx: NodeContext, installed: tuple[str, ...]) -> list[Trigger]:
-        """After unit changes: reload and enable. After a daemon's unit or config changes: try-restart it."""
+        """After unit changes: reload and enable. After a daemon's unit or config changes: try-restart it.
+        Last, while the role runs, a daemon it gained (a newer airflow-node's) is started: try-restart and
+        enable leave a new unit stopped until the next `start`."""
         config_paths = (ctx.airflow_cfg, ctx.env_file)
         units = [unit_name(d) for d in ctx.daemons]
         unit_files = tuple(unit_path(u) for u in [*units, target_name(ctx)])
@@ -100,6 +107,9 @@ class Systemd:
             # try-restart leaves a stopped daemon stopped; the worker's stop is a warm shutdown.
             command = Command(("systemctl", "try-restart", name), f"{name} or its config changed")
             result.append(Trigger((unit_path(name), *config_paths), (command,)))
+        running = ("systemctl", "is-active", "--quiet", target_name(ctx))
+        start = Command(("systemctl", "start", *units), "the role runs: start a daemon it gained", only_if=running)
+        result.append(Trigger(unit_files, (start,)))
         return result
 
     def retirements(self, node: NodeSettings | None, installed: tuple[str, ...]) -> list[Retirement]:
@@ -122,8 +132,10 @@ class Systemd:
         if action == "start":
             return [("systemctl", "start", target_name(ctx))]
         # stop, restart: the target's own job is done at once; naming its units too makes systemctl wait
-        # until they have stopped (a worker's running tasks first), so nothing changes under a live daemon
-        return [("systemctl", action, target_name(ctx), *(unit_name(d) for d in ctx.daemons))]
+        # until they have stopped (a worker's running tasks first), so nothing changes under a live daemon.
+        # Only units on disk: systemctl refuses the whole command for one it does not know.
+        units = [unit_name(d) for d in ctx.daemons if not installed or unit_name(d) in installed]
+        return [("systemctl", action, target_name(ctx), *units)]
 
     def ensure_running(self, node: NodeSettings) -> None:
         pass  # systemd is PID 1

@@ -4,7 +4,10 @@ tests/e2e/test_one_host.py: it needs a real Celery worker in a real Airflow.)"""
 
 from __future__ import annotations
 
+import os
+
 from airflow_nodes import fleet
+from airflow_nodes.celerycontrol import DrainFlag, process_start, read_drain_flag
 from airflow_nodes.node import DRAINED_FLAG
 from airflow_nodes.target import Target
 
@@ -25,14 +28,21 @@ def test_the_fleet_view_shows_a_drained_worker_drained_not_missing():
     assert report.status == fleet.DRIFT and "w1" in report.verdict  # a warning: less capacity, on purpose
 
 
-def test_a_worker_publishes_whether_it_is_drained(run_cli, tmp_path, cluster_file):
+def test_a_worker_is_drained_while_the_process_the_drain_stopped_runs(run_cli, tmp_path, cluster_file):
+    """The flag names the worker's process: once it restarted (consuming again), the flag no longer counts."""
     root = tmp_path / "w"
     assert run_cli(*worker_args(root, cluster_file)).code == 0
-    ctx = fleet.load_context(Target.at(root))
-    assert fleet.node_facts(ctx, Target.at(root))["drained"] is False
-    (root / DRAINED_FLAG.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-    (root / DRAINED_FLAG.lstrip("/")).write_text("default\n")
-    assert fleet.node_facts(ctx, Target.at(root))["drained"] is True
+    target = Target.at(root)
+    ctx, flag = fleet.load_context(target), target.path(DRAINED_FLAG)
+    assert fleet.node_facts(ctx, target)["drained"] is False
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    DrainFlag(os.getpid(), process_start(os.getpid()), ("default",)).write(flag)  # this process stands in
+    assert fleet.node_facts(ctx, target)["drained"] is True
+    assert read_drain_flag(flag).queues == ("default",)
+    DrainFlag(os.getpid(), "1", ("default",)).write(flag)  # the same pid, another process: a restart
+    assert fleet.node_facts(ctx, target)["drained"] is False
+    flag.write_text('{"pid": 1, "started": "1", "queues": ["-Q bad"]}')  # not ours
+    assert read_drain_flag(flag) is None and fleet.node_facts(ctx, target)["drained"] is False
 
 
 def test_drain_and_resume_are_refused_where_no_worker_runs_or_under_root(run_cli, tmp_path, cluster_file):

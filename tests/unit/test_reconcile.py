@@ -13,6 +13,7 @@ from pathlib import Path
 from test_init_cli import MASTER_OPTIONS
 
 from airflow_nodes.apply import apply
+from airflow_nodes.cluster import dump_cluster
 from airflow_nodes.context import load_context
 from airflow_nodes.control import control
 from airflow_nodes.init import InitRequest, plan_init
@@ -259,3 +260,20 @@ def test_a_worker_s_programs_are_named_as_supervisor_loaded_them(run_cli, tmp_pa
     conf.write_text(conf.read_text() + "\n[group:airflow-worker]\nprograms=airflow-worker,airflow-dag-follower\n")
     [start] = control("start", Target.at(str(root))).listed
     assert start.endswith(" start airflow-worker:airflow-worker airflow-worker:airflow-dag-follower"), start
+
+
+def test_a_unit_an_older_airflow_node_never_wrote_is_not_named_on_stop(run_cli, tmp_path, cluster_file):
+    """A 2.x master from before its standalone DAG processor has no such unit: systemctl would refuse the
+    whole stop for it. Its next init writes it, and starts it while the role runs."""
+    root = tmp_path / "m"
+    (root / "etc/airflow-node").mkdir(parents=True)
+    (root / "etc/airflow-node/cluster.toml").write_text(dump_cluster(make_cluster("2.11")))
+    assert run_cli("init", "--role", "master", "--root", root, "--airflow-version", "2.11.2", "--init-system",
+                   "systemd").code == 0  # fmt: skip
+    (root / "etc/systemd/system/airflow-dag-processor.service").unlink()
+    stop = run_cli("stop", "--root", root)
+    assert "systemctl stop airflow-master.target" in stop.out and "dag-processor" not in stop.out, stop.out
+    again = run_cli("init", "--role", "master", "--root", root, "--airflow-version", "2.11.2")
+    assert "create     " in again.out and "airflow-dag-processor.service" in again.out
+    assert "systemctl start airflow-db-migrate.service airflow-webserver.service airflow-scheduler.service " \
+           "airflow-dag-processor.service" in again.out  # fmt: skip
