@@ -111,27 +111,28 @@ class KeysFile:
         text = "".join(f"{line.text() if isinstance(line, KeyLine) else line}\n" for line in lines)
         write_atomically(self.path, text.encode(), 0o600)
 
+    def _tagged(self, tag: str) -> list[KeyLine]:
+        return [line for line in self.read() if isinstance(line, KeyLine) and line.tag.startswith(tag)]
+
     def tokens(self) -> list[KeyLine]:
-        return [line for line in self.read() if isinstance(line, KeyLine) and line.tag.startswith(TOKEN_TAG)]
+        return self._tagged(TOKEN_TAG)
 
     def workers(self) -> list[tuple[str, str]]:
         """(name, advertised address) of every enrolled worker."""
         found = []
-        for line in self.read():
-            if isinstance(line, KeyLine) and line.tag.startswith(WORKER_TAG):
-                name, _, rest = line.tag[len(WORKER_TAG) :].partition("@")
-                found.append((name, rest.partition(",")[0]))
+        for line in self._tagged(WORKER_TAG):
+            name, _, rest = line.tag[len(WORKER_TAG) :].partition("@")
+            found.append((name, rest.partition(",")[0]))
         return found
 
     def worker_sources(self) -> list[tuple[str, str]]:
         """(name, the address sshd saw it enroll from) of the first MAX_WORKERS enrolled workers, each
         clipped to 100 characters: where they connect from (the file is the airflow account's to write)."""
         found = []
-        for line in self.read():
-            if isinstance(line, KeyLine) and line.tag.startswith(WORKER_TAG) and len(found) < MAX_WORKERS:
-                source = re.search(r'(?:^|,)from="([^"]*)"', line.options)
-                name = line.tag[len(WORKER_TAG) :].partition("@")[0]
-                found.append((name[:100], source[1][:100] if source else ""))
+        for line in self._tagged(WORKER_TAG)[:MAX_WORKERS]:
+            source = re.search(r'(?:^|,)from="([^"]*)"', line.options)
+            name = line.tag[len(WORKER_TAG) :].partition("@")[0]
+            found.append((name[:100], source[1][:100] if source else ""))
         return found
 
     @contextlib.contextmanager
