@@ -87,7 +87,7 @@ ROLE_HELP = "What this host runs: " + "; ".join(f"{role.name}, {role.summary}" f
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="Worker: the cluster file to use.")
 @click.option("--from-master", metavar="[USER@]HOST[:PORT]", help="Worker: fetch the cluster file over SSH.")
 @click.option("--join", metavar="TOKEN", envvar="AIRFLOW_NODE_JOIN_TOKEN", show_envvar=True,
-              help="Worker: join the master this token names (`airflow-node join-token` prints it there): "
+              help="Worker or another master: join the master this token names (`airflow-node join-token` there): "
               "enroll, fetch the cluster file, render and start this node.")  # fmt: skip
 @click.option("--join-file", type=click.Path(path_type=Path), metavar="FILE", help="Worker: read --join from a file.")
 @click.option("--advertise-address", metavar="ADDRESS",
@@ -104,6 +104,11 @@ ROLE_HELP = "What this host runs: " + "; ".join(f"{role.name}, {role.summary}" f
               "or --db-url-file).")  # fmt: skip
 @click.option("--db-url-file", type=click.Path(path_type=Path), metavar="FILE",
               help="Master: read --db-url from this file (its first line).")  # fmt: skip
+@click.option(
+    "--api-address",
+    metavar="HOST",
+    help="Master: the cluster address of the web/API server (a load balancer's) [the master's].",
+)
 @click.option("--sentinel-master", metavar="NAME", help="Master: the master name, with a sentinel:// broker list.")
 @click.option("--expect-workers", "expected_workers", metavar="N|NAME,...",
               help="Master: the workers to expect; `airflow-node cluster` flags a missing one.")  # fmt: skip
@@ -251,17 +256,26 @@ def restart(target: Target) -> None:
 @click.option("--ssh-port", type=click.IntRange(1, 65535), default=22, show_default=True,
               help="The port of the master's sshd.")  # fmt: skip
 @click.option("--list", "show", is_flag=True, help="List the tokens and the enrolled workers.")
-@click.option("--revoke", metavar="ID|WORKER", help="Revoke a token, or an enrolled worker's key.")
-def join_token(target: Target, ttl: int, ssh_port: int, show: bool, revoke: str | None) -> None:
-    """On the master: print the command that joins a worker (a new token), or list or revoke."""
-    from airflow_nodes import join
+@click.option("--revoke", metavar="ID|NODE", help="Revoke a token, or an enrolled node's key.")
+@click.option(
+    "--role",
+    type=click.Choice(["worker", "master"]),
+    default="worker",
+    show_default=True,
+    help="What the token joins: a worker, or another master of this cluster.",
+)
+def join_token(target: Target, ttl: int, ssh_port: int, show: bool, revoke: str | None, role: str) -> None:
+    """On a master: print the command that joins a worker or a master (a new token), or list or revoke."""
+    from airflow_nodes import join, masters
 
     if show:
         echo(output.join_listing(join.list_joins(target)))
     elif revoke is not None:
-        echo(output.revoked(join.revoke(target, revoke)))
+        echo(output.revoked(masters.revoke(target, revoke)))
     else:
-        echo(join.token_command(join.master_join_token(target, ttl, ssh_port)))
+        if role == "master":  # the masters fetch from each other: this one needs a key and a place in the file
+            masters.prepare_for_peers(target)
+        echo(join.token_command(join.master_join_token(target, ttl, ssh_port, role)))
 
 
 @cli.command("ssh-gate", hidden=True)
@@ -481,6 +495,23 @@ def cluster_view(target: Target, as_json: bool, timeout: float) -> None:
     echo(output.fleet_json(report) if as_json else output.fleet_table(report))
     if report.status:
         raise click.exceptions.Exit(report.status.exit_code)
+
+
+@cli.command(hidden=True)
+@root_option
+@click.option("--ttl", type=float, metavar="SEC", help="Seconds the lock outlives a holder that stops renewing it "
+              "(5-300) [default: 20].")  # fmt: skip
+@click.option("--poll", type=float, metavar="SEC", help="Seconds between two tries of a host standing by "
+              "(1-60, under half of --ttl) [default: 5].")  # fmt: skip
+@click.argument("name")
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def lead(target: Target, ttl: float | None, poll: float | None, name: str, argv: tuple[str, ...]) -> int:
+    """Run ARGV only while this host holds the cluster-wide lock NAME (one DAG processor among the
+    masters): `airflow-node lead NAME [--ttl SEC] [--poll SEC] -- ARGV...`, as the airflow account."""
+    from airflow_nodes.leader import check_lead_request
+    from airflow_nodes.leader import lead as run_lead
+
+    return run_lead(target, check_lead_request(name, argv, ttl, poll))
 
 
 def main(argv: list[str] | None = None) -> int:

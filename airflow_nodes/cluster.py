@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
+import ipaddress
+import json
 import os
 import pwd
 import re
@@ -61,6 +64,74 @@ class ClusterSecrets:
         return tuple(dataclasses.astuple(self))
 
 
+MASTER, WORKER = "master", "worker"
+MAX_MEMBERS = 1000  # nodes enrolled through the masters' gates (sshkeys.MAX_WORKERS of them workers)
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")  # a word of the gate's command line
+ED25519_LINE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}$")
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+
+
+@dataclass(frozen=True, order=True)
+class Member:
+    """A node enrolled through a master's gate, as every master knows it (the cluster file carries it to
+    all of them): whose key may log in to any master's gate and from where, and for a master, the address
+    and SSH host key by which the other nodes reach and pin it."""
+
+    name: str
+    role: str  # MASTER or WORKER
+    address: str  # where the others reach it (a worker's advertised address)
+    source: str  # the address sshd saw it enroll from: its key is accepted from there only
+    key: str  # the public line of its sync key, "ssh-ed25519 AAAA..."
+    host_key: str = ""  # a master's SSH host key, "ssh-ed25519 AAAA...": every node pins it
+
+    def fields(self) -> dict[str, str]:
+        values = dataclasses.asdict(self)
+        del values["name"]
+        return {k: v for k, v in values.items() if v}
+
+
+def _member(name: str, values: object, where: str) -> Member:
+    """Given a [members] entry read from a file, return it checked. Raise UserError naming it."""
+    where = f"{where}: members.{name if _MEMBER_NAME.fullmatch(name) else repr(name[:64])}"  # one line
+    if not isinstance(values, dict) or set(values) - {"role", "address", "source", "key", "host_key"}:
+        raise UserError(f"{where}: must be {{ role, address, source, key[, host_key] }}")
+    if not all(isinstance(v, str) for v in values.values()):
+        raise UserError(f"{where}: every value is a string")
+    member = Member(name, **{k: values.get(k, "") for k in ("role", "address", "source", "key", "host_key")})
+    check_member(member, where)
+    return member
+
+
+def check_member(member: Member, where: str) -> None:
+    if not _MEMBER_NAME.fullmatch(member.name):
+        raise UserError(f"{where}: {member.name[:64]!r} is not a node name")
+    if member.role not in (MASTER, WORKER):
+        raise UserError(f"{where}: role must be {MASTER!r} or {WORKER!r}")
+    if "\n" in member.address:  # check_host's "$" lets a trailing newline by: it would end an authorized_keys line
+        raise UserError(f"{where}: address {member.address[:64]!r} is not a host name or address")
+    check_host(member.address, where)
+    try:  # sshd's from="..." and the known_hosts lines take it: an IP address, nothing else
+        ipaddress.ip_address(member.source)
+        if "%" in member.source:  # an IPv6 scope, which ipaddress lets hold any character ('"', a newline)
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{where}: source {member.source[:64]!r} is not an IP address") from None
+    if not ED25519_LINE.fullmatch(member.key):
+        raise UserError(f"{where}: key is not an ed25519 public key line")
+    if (
+        member.host_key
+        and not ED25519_LINE.fullmatch(member.host_key)
+        or (member.role == MASTER) != bool(member.host_key)
+    ):
+        raise UserError(f"{where}: host_key: an ed25519 public key line, for a master only")
+
+
+def key_fingerprint(key_line: str) -> str:
+    """Given "ssh-ed25519 BASE64", return its SHA256 fingerprint as ssh-keygen -l prints it."""
+    blob = base64.b64decode(key_line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     airflow_version: str  # the version line every node runs, e.g. "3.3"
@@ -84,6 +155,11 @@ class ClusterConfig:
     airflow_packages: str = ""  # hash of the master's installed package set; "" when unknown
     sentinel_master: str = ""  # the master name of a Sentinel broker (Celery's master_name)
     expected_workers: str = ""  # "", a count, or worker names: `airflow-node cluster` flags a missing one
+    # several masters: each change of this file raises the serial; a master takes the highest it sees
+    serial: int = 0
+    api_address: str = ""  # the cluster address (a load balancer's in front of the masters): "" is master_host
+    revoked: str = ""  # comma-separated fingerprints of sync keys revoked: no master takes them back
+    members: tuple[Member, ...] = ()  # sorted by name
 
     @property
     def version(self) -> AirflowVersion:
@@ -94,9 +170,32 @@ class ClusterConfig:
         return urls.metadata_db_url(self.db_url)
 
     @property
+    def cluster_address(self) -> str:
+        """Where every node and user reaches the web/API server: whichever master is up behind it."""
+        return self.api_address or self.master_host
+
+    @property
     def web_url(self) -> str:
         """The web/api server every node reaches, e.g. http://10.0.0.1:8080 (an IPv6 host in brackets)."""
-        return urls.http_url(self.master_host, self.web_port)
+        return urls.http_url(self.cluster_address, self.web_port)
+
+    @property
+    def masters(self) -> tuple[str, ...]:
+        """The masters' addresses: the first master's, then every master that joined it."""
+        joined = [m.address for m in self.members if m.role == MASTER and m.address != self.master_host]
+        return (self.master_host, *joined)
+
+    @property
+    def several_masters(self) -> bool:
+        """Whether masters are members: from the first master token on (its master enters the file then)."""
+        return any(m.role == MASTER for m in self.members)
+
+    def member(self, name: str) -> Member | None:
+        return next((m for m in self.members if m.name == name), None)
+
+    @property
+    def revoked_keys(self) -> frozenset[str]:
+        return frozenset(filter(None, self.revoked.split(",")))
 
     @property
     def flower_url(self) -> str:
@@ -148,6 +247,17 @@ def _expected_workers(value: str, where: str) -> None:
         check_host(name, where)
 
 
+def _revoked(value: str, where: str) -> None:
+    found = [f for f in value.split(",") if f] if value else []
+    if len(found) > MAX_MEMBERS or not all(_FINGERPRINT.fullmatch(f) for f in found):
+        raise UserError(f"{where}: at most {MAX_MEMBERS} comma-separated SHA256 key fingerprints")
+
+
+def _api_address(value: str, where: str) -> None:
+    if value:
+        check_host(value, where)
+
+
 def _broker(value: str, where: str) -> None:
     urls.check_broker_url(value, where)
 
@@ -181,7 +291,10 @@ CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("cluster", "airflow_home", "airflow_home", str, _airflow_home, "--airflow-home"),
     Field("cluster", "airflow_user", "airflow_user", str, check_name),
     Field("cluster", "expected_workers", "expected_workers", str, _expected_workers, "--expect-workers", since="0.2"),
+    Field("cluster", "serial", "serial", int, in_range(0, 10**15), since="0.5"),
+    Field("cluster", "revoked", "revoked", str, _revoked, since="0.5"),
     Field("master", "host", "master_host", str, check_host, "--master-host"),
+    Field("master", "api_address", "api_address", str, _api_address, "--api-address", since="0.5"),
     Field("master", "web_port", "web_port", int, check_port, "--web-port"),
     Field("master", "flower_port", "flower_port", int, check_port, "--flower-port"),
     Field("master", "worker_log_port", "worker_log_port", int, check_port),
@@ -220,7 +333,38 @@ HEADER = (
 
 def dump_cluster(config: ClusterConfig) -> str:
     """Given a ClusterConfig, return the TOML text of the cluster file."""
-    return dump_toml(config, CLUSTER_SCHEMA, HEADER)
+    text = dump_toml(config, CLUSTER_SCHEMA, HEADER)
+    if not config.members:
+        return text
+    # JSON strings are TOML basic strings; a name is a bare key (letters, digits, "." quoted)
+    lines = [f"{json.dumps(m.name)} = {{ {', '.join(f'{k} = {json.dumps(v)}' for k, v in m.fields().items())} }}"
+             for m in sorted(config.members)]  # fmt: skip
+    return text + "\n[members]\n" + "\n".join(lines) + "\n"
+
+
+def cluster_digest(config: ClusterConfig) -> str:
+    """The sha256 of the file's canonical text: what breaks a tie between two changes of one serial."""
+    return hashlib.sha256(dump_cluster(config).encode()).hexdigest()
+
+
+def merge_clusters(ours: ClusterConfig, *theirs: ClusterConfig) -> ClusterConfig:
+    """Given this master's cluster file and the ones its peers serve, return the file every master
+    converges to, the same whichever computes it: the settings of the highest serial (on a tie, the
+    higher digest), the members all of them know but those revoked anywhere, and, when that differs
+    from the file it is based on, the next serial."""
+    files = (ours, *theirs)
+    ranked = sorted(files, key=lambda c: (c.serial, cluster_digest(c)), reverse=True)
+    base = ranked[0]
+    revoked = frozenset().union(*(c.revoked_keys for c in files))
+    members: dict[str, Member] = {}
+    for config in ranked:  # a name's entry from the highest-ranked file that has it: the same on every master
+        for member in config.members:
+            if key_fingerprint(member.key) not in revoked:
+                members.setdefault(member.name, member)
+    merged = dataclasses.replace(base, revoked=",".join(sorted(revoked)), members=tuple(sorted(members.values())))
+    if merged == base:
+        return base
+    return dataclasses.replace(merged, serial=max(c.serial for c in files) + 1)
 
 
 def _check_across_keys(config: ClusterConfig, where: str) -> None:
@@ -249,9 +393,13 @@ def validate_cluster(config: ClusterConfig, where: str) -> ClusterConfig:
 
 def parse_cluster(text: str, where: str) -> ClusterConfig:
     """Given the text of a cluster file, return a validated ClusterConfig. Raise UserError naming the key."""
-    values = load_toml(text, CLUSTER_SCHEMA, where)
+    values = load_toml(text, CLUSTER_SCHEMA, where, tables=("members",))
+    entries = values.pop("members", {})
+    if len(entries) > MAX_MEMBERS:
+        raise UserError(f"{where}: members: at most {MAX_MEMBERS}")
+    members = tuple(sorted(_member(name, entry, where) for name, entry in entries.items()))
     secret_values = {k.split(".", 1)[1]: values.pop(k) for k in list(values) if k.startswith("secrets.")}
-    config = ClusterConfig(secrets=ClusterSecrets(**secret_values), **values)
+    config = ClusterConfig(secrets=ClusterSecrets(**secret_values), members=members, **values)
     _check_across_keys(config, where)
     return config
 

@@ -33,7 +33,7 @@ class NodeContext:
     @property
     def daemons(self) -> tuple[Daemon, ...]:
         worker = self.line.worker_daemon(self.node.concurrency, self.node.queue_list, self.node.celery_name)
-        return self.role.daemons(self.line, worker)
+        return self.role.daemons(self.line, worker, several_masters=self.cluster.several_masters)
 
     @property
     def airflow_home(self) -> str:
@@ -77,6 +77,8 @@ class NodeContext:
         return f"{self.airflow_home}/config/airflow_node_bundle.py"
 
     def argv(self, daemon: Daemon) -> tuple[str, ...]:
+        if daemon.leader_lock:  # the wrapper holds the lock and runs Airflow's daemon (as the airflow account)
+            return (self.node.airflow_node_bin, "lead", daemon.leader_lock, "--", self.node.airflow_bin, *daemon.args)
         return (self.node.airflow_node_bin if daemon.ours else self.node.airflow_bin, *daemon.args)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import re
+import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -199,3 +200,45 @@ def as_user(user: str | None, action, *args):
     if outcome["ok"]:
         return outcome["value"]
     raise (UserError if outcome["user_error"] else OperationError)(outcome["message"])
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int, prctl: Callable[..., int]) -> Callable[[], None]:
+    """Return the preexec function of start_child: runs in the child between fork and exec."""
+
+    def preexec() -> None:
+        os.setpgid(0, 0)
+        if prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM)) != 0:
+            raise OSError("prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before prctl took effect: nobody would signal us
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def start_child(argv: Sequence[str | os.PathLike], what: str | None = None) -> subprocess.Popen:
+    """Given a long-running command, start it and return its Popen (the caller waits for it).
+
+    It runs in its own process group (one killpg stops it and whatever it started), and the kernel sends
+    it SIGTERM when the process that started it dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG): no
+    orphan keeps running after its wrapper. It gets our environment, stdout and stderr (the init
+    system's log) and no stdin. Raise CommandError naming `what` when it cannot start.
+    """
+    import ctypes
+
+    argv = tuple(str(arg) for arg in argv)
+    what = what or " ".join(argv)
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: the child between fork and exec loads nothing
+    except AttributeError:
+        raise CommandError(what, "needs Linux (prctl) to tie the command's life to ours") from None
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with(os.getpid(), prctl))
+    except FileNotFoundError:
+        raise CommandError(what, f"{argv[0]} is not installed") from None
+    except PermissionError:
+        raise CommandError(what, f"{argv[0]} cannot be executed") from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CommandError(what, f"cannot start {argv[0]}: {exc}") from None

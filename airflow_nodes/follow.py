@@ -28,19 +28,30 @@ from airflow_nodes import defaults
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.masters import converge_master, say_converged
 from airflow_nodes.node import RELEASE_FAILURES_DIR, RELEASE_REQUESTS_DIR
 from airflow_nodes.redaction import redact
 from airflow_nodes.redisclient import connect
 from airflow_nodes.sanitise import one_line
-from airflow_nodes.sync import SKIPPED, SyncRequest, master_releases, splay_of, sync
+from airflow_nodes.sync import (
+    SKIPPED,
+    SyncRequest,
+    effective_source,
+    follows_master_releases,
+    master_releases,
+    splay_of,
+    sync,
+)
 from airflow_nodes.syncing.offer import herd_splay, rung
 from airflow_nodes.syncing.releases import RELEASE_NAME, DagLayout, current_release, held_release
 from airflow_nodes.target import Target
+from airflow_nodes.versions import FOLLOWER
 
 MAX_FETCHES = 64  # releases fetched in one look: more wait for the next one
 SCAN_LIMIT = 4096  # entries taken from the requests directory in one look (a flood waits its turn)
 REMOVE_DEPTH = 8  # how deep a directory planted there is removed
 MIN_RING_GAP = 10.0  # seconds between two syncs the doorbell starts: a hostile ringer gets no more
+PEER_POLL = 10.0  # seconds between a master's looks at its peers' cluster files (one small request each)
 
 
 def _say(line: str) -> None:
@@ -56,6 +67,7 @@ class Follower:
     _client: object = None
     _broker: tuple[str, str] = ("", "")
     _last_ring: float = float("-inf")
+    _last_peers: float = float("-inf")
     _rung_seen: str = ""
     _pending: set = field(default_factory=set)  # asked for, not fetched yet: another sync held the lock
 
@@ -74,7 +86,15 @@ class Follower:
     def once(self) -> None:
         ctx = load_context(self.target)
         layout = DagLayout(self.target.root, self.target.path(ctx.dags_folder))
-        self.fetch_requested(layout, ctx)
+        if ctx.role.creates_cluster:  # one of several masters: its peers' cluster files, and who enrolled here
+            if time.monotonic() - self._last_peers >= PEER_POLL:
+                self._last_peers = time.monotonic()
+                say_converged(converge_master(self.target), self.say)
+                ctx = load_context(self.target)
+            if not follows_master_releases(ctx, self.target, effective_source(ctx)):
+                return  # the first master builds its releases from the DAG source
+        else:
+            self.fetch_requested(layout, ctx)
         revision = self._doorbell(ctx)
         if revision and revision != self._rung_seen and time.monotonic() - self._last_ring >= MIN_RING_GAP:
             published = current_release(layout)
@@ -226,8 +246,8 @@ def forget_old_failures(failures: Path) -> None:
 def follow(target: Target, poll: float, splay: float, passes: int | None = None) -> None:
     """Run the follower (for ever, or `passes` looks). Raise UserError when this node is no worker."""
     ctx = load_context(target)
-    if not ctx.role.follows_master:
-        raise UserError(f"follow: a {ctx.node.role} does not follow the master's DAG releases (a worker does)")
-    if ctx.line.versioned_dags:
+    if FOLLOWER not in ctx.daemons:
+        raise UserError(f"follow: this {ctx.node.role} has no follower (a worker has, and each of several masters)")
+    if ctx.line.versioned_dags and ctx.role.follows_master:
         prepare_requests_dir(target, ctx.cluster.airflow_user)
     Follower(target, poll, splay).run(passes)

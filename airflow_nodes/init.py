@@ -37,7 +37,7 @@ from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import run_checked
 from airflow_nodes.initsystems import init_system as init_system_named
 from airflow_nodes.install import find_lock, install_airflow, python_version
-from airflow_nodes.join import join, master_join_token, parse_token, token_command
+from airflow_nodes.join import host_key_of, join, master_join_token, parse_token, token_command
 from airflow_nodes.localservers import (
     DB_NAME,
     DB_USER,
@@ -105,6 +105,7 @@ class InitRequest:
     flower_port: int | None = None
     sentinel_master: str | None = None
     expected_workers: str | None = None
+    api_address: str | None = None
     install_airflow: str | None = None  # install this Airflow into the venv first (shipped lock)
     broker_url_file: Path | None = None  # the URLs hold passwords: they may come from files
     db_url_file: Path | None = None
@@ -177,6 +178,8 @@ def master_cluster(request: InitRequest, install: AirflowInstall, existing: Clus
             # the default source names the master: it moves with it
             given["dags_source"] = default_dags_source(given["master_host"], existing.airflow_user)
         config = dataclasses.replace(existing, airflow_version=version.series, **given)
+        if config != existing:  # a change: the other masters take it (masters.py orders changes by serial)
+            config = dataclasses.replace(config, serial=existing.serial + 1)
     return _checked_options(validate_cluster, config)
 
 
@@ -481,7 +484,12 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
 
     check_role_options(request, role)
     wanted = wanted_servers(request, existing_node) if role.creates_cluster else WantedServers(False, False)
-    if role.creates_cluster:
+    if request.join and role.creates_cluster:  # another master: it takes the cluster as the first one made it
+        given = [CLUSTER_OPTIONS[attr] for attr in request.given_cluster_options()]
+        if given or wanted:
+            raise UserError(f"{(given or [wanted.option])[0]}: not with --join; a master that joined takes the "
+                            "cluster file, and changes it afterwards like any master")  # fmt: skip
+    if role.creates_cluster and not request.join:
         existing = None
         if not (existing_cluster_text or b"").strip() and CLUSTER_FILE in read_manifest(target).files:
             state = "empty" if existing_cluster_text is not None else "gone"
@@ -507,7 +515,7 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
             if existing is None:
                 notes.append("generated the cluster secrets (fernet key, secret key, JWT secret, flower password)")
     elif request.join:
-        cluster_text, credentials = join_master(request, existing_node)
+        cluster_text, credentials, request = join_master(request, existing_node, role, install, target)
         source = "--join: the master's cluster file"
         cluster = parse_cluster(cluster_text.decode(errors="replace"), source)
     else:
@@ -571,16 +579,29 @@ def web_ui_note(cluster: ClusterConfig) -> str:
             "--role Admin --username admin ...)")  # fmt: skip
 
 
-def join_master(request: InitRequest, existing: NodeSettings | None) -> tuple[bytes, NodeCredentials]:
-    """Enroll with the master a join token names; return its cluster file and this worker's credentials."""
+def join_master(
+    request: InitRequest, existing: NodeSettings | None, role: Role, install: AirflowInstall, target: Target
+) -> tuple[bytes, NodeCredentials, InitRequest]:
+    """Enroll with the master a join token names; return its cluster file, this node's credentials and
+    the request with the address it enrolled with. Everything is checked before anything is sent."""
     if request.config_file or request.from_master:
         raise UserError("--join: give --join, --config or --from-master, one of them")
     token = parse_token(request.join)
+    if token.role != role.name:
+        raise UserError(f"--join: this token joins a {token.role}, not a {role.name}; mint one with "
+                        f"`airflow-node join-token --role {role.name}` on a master")  # fmt: skip
+    host_key = ""
+    if role.creates_cluster:
+        if not install.version.several_schedulers:
+            raise UserError(f"--join: this host runs Airflow {install.version}; several masters need Airflow 3.2 or "
+                            "later (before it two schedulers can run a task twice)")  # fmt: skip
+        host_key = host_key_of(target)
     name = request.node_name or (existing.node_name if existing else socket.gethostname())
     check_host(name, "--node-name")  # before anything is enrolled on the master
-    address = request.advertise_address or route_address(token.host) or name
-    joined = join(token, name, urls.bare_host(address))
-    return joined.cluster_text, NodeCredentials(joined.key_file, joined.known_hosts)
+    address = urls.bare_host(request.advertise_address or route_address(token.host) or name)
+    joined = join(token, name, address, host_key=host_key)
+    request = dataclasses.replace(request, advertise_address=request.advertise_address or address)
+    return joined.cluster_text, NodeCredentials(joined.key_file, joined.known_hosts), request
 
 
 ADMIT_ROUNDS = 5  # a worker that enrolls while admit applies is planned in the next round

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_nodes import defaults, execute, statefile
-from airflow_nodes.cluster import read_cluster
+from airflow_nodes.cluster import ED25519_LINE, MASTER, WORKER, key_fingerprint, read_cluster
 from airflow_nodes.context import load_context
 from airflow_nodes.dagsource import master_endpoint, parse_dags_source
 from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
@@ -52,7 +52,6 @@ from airflow_nodes.sshkeys import (
     TOKEN_TAG,
     KeysFile,
     expires_at,
-    fingerprint_of,
     keys_file_of,
     pinned,
     private_key_file,
@@ -70,7 +69,6 @@ JOIN_REQUEST_LIMIT, JOIN_REQUEST_WAIT = 8192, 5  # bytes and seconds the gate re
 # command line: not schema's host pattern, whose brackets are shell glob characters; bounded
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,62}$")  # an IP address, or a name if that is all there is
-_ED25519_LINE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}$")
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9+/]{12}$")
 
 
@@ -82,14 +80,15 @@ class JoinToken:
     fingerprint: str  # "SHA256:..." of the master's ed25519 host key, as ssh-keygen -l prints it
     seed: bytes  # the one-purpose key's private seed
     expires: int  # epoch seconds (sshd enforces it too)
+    role: str = WORKER  # what it joins: a worker, or another master
 
     @property
     def id(self) -> str:
-        return fingerprint_of(public_key_line(self.seed))[7:19]
+        return key_fingerprint(public_key_line(self.seed))[7:19]
 
     def encode(self) -> str:
         body = {"h": self.host, "p": self.port, "u": self.user, "f": self.fingerprint,
-                "k": _b64(self.seed), "e": self.expires}  # fmt: skip
+                "k": _b64(self.seed), "e": self.expires, "r": self.role}  # fmt: skip
         return TOKEN_PREFIX + _b64(json.dumps(body, separators=(",", ":")).encode())
 
 
@@ -109,9 +108,12 @@ def parse_token(text: str, option: str = "--join") -> JoinToken:
         raise bad
     try:
         body = json.loads(_unb64(text[len(TOKEN_PREFIX) :]))
-        token = JoinToken(body["h"], int(body["p"]), body["u"], body["f"], _unb64(body["k"]), int(body["e"]))
-    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+        token = JoinToken(body["h"], int(body["p"]), body["u"], body["f"], _unb64(body["k"]), int(body["e"]),
+                          body.get("r", WORKER))  # fmt: skip
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError, AttributeError):
         raise bad from None
+    if token.role not in (WORKER, MASTER):
+        raise bad
     check_host(token.host, option)
     if not (0 < token.port < 65536 and LOGIN_NAME.fullmatch(token.user) and len(token.seed) == 32):
         raise bad
@@ -131,7 +133,7 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
     cluster_file = root / CLUSTER_FILE.lstrip("/")
     if args == ["join"]:
         raise UserError("ssh-gate: this token comes from an older airflow-node; mint another on the master")
-    if len(args) == 2 and args[0] == "join" and _TOKEN_ID.fullmatch(args[1]):
+    if len(args) == 2 and args[0] in ("join", "join-master") and _TOKEN_ID.fullmatch(args[1]):
         client = _client_address()
         try:
             request = json.loads(_read_join_request(stdin) or b"{}")
@@ -141,12 +143,20 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
             raise UserError("ssh-gate: a join request is one JSON object")
         name, key, address = request.get("name", ""), request.get("key", ""), request.get("address", "")
         if not (
-            _NODE_NAME.fullmatch(str(name)) and _ED25519_LINE.fullmatch(str(key)) and _ADDRESS.fullmatch(str(address))
+            _NODE_NAME.fullmatch(str(name)) and ED25519_LINE.fullmatch(str(key)) and _ADDRESS.fullmatch(str(address))
         ):
             raise UserError("ssh-gate: a join needs a node name, an ed25519 public key and an address")
-        keys.enroll(name, key, address, client, args[1])
+        # the token's line says what it enrolls (sshd forces the command): a worker, or a master
+        joins, asks = (MASTER if args[0] == "join-master" else WORKER), request.get("role", WORKER)
+        if asks != joins:
+            raise UserError(f"ssh-gate: this token joins a {joins}, not a {str(asks)[:20]}; mint one for that "
+                            "with `airflow-node join-token --role ROLE`")  # fmt: skip
+        host_key = str(request.get("host_key", "")) if joins == MASTER else ""
+        if joins == MASTER and not ED25519_LINE.fullmatch(host_key):
+            raise UserError("ssh-gate: a master's join needs its ed25519 SSH host key")
+        keys.enroll(name, key, address, client, args[1], host_key)
         return statefile.read_bytes(cluster_file) or b""
-    if len(args) == 2 and args[0] == "worker":
+    if len(args) == 2 and args[0] in (WORKER, MASTER):
         try:
             words = shlex.split(original_command)
         except ValueError:
@@ -237,7 +247,7 @@ def verified_host_key(token: JoinToken, timeout: float = 15) -> str:
     for line in result.stdout.splitlines():
         words = line.split()
         if len(words) >= 3 and words[1] == "ssh-ed25519":
-            found = fingerprint_of(" ".join(words[1:3]))
+            found = key_fingerprint(" ".join(words[1:3]))
             if found != token.fingerprint:
                 raise UserError(
                     f"--join: the master at {token.host}:{token.port} presents host key {found}, the token expects "
@@ -252,8 +262,11 @@ def known_hosts_line(token: JoinToken, key: str) -> str:
     return f"{host if token.port == 22 else f'[{host}]:{token.port}'} {key}\n"
 
 
-def join(token: JoinToken, node_name: str, address: str, worker_seed: bytes | None = None) -> Joined:
-    """Enroll this worker with the master a token names; return the cluster file and this worker's key.
+def join(
+    token: JoinToken, node_name: str, address: str, worker_seed: bytes | None = None, host_key: str = ""
+) -> Joined:
+    """Enroll this node with the master a token names (a master: with its SSH host key); return the
+    cluster file and this node's key.
 
     Raise UserError for a token the master refuses (expired, revoked) or a master that is not the one
     the token names, OperationError when the master cannot be reached.
@@ -263,7 +276,8 @@ def join(token: JoinToken, node_name: str, address: str, worker_seed: bytes | No
         raise UserError(f"--join: the token expired at {expired}; mint another with `airflow-node join-token`")
     host_key = verified_host_key(token)
     seed = worker_seed or os.urandom(32)
-    request = json.dumps({"name": node_name, "key": public_key_line(seed), "address": address}).encode()
+    asked = {"name": node_name, "key": public_key_line(seed), "address": address, "role": token.role}
+    request = json.dumps({**asked, "host_key": host_key} if host_key else asked).encode()
     with tempfile.TemporaryDirectory(prefix="airflow-node-join-") as scratch:  # 0700
         token_key, known = Path(scratch) / "token_key", Path(scratch) / "known_hosts"
         fd = os.open(token_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -287,18 +301,18 @@ def join(token: JoinToken, node_name: str, address: str, worker_seed: bytes | No
     return Joined(result.stdout, private_key_file(seed), known_hosts_line(token, host_key).encode())
 
 
-def mint(keys: KeysFile, host: str, port: int, user: str, host_key: str, ttl: int) -> JoinToken:
+def mint(keys: KeysFile, host: str, port: int, user: str, host_key: str, ttl: int, role: str = WORKER) -> JoinToken:
     """Add a new token's key to the master's authorized_keys; return the token."""
     if not 60 <= ttl <= defaults.JOIN_TOKEN_MAX_TTL:
         raise UserError(f"--ttl: 60 to {defaults.JOIN_TOKEN_MAX_TTL} seconds, got {ttl}")
-    token = JoinToken(host, port, user, fingerprint_of(host_key), os.urandom(32), int(time.time()) + ttl)
-    keys.add_token(token.seed, token.expires)
+    token = JoinToken(host, port, user, key_fingerprint(host_key), os.urandom(32), int(time.time()) + ttl, role)
+    keys.add_token(token.seed, token.expires, role)
     return token
 
 
 def token_command(token: JoinToken) -> str:
-    """The worker's command, the token in its environment: not in argv (ps), only the shell's history."""
-    return f"AIRFLOW_NODE_JOIN_TOKEN={token.encode()} airflow-node init --role worker"
+    """The node's command, the token in its environment: not in argv (ps), only the shell's history."""
+    return f"AIRFLOW_NODE_JOIN_TOKEN={token.encode()} airflow-node init --role {token.role}"
 
 
 def read_token(value: str | None, file: Path | None) -> str | None:
@@ -311,16 +325,27 @@ def read_token(value: str | None, file: Path | None) -> str | None:
 # -- the commands around it: on the master, and the worker's leaving --------------------------------
 
 
-def master_join_token(target, ttl: int = defaults.JOIN_TOKEN_TTL, ssh_port: int = 22) -> JoinToken:
-    """On the master: mint a token for its address and SSH host key. Raise UserError when this node is
-    no master or has no ed25519 host key (sshd not installed)."""
-    ctx, user = _master(target)
+def host_key_of(target) -> str:
+    """This host's ed25519 SSH host key line. Raise UserError when there is none (sshd not installed)."""
     host_key_text = statefile.read_text(target.path(HOST_KEY), limit=4096)
-    if not host_key_text or len(host_key_text.split()) < 2:
-        raise UserError(f"{target.path(HOST_KEY)}: no SSH host key; install and start openssh-server on the master")
-    host_key = " ".join(host_key_text.split()[:2])
-    encoded = as_user(user, lambda *a: mint(*a).encode(), keys_file_of(target, ctx), ctx.cluster.master_host, ssh_port,
-                      ctx.cluster.airflow_user, host_key, ttl)  # fmt: skip
+    host_key = " ".join((host_key_text or "").split()[:2])
+    if not ED25519_LINE.fullmatch(host_key):
+        raise UserError(f"{target.path(HOST_KEY)}: no SSH host key; install and start openssh-server here")
+    return host_key
+
+
+def master_join_token(target, ttl: int = defaults.JOIN_TOKEN_TTL, ssh_port: int = 22, role: str = WORKER) -> JoinToken:
+    """On a master: mint a token (for a worker, or another master) for its address and SSH host key. Raise
+    UserError when this node is no master, has no ed25519 host key, or, for a master, runs an Airflow
+    that cannot run several schedulers."""
+    ctx, user = _master(target)
+    if role == MASTER and not ctx.cluster.version.several_schedulers:
+        raise UserError(f"--role master: this cluster runs Airflow {ctx.cluster.airflow_version}; several schedulers "
+                        "need Airflow 3.2 or later (before it they can run a task twice): upgrade first")  # fmt: skip
+    host_key = host_key_of(target)
+    address = ctx.node.advertise_address or ctx.cluster.master_host  # this master's own address
+    encoded = as_user(user, lambda *a: mint(*a).encode(), keys_file_of(target, ctx), address, ssh_port,
+                      ctx.cluster.airflow_user, host_key, ttl, role)  # fmt: skip
     return parse_token(encoded)
 
 

@@ -41,6 +41,7 @@ from airflow_nodes.plan import Plan, PlannedDir, PlannedFile, SystemUser
 from airflow_nodes.render import render
 from airflow_nodes.syncing.releases import RELEASE_NAME
 from airflow_nodes.target import Target
+from airflow_nodes.urls import bare_host
 
 
 def render_airflow_cfg(ctx: NodeContext) -> str:
@@ -172,7 +173,7 @@ def build_node_plan(
         files += [
             # the transfers run as the airflow user: its key, in a directory only root can change
             PlannedFile(SSH_KEY_FILE, credentials.key_file, 0o600, SYNC_USER, SYNC_USER, secret=True),
-            PlannedFile(KNOWN_HOSTS_FILE, credentials.known_hosts, 0o644),
+            PlannedFile(KNOWN_HOSTS_FILE, known_hosts(cluster, credentials.known_hosts, node.node_name), 0o644),
         ]
     # where tasks may write under the systemd sandbox: made for the airflow user if missing, never
     # where our own directories and files are (the airflow user would own or could change them)
@@ -250,4 +251,15 @@ def read_installed(target: Target, *settings: NodeSettings | None) -> Installed:
 def read_credentials(target: Target) -> NodeCredentials | None:
     """The credentials a join left on this node (kept in every later plan), or None."""
     key, known = statefile.read_bytes(target.path(SSH_KEY_FILE)), statefile.read_bytes(target.path(KNOWN_HOSTS_FILE))
-    return NodeCredentials(key, known) if key and known else None
+    return NodeCredentials(key, known or b"") if key else None
+
+
+def known_hosts(cluster: ClusterConfig, pinned: bytes, own_name: str) -> bytes:
+    """The host keys this node trusts: the one its join pinned (and any it trusted since), then every
+    master's the cluster file names (each on port 22), so that it reaches whichever master is up."""
+    lines = [line for line in pinned.decode(errors="replace").splitlines() if line.strip()]
+    for member in cluster.members:
+        line = f"{bare_host(member.address)} {member.host_key}"
+        if member.host_key and member.name != own_name and line not in lines:
+            lines.append(line)
+    return "".join(f"{line}\n" for line in lines).encode()

@@ -6,7 +6,7 @@ does, it does not compare role names. A new role is a new row (the one-host clus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from airflow_nodes.errors import UserError
 from airflow_nodes.versions import FOLLOWER, AirflowLine, Daemon
@@ -39,12 +39,18 @@ class Role:
         # workers log in to the master as its airflow user (key only) for rsync and the gate: a shell
         return "/bin/sh" if self.creates_cluster else "/usr/sbin/nologin"
 
-    def daemons(self, line: AirflowLine, worker: Daemon | None = None) -> tuple[Daemon, ...]:
-        """This role's daemons on an Airflow line; `worker` is the node's Celery worker (its options)."""
+    def daemons(
+        self, line: AirflowLine, worker: Daemon | None = None, several_masters: bool = False
+    ) -> tuple[Daemon, ...]:
+        """This role's daemons on an Airflow line; `worker` is the node's Celery worker (its options). With
+        several masters, the DAG processor parses on one of them at a time (Airflow supports no two on one
+        bundle) and each master's follower keeps its cluster file and releases those of its peers."""
         daemons = list(line.master_daemons) if self.schedules else []
+        if self.schedules and several_masters:
+            daemons = [replace(d, leader_lock=d.name) if d.name == "dag-processor" else d for d in daemons]
         if self.runs_tasks and worker is not None:
             daemons.append(worker)
-        if self.follows_master:
+        if self.follows_master or (self.creates_cluster and several_masters):
             daemons.append(FOLLOWER)
         return tuple(daemons)
 
@@ -57,7 +63,7 @@ MASTER = Role(
     creates_cluster=True,
     follows_master=False,
     probes=(*COMMON_PROBES, "migrations", "flower", "web", "scheduler", "logs"),
-    options=("with_redis", "with_postgres", "db_allow"),
+    options=("with_redis", "with_postgres", "db_allow", "join"),  # --join: another master of the cluster
 )
 WORKER = Role(
     "worker",
@@ -79,7 +85,7 @@ ALL_IN_ONE = Role(
     creates_cluster=True,
     follows_master=False,  # its worker reads the releases this host publishes itself
     probes=(*MASTER.probes, "worker"),
-    options=(*MASTER.options, "concurrency", "queues", "stop_timeout"),
+    options=("with_redis", "with_postgres", "db_allow", "concurrency", "queues", "stop_timeout"),
 )
 
 ROLES = {role.name: role for role in (MASTER, WORKER, ALL_IN_ONE)}

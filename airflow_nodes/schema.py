@@ -60,8 +60,10 @@ def dump_toml(obj: Any, schema: tuple[Field, ...], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_toml(text: str, schema: tuple[Field, ...], where: str) -> dict[str, Any]:
-    """Given TOML text, return {attr: value} with every schema check run. Raise UserError naming the key."""
+def load_toml(text: str, schema: tuple[Field, ...], where: str, tables: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Given TOML text, return {attr: value} with every schema check run. Raise UserError naming the key.
+    `tables`: sections of names the file chooses (not the schema's), returned as {section: their dict}
+    for the caller to check."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -69,13 +71,16 @@ def load_toml(text: str, schema: tuple[Field, ...], where: str) -> dict[str, Any
     except (ValueError, RecursionError):  # a 5000-digit integer, arrays nested past any sense
         raise UserError(f"{where}: not TOML that airflow-node could have written") from None
     known = {(f.section, f.key) for f in schema}
+    values: dict[str, Any] = {}
     for section, table in data.items():
         if not isinstance(table, dict):
             raise UserError(f"{where}: {clipped(section)} must be a [section]")
+        if section in tables:
+            values[section] = table
+            continue
         for key in table:
             if (section, key) not in known:
                 raise UserError(f"{where}: unknown key {clipped(f'{section}.{key}')}")
-    values: dict[str, Any] = {}
     for field in schema:
         try:
             value = data[field.section][field.key]

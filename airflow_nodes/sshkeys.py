@@ -6,10 +6,8 @@ key. join.py makes and serves the joins; the master's log probe reads the enroll
 
 from __future__ import annotations
 
-import base64
 import calendar
 import contextlib
-import hashlib
 import ipaddress
 import os
 import pwd
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from airflow_nodes import statefile
 from airflow_nodes.atomicfile import write_atomically
+from airflow_nodes.cluster import MASTER, ClusterConfig, Member, check_member, key_fingerprint
 from airflow_nodes.context import NodeContext
 from airflow_nodes.errors import UserError
 from airflow_nodes.execute import NoSuchAccount, as_user
@@ -30,8 +29,12 @@ LOCALTIME = "/etc/localtime"  # the zone sshd reads expiry-time in
 MAX_ENROLMENTS_PER_TOKEN = 25  # worker keys one token may have enrolled at a time
 MAX_WORKERS = 500  # enrolled worker keys in all
 KEYS_LOCK_WAIT = 10  # seconds; an edit of authorized_keys holds the lock for milliseconds
-TOKEN_TAG, WORKER_TAG = "airflow-node-token:", "airflow-node-worker:"
-_OUR_LINE = re.compile(rf"^(.+?) (ssh-ed25519 [A-Za-z0-9+/=]+) ((?:{TOKEN_TAG}|{WORKER_TAG})\S+)$")
+MAX_MASTERS = 7  # enrolled master keys: several masters are for availability, not scale
+TOKEN_TAG, WORKER_TAG, MASTER_TAG = "airflow-node-token:", "airflow-node-worker:", "airflow-node-master:"
+NODE_TAGS = (WORKER_TAG, MASTER_TAG)
+# a node's line: enrolled through this master's gate (",token:ID"), or the cluster file's member (",member")
+ENROLLED, MEMBER = ",token:", ",member"
+_OUR_LINE = re.compile(rf"^(.+?) (ssh-ed25519 [A-Za-z0-9+/=]+) ((?:{TOKEN_TAG}|{WORKER_TAG}|{MASTER_TAG})\S+)$")
 
 
 def _key(seed: bytes):
@@ -57,10 +60,12 @@ def private_key_file(seed: bytes) -> bytes:
     )
 
 
-def fingerprint_of(key_line: str) -> str:
-    """Given "TYPE BASE64 [comment]", return its fingerprint as ssh-keygen -l prints it (SHA256:...)."""
-    blob = base64.b64decode(key_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+def public_line_of(key_file: bytes) -> str:
+    """Return "ssh-ed25519 AAAA..." of an OpenSSH private key file we wrote."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_private_key(key_file, None)
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 # -- the master's authorized_keys ---------------------------------------------------------------
@@ -117,6 +122,51 @@ class KeysFile:
     def tokens(self) -> list[KeyLine]:
         return self._tagged(TOKEN_TAG)
 
+    def enrolled(self) -> list[Member]:
+        """The nodes enrolled through this master's gate (",token:" lines), the first MAX_WORKERS of them,
+        as members; a line that is not one we could have written is skipped (the file is the airflow
+        account's to write)."""
+        found = []
+        for line in [line for tag in NODE_TAGS for line in self._tagged(tag) if ENROLLED in line.tag][:MAX_WORKERS]:
+            source = re.search(r'(?:^|,)from="([^"]*)"', line.options)
+            head, _, rest = line.tag.partition(ENROLLED)
+            name, _, address = head.partition(":")[2].partition("@")
+            host_key = rest.partition(",host:")[2]
+            role = MASTER if line.tag.startswith(MASTER_TAG) else "worker"
+            member = Member(name, role, address, source[1] if source else "", line.key,
+                            f"ssh-ed25519 {host_key}" if host_key else "")  # fmt: skip
+            with contextlib.suppress(UserError):
+                check_member(member, "authorized_keys")
+                found.append(member)
+        return found
+
+    def converge(self, cluster: ClusterConfig, own_name: str) -> bool:
+        """Make the nodes' lines what the cluster file says, every master alike: a line for each member but
+        this master itself, none for a revoked key; a node enrolled here and not yet a member keeps its line
+        (this master adds it to the file). Return whether the file changed."""
+        revoked = cluster.revoked_keys
+        with self._editing():
+            lines = self.read()
+            kept, present = [], set()
+            members = {m.key: m for m in cluster.members if m.name != own_name}
+            for line in lines:
+                ours = isinstance(line, KeyLine) and line.tag.startswith(NODE_TAGS)
+                if ours and (key_fingerprint(line.key) in revoked or (MEMBER in line.tag and line.key not in members)):
+                    continue
+                if ours:
+                    present.add(line.key)
+                kept.append(line)
+            added = [self.member_line(m) for key, m in sorted(members.items()) if key not in present]
+            if not added and len(kept) == len(lines):
+                return False
+            self.write([*kept, *added])
+            return True
+
+    def member_line(self, member: Member) -> KeyLine:
+        tag = MASTER_TAG if member.role == MASTER else WORKER_TAG
+        options = f'restrict,from="{member.source}",command="{self.gate(member.role, member.name)}"'
+        return KeyLine(options, member.key, f"{tag}{member.name}@{member.address}{MEMBER}")
+
     def workers(self) -> list[tuple[str, str]]:
         """(name, advertised address) of every enrolled worker."""
         found = []
@@ -148,28 +198,34 @@ class KeysFile:
                                 "was changed (try again; `fuser` names the holder)")  # fmt: skip
             yield
 
-    def add_token(self, seed: bytes, expires: int) -> None:
+    def add_token(self, seed: bytes, expires: int, role: str = "worker") -> None:
         key = public_key_line(seed)
-        token_id = fingerprint_of(key)[7:19]
+        token_id = key_fingerprint(key)[7:19]
+        verb = "join-master" if role == MASTER else "join"  # the gate enrolls what the token is for, only
         with system_zone(self.root), self._editing():
             now = time.time()
-            options = f'restrict,expiry-time="{_sshd_stamp(expires)}",command="{self.gate("join", token_id)}"'
+            options = f'restrict,expiry-time="{_sshd_stamp(expires)}",command="{self.gate(verb, token_id)}"'
             kept = [line for line in self.read() if not (isinstance(line, KeyLine) and _expired(line, now))]
             self.write([*kept, KeyLine(options, key, TOKEN_TAG + token_id)])
 
-    def enroll(self, name: str, key: str, address: str, client: str, token_id: str) -> None:
-        """Add a worker's key, usable only from `client` and only through the gate. Raise UserError, the
-        file unchanged, when the name or the key is in the file already (a token holder may not replace a
-        worker, nor borrow a key), or when the token or the file has enrolled its limit."""
-        options = f'restrict,from="{client}",command="{self.gate("worker", name)}"'
+    def enroll(self, name: str, key: str, address: str, client: str, token_id: str, host_key: str = "") -> None:
+        """Add a worker's key (with a master's host key: a master's), usable only from `client` and only
+        through the gate. Raise UserError, the file unchanged, when the name or the key is in the file
+        already (a token holder may not replace a node, nor borrow a key), or when the token or the file
+        has enrolled its limit."""
+        role, tag = (MASTER, MASTER_TAG) if host_key else ("worker", WORKER_TAG)
+        options = f'restrict,from="{client}",command="{self.gate(role, name)}"'
         with self._editing():
             lines = self.read()
             workers = [line for line in lines if isinstance(line, KeyLine) and line.tag.startswith(WORKER_TAG)]
-            if any(_is_worker(line, name) for line in workers):
+            nodes = [line for line in lines if isinstance(line, KeyLine) and line.tag.startswith(NODE_TAGS)]
+            if any(_is_node(line, name) for line in nodes):
                 raise UserError(
-                    f"ssh-gate: a worker named {name} is enrolled already; to replace it, revoke it on the master "
+                    f"ssh-gate: a node named {name} is enrolled already; to replace it, revoke it on a master "
                     f"first (airflow-node join-token --revoke {name})"
                 )
+            if host_key and sum(line.tag.startswith(MASTER_TAG) for line in nodes) >= MAX_MASTERS:
+                raise UserError(f"ssh-gate: {MAX_MASTERS} masters are enrolled, the limit")
             if any(_holds_key(line, key) for line in lines):
                 raise UserError("ssh-gate: that key is in the master's authorized_keys already")
             if sum(line.tag.endswith(f",token:{token_id}") for line in workers) >= MAX_ENROLMENTS_PER_TOKEN:
@@ -178,7 +234,8 @@ class KeysFile:
                 )
             if len(workers) >= MAX_WORKERS:
                 raise UserError(f"ssh-gate: {MAX_WORKERS} workers are enrolled, the limit; revoke one first")
-            self.write([*lines, KeyLine(options, key, f"{WORKER_TAG}{name}@{address},token:{token_id}")])
+            host = f",host:{host_key.split()[1]}" if host_key else ""
+            self.write([*lines, KeyLine(options, key, f"{tag}{name}@{address}{ENROLLED}{token_id}{host}")])
 
     def revoke(self, matches) -> list[str]:
         """Remove our lines that `matches`; return their tags. The file is rewritten only if one went."""
@@ -193,7 +250,7 @@ class KeysFile:
         return self.revoke(lambda line: line.tag == TOKEN_TAG + token_id)
 
     def revoke_worker(self, name: str) -> list[str]:
-        return self.revoke(lambda line: _is_worker(line, name))
+        return self.revoke(lambda line: _is_node(line, name))
 
     def gate(self, *args: str) -> str:
         return _gate_command(self.airflow_node_bin, str(self.path), self.root, *args)
@@ -245,8 +302,8 @@ def _expired(line: KeyLine, now: float) -> bool:
     return expires is not None and expires < now
 
 
-def _is_worker(line: KeyLine | str, name: str) -> bool:
-    return isinstance(line, KeyLine) and line.tag.startswith(f"{WORKER_TAG}{name}@")
+def _is_node(line: KeyLine | str, name: str) -> bool:
+    return isinstance(line, KeyLine) and line.tag.startswith((f"{WORKER_TAG}{name}@", f"{MASTER_TAG}{name}@"))
 
 
 def _holds_key(line: KeyLine | str, key: str) -> bool:

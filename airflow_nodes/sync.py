@@ -158,18 +158,41 @@ def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpe
     """Whether this node copies the master's releases rather than building from the DAG source itself: a
     worker joined through the gate whose DAG source is the master's. It then holds exactly the trees the
     master's Airflow reads, under the same names (the DAG versions of Airflow 3's bundle)."""
-    return ctx.role.follows_master and spec.is_on(ctx.cluster.master_host) and target.path(SSH_KEY_FILE).exists()
+    joined = ctx.role.follows_master or ctx.role.creates_cluster  # a master that joined: its source is the first's
+    return joined and spec.is_on(ctx.cluster.master_host) and target.path(SSH_KEY_FILE).exists()
 
 
-def ask_master_release(transfer: TransferRunner, spec: DagSourceSpec) -> tuple[str, str]:
-    """Return the revision the master offers ("" before its first publish) and the sha256 of its cluster
-    file: one small request through its gate. Raise OperationError."""
-    answer = transfer.ask(spec.ssh_destination, spec.port, "release")
+def master_hosts(ctx: NodeContext) -> tuple[str, ...]:
+    """The masters this node fetches from, in the order it tries them: every master but itself."""
+    own = ctx.node.advertise_address if ctx.role.creates_cluster else ""
+    return tuple(host for host in ctx.cluster.masters if host != own)
+
+
+def ask_masters(transfer: TransferRunner, spec: DagSourceSpec, hosts: tuple[str, ...], *words: str):
+    """Ask the masters' gates one request, each in turn until one answers; return its answer and the
+    source spec naming that master. Raise OperationError naming each master that did not answer."""
+    failures = []
+    for host in hosts or (str(spec.host),):
+        at = dataclasses.replace(spec, host=host)
+        try:
+            return transfer.ask(at.ssh_destination, at.port, *words), at
+        except OperationError as exc:
+            failures.append(str(exc))
+    raise OperationError("; ".join(failures))
+
+
+def ask_master_release(
+    transfer: TransferRunner, spec: DagSourceSpec, hosts: tuple[str, ...] = ()
+) -> tuple[str, str, DagSourceSpec]:
+    """Return the revision a master offers ("" before its first publish), the sha256 of its cluster file
+    (one small request through its gate) and the spec naming the master that answered, the first of
+    `hosts` that does. Raise OperationError."""
+    answer, spec = ask_masters(transfer, spec, hosts, "release")
     revision, _, cluster_hash = answer.decode(errors="replace").strip().partition("\n")
     if (revision and not REVISION.fullmatch(revision)) or (cluster_hash and not REVISION.fullmatch(cluster_hash)):
         raise OperationError(f"{spec.ssh_destination}: answered {printable(revision[:40])!r} for its DAG release; "
                              "the published DAGs are unchanged")  # fmt: skip
-    return revision, cluster_hash
+    return revision, cluster_hash, spec
 
 
 def release_spec(spec: DagSourceSpec, name: str, master_root: str = "") -> DagSourceSpec:
@@ -195,8 +218,11 @@ def sync_dags(
     expected = request.wanted
     if request.wanted and held_release(layout, request.wanted, accounts.release_owner):
         return DagOutcome(UNCHANGED, request.wanted, request.wanted)
+    if from_master and request.wanted:  # a master that holds it: the one that answers first
+        spec = ask_masters(transfer, spec, master_hosts(ctx), "releases")[1]
     if from_master and not expected:
-        expected, seen["master_cluster_hash"] = ask_master_release(transfer, spec)
+        expected, seen["master_cluster_hash"], spec = ask_master_release(transfer, spec, master_hosts(ctx))
+        seen["master_host"] = str(spec.host)
         details.append(f"the master offers {expected[:16] or 'no release yet'} ({time.monotonic() - started:.2f} s)")
         if not expected:
             return DagOutcome(
@@ -300,6 +326,11 @@ def transfer_runner(
     return TransferRunner(user=accounts.transfer_user, ssh_key=ssh_key, ssh_extra=ssh_extra)
 
 
+def gate_transfer(ctx: NodeContext, target: Target) -> TransferRunner:
+    """How this node asks the masters' gates: as the sync account, with its key and the pinned host keys."""
+    return transfer_runner(target, _accounts(ctx, target), None, ())
+
+
 def master_releases(target: Target) -> set[str]:
     """The names of the releases the master holds (one small request through its gate). Raise
     UserError on a node that does not follow the master's releases, OperationError."""
@@ -307,8 +338,7 @@ def master_releases(target: Target) -> set[str]:
     spec = effective_source(ctx)
     if not follows_master_releases(ctx, target, spec):
         raise UserError(NOT_FOLLOWING)
-    transfer = transfer_runner(target, _accounts(ctx, target), None, ())
-    answer = transfer.ask(spec.ssh_destination, spec.port, "releases")
+    answer = ask_masters(gate_transfer(ctx, target), spec, master_hosts(ctx), "releases")[0]
     return {name for name in answer.decode(errors="replace").split()[:MAX_LISTED] if RELEASE_NAME.fullmatch(name)}
 
 
@@ -366,6 +396,10 @@ def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> Syn
         details.append(f"pruned {len(removed)} old release(s)")
     if ctx.role.follows_master and not request.dags_only:
         try:  # even when the DAGs failed: a rotated secret must still arrive
+            if "master_host" in seen:  # the master that answered the DAG sync
+                spec = dataclasses.replace(spec, host=seen["master_host"])
+            elif len(master_hosts(ctx)) > 1:  # none did: the first that answers now
+                spec = ask_masters(transfer, spec, master_hosts(ctx), "release")[1]
             config = sync_config(ctx, target, spec, transfer, request.master_root, request.guards.force,
                                  seen.get("master_cluster_hash", ""))  # fmt: skip
         except (UserError, OperationError) as exc:

@@ -30,6 +30,8 @@ class Daemon:
     graceful_stop: bool = False  # SIGTERM to the main process only, long stop timeout
     runs_tasks: bool = False  # DAG code runs inside it (the Celery worker)
     ours: bool = False  # airflow-node's own daemon (args after airflow-node), run as root
+    # run only while this host holds the cluster-wide lock of this name (`airflow-node lead`): one at a time
+    leader_lock: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,12 @@ class AirflowVersion:
     @property
     def line(self) -> AirflowLine:
         return _LINES[self.major]
+
+    @property
+    def several_schedulers(self) -> bool:
+        """Whether several masters may each run a scheduler: 3.2 fixed the try a second scheduler could
+        create twice (apache/airflow#60330)."""
+        return (self.major, self.minor) >= (3, 2)
 
     @property
     def series(self) -> str:

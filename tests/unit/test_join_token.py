@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import json
@@ -13,18 +14,28 @@ import time
 
 import pytest
 
+from conftest import make_cluster
+
+from airflow_nodes.cluster import MASTER, WORKER, Member
+from airflow_nodes.cluster import key_fingerprint as fingerprint_of
 from airflow_nodes.errors import UserError
-from airflow_nodes.join import JoinToken, gate, mint, parse_token
+from airflow_nodes.init import InitRequest, plan_init
+from airflow_nodes.join import TOKEN_PREFIX, JoinToken, _b64, _unb64, gate, mint, parse_token
 from airflow_nodes.sshkeys import (
+    MASTER_TAG,
     MAX_ENROLMENTS_PER_TOKEN,
+    MAX_MASTERS,
     MAX_WORKERS,
+    TOKEN_TAG,
+    WORKER_TAG,
     KeyLine,
     KeysFile,
-    fingerprint_of,
     public_key_line,
 )
+from airflow_nodes.target import Target
 
 HOST_KEY = public_key_line(b"h" * 32)
+MASTER_HOST_KEY = public_key_line(b"H" * 32)  # the joining master's
 TOKEN_ID = "AbCdEf012+/9"  # the id a token's forced command hands the gate
 ZONES = "/usr/share/zoneinfo"
 
@@ -291,3 +302,116 @@ def test_minting_waits_a_bounded_time_for_the_keys_lock_and_names_it(tmp_path, m
         with pytest.raises(UserError, match=f"^{re.escape(str(lock))}: another process has held this lock"):
             mint(keys, "m", 22, "airflow", HOST_KEY, 3600)
     assert time.monotonic() - started < 5 and keys.path.read_bytes() == before
+
+
+# -- several masters: a token's role, a master's join, the members' lines on every master ---------------
+
+
+def master_request(name="m2", address="10.0.0.12", host_key=MASTER_HOST_KEY, role=MASTER, **more) -> bytes:
+    body = {"name": name, "key": public_key_line(name.encode().ljust(32, b"\0")), "address": address, **more}
+    if role:
+        body["role"] = role
+    if host_key:
+        body["host_key"] = host_key
+    return json.dumps(body).encode()
+
+
+def test_a_token_carries_its_role_and_an_old_token_without_one_is_a_workers(tmp_path):
+    token = mint(keys_file(tmp_path), "10.0.0.1", 22, "airflow", HOST_KEY, 3600, MASTER)
+    assert parse_token(token.encode()).role == MASTER
+    assert keys_file(tmp_path).tokens()[0].options.endswith(f' join-master {token.id}"')
+    body = json.loads(_unb64(token.encode()[len(TOKEN_PREFIX) :]))
+    del body["r"]
+    old = TOKEN_PREFIX + _b64(json.dumps(body).encode())
+    assert parse_token(old) == dataclasses.replace(token, role=WORKER)
+    with pytest.raises(UserError, match="--join"):
+        parse_token(TOKEN_PREFIX + _b64(json.dumps({**body, "r": "boss"}).encode()))
+
+
+@pytest.mark.parametrize(
+    ("verb", "body", "says"),
+    [
+        ("join", master_request(), "this token joins a worker, not a master"),
+        ("join-master", master_request(role="", host_key=""), "this token joins a master, not a worker"),
+        ("join-master", master_request(role=WORKER), "this token joins a master, not a worker"),
+        ("join-master", master_request(host_key=""), "a master's join needs its ed25519 SSH host key"),
+        ("join-master", master_request(host_key="ssh-rsa AAAA"), "a master's join needs its ed25519 SSH host key"),
+    ],
+)
+def test_the_gate_enrolls_only_what_the_token_is_for(tmp_path, verb, body, says):
+    keys = keys_file(tmp_path)
+    with pytest.raises(UserError, match=f"^ssh-gate: {says}") as caught:
+        gate(keys, [verb, TOKEN_ID], verb, sent(body))
+    assert "\n" not in str(caught.value)
+    assert not keys.path.exists()
+
+
+def test_a_master_token_enrolls_a_master_with_its_host_key(tmp_path):
+    keys = keys_file(tmp_path)
+    gate(keys, ["join-master", TOKEN_ID], "join-master", sent(master_request()))
+    (line,) = [line for line in keys.read() if isinstance(line, KeyLine)]
+    assert line.tag == f"{MASTER_TAG}m2@10.0.0.12,token:{TOKEN_ID},host:{MASTER_HOST_KEY.split()[1]}"
+    assert line.options.startswith('restrict,from="10.0.0.11",command="') and " ssh-gate " in line.options
+    assert line.options.endswith(' master m2"')
+    key = public_key_line(b"m2".ljust(32, b"\0"))
+    assert keys.enrolled() == [Member("m2", MASTER, "10.0.0.12", "10.0.0.11", key, MASTER_HOST_KEY)]
+    assert gate(keys, ["master", "m2"], "cat /etc/airflow-node/cluster.toml", io.BytesIO()) == b""
+
+
+def test_at_most_max_masters_are_enrolled(tmp_path):
+    keys = keys_file(tmp_path)
+    for number in range(MAX_MASTERS):
+        gate(keys, ["join-master", TOKEN_ID], "join-master", sent(master_request(name=f"m{number}")))
+    before = keys.path.read_bytes()
+    with pytest.raises(UserError, match=f"{MAX_MASTERS} masters are enrolled"):
+        gate(keys, ["join-master", TOKEN_ID], "join-master", sent(master_request(name="one-more")))
+    assert keys.path.read_bytes() == before
+
+
+def node(name: str, role: str = WORKER, address: str = "10.0.0.20") -> Member:
+    host_key = public_key_line(name.encode().ljust(32, b"h")) if role == MASTER else ""
+    return Member(name, role, address, address, public_key_line(name.encode().ljust(32, b"k")), host_key)
+
+
+def test_converge_gives_every_member_but_this_master_a_line_and_keeps_everything_else(tmp_path):
+    keys = keys_file(tmp_path)
+    me, m2, w1, gone, bad = node("m1", MASTER), node("m2", MASTER), node("w1"), node("gone"), node("bad")
+    personal = f'from="192.0.2.1" {public_key_line(b"p" * 32)} admin@laptop'
+    keys.write([personal, keys.member_line(gone), keys.member_line(bad)])
+    token = mint(keys, "10.0.0.1", 22, "airflow", HOST_KEY, 3600)
+    enroll(keys, name="pending")  # enrolled here, not yet a member: its line stays
+    enroll(keys, name="revoked-one")  # enrolled here, but its key revoked on another master
+    revoked = fingerprint_of(public_key_line(b"revoked-one".ljust(32, b"\0")))
+    cluster = make_cluster(members=(me, m2, w1, bad), revoked=",".join(sorted([revoked, fingerprint_of(bad.key)])))
+
+    assert keys.converge(cluster, "m1") is True
+    lines = keys.read()
+    assert lines[0] == personal
+    assert [line.tag for line in keys.tokens()] == [f"airflow-node-token:{token.id}"]
+    tags = sorted(line.tag for line in lines if isinstance(line, KeyLine) and not line.tag.startswith(TOKEN_TAG))
+    assert tags == sorted([f"{MASTER_TAG}m2@10.0.0.20,member", f"{WORKER_TAG}w1@10.0.0.20,member",
+                           f"{WORKER_TAG}pending@10.0.0.11,token:{TOKEN_ID}"])  # fmt: skip
+    line = next(line for line in lines if isinstance(line, KeyLine) and line.tag.startswith(f"{MASTER_TAG}m2@"))
+    assert line.options.startswith('restrict,from="10.0.0.20",command="') and line.options.endswith(' master m2"')
+    before = keys.path.read_bytes()
+    assert keys.converge(cluster, "m1") is False
+    assert keys.path.read_bytes() == before
+
+
+def test_init_refuses_a_token_of_another_role_before_anything_is_sent(tmp_path):
+    token = JoinToken("10.0.0.1", 22, "airflow", fingerprint_of(HOST_KEY), b"s" * 32, int(time.time()) + 600, MASTER)
+    worker_token = dataclasses.replace(token, role=WORKER)
+    for role, given, other in (("worker", token, MASTER), ("master", worker_token, WORKER)):
+        request = InitRequest(role=role, airflow_version="3.3.2", join=given.encode())
+        with pytest.raises(UserError, match=f"^--join: this token joins a {other}, not a {role}; mint one with"):
+            plan_init(request, Target.at(str(tmp_path)))
+        assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("option", "says"), [({"web_port": 8081}, "--web-port"), ({"with_redis": True}, "--with-redis")])
+def test_a_master_that_joins_takes_the_cluster_file_as_it_is(tmp_path, option, says):
+    token = JoinToken("10.0.0.1", 22, "airflow", fingerprint_of(HOST_KEY), b"s" * 32, int(time.time()) + 600, MASTER)
+    request = InitRequest(role="master", airflow_version="3.3.2", join=token.encode(), **option)
+    with pytest.raises(UserError, match=f"^{says}: not with --join"):
+        plan_init(request, Target.at(str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []

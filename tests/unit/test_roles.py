@@ -39,7 +39,7 @@ def test_an_unknown_role_is_refused_naming_the_option():
     [
         ("master", {"concurrency": 4}, "--concurrency: for a worker, not a master"),
         ("master", {"from_master": "m1"}, "--from-master: for a worker, not a master"),
-        ("master", {"join": "afn1-x"}, r"--join \(or \$AIRFLOW_NODE_JOIN_TOKEN\): for a worker, not a master"),
+        ("all-in-one", {"join": "afn1-x"}, r"--join \(or \$AIRFLOW_NODE_JOIN_TOKEN\): for a master, not a all-in-one"),
         ("worker", {"broker_url": "redis://h:6379/0"}, "--broker-url: set on the master only; a worker takes"),
     ],
 )

@@ -1,0 +1,201 @@
+"""Several masters: the same cluster file on each of them, and every node enrolled through any of them
+let in by all of them.
+
+How changes are ordered: each change of the cluster file (an init with options, a node enrolled, a key
+revoked) raises its serial by one, on the master where it is made. Every few seconds each master's
+follower asks its peers for the hash of their file (one small request through their gate) and fetches a
+file that differs; every master then computes the same merge (cluster.merge_clusters): the settings of
+the highest serial (on a tie, of the higher digest) and the members any of them knows, less every key
+revoked on one of them. So a master that was down catches up as soon as it reaches a peer, and two
+changes of settings made on two masters within the same seconds end the same everywhere: one wins, and
+the follower of the master whose change lost says so. Nothing here needs a quorum: any master alone
+can change the cluster file, which is what keeps changes possible while a master is down.
+
+Members: a node enrolled through a master's gate is first a ",token:" line of that master's
+authorized_keys (written by the gate, as the airflow account); its follower adds it to the cluster file.
+Every master then renders a ",member" line for each member (sshkeys.KeysFile.converge).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from airflow_nodes import statefile
+from airflow_nodes.apply import apply, node_lock
+from airflow_nodes.cluster import (
+    MASTER,
+    ClusterConfig,
+    Member,
+    check_member,
+    check_served_cluster,
+    cluster_digest,
+    dump_cluster,
+    key_fingerprint,
+    merge_clusters,
+    parse_cluster,
+)
+from airflow_nodes.config_sync import fetch_master_cluster_file
+from airflow_nodes.context import NodeContext, load_context
+from airflow_nodes.digest import sha256
+from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.execute import NoSuchAccount, as_user
+from airflow_nodes.join import host_key_of
+from airflow_nodes.join import revoke as revoke_here
+from airflow_nodes.node import CLUSTER_FILE, SSH_KEY_FILE
+from airflow_nodes.nodeplan import NodeCredentials, read_credentials, reconcile_node
+from airflow_nodes.redaction import redact
+from airflow_nodes.sshkeys import keys_file_of, private_key_file, public_line_of
+from airflow_nodes.sync import gate_transfer
+from airflow_nodes.syncing.commands import TransferRunner
+from airflow_nodes.target import Target
+
+
+def own_member(ctx: NodeContext, target: Target) -> Member | None:
+    """This master as the others know it (its address, sync key and SSH host key), or None before it has
+    a key and a host key of its own (a single master needs neither)."""
+    key = statefile.read_bytes(target.path(SSH_KEY_FILE))
+    address = ctx.node.advertise_address or ctx.cluster.master_host
+    if not key:
+        return None
+    try:
+        member = Member(ctx.node.node_name, MASTER, address, address, public_line_of(key), host_key_of(target))
+        check_member(member, "this master")
+    except (UserError, ValueError):
+        return None
+    return member
+
+
+def enrolled_here(ctx: NodeContext, target: Target) -> list[Member]:
+    """The nodes enrolled through this master's gate, read as the airflow account (its file)."""
+    keys = keys_file_of(target, ctx)
+    try:
+        return as_user(ctx.cluster.airflow_user if target.privileged else None, keys.enrolled)
+    except NoSuchAccount:
+        return []
+
+
+def with_members(cluster: ClusterConfig, own: Member | None, enrolled: list[Member]) -> ClusterConfig:
+    """The cluster file with this master as it is now and the nodes enrolled through it: a name the file
+    holds already keeps its entry (revoke it first), a revoked key is never taken back. The serial rises
+    when anything was added."""
+    members = {m.name: m for m in cluster.members}
+    if own is not None and members.get(own.name) != own:
+        members[own.name] = own
+    for member in enrolled:
+        if member.name not in members and key_fingerprint(member.key) not in cluster.revoked_keys:
+            members[member.name] = member
+    if set(members.values()) == set(cluster.members):
+        return cluster
+    return dataclasses.replace(cluster, members=tuple(sorted(members.values())), serial=cluster.serial + 1)
+
+
+def peer_addresses(ctx: NodeContext) -> tuple[str, ...]:
+    own = ctx.node.advertise_address or ctx.cluster.master_host
+    return tuple(address for address in ctx.cluster.masters if address != own)
+
+
+def peer_clusters(ctx: NodeContext, target: Target, transfer: TransferRunner) -> tuple[list[ClusterConfig], list[str]]:
+    """The cluster files of the peers that answer and hold another than ours, each checked as a served
+    file (cluster.check_served_cluster); and a line for each peer that could not be read."""
+    ours = sha256(statefile.read_bytes(target.path(CLUSTER_FILE)) or b"")
+    found, problems = [], []
+    for address in peer_addresses(ctx):
+        destination = f"{ctx.cluster.airflow_user}@{address}"
+        try:
+            answer = transfer.ask(destination, None, "release").decode(errors="replace").split("\n")
+            if len(answer) > 1 and answer[1].strip() == ours:
+                continue
+            text = fetch_master_cluster_file(transfer, destination, None, "")
+            peer = parse_cluster(text.decode(errors="replace"), f"{destination}:{CLUSTER_FILE}")
+            check_served_cluster(peer, ctx.cluster, f"{destination}:{CLUSTER_FILE}")
+        except (OperationError, UserError) as exc:
+            problems.append(redact(str(exc), ctx.cluster.secret_values())[:300])
+            continue
+        found.append(peer)
+    return found, problems
+
+
+def lost_to(peer: ClusterConfig, ours: ClusterConfig) -> bool:
+    """Whether a peer's file of our serial, with other settings than ours, wins over ours."""
+    settings = {"members": (), "revoked": ""}
+    other = dataclasses.replace(peer, **settings) != dataclasses.replace(ours, **settings)
+    return other and peer.serial == ours.serial and cluster_digest(peer) > cluster_digest(ours)
+
+
+@dataclass(frozen=True)
+class Converged:
+    changed: bool  # this master's cluster file changed
+    serial: int
+    notes: tuple[str, ...] = ()
+
+
+def converge_master(target: Target, transfer: TransferRunner | None = None) -> Converged:
+    """One round of a master's follower: take what the peers hold, add the nodes enrolled here, write the
+    result (the node converged to it exactly as `init` would), and make authorized_keys let in every
+    member. Raise UserError on a node that is no master."""
+    ctx = load_context(target)
+    if not ctx.role.creates_cluster:
+        raise UserError("this node is no master")
+    peers, notes = peer_clusters(ctx, target, transfer or gate_transfer(ctx, target))
+    with node_lock(target):
+        ctx = load_context(target)  # what an init may have changed meanwhile
+        if any(lost_to(peer, ctx.cluster) for peer in peers):
+            notes.append(f"the change of the cluster file made here (serial {ctx.cluster.serial}) lost to another "
+                         "master's of the same serial: make it again")  # fmt: skip
+        merged = merge_clusters(ctx.cluster, *peers)
+        merged = with_members(merged, own_member(ctx, target), enrolled_here(ctx, target))
+        changed = merged != ctx.cluster
+        if changed:
+            apply(reconcile_node(merged, dump_cluster(merged).encode(), ctx.node, target, previous=ctx.node))
+        keys = keys_file_of(target, ctx)
+        with contextlib.suppress(NoSuchAccount):
+            as_user(ctx.cluster.airflow_user if target.privileged else None, keys.converge, merged, ctx.node.node_name)
+    return Converged(changed, merged.serial, tuple(notes))
+
+
+def say_converged(result: Converged, say: Callable[[str], None]) -> None:
+    if result.changed:
+        say(f"the cluster file is now at serial {result.serial}")
+    for note in result.notes:
+        say(note)
+
+
+def prepare_for_peers(target: Target) -> None:
+    """Before a master token is minted: this master gets a sync key of its own (the others let it fetch
+    from them) and its place among the members (its address and host key, which the others pin)."""
+    ctx = load_context(target)
+    if not ctx.role.creates_cluster:
+        raise UserError("join-token: run it on a master (this node is a worker)")
+    if read_credentials(target) is None:
+        host_key_of(target)  # no host key, no master joins: say so before anything changes
+        with node_lock(target):
+            credentials = NodeCredentials(private_key_file(os.urandom(32)), b"")
+            apply(reconcile_node(ctx.cluster, dump_cluster(ctx.cluster).encode(), ctx.node, target,
+                                 previous=ctx.node, credentials=credentials))  # fmt: skip
+    converge_master(target)
+
+
+def revoke(target: Target, what: str) -> list[str]:
+    """`join-token --revoke`: a token of this master's, or a node's key on every master (its key is revoked
+    in the cluster file, which no master takes back). Return the tags of what went. Raise UserError when
+    nothing has that id or name."""
+    try:
+        gone = revoke_here(target, what)
+    except UserError:
+        gone = []
+    with node_lock(target):
+        ctx = load_context(target)
+        member = ctx.cluster.member(what)
+        if member is not None:
+            revoked = ",".join(sorted(ctx.cluster.revoked_keys | {key_fingerprint(member.key)}))
+            members = tuple(m for m in ctx.cluster.members if m.name != what)
+            cluster = dataclasses.replace(ctx.cluster, members=members, revoked=revoked, serial=ctx.cluster.serial + 1)
+            apply(reconcile_node(cluster, dump_cluster(cluster).encode(), ctx.node, target, previous=ctx.node))
+            gone.append(f"member:{what}")
+    if not gone:
+        raise UserError(f"no token or enrolled node named {what!r}", about="join-token --revoke")
+    return gone
