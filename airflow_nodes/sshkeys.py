@@ -148,10 +148,15 @@ class KeysFile:
         with self._editing():
             lines = self.read()
             kept, present = [], set()
-            members = {m.key: m for m in cluster.members if m.name != own_name}
+            members = {m.key: m for m in cluster.members  # a revoked key: no line, even if a member still
+                       if m.name != own_name and key_fingerprint(m.key) not in revoked}  # fmt: skip
             for line in lines:
                 ours = isinstance(line, KeyLine) and line.tag.startswith(NODE_TAGS)
-                if ours and (key_fingerprint(line.key) in revoked or (MEMBER in line.tag and line.key not in members)):
+                # a key no fingerprint can be taken of (a hand-edited line) is not one we wrote: dropped
+                if ours and (
+                    _fingerprint_or_none(line.key) in (*revoked, None)
+                    or (MEMBER in line.tag and line.key not in members)
+                ):
                     continue
                 if ours:
                     present.add(line.key)
@@ -300,6 +305,13 @@ def expires_at(line: KeyLine) -> float | None:
 def _expired(line: KeyLine, now: float) -> bool:
     expires = expires_at(line)
     return expires is not None and expires < now
+
+
+def _fingerprint_or_none(key: str) -> str | None:
+    try:
+        return key_fingerprint(key)
+    except (ValueError, IndexError):  # binascii.Error is a ValueError
+        return None
 
 
 def _is_node(line: KeyLine | str, name: str) -> bool:

@@ -14,8 +14,6 @@ import time
 
 import pytest
 
-from conftest import make_cluster
-
 from airflow_nodes.cluster import MASTER, WORKER, Member
 from airflow_nodes.cluster import key_fingerprint as fingerprint_of
 from airflow_nodes.errors import UserError
@@ -33,6 +31,8 @@ from airflow_nodes.sshkeys import (
     public_key_line,
 )
 from airflow_nodes.target import Target
+
+from conftest import make_cluster
 
 HOST_KEY = public_key_line(b"h" * 32)
 MASTER_HOST_KEY = public_key_line(b"H" * 32)  # the joining master's
@@ -408,7 +408,10 @@ def test_init_refuses_a_token_of_another_role_before_anything_is_sent(tmp_path):
         assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("option", "says"), [({"web_port": 8081}, "--web-port"), ({"with_redis": True}, "--with-redis")])
+CLUSTER_OPTION = [({"web_port": 8081}, "--web-port"), ({"with_redis": True}, "--with-redis")]
+
+
+@pytest.mark.parametrize(("option", "says"), CLUSTER_OPTION)
 def test_a_master_that_joins_takes_the_cluster_file_as_it_is(tmp_path, option, says):
     token = JoinToken("10.0.0.1", 22, "airflow", fingerprint_of(HOST_KEY), b"s" * 32, int(time.time()) + 600, MASTER)
     request = InitRequest(role="master", airflow_version="3.3.2", join=token.encode(), **option)

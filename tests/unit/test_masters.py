@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import pytest
 
@@ -13,6 +14,7 @@ from airflow_nodes.cluster import (
     MAX_MEMBERS,
     WORKER,
     Member,
+    cluster_digest,
     dump_cluster,
     key_fingerprint,
     merge_clusters,
@@ -21,6 +23,7 @@ from airflow_nodes.cluster import (
 from airflow_nodes.errors import UserError
 from airflow_nodes.masters import lost_to, with_members
 from airflow_nodes.sshkeys import public_key_line
+
 from conftest import make_cluster
 
 WHERE = "cluster.toml"
@@ -52,41 +55,38 @@ def members_text(entry: str) -> str:
     return dump_cluster(make_cluster()) + "\n[members]\n" + entry + "\n"
 
 
-KEY = W1.key
-HOST = M2.host_key
+def entry(name: str = "w1", **values: object) -> str:
+    """A [members] line: a good worker's, but for `values` (None drops one)."""
+    values = {"role": WORKER, "address": "10.0.0.11", "source": "10.0.0.11", "key": W1.key, **values}
+    fields = ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None)
+    return f"{json.dumps(name)} = {{ {fields} }}"
 
 
 @pytest.mark.parametrize(
-    ("entry", "name"),
+    ("line", "shown"),
     [
-        (f'"bad name!" = {{ role = "worker", address = "10.0.0.11", source = "10.0.0.11", key = "{KEY}" }}',
-         "'bad name!'"),
-        (f'"w\\nx" = {{ role = "worker", address = "10.0.0.11", source = "10.0.0.11", key = "{KEY}" }}', "'w\\nx'"),
-        (f'w1 = {{ role = "boss", address = "10.0.0.11", source = "10.0.0.11", key = "{KEY}" }}', "w1"),
-        (f'w1 = {{ role = "worker", address = "10.0.0.11", source = "10.0.0.11", key = "{KEY}\\n" }}', "w1"),
-        (f'w1 = {{ role = "worker", address = "10.0.0.11", source = "worker1", key = "{KEY}" }}', "w1"),
-        (f'w1 = {{ role = "worker", address = "10.0.0.11", source = "fe80::1%x\\nssh-ed25519 AAAA", key = "{KEY}" }}',
-         "w1"),
-        (f'w1 = {{ role = "worker", address = "10.0.0.11\\n", source = "10.0.0.11", key = "{KEY}" }}', "w1"),
-        (f'w1 = {{ role = "worker", address = "10.0.0.11", source = "10.0.0.11", key = "{KEY}", host_key = "{HOST}" }}',
-         "w1"),
-        (f'm2 = {{ role = "master", address = "10.0.0.2", source = "10.0.0.2", key = "{KEY}" }}', "m2"),
-        (f'w1 = {{ role = "worker", address = "10.0.0.11", source = "10.0.0.11", key = "{KEY}", extra = "x" }}', "w1"),
-        (f'w1 = {{ role = "worker", address = 1, source = "10.0.0.11", key = "{KEY}" }}', "w1"),
+        (entry("bad name!"), "'bad name!'"),
+        (entry("w\nx"), "'w\\nx'"),  # the message stays one line
+        (entry(role="boss"), "w1"),
+        (entry(key=W1.key + "\n"), "w1"),
+        (entry(source="worker1"), "w1"),  # a name: sshd's from= would look it up
+        (entry(source='fe80::1%x,*",port-forwarding,x="'), "w1"),  # an IPv6 scope may hold anything
+        (entry(address="10.0.0.11\n"), "w1"),
+        (entry(host_key=M2.host_key), "w1"),  # a worker with a host key
+        (entry("m2", role=MASTER), "m2"),  # a master without one
+        (entry(extra="x"), "w1"),
+        (entry(address=1), "w1"),
     ],
 )
-def test_a_hostile_members_entry_is_one_user_error_naming_it(entry, name):
+def test_a_hostile_members_entry_is_one_user_error_naming_it(line, shown):
     with pytest.raises(UserError) as caught:
-        parse_cluster(members_text(entry), WHERE)
+        parse_cluster(members_text(line), WHERE)
     message = str(caught.value)
-    assert message.startswith(f"{WHERE}: members.{name}") and "\n" not in message
+    assert message.startswith(f"{WHERE}: members.{shown}: ") and "\n" not in message
 
 
 def test_at_most_max_members_entries():
-    entries = "\n".join(
-        f'w{n} = {{ role = "worker", address = "10.0.0.11", source = "10.0.0.11", key = "{KEY}" }}'
-        for n in range(MAX_MEMBERS + 1)
-    )
+    entries = "\n".join(entry(f"w{n}") for n in range(MAX_MEMBERS + 1))
     with pytest.raises(UserError, match=f"^{WHERE}: members: at most {MAX_MEMBERS}$"):
         parse_cluster(members_text(entries), WHERE)
 
@@ -113,8 +113,6 @@ def test_the_highest_serial_wins_and_the_merge_takes_the_next_serial():
 
 
 def test_a_tie_of_serials_is_broken_by_the_digest():
-    from airflow_nodes.cluster import cluster_digest
-
     a, b = make_cluster(serial=5, web_port=8081), make_cluster(serial=5, web_port=8082)
     winner = max(a, b, key=cluster_digest)
     assert merge_clusters(a, b) == merge_clusters(b, a) == winner  # nothing else differs: no new serial
@@ -149,8 +147,6 @@ def test_with_members_adds_this_master_and_keeps_a_known_name():
 
 
 def test_lost_to_only_a_peer_of_our_serial_with_other_settings_and_a_higher_digest():
-    from airflow_nodes.cluster import cluster_digest
-
     a, b = make_cluster(serial=5, web_port=8081), make_cluster(serial=5, web_port=8082)
     loser, winner = sorted((a, b), key=cluster_digest)
     assert lost_to(winner, loser) and not lost_to(loser, winner)
