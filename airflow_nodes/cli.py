@@ -109,6 +109,11 @@ ROLE_HELP = "What this host runs: " + "; ".join(f"{role.name}, {role.summary}" f
     metavar="HOST",
     help="Master: the cluster address of the web/API server (a load balancer's) [the master's].",
 )
+@click.option(
+    "--floating-address",
+    metavar="ADDRESS/PREFIX",
+    help="Master: a cluster address keepalived moves among the masters (two or more; systemd).",
+)
 @click.option("--sentinel-master", metavar="NAME", help="Master: the master name, with a sentinel:// broker list.")
 @click.option("--expect-workers", "expected_workers", metavar="N|NAME,...",
               help="Master: the workers to expect; `airflow-node cluster` flags a missing one.")  # fmt: skip
@@ -447,7 +452,7 @@ def follow(target: Target, poll: float, splay: float, passes: int | None) -> Non
 @click.option(
     "--only",
     metavar="P1,P2",
-    help="Run only these probes: redis, db, migrations, flower, web, scheduler, worker, logs, execution-api, "
+    help="Run only these probes: redis, db, migrations, flower, web, scheduler, leader, worker, logs, execution-api, "
     "units, consistency, clock, packages.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

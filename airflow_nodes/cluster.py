@@ -49,6 +49,9 @@ class ClusterSecrets:
     secret_key: str
     jwt_secret: str
     flower_password: str
+    # the simple auth manager's admin password, the same on every master (several masters only: one
+    # master keeps the file Airflow generates); "" in a file made before it
+    admin_password: str = ""
 
     @classmethod
     def generate(cls) -> ClusterSecrets:
@@ -58,10 +61,11 @@ class ClusterSecrets:
             secret_key=secrets.token_urlsafe(32),
             jwt_secret=secrets.token_urlsafe(48),
             flower_password=secrets.token_urlsafe(24),
+            admin_password=secrets.token_urlsafe(24),
         )
 
     def values(self) -> tuple[str, ...]:
-        return tuple(dataclasses.astuple(self))
+        return tuple(value for value in dataclasses.astuple(self) if value)
 
 
 MASTER, WORKER = "master", "worker"
@@ -157,7 +161,8 @@ class ClusterConfig:
     expected_workers: str = ""  # "", a count, or worker names: `airflow-node cluster` flags a missing one
     # several masters: each change of this file raises the serial; a master takes the highest it sees
     serial: int = 0
-    api_address: str = ""  # the cluster address (a load balancer's in front of the masters): "" is master_host
+    api_address: str = ""  # the cluster address (a load balancer's, or the floating one): "" is master_host
+    floating_address: str = ""  # "ADDRESS/PREFIX" the masters move among themselves (keepalived), or ""
     revoked: str = ""  # comma-separated fingerprints of sync keys revoked: no master takes them back
     members: tuple[Member, ...] = ()  # sorted by name
 
@@ -199,11 +204,8 @@ class ClusterConfig:
 
     @property
     def flower_url(self) -> str:
+        """The first master's flower, which workers ask (each master asks its own: NodeContext.own_flower_url)."""
         return urls.http_url(self.master_host, self.flower_port)
-
-    @property
-    def scheduler_health_url(self) -> str:
-        return urls.http_url(self.master_host, self.scheduler_health_port) + "/health"
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this file holds, for redaction: generated keys and URL passwords."""
@@ -258,6 +260,13 @@ def _api_address(value: str, where: str) -> None:
         check_host(value, where)
 
 
+def _floating_address(value: str, where: str) -> None:
+    if not value:
+        return
+    if not re.fullmatch(r"[0-9A-Fa-f.:]{2,39}/[0-9]{1,3}", value):
+        raise UserError(f"{where}: {value[:64]!r} is not ADDRESS/PREFIX (e.g. 10.0.0.100/24)")
+
+
 def _broker(value: str, where: str) -> None:
     urls.check_broker_url(value, where)
 
@@ -273,6 +282,11 @@ def _dags_source(value: str, where: str) -> None:
 def _secret(value: str, where: str) -> None:
     if not _SECRET_RE.match(value):
         raise UserError(f"{where}: not a generated secret (at least 16 characters of A-Z a-z 0-9 _ - =)")
+
+
+def _optional_secret(value: str, where: str) -> None:
+    if value:
+        _secret(value, where)
 
 
 def _fernet(value: str, where: str) -> None:
@@ -295,6 +309,7 @@ CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("cluster", "revoked", "revoked", str, _revoked, since="0.5"),
     Field("master", "host", "master_host", str, check_host, "--master-host"),
     Field("master", "api_address", "api_address", str, _api_address, "--api-address", since="0.5"),
+    Field("master", "floating_address", "floating_address", str, _floating_address, "--floating-address", since="0.5"),
     Field("master", "web_port", "web_port", int, check_port, "--web-port"),
     Field("master", "flower_port", "flower_port", int, check_port, "--flower-port"),
     Field("master", "worker_log_port", "worker_log_port", int, check_port),
@@ -322,6 +337,7 @@ CLUSTER_SCHEMA: tuple[Field, ...] = (
     Field("secrets", "jwt_secret", "secrets.jwt_secret", str, _secret),
     Field("secrets", "flower_user", "flower_user", str, check_name),
     Field("secrets", "flower_password", "secrets.flower_password", str, _secret),
+    Field("secrets", "admin_password", "secrets.admin_password", str, _optional_secret, since="0.5"),
 )
 
 HEADER = (
@@ -377,6 +393,8 @@ def _check_across_keys(config: ClusterConfig, where: str) -> None:
             if port in ports:
                 raise UserError(f"{where}: {field.name}: port {port} is already {ports[port]}")
             ports[port] = field.name
+    if config.floating_address and config.api_address != config.floating_address.partition("/")[0]:
+        raise UserError(f"{where}: master.api_address: the floating address's, when there is one")
     sentinel = config.broker_url.startswith(f"{urls.SENTINEL}://")
     if sentinel != bool(config.sentinel_master):
         raise UserError(f"{where}: broker.sentinel_master: needed with a sentinel:// broker, and only then")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from airflow_nodes import statefile
+from airflow_nodes import statefile, urls
 from airflow_nodes.cluster import ClusterConfig, read_cluster
 from airflow_nodes.errors import UserError
 from airflow_nodes.node import CLUSTER_FILE, ENV_FILE, LOG_DIR, NODE_FILE, NodeSettings, parse_node
@@ -67,6 +67,25 @@ class NodeContext:
         if self.node.advertise_address:  # read by [core] hostname_callable (airflow_node_hostname.py)
             environment["AIRFLOW_NODE_ADVERTISE_ADDRESS"] = self.node.advertise_address
         return environment
+
+    @property
+    def own_address(self) -> str:
+        """Where this node's own daemons answer: its advertised address (a master's is the cluster file's
+        [master] host when it has none). With several masters, each checks its own scheduler and flower here."""
+        return self.node.advertise_address or self.cluster.master_host
+
+    @property
+    def own_web_url(self) -> str:
+        """This host's own web/API server, e.g. http://10.0.0.2:8080 (cluster.web_url is the cluster address)."""
+        return urls.http_url(self.own_address, self.cluster.web_port)
+
+    @property
+    def own_flower_url(self) -> str:
+        return urls.http_url(self.own_address, self.cluster.flower_port)
+
+    @property
+    def own_scheduler_health_url(self) -> str:
+        return urls.http_url(self.own_address, self.cluster.scheduler_health_port) + "/health"
 
     @property
     def hostname_module(self) -> str:

@@ -34,6 +34,8 @@ WORKER_WAIT = 120.0
 # seconds for each live worker, at most FOLLOW_SPLAY (benchmarks/bench_herd.py: 100 workers over 10 s,
 # 9 of 100 syncs failed against a stock sshd; over 30 s, none)
 FOLLOW_POLL = 2.0
+# several masters: seconds between a master's looks at its peers (and refreshes of its fleet record)
+PEER_POLL = 10.0
 FOLLOW_SPLAY = 30.0
 SPLAY_PER_WORKER = 0.3
 # seconds a task waits for the release it was created with to be fetched (Airflow 3)

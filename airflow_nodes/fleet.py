@@ -1,6 +1,11 @@
 """The whole cluster from any node: every node publishes a small record to the broker, and
 `airflow-node cluster` compares them, the master's as the reference.
 
+With several masters (the cluster file names them), several master records are the norm: the first
+master's live record is the reference (else another master's: all masters must agree anyway), each
+master named in the file without a live record is missing, and the view is DEGRADED (a warning) while
+at least one master is live, CRITICAL when none is.
+
 Redis is the one service every node already reaches with credentials. Records live under keys of our
 own (`airflow-node:<cluster>:node:<name>`, nothing Celery or kombu uses) and expire after three sync
 periods, so a node that stops reporting turns stale, then disappears. Publishing happens at the end
@@ -24,12 +29,14 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
-from airflow_nodes import statefile
+from airflow_nodes import defaults, statefile
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.celerycontrol import read_drain_flag
+from airflow_nodes.cluster import MASTER as MASTER_MEMBER
 from airflow_nodes.cluster import ClusterConfig
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.digest import sha256, sha256_file
@@ -40,6 +47,7 @@ from airflow_nodes.node import CLUSTER_FILE, DRAINED_FLAG, STATE_DIR
 from airflow_nodes.redisclient import connect
 from airflow_nodes.roles import NO_ROLE, ROLES, Role
 from airflow_nodes.target import Target
+from airflow_nodes.urls import bare_host
 
 KEY_PREFIX = "airflow-node"
 OWN_RECORD_FILE = f"{STATE_DIR}/fleet-record.json"  # what this node published last: its own, root's copy
@@ -339,6 +347,15 @@ def stale(record: dict, now: float, period: int) -> bool:
     return age(record, now) > 2 * period
 
 
+# several masters: each master's follower refreshes its record every PEER_POLL seconds; one silent for
+# six of them is missing (a master cut off shows within a minute, not two sync periods)
+MASTER_SILENCE = 6 * defaults.PEER_POLL
+
+
+def master_live(record: dict | None, now: float) -> bool:
+    return record is not None and age(record, now) <= MASTER_SILENCE
+
+
 @dataclass
 class NodeRow:
     record: dict
@@ -356,6 +373,7 @@ class FleetReport:
     status: CheckStatus
     verdict: str
     refused: list[str] = field(default_factory=list)  # the records read and refused, and why
+    masters: list[MasterState] = field(default_factory=list)  # several masters: each named one; else empty
 
 
 def expected_missing(expected: str, present: set[str], workers_seen: int) -> list[str]:
@@ -374,54 +392,160 @@ def master_of(records: list[dict]) -> dict | None:
     return masters[0] if len(masters) == 1 else None
 
 
+@dataclass(frozen=True)
+class NamedMaster:
+    """A master the cluster file names: by node name where it is a member, and by address."""
+
+    name: str  # "" for the first master while the file has no member at its address
+    address: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.address})" if self.name else self.address
+
+    def owns(self, record: dict) -> bool:
+        """Whether a record is this master's: a creating role, and its node name or address."""
+        if not role_of(record).creates_cluster:
+            return False
+        if self.name and record.get("node") == self.name:
+            return True
+        return bool(record.get("address")) and bare_host(record["address"]) == bare_host(self.address)
+
+
+@dataclass(frozen=True)
+class MasterState:
+    """One master the cluster file names, as the view found it."""
+
+    master: NamedMaster
+    node: str  # the node name of its record, "" when it has none
+    live: bool  # its record is there and not stale
+
+
+def named_masters(cluster: ClusterConfig) -> tuple[NamedMaster, ...]:
+    """Given the cluster file, return its masters, the first first, when it names several; else ()."""
+    if not cluster.several_masters:
+        return ()
+    names = {bare_host(m.address): m.name for m in cluster.members if m.role == MASTER_MEMBER}
+    return tuple(NamedMaster(names.get(bare_host(address), ""), address) for address in cluster.masters)
+
+
+def records_of_masters(records: list[dict], masters: Sequence[NamedMaster]) -> list[dict | None]:
+    """Given the records and the named masters, return each master's record, None where it has none: the
+    one by its node name, else one at its address; no record serves two masters."""
+    found: list[dict | None] = []
+    taken: set[int] = set()
+    for master in masters:
+        mine = [r for r in records if id(r) not in taken and master.owns(r)]
+        record = next((r for r in mine if r["node"] == master.name), mine[0] if mine else None)
+        if record is not None:
+            taken.add(id(record))
+        found.append(record)
+    return found
+
+
+def reference_master(
+    records: list[dict], masters: Sequence[NamedMaster] = (), now: float | None = None, period: int = 0
+) -> dict | None:
+    """The record every node is compared with. One master (no masters named): master_of's. Several: the
+    first named master's live record, else the next named one's, else any live master record; a stale one
+    only when no master record is live. None when no record claims a master's role."""
+    if not masters:
+        return master_of(records)
+    claiming = [r for r in records if role_of(r).creates_cluster]
+    own = records_of_masters(records, masters)
+    rank = {id(record): index for index, record in enumerate(own) if record is not None}
+
+    def order(record: dict) -> tuple[bool, int, str]:
+        late = now is not None and not master_live(record, now)
+        return late, rank.get(id(record), len(masters)), record["node"]
+
+    return min(claiming, key=order, default=None)
+
+
 def _same(name: str, value: object, masters: object) -> bool:
     if name == "packages" and value and masters:
         return compare_package_sets(value, masters)[0]  # another Python's lock may agree where it matters
     return value == masters
 
 
+def _row(record: dict, reference: dict | None, reference_name: str, now: float, period: int) -> NodeRow:
+    """One node's row: stale, what differs from the reference record, and what its record says is wrong."""
+    row = NodeRow(record)
+    if stale(record, now, period):
+        row.findings.append(f"stale: last report {age(record, now):.0f} s ago")
+    if reference is not None and record is not reference:
+        for name in COMPARED:
+            if not _same(name, record.get(name), reference.get(name)):
+                row.differing.add(name)
+                row.findings.append(f"{name} differs from {reference_name}")
+    if abs(float(record.get("clock_offset") or 0)) > CLOCK_WARN:
+        row.differing.add("clock_offset")
+        row.findings.append(f"clock {record['clock_offset']:+.1f} s off")
+    if record.get("sync_error"):
+        row.findings.append(f"last sync failed: {record['sync_error'][:80]}")
+    if role_of(record).runs_tasks and record.get("worker_online") is False:
+        row.findings.append("its Celery worker is offline")
+    if role_of(record).runs_tasks and record.get("drained"):
+        row.findings.append("drained: takes no new tasks (`airflow-node resume` there)")
+    return row
+
+
 def compare(
-    records: list[dict], expected_workers: str, period: int, now: float, refused: list[str] | None = None
+    records: list[dict],
+    expected_workers: str,
+    period: int,
+    now: float,
+    refused: list[str] | None = None,
+    masters: Sequence[NamedMaster] = (),
 ) -> FleetReport:
-    """Given the records that passed the checks, the broker's time and why others were refused, return the
-    fleet: the master's values as the reference, every differing value, stale and missing nodes, and a
-    verdict with a Nagios status. A refused record counts for nothing."""
-    masters = [r for r in records if role_of(r).creates_cluster]
-    master = master_of(records)
+    """Given the records that passed the checks, the broker's time, why others were refused and the
+    masters the cluster file names when it names several, return the fleet: a master's values as the
+    reference, every differing value, stale and missing nodes, and a verdict with a Nagios status.
+
+    One master: no master record, or two, is CRITICAL. Several: each named master without a live record
+    is missing; some live is DEGRADED (WARNING), none live CRITICAL. A refused record counts for nothing."""
+    reference = reference_master(records, masters, now, period)
+    reference_name = f"the master {reference['node']}'s" if masters and reference else "the master's"
+    owned = records_of_masters(records, masters)
+    named = {id(record) for record in owned if record is not None}
     rows = []
     for record in sorted(records, key=lambda r: (not role_of(r).creates_cluster, r["node"])):
-        row = NodeRow(record)
-        if stale(record, now, period):
-            row.findings.append(f"stale: last report {age(record, now):.0f} s ago")
-        if master is not None and record is not master:
-            for name in COMPARED:
-                if not _same(name, record.get(name), master.get(name)):
-                    row.differing.add(name)
-                    row.findings.append(f"{name} differs from the master's")
-        if abs(float(record.get("clock_offset") or 0)) > CLOCK_WARN:
-            row.differing.add("clock_offset")
-            row.findings.append(f"clock {record['clock_offset']:+.1f} s off")
-        if record.get("sync_error"):
-            row.findings.append(f"last sync failed: {record['sync_error'][:80]}")
-        if role_of(record).runs_tasks and record.get("worker_online") is False:
-            row.findings.append("its Celery worker is offline")
-        if role_of(record).runs_tasks and record.get("drained"):
-            row.findings.append("drained: takes no new tasks (`airflow-node resume` there)")
+        row = _row(record, reference, reference_name, now, period)
+        if masters and role_of(record).creates_cluster and id(record) not in named:
+            row.findings.append("claims a master's role, but the cluster file names no master by its name or address")
         row.status = DRIFT if row.findings else OK
         rows.append(row)
     names = {r["node"] for r in records}
     workers = sum(1 for r in records if role_of(r).runs_tasks)
-    lost = [] if master else ([f"the master ({len(masters)} records claim it)"] if masters else ["the master"])
-    missing = lost + expected_missing(expected_workers, names, workers)
-    status = MISSING if missing else max((row.status for row in rows), default=OK)
+    others = expected_missing(expected_workers, names, workers)
     drifting = [row.record["node"] for row in rows if row.status]
-    if missing:
-        verdict = f"CRITICAL: missing {', '.join(missing)}"
+    states = [MasterState(m, r["node"] if r else "", master_live(r, now)) for m, r in zip(masters, owned, strict=True)]
+    if masters:
+        live = [state.live for state in states]
+        lost = [f"master {state.master.label}" for state in states if not state.live]
+        missing = lost + others
+        if others or not any(live):
+            status = MISSING
+        else:  # a master missing while another is live: DEGRADED, the WARNING status
+            status = DRIFT if lost else max((row.status for row in rows), default=OK)
+        masters_live = f"{sum(live)} of {len(masters)} masters live"
+    else:
+        claiming = sum(1 for r in records if role_of(r).creates_cluster)
+        lost = [] if reference else ([f"the master ({claiming} records claim it)"] if claiming else ["the master"])
+        missing = lost + others
+        status = MISSING if missing else max((row.status for row in rows), default=OK)
+        masters_live = ""
+    if status == MISSING:
+        verdict = f"CRITICAL: missing {', '.join(missing)}" + (f" ({masters_live})" if masters_live else "")
+    elif missing:  # several masters, some of them live
+        verdict = f"DEGRADED: missing {', '.join(missing)} ({masters_live})"
     elif drifting:
         verdict = f"WARNING: {len(drifting)} of {len(rows)} node(s) differ or are stale: {', '.join(drifting)}"
+    elif masters_live:
+        verdict = f"OK: {len(rows)} node(s) consistent with the master {reference['node']} ({masters_live})"
     else:
         verdict = f"OK: {len(rows)} node(s) consistent with the master"
-    return FleetReport(rows, missing, status, verdict, list(refused or []))
+    return FleetReport(rows, missing, status, verdict, list(refused or []), states)
 
 
 def fleet_report(target: Target, timeout: float) -> FleetReport:
@@ -435,4 +559,11 @@ def fleet_report(target: Target, timeout: float) -> FleetReport:
         return FleetReport([], [], MISSING, f"CRITICAL: the broker cannot be read ({exc.__class__.__name__})")
     except TooManyRecords as exc:
         return FleetReport([], [], MISSING, f"CRITICAL: the broker cannot be read ({exc})")
-    return compare(read.records, ctx.cluster.expected_workers, period_seconds(ctx), read.now, read.refused)
+    return compare(
+        read.records,
+        ctx.cluster.expected_workers,
+        period_seconds(ctx),
+        read.now,
+        read.refused,
+        named_masters(ctx.cluster),
+    )

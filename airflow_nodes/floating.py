@@ -8,7 +8,8 @@ What VRRP cannot do: the address moves by gratuitous ARP / unsolicited NA, so al
 the layer-2 segment the address belongs to (checked: the address lies in the network of the interface
 carrying this master's own address). Clouds whose network ignores ARP need their own API for that.
 
-Everything here is pure: the caller reads `ip -o addr show` and hands its text in.
+Everything but gather_facts is pure: gather_facts reads `ip -o addr show` and whether keepalived is
+installed; plan_floating makes this master's keepalived.conf and the commands around it from them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from airflow_nodes import execute
+from airflow_nodes.context import NodeContext
 from airflow_nodes.errors import UserError
+from airflow_nodes.plan import Command, PlannedFile, Retirement, Trigger
 from airflow_nodes.render import render
+from airflow_nodes.target import Target
 
 OPTION = "--floating-address"
 TEMPLATE = "servers/keepalived.conf.j2"
@@ -188,3 +194,78 @@ def keepalived_conf(
         instance_name=INSTANCE_NAME,
         script_user=script_user,
     )
+
+
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"  # where Debian's keepalived.service reads it
+KEEPALIVED_SERVICE = "keepalived.service"
+KEEPALIVED_BIN = "/usr/sbin/keepalived"
+PROBE_PYTHON = "/usr/bin/python3"  # the system's: `nobody` can run it, and every Debian host has it
+ROOT_INTERFACE = "eth0"  # under --root (a rendered tree, not this host): the interface written
+
+
+@dataclass(frozen=True)
+class FloatingFacts:
+    interface: str  # the interface carrying this master's own address
+    ip_addr: str  # the text of `ip -o addr show`
+    keepalived_installed: bool
+
+
+def gather_facts(ctx: NodeContext, target: Target) -> FloatingFacts | None:
+    """What this host holds for the cluster address: the interface of this master's address, and whether
+    keepalived is installed; None where no floating address is wanted. Raise UserError naming the option
+    when this master's address is on no interface, or the floating address is not in its network."""
+    if not (ctx.cluster.floating_address and ctx.role.schedules) or ctx.node.init_system != "systemd":
+        return None  # under supervisord: no keepalived (init refuses --floating-address there)
+    floating = parse_floating_address(ctx.cluster.floating_address)
+    if not target.real_system:
+        return FloatingFacts(ROOT_INTERFACE, "", keepalived_installed=True)
+    ip_addr = execute.run(["ip", "-o", "addr", "show"], what="reading this host's addresses").stdout
+    own = ctx.node.advertise_address or ctx.cluster.master_host
+    interface = interface_holding(own, ip_addr)
+    if interface is None:
+        raise UserError(f"this master's address {own} is on none of this host's interfaces", about=OPTION)
+    check_on_interface(floating, interface, ip_addr)
+    return FloatingFacts(interface, ip_addr, keepalived_installed=target.path(KEEPALIVED_BIN).exists())
+
+
+def plan_floating(ctx: NodeContext, facts: FloatingFacts) -> tuple[list[PlannedFile], list[Trigger]]:
+    """This master's keepalived.conf and the commands that (re)start keepalived with it (installing the
+    package where it is missing: Debian's ships no keepalived.conf, so nothing of the package's is
+    replaced). Nothing while this master has no peer yet: the address needs two masters to move between."""
+    own = ctx.node.advertise_address or ctx.cluster.master_host
+    peers = tuple(address for address in ctx.cluster.masters if address != own)
+    if not peers:
+        return [], []
+    health_url = f"http://127.0.0.1:{ctx.cluster.web_port}{ctx.line.health_path}"
+    conf = keepalived_conf(parse_floating_address(ctx.cluster.floating_address), facts.interface, own, peers,
+                           router_id_for(ctx.cluster.name), health_url, PROBE_PYTHON)  # fmt: skip
+    apt = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get")
+    commands = [] if facts.keepalived_installed else [
+        Command((*apt, "update", "-qq"), "the package lists, for what follows"),
+        Command((*apt, "install", "-y", "-qq", "keepalived"), "moves the cluster address between the masters"),
+    ]  # fmt: skip
+    commands += [
+        Command(("systemctl", "enable", KEEPALIVED_SERVICE), "the cluster address is held after a reboot"),
+        Command(("systemctl", "restart", KEEPALIVED_SERVICE), "the masters or the cluster address changed"),
+    ]
+    return [PlannedFile(KEEPALIVED_CONF, conf.encode(), 0o644)], [Trigger((KEEPALIVED_CONF,), tuple(commands))]
+
+
+def retirements() -> list[Retirement]:
+    """When the floating address goes (or the node): keepalived stops holding it."""
+    return [Retirement(KEEPALIVED_CONF, (Command(("systemctl", "disable", "--now", KEEPALIVED_SERVICE),
+                                                 "no cluster address to hold"),))]  # fmt: skip
+
+
+def check_unused(address: str, timeout: float = 3.0) -> None:
+    """Raise UserError naming the option when a host answers at the address: a TCP connection to its SSH
+    port that connects, or that a host refuses, means the address is someone's. No answer within the
+    timeout, or no route to it (nobody answers its ARP), means it is free to float."""
+    try:
+        with socket.create_connection((address, 22), timeout=timeout):
+            pass
+    except ConnectionRefusedError:
+        pass
+    except OSError:
+        return
+    raise UserError(f"{address} is in use: a host answers there; choose an unused address", about=OPTION)

@@ -28,6 +28,7 @@ from airflow_nodes import defaults
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.errors import OperationError, UserError
+from airflow_nodes.fleet import publish_record
 from airflow_nodes.masters import converge_master, say_converged
 from airflow_nodes.node import RELEASE_FAILURES_DIR, RELEASE_REQUESTS_DIR
 from airflow_nodes.redaction import redact
@@ -51,7 +52,6 @@ MAX_FETCHES = 64  # releases fetched in one look: more wait for the next one
 SCAN_LIMIT = 4096  # entries taken from the requests directory in one look (a flood waits its turn)
 REMOVE_DEPTH = 8  # how deep a directory planted there is removed
 MIN_RING_GAP = 10.0  # seconds between two syncs the doorbell starts: a hostile ringer gets no more
-PEER_POLL = 10.0  # seconds between a master's looks at its peers' cluster files (one small request each)
 
 
 def _say(line: str) -> None:
@@ -87,10 +87,11 @@ class Follower:
         ctx = load_context(self.target)
         layout = DagLayout(self.target.root, self.target.path(ctx.dags_folder))
         if ctx.role.creates_cluster:  # one of several masters: its peers' cluster files, and who enrolled here
-            if time.monotonic() - self._last_peers >= PEER_POLL:
+            if time.monotonic() - self._last_peers >= defaults.PEER_POLL:
                 self._last_peers = time.monotonic()
                 say_converged(converge_master(self.target), self.say)
                 ctx = load_context(self.target)
+                publish_record(ctx, self.target, {})  # alive: the fleet view counts a master by this
             if not follows_master_releases(ctx, self.target, effective_source(ctx)):
                 return  # the first master builds its releases from the DAG source
         else:

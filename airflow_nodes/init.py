@@ -35,6 +35,7 @@ from airflow_nodes.detect import (
 )
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import run_checked
+from airflow_nodes.floating import check_unused, parse_floating_address
 from airflow_nodes.initsystems import init_system as init_system_named
 from airflow_nodes.install import find_lock, install_airflow, python_version
 from airflow_nodes.join import host_key_of, join, master_join_token, parse_token, token_command
@@ -106,6 +107,7 @@ class InitRequest:
     sentinel_master: str | None = None
     expected_workers: str | None = None
     api_address: str | None = None
+    floating_address: str | None = None
     install_airflow: str | None = None  # install this Airflow into the venv first (shipped lock)
     broker_url_file: Path | None = None  # the URLs hold passwords: they may come from files
     db_url_file: Path | None = None
@@ -163,6 +165,8 @@ def master_cluster(request: InitRequest, install: AirflowInstall, existing: Clus
             urls.check_result_backend(value, version, option)
     if install.package_hash:  # detected, not --airflow-version: workers compare their set with it
         given["airflow_packages"] = install.package_hash
+    if existing is None and given.get("floating_address"):
+        raise UserError("--floating-address: it moves between masters: set it once a second master has joined")
     if existing is None:
         for attr in ("master_host", "broker_url", "db_url"):
             if attr not in given:
@@ -178,9 +182,39 @@ def master_cluster(request: InitRequest, install: AirflowInstall, existing: Clus
             # the default source names the master: it moves with it
             given["dags_source"] = default_dags_source(given["master_host"], existing.airflow_user)
         config = dataclasses.replace(existing, airflow_version=version.series, **given)
+        if "floating_address" in given:
+            config = with_floating_address(config, existing)
         if config != existing:  # a change: the other masters take it (masters.py orders changes by serial)
             config = dataclasses.replace(config, serial=existing.serial + 1)
     return _checked_options(validate_cluster, config)
+
+
+def with_floating_address(config: ClusterConfig, existing: ClusterConfig) -> ClusterConfig:
+    """The cluster file with the floating address given (normalised; "" drops it) as its cluster address.
+    Raise UserError naming the option when it clashes with --api-address or there is no second master."""
+    if not config.floating_address:
+        return dataclasses.replace(config, api_address="" if existing.floating_address else config.api_address)
+    if config.api_address != existing.api_address:
+        raise UserError("--api-address: not with --floating-address, which is the cluster address")
+    if len(config.masters) < 2:
+        raise UserError("--floating-address: it moves between masters: join a second one first (`airflow-node "
+                        "join-token --role master`); with one master, use --api-address or none")  # fmt: skip
+    floating = parse_floating_address(config.floating_address)
+    return dataclasses.replace(config, floating_address=f"{floating.address}/{floating.prefix}",
+                               api_address=floating.address)  # fmt: skip
+
+
+def check_floating(cluster: ClusterConfig, existing_text: bytes, node: NodeSettings, target: Target) -> None:
+    """A floating address set now: keepalived runs as a systemd service, and on the real system nobody
+    answers at the address yet. Raise UserError naming the option."""
+    before = parse_cluster(existing_text.decode(errors="replace"), CLUSTER_FILE).floating_address
+    if cluster.floating_address == before:
+        return
+    if node.init_system != "systemd":
+        raise UserError(f"--floating-address: keepalived runs as a systemd service; this node runs under "
+                        f"{node.init_system}: put a load balancer in front of the masters (--api-address)")  # fmt: skip
+    if target.real_system:
+        check_unused(cluster.api_address)
 
 
 def _checked_options(validate, value):
@@ -525,10 +559,12 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         except UnicodeDecodeError:
             raise UserError(f"{source}: the cluster file is not UTF-8 text") from None
         cluster = parse_cluster(decoded, source)
-    if not role.creates_cluster and target.privileged:  # root hands the account its home: not just any
+    if (not role.creates_cluster or request.join) and target.privileged:  # root hands the account its home
         check_account_and_home(cluster, target.path(cluster.airflow_home), source)
 
     node = node_settings(request, existing_node, str(install.version), install.airflow_bin, target, cluster.master_host)
+    if role.creates_cluster and existing_cluster_text and cluster.floating_address:
+        check_floating(cluster, existing_cluster_text, node, target)
     if node.db_allow and not wanted.postgres:
         raise UserError("--db-allow: only with --with-postgres (who may reach this host's PostgreSQL)")
     if facts:

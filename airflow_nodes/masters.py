@@ -29,6 +29,7 @@ from airflow_nodes.apply import apply, node_lock
 from airflow_nodes.cluster import (
     MASTER,
     ClusterConfig,
+    ClusterSecrets,
     Member,
     check_member,
     check_served_cluster,
@@ -170,6 +171,13 @@ def prepare_for_peers(target: Target) -> None:
     ctx = load_context(target)
     if not ctx.role.creates_cluster:
         raise UserError("join-token: run it on a master (this node is a worker)")
+    if not ctx.cluster.secrets.admin_password:  # a cluster made before it: the masters' shared admin password
+        with node_lock(target):
+            ctx = load_context(target)
+            secrets = dataclasses.replace(ctx.cluster.secrets, admin_password=ClusterSecrets.generate().admin_password)
+            cluster = dataclasses.replace(ctx.cluster, secrets=secrets, serial=ctx.cluster.serial + 1)
+            apply(reconcile_node(cluster, dump_cluster(cluster).encode(), ctx.node, target, previous=ctx.node))
+        ctx = load_context(target)
     if read_credentials(target) is None:
         host_key_of(target)  # no host key, no master joins: say so before anything changes
         with node_lock(target):

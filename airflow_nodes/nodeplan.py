@@ -7,6 +7,7 @@ way, including removing what the new plan no longer has.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from dataclasses import dataclass
 
@@ -16,10 +17,14 @@ from airflow_nodes.cluster import ClusterConfig, default_dags_source
 from airflow_nodes.context import NodeContext
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import UserError
+from airflow_nodes.floating import FloatingFacts, plan_floating
+from airflow_nodes.floating import gather_facts as gather_floating_facts
+from airflow_nodes.floating import retirements as floating_retirements
 from airflow_nodes.initsystems import all_init_systems, init_system
 from airflow_nodes.localservers import ServerFacts, plan_servers, server_facts
 from airflow_nodes.localservers import retirements as server_retirements
 from airflow_nodes.node import (
+    ADMIN_PASSWORDS_FILE,
     CLUSTER_FILE,
     CONFIG_DIR,
     CRON_FILE,
@@ -58,7 +63,13 @@ def render_airflow_cfg(ctx: NodeContext) -> str:
         dag_bundles=dag_bundles(ctx),
         web_url=c.web_url,
         execution_api_url=f"{c.web_url}/execution/",
+        admin_passwords_file=ADMIN_PASSWORDS_FILE if shared_admin_password(ctx.cluster) else "",
     )
+
+
+def shared_admin_password(cluster: ClusterConfig) -> bool:
+    """Whether every master reads the admin's password from the cluster file (several masters on Airflow 3)."""
+    return cluster.several_masters and cluster.version.line.has_execution_api and bool(cluster.secrets.admin_password)
 
 
 def dag_bundles(ctx: NodeContext) -> list[dict]:
@@ -130,6 +141,7 @@ def build_node_plan(
     credentials: NodeCredentials | None = None,
     installed: Installed | None = None,
     servers: ServerFacts | None = None,
+    floating: FloatingFacts | None = None,
 ) -> Plan:
     """Given the cluster config (and its exact bytes), this node's settings, the settings it was
     installed with (if any), its SSH credentials (a joined worker), what each init system runs now
@@ -165,9 +177,14 @@ def build_node_plan(
         *manager.plan_files(ctx, sha256(airflow_cfg + env_file)[:16]),
         PlannedFile(CRON_FILE, render_cron(ctx).encode(), 0o644),
     ]
+    if ctx.role.schedules and shared_admin_password(cluster):
+        passwords = json.dumps({"admin": cluster.secrets.admin_password}) + "\n"
+        files.append(PlannedFile(ADMIN_PASSWORDS_FILE, passwords.encode(), 0o600, user, user, secret=True))
     dirs += manager.plan_dirs(ctx)
     server_files, server_triggers, final = plan_servers(ctx, servers) if servers else ([], [], [])
     files += server_files
+    floating_files, floating_triggers = plan_floating(ctx, floating) if floating else ([], [])
+    files += floating_files
     if credentials:
         dirs.append(PlannedDir(SSH_DIR, 0o755))
         files += [
@@ -194,7 +211,11 @@ def build_node_plan(
         ),
         dirs=tuple(dirs),
         files=tuple(files),
-        triggers=(*manager.triggers(ctx, installed.get((manager.name, node), ())), *server_triggers),
+        triggers=(
+            *manager.triggers(ctx, installed.get((manager.name, node), ())),
+            *server_triggers,
+            *floating_triggers,
+        ),  # fmt: skip
         # either init system may have run this node before (--init-system changed): both can retire
         retirements=tuple(
             rule
@@ -202,7 +223,8 @@ def build_node_plan(
             for settings in {node, previous or node}
             for rule in system.retirements(settings, installed.get((system.name, settings), ()))
         )
-        + tuple(rule for settings in {node, previous or node} for rule in server_retirements(settings)),  # fmt: skip
+        + tuple(rule for settings in {node, previous or node} for rule in server_retirements(settings))
+        + tuple(floating_retirements()),  # fmt: skip
         secrets=cluster.secret_values(),
         final_commands=tuple(final),
     )
@@ -230,7 +252,8 @@ def reconcile_node(
     credentials = credentials or read_credentials(target)
     installed = read_installed(target, node, previous)
     servers = server_facts(NodeContext(cluster, node), target, servers)  # init passes them, checked; others read them
-    plan = build_node_plan(cluster, cluster_text, node, previous, credentials, installed, servers)
+    floating = gather_floating_facts(NodeContext(cluster, node), target)
+    plan = build_node_plan(cluster, cluster_text, node, previous, credentials, installed, servers, floating)
     return preview(plan, target, force)
 
 

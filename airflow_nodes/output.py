@@ -23,7 +23,7 @@ from airflow_nodes.sanitise import printable
 if TYPE_CHECKING:  # the values formatted here; this module needs none of them to run
     from airflow_nodes.control import ControlOutcome
     from airflow_nodes.drain import DrainOutcome
-    from airflow_nodes.fleet import FleetReport
+    from airflow_nodes.fleet import FleetReport, MasterState
     from airflow_nodes.health.model import Result
     from airflow_nodes.health.runner import HealthReport
     from airflow_nodes.join import JoinListing
@@ -124,9 +124,17 @@ FULL_WIDTH = ("node", "address")  # the other values are hashes and versions: th
 REFUSED_SHOWN = 5  # refused records named one by one; the rest are counted
 
 
+def _master_line(state: MasterState) -> str:
+    if state.live:
+        return f"master {state.master.label}: live (record {state.node})"
+    why = f"its record {state.node} is stale" if state.node else "no record"
+    return f"master {state.master.label}: missing ({why})"
+
+
 def fleet_table(report: FleetReport) -> str:
     """Given the fleet, return the table: one row per node, a value that differs from the master's marked
-    with "!", then each node's findings, the records refused, and the verdict."""
+    with "!", then each node's findings, each master when there are several (live or missing), the
+    records refused, and the verdict."""
     rows = [[column.upper() for column in FLEET_COLUMNS]]
     for row in report.rows:
         cells = []
@@ -138,6 +146,7 @@ def fleet_table(report: FleetReport) -> str:
     lines = table(rows)
     for row in report.rows:
         lines += [f"{row.record['node']}: {finding}" for finding in row.findings]
+    lines += [_master_line(state) for state in report.masters]  # several masters: each, live or missing
     lines += [f"refused record {why}" for why in report.refused[:REFUSED_SHOWN]]
     if len(report.refused) > REFUSED_SHOWN:
         lines.append(f"refused {len(report.refused) - REFUSED_SHOWN} more record(s)")
@@ -147,12 +156,15 @@ def fleet_table(report: FleetReport) -> str:
 
 def fleet_json(report: FleetReport) -> str:
     """Given the fleet, return it as a JSON document: the status and verdict, and every node's record
-    with its findings."""
+    with its findings; with several masters, each master and whether it is live."""
     document = {
         "status": report.status,
         "verdict": report.verdict,
         "missing": report.missing,
         "refused": report.refused,
+        "masters": [
+            {"name": s.master.name, "address": s.master.address, "node": s.node, "live": s.live} for s in report.masters
+        ],
         "nodes": [{**row.record, "findings": row.findings, "status": row.status} for row in report.rows],
     }
     return to_json(document, sort_keys=True)

@@ -62,7 +62,7 @@ MASTER = Role(
     runs_tasks=False,
     creates_cluster=True,
     follows_master=False,
-    probes=(*COMMON_PROBES, "migrations", "flower", "web", "scheduler", "logs"),
+    probes=(*COMMON_PROBES, "migrations", "flower", "web", "scheduler", "leader", "logs"),
     options=("with_redis", "with_postgres", "db_allow", "join"),  # --join: another master of the cluster
 )
 WORKER = Role(

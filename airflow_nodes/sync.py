@@ -223,7 +223,8 @@ def sync_dags(
     if from_master and not expected:
         expected, seen["master_cluster_hash"], spec = ask_master_release(transfer, spec, master_hosts(ctx))
         seen["master_host"] = str(spec.host)
-        details.append(f"the master offers {expected[:16] or 'no release yet'} ({time.monotonic() - started:.2f} s)")
+        details.append(f"the master {spec.host} offers {expected[:16] or 'no release yet'} "
+                       f"({time.monotonic() - started:.2f} s)")  # fmt: skip
         if not expected:
             return DagOutcome(
                 UNCHANGED,

@@ -42,7 +42,7 @@ from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.control import control
 from airflow_nodes.detect import installed_package_hash
 from airflow_nodes.errors import OperationError, UserError, clipped
-from airflow_nodes.fleet import known_workers, publish_record
+from airflow_nodes.fleet import known_workers, publish_record, read_records
 from airflow_nodes.health.model import ProbeInput, Status
 from airflow_nodes.health.runner import run_probes, select_probes
 from airflow_nodes.install import (
@@ -110,7 +110,9 @@ def plan_upgrade(target: Target, to: str, backup_dir: Path, wheelhouse: Path | N
         lock = find_lock(str(new), python_version(python))
     except UserError as exc:
         raise exc.about_instead("--to") from None
-    new_cluster = dataclasses.replace(ctx.cluster, airflow_version=new.series, airflow_packages=lock.package_hash)
+    new_cluster = dataclasses.replace(
+        ctx.cluster, airflow_version=new.series, airflow_packages=lock.package_hash, serial=ctx.cluster.serial + 1
+    )  # the other masters take it (masters.py)
     if wheelhouse is None and ctx.node.wheelhouse:  # the one `init --wheelhouse` recorded
         wheelhouse = Path(ctx.node.wheelhouse)
     check_wheelhouse(wheelhouse)
@@ -176,6 +178,43 @@ UNFINISHED_TASKS = (
     "SELECT dag_id, task_id, state, coalesce(hostname, '') FROM task_instance "
     "WHERE state IN ('queued', 'running', 'restarting') ORDER BY dag_id, task_id"
 )
+
+
+# the scheduling daemons of other hosts that heartbeat now: another master still running its Airflow
+OTHER_MASTERS_RUNNING = (
+    "SELECT DISTINCT coalesce(hostname, ''), job_type FROM job WHERE state = 'running' "
+    "AND job_type IN ('SchedulerJob', 'TriggererJob', 'DagProcessorJob') "
+    "AND latest_heartbeat > now() - interval '60 seconds' AND coalesce(hostname, '') <> %s ORDER BY 1, 2"
+)
+
+
+def other_masters_running(db_url: str, own_address: str) -> list[str]:
+    """The scheduler, triggerer and DAG processor jobs other hosts heartbeat now, as "JobType on host"
+    (hostname_callable makes each host's its advertised address)."""
+    try:
+        with connect(db_url, timeout=10, application_name="airflow-node-upgrade") as connection:
+            rows = connection.execute(OTHER_MASTERS_RUNNING, (own_address,)).fetchall()
+    except ProbeFailure as exc:
+        raise UserError(f"upgrade: the metadata DB does not answer: {exc}") from None
+    return [clipped(printable(f"{job_type} on {host or '?'}"), 200) for host, job_type in rows]
+
+
+def check_other_masters(plan: UpgradePlan) -> None:
+    """Several masters: the others' Airflow is stopped before this one migrates the DB under it. Raise
+    UserError naming what still runs, and what to do."""
+    if not plan.ctx.cluster.several_masters:
+        return
+    running = other_masters_running(plan.ctx.cluster.db_url, plan.ctx.node.advertise_address)
+    try:  # a master moved already (its record says so) runs the new Airflow: it may go on
+        records, _ = read_records(plan.ctx, timeout=2.0)
+    except Exception:  # noqa: BLE001 - no records (the broker down): every running master counts
+        records = []
+    moved = {r.get("address") for r in records if r.get("airflow") == str(plan.to)}
+    running = [job for job in running if job.rpartition(" on ")[2] not in moved]
+    if running:
+        raise UserError(f"upgrade: another master's Airflow still runs ({', '.join(running[:3])}): run `airflow-node "
+                        f"stop` on the other masters first; after this upgrade, `airflow-node upgrade --to {plan.to}` "
+                        "on each of them moves it; nothing was changed")  # fmt: skip
 
 
 def unfinished_tasks(db_url: str) -> list[str]:
@@ -376,6 +415,7 @@ def preflight(plan: UpgradePlan, run: UpgradeRun) -> None:
         raise UserError(f"upgrade: {len(blocking)} DAG finding(s) that Airflow {plan.to} cannot run, first: "
                         f"{blocking[0]} (ruff check --preview --select AIR3 {plan.ctx.dags_folder})")  # fmt: skip
     check_database(plan)
+    check_other_masters(plan)
 
 
 def build_new_release(plan: UpgradePlan, run: UpgradeRun) -> None:

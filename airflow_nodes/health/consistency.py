@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from airflow_nodes import statefile
 from airflow_nodes.digest import sha256_file
 from airflow_nodes.errors import UserError
-from airflow_nodes.fleet import COMPARED, master_of, node_facts, read_records
+from airflow_nodes.fleet import COMPARED, named_masters, node_facts, period_seconds, read_records, reference_master
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.node import CLUSTER_FILE, SYNC_STATE_FILE
 from airflow_nodes.timestamps import parse_utc
@@ -100,14 +100,18 @@ def compare_with_master(probe_input: ProbeInput, state: dict) -> tuple[Status, s
     from redis.exceptions import RedisError
 
     aspect = "the master's live record"
+    ctx = probe_input.ctx
     try:
-        records, _ = read_records(probe_input.ctx, probe_input.remaining())
+        records, now = read_records(ctx, probe_input.remaining())
     except (RedisError, UserError) as exc:
         return Status.UNKNOWN, aspect, f"cannot read it from the broker ({exc.__class__.__name__})"
-    master = master_of(records)
+    # several masters: the first master's live record, else another's (fleet.reference_master)
+    master = reference_master(records, named_masters(ctx.cluster), now, period_seconds(ctx))
+    if master is None and ctx.cluster.several_masters:
+        return Status.WARNING, aspect, "no master record (none published yet)"
     if master is None:
         return Status.WARNING, aspect, "no single master record (none published yet, or two claim the role)"
-    mine = {**node_facts(probe_input.ctx, probe_input.target), "dags": state.get("dag_revision") or ""}
+    mine = {**node_facts(ctx, probe_input.target), "dags": state.get("dag_revision") or ""}
     differing = [name for name in COMPARED if name in master and name in mine and master[name] != mine[name]]
     if differing:
         return Status.WARNING, aspect, f"differs from the master's: {', '.join(differing)}"

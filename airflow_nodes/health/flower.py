@@ -2,10 +2,13 @@
 
 `/api/workers?status=true` maps every worker flower has seen to whether it is alive (heartbeats).
 Flower can lag behind reality by up to a minute after a broker outage: a warning, not the truth.
+A node that runs flower asks its own (with several masters each has one, with its own view of the
+workers); a worker asks the first master's.
 """
 
 from __future__ import annotations
 
+from airflow_nodes.context import NodeContext
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
 from airflow_nodes.netio import ProbeFailure, basic_auth, http_get, run_concurrently
 
@@ -13,10 +16,15 @@ NAME = "flower"
 WORKER_NAME = "worker"
 
 
+def flower_url(ctx: NodeContext) -> str:
+    """Given a node, return the flower it asks: its own where its role runs one, else the first master's."""
+    return ctx.own_flower_url if ctx.role.schedules else ctx.cluster.flower_url
+
+
 def fetch_worker_states(probe_input: ProbeInput) -> tuple[dict[str, bool], float]:
     """Return ({celery node name: alive}, latency) from flower. Raise ProbeFailure with a readable reason."""
     cluster = probe_input.ctx.cluster
-    url = probe_input.ctx.cluster.flower_url + "/api/workers?status=true"
+    url = flower_url(probe_input.ctx) + "/api/workers?status=true"
     response = http_get(url, probe_input.remaining(), basic_auth(cluster.flower_user, cluster.secrets.flower_password))
     if response.status == 401:
         raise ProbeFailure("flower rejected the credentials (secrets.flower_user / flower_password)")
@@ -41,7 +49,7 @@ def summarize_workers(states: dict[str, bool]) -> tuple[Status, str]:
 
 
 def _healthcheck(probe_input: ProbeInput) -> Result:
-    url = probe_input.ctx.cluster.flower_url + "/healthcheck"
+    url = flower_url(probe_input.ctx) + "/healthcheck"
     try:
         response = http_get(url, probe_input.remaining())
     except ProbeFailure as exc:
@@ -52,7 +60,7 @@ def _healthcheck(probe_input: ProbeInput) -> Result:
 
 
 def _workers(probe_input: ProbeInput) -> Result:
-    url = probe_input.ctx.cluster.flower_url + "/api/workers"
+    url = flower_url(probe_input.ctx) + "/api/workers"
     try:
         states, latency = fetch_worker_states(probe_input)
     except ProbeFailure as exc:
@@ -65,7 +73,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
     """Given a master node, return flower's own health and the online-worker count, fetched side by side."""
     calls = [lambda: _healthcheck(probe_input), lambda: _workers(probe_input)]
     answers = run_concurrently(calls, probe_input.deadline)
-    base = probe_input.ctx.cluster.flower_url
+    base = flower_url(probe_input.ctx)
     missing = Result(Status.CRITICAL, NAME, base, None, "no answer before the deadline")
     return [answer or missing for answer in answers]
 
@@ -73,7 +81,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
 def check_this_worker(probe_input: ProbeInput) -> list[Result]:
     """Given a worker node, return whether flower sees its Celery worker (celery@NODE) online."""
     name = probe_input.ctx.node.celery_name
-    target = f"{probe_input.ctx.cluster.flower_url}/api/workers {name}"
+    target = f"{flower_url(probe_input.ctx)}/api/workers {name}"
     try:
         states, latency = fetch_worker_states(probe_input)
     except ProbeFailure as exc:

@@ -1,6 +1,8 @@
 """Scheduler probe: the scheduler's own health server (`[scheduler] enable_health_check`, port 8974).
 
 It answers 200 while the scheduler on that host heartbeats and 503 when it does not; init turns it on.
+Each master asks its own, at its own address: with several masters, one scheduler down is found on its
+host while the others (and the cluster-wide health JSON, which shows the latest heartbeat) look fine.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ NAME = "scheduler"
 
 def check(probe_input: ProbeInput) -> list[Result]:
     """Given a master node, return one Result for its scheduler's health server."""
-    url = probe_input.ctx.cluster.scheduler_health_url
+    url = probe_input.ctx.own_scheduler_health_url
     try:
         response = http_get(url, probe_input.remaining())
     except ProbeFailure as exc:

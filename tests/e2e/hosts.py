@@ -41,6 +41,9 @@ ROOTFS_PACKAGES = {
     # `init --with-redis --with-postgres` finds them installed: the containers have no network)
     "bookworm-servers": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,"
     "openssh-server,openssh-client,iproute2,passwd,hostname,redis-server,postgresql",
+    # several masters: keepalived as the package manager leaves it (init sets it up)
+    "bookworm-masters": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,"
+    "openssh-server,openssh-client,iproute2,passwd,keepalived",
 }
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -120,13 +123,14 @@ def cached_rootfs(kind: str) -> Path:
 class Container:
     """A host under a real systemd: a booted systemd-nspawn container in the host's network namespace."""
 
-    def __init__(self, rootfs: Path, namespace: str, binds: Sequence[Path], log: Path, hostname: str):
+    def __init__(self, rootfs: Path, namespace: str, binds: Sequence[Path], log: Path, hostname: str,
+                 capabilities: Sequence[str] = ()):  # fmt: skip
         self.name = hostname
         self.log = open(log, "wb")  # noqa: SIM115 - closed in close()
         argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--console=passive",
                 f"--network-namespace-path=/run/netns/{namespace}", "--volatile=overlay", "-D", str(rootfs),
                 f"--hostname={hostname}", f"--machine={PREFIX}-{hostname}",
-                *(f"--bind={path}" for path in binds), "-b"]  # fmt: skip
+                *(f"--bind={path}" for path in binds), *(f"--capability={c}" for c in capabilities), "-b"]  # fmt: skip
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         wait_for(self._booted, 60, f"the {hostname} container to boot")
 
@@ -382,10 +386,11 @@ class AirflowApi:
         except ValueError:
             return answer["status"], answer["body"]
 
-    def login_simple_auth_manager(self, master) -> None:
-        """Airflow 3: the api-server writes the admin's password at start (the file init points to);
-        trade it for a token."""
-        passwords = "/opt/airflow/simple_auth_manager_passwords.json.generated"
+    def login_simple_auth_manager(
+        self, master, passwords: str = "/opt/airflow/simple_auth_manager_passwords.json.generated"
+    ) -> None:
+        """Airflow 3: the api-server writes the admin's password at start (several masters: init writes it,
+        from the cluster file); trade it for a token."""
         wait_for(lambda: master.run("test", "-s", passwords, check=False).returncode == 0, 120,
                  "the api-server's generated admin password")  # fmt: skip
         password = json.loads(master.run("cat", passwords).stdout)["admin"]

@@ -6,7 +6,7 @@ import pytest
 from servers import running_postgres
 
 from airflow_nodes.errors import OperationError
-from airflow_nodes.upgrade import unfinished_tasks
+from airflow_nodes.upgrade import other_masters_running, unfinished_tasks
 
 pytestmark = pytest.mark.integration
 postgres = pytest.fixture(scope="module")(running_postgres)
@@ -34,3 +34,20 @@ def test_a_wrong_password_is_an_operation_error_without_the_password(postgres, p
         unfinished_tasks(url)
     assert "wrong password for user airflow" in str(raised.value), raised.value
     assert password not in str(raised.value) and "SECRET" not in str(raised.value)
+
+
+def test_the_upgrade_names_the_scheduling_daemons_other_masters_still_run(postgres):
+    """Several masters: the jobs that heartbeat on other hosts (Airflow's job table) stop an upgrade."""
+    postgres.psql(
+        "CREATE TABLE job (id serial, state text, job_type text, latest_heartbeat timestamptz, hostname text);"
+        "INSERT INTO job (state, job_type, latest_heartbeat, hostname) VALUES"
+        " ('running', 'SchedulerJob', now(), '10.0.0.2'), ('running', 'TriggererJob', now(), '10.0.0.2'),"
+        " ('running', 'SchedulerJob', now(), '10.0.0.1'),"  # this master's own
+        " ('running', 'SchedulerJob', now() - interval '5 minutes', '10.0.0.3'),"  # a master long gone
+        " ('success', 'DagProcessorJob', now(), '10.0.0.3'), ('running', 'LocalTaskJob', now(), '10.0.0.11');"
+        f"ALTER TABLE job OWNER TO {postgres.user};",
+        database=postgres.database,
+    )
+    assert other_masters_running(postgres.url(), "10.0.0.1") == ["SchedulerJob on 10.0.0.2", "TriggererJob on 10.0.0.2"]
+    postgres.psql("UPDATE job SET state = 'success' WHERE hostname = '10.0.0.2'", database=postgres.database)
+    assert other_masters_running(postgres.url(), "10.0.0.1") == []
