@@ -252,6 +252,8 @@ def _file_change(target: Target, planned: PlannedFile, manifest: Manifest) -> Fi
     elif old == planned.content:
         # a secret file left world-readable (say, copied by hand) is rewritten with its mode
         status = UNCHANGED if path.stat().st_mode & 0o7777 == planned.mode else PERMISSIONS
+    elif planned.shared and planned.path in manifest.files:
+        status = UPDATE
     elif planned.path not in manifest.files:
         status = FOREIGN
     elif manifest.files[planned.path] != sha256(old):

@@ -191,6 +191,12 @@ class ClusterConfig:
         return (self.master_host, *joined)
 
     @property
+    def admin_passwords_file(self) -> str:
+        """Several masters on Airflow 3: the simple auth manager's passwords, written on each master from
+        this file (Airflow opens it for writing: the airflow account's, where its API server may write)."""
+        return f"{self.airflow_home}/simple_auth_manager_passwords.json"
+
+    @property
     def several_masters(self) -> bool:
         """Whether masters are members: from the first master token on (its master enters the file then)."""
         return any(m.role == MASTER for m in self.members)

@@ -46,7 +46,7 @@ from airflow_nodes.sync import (
 from airflow_nodes.syncing.offer import herd_splay, rung
 from airflow_nodes.syncing.releases import RELEASE_NAME, DagLayout, current_release, held_release
 from airflow_nodes.target import Target
-from airflow_nodes.versions import FOLLOWER
+from airflow_nodes.versions import FOLLOWER, MASTER_FOLLOWER
 
 MAX_FETCHES = 64  # releases fetched in one look: more wait for the next one
 SCAN_LIMIT = 4096  # entries taken from the requests directory in one look (a flood waits its turn)
@@ -247,7 +247,7 @@ def forget_old_failures(failures: Path) -> None:
 def follow(target: Target, poll: float, splay: float, passes: int | None = None) -> None:
     """Run the follower (for ever, or `passes` looks). Raise UserError when this node is no worker."""
     ctx = load_context(target)
-    if FOLLOWER not in ctx.daemons:
+    if not {FOLLOWER, MASTER_FOLLOWER} & set(ctx.daemons):
         raise UserError(f"follow: this {ctx.node.role} has no follower (a worker has, and each of several masters)")
     if ctx.line.versioned_dags and ctx.role.follows_master:
         prepare_requests_dir(target, ctx.cluster.airflow_user)

@@ -63,7 +63,7 @@ from airflow_nodes.node import (
     parse_node,
     validate_node,
 )
-from airflow_nodes.nodeplan import NodeCredentials, dags_source_is_default, reconcile_node
+from airflow_nodes.nodeplan import NodeCredentials, dags_source_is_default, reconcile_node, shared_admin_password
 from airflow_nodes.roles import ROLES, Role, role_named
 from airflow_nodes.schema import check_abs_path, check_host
 from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
@@ -609,6 +609,8 @@ def web_ui_note(cluster: ClusterConfig) -> str:
     """Where the UI is and how to log in (never the password itself: this output may end up in a log)."""
     if cluster.version.line.has_execution_api:  # Airflow 3: the simple auth manager's generated password
         passwords = f"{cluster.airflow_home}/simple_auth_manager_passwords.json.generated"
+        if shared_admin_password(cluster):  # several masters: the one every master reads
+            passwords = cluster.admin_passwords_file
         return (f"the UI: {cluster.web_url} (user admin; its password, once the api-server has started: "
                 f"cat {passwords})")  # fmt: skip
     return (f"the UI: {cluster.web_url} (make a user first: sudo -u {cluster.airflow_user} airflow users create "

@@ -73,10 +73,18 @@ def own_member(ctx: NodeContext, target: Target) -> Member | None:
 def enrolled_here(ctx: NodeContext, target: Target) -> list[Member]:
     """The nodes enrolled through this master's gate, read as the airflow account (its file)."""
     keys = keys_file_of(target, ctx)
-    try:
-        return as_user(ctx.cluster.airflow_user if target.privileged else None, keys.enrolled)
+    try:  # the child answers in JSON; what it read is checked again here, as root
+        found = as_user(ctx.cluster.airflow_user if target.privileged else None,
+                        lambda: [dataclasses.asdict(member) for member in keys.enrolled()])  # fmt: skip
     except NoSuchAccount:
         return []
+    members = []
+    for fields in found if isinstance(found, list) else []:
+        with contextlib.suppress(TypeError, UserError):
+            member = Member(**fields)
+            check_member(member, "authorized_keys")
+            members.append(member)
+    return members
 
 
 def with_members(cluster: ClusterConfig, own: Member | None, enrolled: list[Member]) -> ClusterConfig:

@@ -46,9 +46,7 @@ SYNC_USER = "airflow-sync"
 # restarts the worker consuming its queues, ends the drain and the flag with it
 DRAINED_FLAG = "/run/airflow-node-drained"
 KNOWN_HOSTS_FILE = f"{SSH_DIR}/known_hosts"
-# several masters: the simple auth manager's passwords, the same on each (Airflow opens it for writing:
-# the airflow account's file, in a directory only root can change)
-ADMIN_PASSWORDS_FILE = f"{CONFIG_DIR}/simple_auth_manager_passwords.json"
+
 DAGS_AUTHORING_DIR = "/srv/airflow/dags"  # on the master: where people put DAGs; workers pull from it
 # what no directory of the cluster's may be, sit in or hold: the system's and ours
 SYSTEM_DIRS = ("/boot", "/dev", "/etc", "/proc", "/run", "/sys", "/usr", CONFIG_DIR, STATE_DIR)

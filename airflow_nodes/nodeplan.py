@@ -24,7 +24,6 @@ from airflow_nodes.initsystems import all_init_systems, init_system
 from airflow_nodes.localservers import ServerFacts, plan_servers, server_facts
 from airflow_nodes.localservers import retirements as server_retirements
 from airflow_nodes.node import (
-    ADMIN_PASSWORDS_FILE,
     CLUSTER_FILE,
     CONFIG_DIR,
     CRON_FILE,
@@ -63,7 +62,7 @@ def render_airflow_cfg(ctx: NodeContext) -> str:
         dag_bundles=dag_bundles(ctx),
         web_url=c.web_url,
         execution_api_url=f"{c.web_url}/execution/",
-        admin_passwords_file=ADMIN_PASSWORDS_FILE if shared_admin_password(ctx.cluster) else "",
+        admin_passwords_file=c.admin_passwords_file if shared_admin_password(ctx.cluster) else "",
     )
 
 
@@ -179,7 +178,8 @@ def build_node_plan(
     ]
     if ctx.role.schedules and shared_admin_password(cluster):
         passwords = json.dumps({"admin": cluster.secrets.admin_password}) + "\n"
-        files.append(PlannedFile(ADMIN_PASSWORDS_FILE, passwords.encode(), 0o600, user, user, secret=True))
+        files.append(PlannedFile(cluster.admin_passwords_file, passwords.encode(), 0o600, user, user, secret=True,
+                                 shared=True))  # fmt: skip
     dirs += manager.plan_dirs(ctx)
     server_files, server_triggers, final = plan_servers(ctx, servers) if servers else ([], [], [])
     files += server_files

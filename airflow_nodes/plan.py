@@ -16,6 +16,9 @@ class PlannedFile:
     owner: str = "root"
     group: str = "root"
     secret: bool = False  # holds secrets: never shown in a diff, created with its final mode
+    # the account it belongs to writes it too (Airflow opens it for writing): what it holds there is no
+    # one's edit to keep, and is replaced without a --force
+    shared: bool = False
 
 
 @dataclass(frozen=True)

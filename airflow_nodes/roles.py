@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from airflow_nodes.errors import UserError
-from airflow_nodes.versions import FOLLOWER, AirflowLine, Daemon
+from airflow_nodes.versions import FOLLOWER, MASTER_FOLLOWER, AirflowLine, Daemon
 
 # the probes of `airflow-node health`, by name (health/runner.py holds them)
 COMMON_PROBES = ("redis", "db", "units", "consistency", "packages")
@@ -50,8 +50,10 @@ class Role:
             daemons = [replace(d, leader_lock=d.name) if d.name == "dag-processor" else d for d in daemons]
         if self.runs_tasks and worker is not None:
             daemons.append(worker)
-        if self.follows_master or (self.creates_cluster and several_masters):
+        if self.follows_master:
             daemons.append(FOLLOWER)
+        elif self.creates_cluster and several_masters:
+            daemons.append(MASTER_FOLLOWER)
         return tuple(daemons)
 
 

@@ -32,6 +32,9 @@ class Daemon:
     ours: bool = False  # airflow-node's own daemon (args after airflow-node), run as root
     # run only while this host holds the cluster-wide lock of this name (`airflow-node lead`): one at a time
     leader_lock: str = ""
+    # it converges the node to a changed cluster file (writes its files, runs systemctl), as `init` does:
+    # root without the sandbox of a daemon that only fetches
+    reconciles: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ DEFAULT_QUEUE = "default"
 
 # a worker's DAG follower: new releases within seconds, and the release a task asks for (follow.py)
 FOLLOWER = Daemon("dag-follower", "airflow-node DAG follower", ("follow",), ours=True)
+# one of several masters: the same, and its peers' cluster files taken and applied (masters.py)
+MASTER_FOLLOWER = Daemon("dag-follower", "airflow-node follower of the other masters", ("follow",), ours=True,
+                         reconciles=True)  # fmt: skip
 
 AIRFLOW_2 = AirflowLine(
     major=2,

@@ -184,7 +184,7 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
                 "master2 to take the floating address",
             )
             wait_for(lambda: holder(masters), 120, "a master to hold the cluster address")
-            api.login_simple_auth_manager(master1, "/etc/airflow-node/simple_auth_manager_passwords.json")
+            api.login_simple_auth_manager(master1, "/opt/airflow/simple_auth_manager_passwords.json")
 
         with step("worker1: joins through master1, syncs; a DAG run through the cluster address"):
             token = token_of(node(master1, "join-token").stdout, "worker")

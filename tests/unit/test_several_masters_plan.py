@@ -13,7 +13,7 @@ from airflow_nodes.context import NodeContext
 from airflow_nodes.errors import UserError
 from airflow_nodes.floating import KEEPALIVED_CONF, FloatingFacts, plan_floating
 from airflow_nodes.init import InitRequest, plan_init
-from airflow_nodes.node import ADMIN_PASSWORDS_FILE, NodeSettings
+from airflow_nodes.node import NodeSettings
 from airflow_nodes.nodeplan import build_node_plan
 from airflow_nodes.sshkeys import public_key_line
 from airflow_nodes.target import Target
@@ -49,7 +49,10 @@ def test_one_master_has_no_follower_no_lock_and_no_shared_password():
     files, _ = planned(make_cluster())
     units = "".join(f.content.decode() for path, f in files.items() if path.endswith(".service"))
     assert "airflow-node lead" not in units and "dag-follower" not in units
-    assert ADMIN_PASSWORDS_FILE not in files and "simple_auth_manager_passwords_file" not in units
+    assert (
+        "/opt/airflow/simple_auth_manager_passwords.json" not in files
+        and "simple_auth_manager_passwords_file" not in units
+    )
 
 
 def test_several_masters_run_the_dag_processor_under_the_lock_a_follower_and_one_admin_password():
@@ -59,12 +62,13 @@ def test_several_masters_run_the_dag_processor_under_the_lock_a_follower_and_one
     processor = files["/etc/systemd/system/airflow-dag-processor.service"].content.decode()
     assert "/opt/airflow-node/bin/airflow-node lead dag-processor -- /opt/v/bin/airflow dag-processor" in processor
     assert "User=airflow" in processor  # the wrapper is no root process
-    assert "/etc/systemd/system/airflow-dag-follower.service" in files
-    passwords = files[ADMIN_PASSWORDS_FILE]
+    follower = files["/etc/systemd/system/airflow-dag-follower.service"].content.decode()
+    assert "User=root" in follower and "ProtectSystem" not in follower  # it applies the node's plan, as init
+    passwords = files[cluster.admin_passwords_file]
     assert json.loads(passwords.content) == {"admin": cluster.secrets.admin_password}
     assert (passwords.mode, passwords.owner, passwords.secret) == (0o600, "airflow", True)
     cfg = files["/opt/airflow/airflow.cfg"].content.decode()
-    assert f"simple_auth_manager_passwords_file = {ADMIN_PASSWORDS_FILE}" in cfg
+    assert "simple_auth_manager_passwords_file = /opt/airflow/simple_auth_manager_passwords.json" in cfg
 
 
 def test_keepalived_is_planned_with_the_other_masters_as_peers_and_installed_where_missing():
@@ -119,3 +123,26 @@ def test_a_floating_address_needs_a_second_master(tmp_path):
     with pytest.raises(UserError, match="^--floating-address: it moves between masters: join a second one first"):
         plan_init(InitRequest(role="master", airflow_version="3.3.2", floating_address="10.20.0.100/24"),
                   Target.at(str(tmp_path)))  # fmt: skip
+
+
+def test_the_shared_passwords_file_is_replaced_whatever_the_account_wrote_in_it(tmp_path):
+    """Airflow opens it for writing (the airflow account's): a change there is no edit to keep, and must
+    not stop the next apply (a master's follower applies every change of the cluster file)."""
+    from airflow_nodes.apply import apply, preview
+
+    cluster = make_cluster(**TWO_MASTERS)
+    cluster = dataclasses.replace(cluster, secrets=dataclasses.replace(cluster.secrets, admin_password="a" * 24))
+    target = Target.at(str(tmp_path))
+    node = dataclasses.replace(NODE, init_system="supervisor", supervisord_conf="/etc/supervisor/supervisord.conf")
+
+    def converge() -> None:
+        apply(preview(build_node_plan(cluster, dump_cluster(cluster).encode(), node), target))
+
+    converge()
+    passwords = target.path(cluster.admin_passwords_file)
+    passwords.write_text('{"admin": "written-by-a-task"}\n')
+    converge()  # no --force needed
+    assert json.loads(passwords.read_text()) == {"admin": "a" * 24}
+    (tmp_path / "etc/airflow-node/node.toml").write_text("# edited by hand\n")  # any other file: still protected
+    with pytest.raises(UserError, match="changed since airflow-node wrote it"):
+        converge()
