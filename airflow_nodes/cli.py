@@ -180,7 +180,7 @@ def init(target: Target, dry_run: bool, force: bool, start: bool, **options: obj
             return
         if not outcome.preview.nothing_to_do:
             echo(format_apply(apply(outcome.preview)))
-    echo(after_init(outcome, target, start=start or bool(request.join)))
+    echo(after_init(outcome, target, start=start or bool(request.join), joined=bool(request.join)))
 
 
 @cli.command()

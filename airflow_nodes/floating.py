@@ -220,7 +220,7 @@ def gather_facts(ctx: NodeContext, target: Target) -> FloatingFacts | None:
     if not target.real_system:
         return FloatingFacts(ROOT_INTERFACE, "", keepalived_installed=True)
     ip_addr = execute.run(["ip", "-o", "addr", "show"], what="reading this host's addresses").stdout
-    own = ctx.node.advertise_address or ctx.cluster.master_host
+    own = ctx.own_address
     interface = interface_holding(own, ip_addr)
     if interface is None:
         raise UserError(f"this master's address {own} is on none of this host's interfaces", about=OPTION)
@@ -232,7 +232,7 @@ def plan_floating(ctx: NodeContext, facts: FloatingFacts) -> tuple[list[PlannedF
     """This master's keepalived.conf and the commands that (re)start keepalived with it (installing the
     package where it is missing: Debian's ships no keepalived.conf, so nothing of the package's is
     replaced). Nothing while this master has no peer yet: the address needs two masters to move between."""
-    own = ctx.node.advertise_address or ctx.cluster.master_host
+    own = ctx.own_address
     peers = tuple(address for address in ctx.cluster.masters if address != own)
     if not peers:
         return [], []

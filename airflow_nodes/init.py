@@ -66,6 +66,7 @@ from airflow_nodes.node import (
 from airflow_nodes.nodeplan import NodeCredentials, dags_source_is_default, reconcile_node, shared_admin_password
 from airflow_nodes.roles import ROLES, Role, role_named
 from airflow_nodes.schema import check_abs_path, check_host
+from airflow_nodes.sync import SyncRequest, sync
 from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
 from airflow_nodes.target import Target, check_creatable_dir
 from airflow_nodes.trust import first_untrusted
@@ -581,11 +582,18 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
     return InitOutcome(prev, cluster, node, tuple(notes))
 
 
-def after_init(outcome: InitOutcome, target: Target, start: bool) -> str:
-    """What follows an applied init: with --start (and on a worker that joined, as the join command
+def after_init(outcome: InitOutcome, target: Target, start: bool, joined: bool = False) -> str:
+    """What follows an applied init: with --start (and on a node that joined, as the join command
     promises) the role starts; the master then says where its UI is, and prints the command that joins a
-    worker (a fresh token)."""
-    lines = [control("start", target).summary()] if start else []
+    worker (a fresh token). A master that joined first copies the DAG releases the others hold: its DAG
+    processor may take the lead the moment it starts, and must not find an empty DAG folder."""
+    lines = []
+    if joined and outcome.node.duties.creates_cluster and target.real_system:
+        try:
+            lines.append(sync(SyncRequest(target, dags_only=True)).summary)
+        except (UserError, OperationError) as exc:
+            lines.append(f"warning: no DAG release copied yet ({exc}); its follower tries again")
+    lines += [control("start", target).summary()] if start else []
     if not outcome.node.duties.creates_cluster:
         return "\n".join(lines or ["start it: airflow-node start"])
     lines.append(web_ui_note(outcome.cluster) if start else "start it: airflow-node start")

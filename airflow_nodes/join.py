@@ -46,7 +46,9 @@ from airflow_nodes.dagsource import master_endpoint, parse_dags_source
 from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
 from airflow_nodes.execute import as_user
 from airflow_nodes.exitcodes import ExitCode
+from airflow_nodes.netio import ProbeFailure
 from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, DAGS_AUTHORING_DIR, KNOWN_HOSTS_FILE, SSH_KEY_FILE
+from airflow_nodes.pgclient import server_version_num
 from airflow_nodes.schema import LOGIN_NAME, check_host
 from airflow_nodes.sshkeys import (
     TOKEN_TAG,
@@ -334,6 +336,23 @@ def host_key_of(target) -> str:
     return host_key
 
 
+OLDEST_DB_FOR_MASTERS = 120000  # PostgreSQL 12: Airflow's schedulers coordinate with SKIP LOCKED / NOWAIT
+
+
+def check_database_for_masters(db_url: str) -> None:
+    """Several schedulers need a database that can lock rows as they do (PostgreSQL 12 or later, as
+    Airflow's docs say). Raise UserError naming the option when it cannot, or does not answer."""
+    try:
+        version = server_version_num(db_url, timeout=10)
+    except ProbeFailure as exc:
+        raise UserError(
+            f"the metadata DB does not answer ({exc}); several masters need it", about="--role master"
+        ) from None
+    if version < OLDEST_DB_FOR_MASTERS:
+        raise UserError(f"the metadata DB is PostgreSQL {version // 10000}; several schedulers need 12 or later",
+                        about="--role master")  # fmt: skip
+
+
 def master_join_token(target, ttl: int = defaults.JOIN_TOKEN_TTL, ssh_port: int = 22, role: str = WORKER) -> JoinToken:
     """On a master: mint a token (for a worker, or another master) for its address and SSH host key. Raise
     UserError when this node is no master, has no ed25519 host key, or, for a master, runs an Airflow
@@ -342,8 +361,10 @@ def master_join_token(target, ttl: int = defaults.JOIN_TOKEN_TTL, ssh_port: int 
     if role == MASTER and not ctx.cluster.version.several_schedulers:
         raise UserError(f"--role master: this cluster runs Airflow {ctx.cluster.airflow_version}; several schedulers "
                         "need Airflow 3.2 or later (before it they can run a task twice): upgrade first")  # fmt: skip
+    if role == MASTER:
+        check_database_for_masters(ctx.cluster.db_url)
     host_key = host_key_of(target)
-    address = ctx.node.advertise_address or ctx.cluster.master_host  # this master's own address
+    address = ctx.own_address  # this master's own address
     encoded = as_user(user, lambda *a: mint(*a).encode(), keys_file_of(target, ctx), address, ssh_port,
                       ctx.cluster.airflow_user, host_key, ttl, role)  # fmt: skip
     return parse_token(encoded)

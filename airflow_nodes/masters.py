@@ -59,7 +59,7 @@ def own_member(ctx: NodeContext, target: Target) -> Member | None:
     """This master as the others know it (its address, sync key and SSH host key), or None before it has
     a key and a host key of its own (a single master needs neither)."""
     key = statefile.read_bytes(target.path(SSH_KEY_FILE))
-    address = ctx.node.advertise_address or ctx.cluster.master_host
+    address = ctx.own_address
     if not key:
         return None
     try:
@@ -103,7 +103,7 @@ def with_members(cluster: ClusterConfig, own: Member | None, enrolled: list[Memb
 
 
 def peer_addresses(ctx: NodeContext) -> tuple[str, ...]:
-    own = ctx.node.advertise_address or ctx.cluster.master_host
+    own = ctx.own_address
     return tuple(address for address in ctx.cluster.masters if address != own)
 
 

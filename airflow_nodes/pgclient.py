@@ -75,6 +75,12 @@ def query_database(url: str, timeout: float) -> str:
     return detail
 
 
+def server_version_num(url: str, timeout: float) -> int:
+    """The server's version as a number (150004 for 15.4). Raise ProbeFailure."""
+    with connect(url, timeout) as connection:
+        return int(connection.execute("SELECT current_setting('server_version_num')").fetchone()[0])
+
+
 @contextlib.contextmanager
 def connect(url: str, timeout: float, application_name: str = "airflow-node-health") -> Iterator:
     """Given a PostgreSQL URL (a SQLAlchemy driver named or not), yield an autocommit psycopg connection

@@ -147,9 +147,10 @@ def _accounts(ctx: NodeContext, target: Target) -> Accounts:
 
 
 def effective_source(ctx: NodeContext) -> DagSourceSpec:
-    """The DAG source this node reads: on the master, an SSH spec naming the master itself is read locally."""
+    """The DAG source this node reads: on a master, an SSH spec naming this very host is read locally (a
+    master that joined reads the first master's through its gate)."""
     spec = parse_dags_source(ctx.cluster.dags_source, f"{CLUSTER_FILE}: dags.source")
-    if ctx.role.creates_cluster and spec.is_on(ctx.cluster.master_host, socket.gethostname(), socket.getfqdn()):
+    if ctx.role.creates_cluster and spec.is_on(ctx.own_address, socket.gethostname(), socket.getfqdn()):
         return DagSourceSpec(PATH, path=spec.path)
     return spec
 
@@ -164,7 +165,7 @@ def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpe
 
 def master_hosts(ctx: NodeContext) -> tuple[str, ...]:
     """The masters this node fetches from, in the order it tries them: every master but itself."""
-    own = ctx.node.advertise_address if ctx.role.creates_cluster else ""
+    own = ctx.own_address if ctx.role.creates_cluster else ""
     return tuple(host for host in ctx.cluster.masters if host != own)
 
 

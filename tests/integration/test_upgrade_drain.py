@@ -51,3 +51,18 @@ def test_the_upgrade_names_the_scheduling_daemons_other_masters_still_run(postgr
     assert other_masters_running(postgres.url(), "10.0.0.1") == ["SchedulerJob on 10.0.0.2", "TriggererJob on 10.0.0.2"]
     postgres.psql("UPDATE job SET state = 'success' WHERE hostname = '10.0.0.2'", database=postgres.database)
     assert other_masters_running(postgres.url(), "10.0.0.1") == []
+
+
+def test_several_masters_need_postgresql_12_or_later(postgres, monkeypatch):
+    """`join-token --role master` reads the server's version: PostgreSQL 15 here passes; a server older than
+    what several schedulers need (the bar raised past it) is refused, naming the option."""
+    from airflow_nodes import join
+    from airflow_nodes.errors import UserError
+
+    join.check_database_for_masters(postgres.url())
+    monkeypatch.setattr(join, "OLDEST_DB_FOR_MASTERS", 990000)
+    with pytest.raises(UserError, match=r"^--role master: the metadata DB is PostgreSQL 1\d; several schedulers"):
+        join.check_database_for_masters(postgres.url())
+    with pytest.raises(UserError, match=r"^--role master: the metadata DB does not answer") as raised:
+        join.check_database_for_masters(postgres.url(password="Wrong-pw-42"))
+    assert "Wrong-pw-42" not in str(raised.value)

@@ -98,7 +98,8 @@ def test_the_cluster_address_is_where_every_node_reaches_the_api():
 
 
 def first_master(tmp_path, **options):
-    request = InitRequest(role="master", airflow_version="3.3.2", init_system="systemd", master_host=M1,
+    options = {"airflow_version": "3.3.2", **options}
+    request = InitRequest(role="master", init_system="systemd", master_host=M1,
                           broker_url="redis://:pw@10.20.0.9:6379/0", db_url="postgresql://a:b@10.20.0.9/airflow",
                           **options)  # fmt: skip
     return plan_init(request, Target.at(str(tmp_path)))
@@ -146,3 +147,14 @@ def test_the_shared_passwords_file_is_replaced_whatever_the_account_wrote_in_it(
     (tmp_path / "etc/airflow-node/node.toml").write_text("# edited by hand\n")  # any other file: still protected
     with pytest.raises(UserError, match="changed since airflow-node wrote it"):
         converge()
+
+
+def test_a_master_token_is_refused_on_airflow_before_3_2_and_nothing_changes(tmp_path):
+    from airflow_nodes.apply import apply
+    from airflow_nodes.join import master_join_token
+
+    apply(first_master(tmp_path, airflow_version="2.11.2").preview)
+    before = sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(UserError, match=r"^--role master: this cluster runs Airflow 2\.11; several schedulers need"):
+        master_join_token(Target.at(str(tmp_path)), role="master")
+    assert sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()) == before
