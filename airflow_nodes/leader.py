@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from airflow_nodes.cluster import read_cluster
+from airflow_nodes.context import load_context
 from airflow_nodes.errors import UserError, clipped
 from airflow_nodes.execute import CommandError, start_child
 from airflow_nodes.node import CLUSTER_FILE
@@ -96,9 +97,10 @@ def lock_key(name: str) -> str:
     return KEY_PREFIX + name
 
 
-def holder_token() -> str:
-    """Return the name this process holds a lock by: "HOST pid N" (printable, bounded)."""
-    return f"{printable(socket.gethostname())[:HOSTNAME_LIMIT]} pid {os.getpid()}"
+def holder_token(host: str = "") -> str:
+    """Return the name this process holds a lock by: "HOST pid N" (printable, bounded), HOST this node's
+    advertised address (host names of cloned machines repeat), else its host name."""
+    return f"{printable(host or socket.gethostname())[:HOSTNAME_LIMIT]} pid {os.getpid()}"
 
 
 def current_leader(client, name: str) -> str | None:
@@ -315,11 +317,15 @@ def lead(target: Target, request: LeadRequest, say: Callable[[str], None] = _say
     the exit code of the wrapper. Raise UserError for a missing or bad cluster file, CommandError when
     the command cannot start."""
     cluster = read_cluster(target.path(CLUSTER_FILE))
+    try:
+        host = load_context(target).own_address
+    except UserError:  # no node file: the host name says who leads
+        host = ""
     endpoints = broker_endpoints(cluster.broker_url, "broker.url")
     secrets = tuple(e.password for e in endpoints if e.password)
     client = connect(cluster.broker_url, cluster.sentinel_master, request.redis_timeout)
     try:
         with Wakeup() as wakeup:
-            return Leader(request, client, wakeup, secrets, say).run()
+            return Leader(request, client, wakeup, secrets, say, token=holder_token(host)).run()
     finally:
         client.close()

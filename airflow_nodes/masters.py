@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from airflow_nodes import statefile
+from airflow_nodes import statefile, urls
 from airflow_nodes.apply import apply, node_lock
 from airflow_nodes.cluster import (
     MASTER,
@@ -46,13 +46,18 @@ from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import NoSuchAccount, as_user
 from airflow_nodes.join import host_key_of
 from airflow_nodes.join import revoke as revoke_here
+from airflow_nodes.netio import ProbeFailure, http_get
 from airflow_nodes.node import CLUSTER_FILE, SSH_KEY_FILE
 from airflow_nodes.nodeplan import NodeCredentials, read_credentials, reconcile_node
+from airflow_nodes.polling import wait_until
 from airflow_nodes.redaction import redact
 from airflow_nodes.sshkeys import keys_file_of, private_key_file, public_line_of
 from airflow_nodes.sync import gate_transfer
 from airflow_nodes.syncing.commands import TransferRunner
+from airflow_nodes.syncing.state import record_rendered_config
 from airflow_nodes.target import Target
+
+PEER_RESTART_WAIT = 90.0  # seconds a master waits for another's API server before restarting its own
 
 
 def own_member(ctx: NodeContext, target: Target) -> Member | None:
@@ -128,11 +133,45 @@ def peer_clusters(ctx: NodeContext, target: Target, transfer: TransferRunner) ->
     return found, problems
 
 
+def converge_to(cluster: ClusterConfig, ctx: NodeContext, target: Target, credentials=None) -> None:
+    """Apply a changed cluster file to this master as `init` would, and record its config as what this
+    node should run (health's consistency probe compares with it). Run under the node's lock."""
+    apply(reconcile_node(cluster, dump_cluster(cluster).encode(), ctx.node, target, previous=ctx.node,
+                         credentials=credentials))  # fmt: skip
+    record_rendered_config(target, ctx.airflow_cfg)
+
+
+def settings(cluster: ClusterConfig) -> ClusterConfig:
+    """The cluster file but what only names the nodes (members, revoked keys, the serial): what a change of
+    restarts daemons for."""
+    return dataclasses.replace(cluster, members=(), revoked="", serial=0)
+
+
 def lost_to(peer: ClusterConfig, ours: ClusterConfig) -> bool:
     """Whether a peer's file of our serial, with other settings than ours, wins over ours."""
-    settings = {"members": (), "revoked": ""}
-    other = dataclasses.replace(peer, **settings) != dataclasses.replace(ours, **settings)
-    return other and peer.serial == ours.serial and cluster_digest(peer) > cluster_digest(ours)
+    return (
+        settings(peer) != settings(ours) and peer.serial == ours.serial and cluster_digest(peer) > cluster_digest(ours)
+    )
+
+
+def wait_for_a_peer(ctx: NodeContext, wait: float = PEER_RESTART_WAIT, poll: float = 2.0) -> list[str]:
+    """Before this master restarts its daemons for a change another master made: wait, at most `wait`
+    seconds, until another master's API server answers (the one that made the change restarts first), so
+    that one of them serves the cluster address all along. Return a note when none did."""
+    health_urls = [
+        urls.http_url(address, ctx.cluster.web_port) + ctx.line.health_path for address in peer_addresses(ctx)
+    ]
+
+    def a_peer_answers() -> bool:
+        for url in health_urls:
+            with contextlib.suppress(ProbeFailure):
+                if http_get(url, timeout=poll).status == 200:
+                    return True
+        return False
+
+    if wait_until(a_peer_answers, wait, poll):
+        return []
+    return [f"no other master's API server answered within {wait:g} s: this one restarts all the same"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +189,8 @@ def converge_master(target: Target, transfer: TransferRunner | None = None) -> C
     if not ctx.role.creates_cluster:
         raise UserError("this node is no master")
     peers, notes = peer_clusters(ctx, target, transfer or gate_transfer(ctx, target))
+    if peers and settings(merge_clusters(ctx.cluster, *peers)) != settings(ctx.cluster):
+        notes += wait_for_a_peer(ctx)  # a rolling restart: the masters' API servers never all restart at once
     with node_lock(target):
         ctx = load_context(target)  # what an init may have changed meanwhile
         if any(lost_to(peer, ctx.cluster) for peer in peers):
@@ -159,7 +200,7 @@ def converge_master(target: Target, transfer: TransferRunner | None = None) -> C
         merged = with_members(merged, own_member(ctx, target), enrolled_here(ctx, target))
         changed = merged != ctx.cluster
         if changed:
-            apply(reconcile_node(merged, dump_cluster(merged).encode(), ctx.node, target, previous=ctx.node))
+            converge_to(merged, ctx, target)
         keys = keys_file_of(target, ctx)
         with contextlib.suppress(NoSuchAccount):
             as_user(ctx.cluster.airflow_user if target.privileged else None, keys.converge, merged, ctx.node.node_name)
@@ -184,14 +225,13 @@ def prepare_for_peers(target: Target) -> None:
             ctx = load_context(target)
             secrets = dataclasses.replace(ctx.cluster.secrets, admin_password=ClusterSecrets.generate().admin_password)
             cluster = dataclasses.replace(ctx.cluster, secrets=secrets, serial=ctx.cluster.serial + 1)
-            apply(reconcile_node(cluster, dump_cluster(cluster).encode(), ctx.node, target, previous=ctx.node))
+            converge_to(cluster, ctx, target)
         ctx = load_context(target)
     if read_credentials(target) is None:
         host_key_of(target)  # no host key, no master joins: say so before anything changes
         with node_lock(target):
             credentials = NodeCredentials(private_key_file(os.urandom(32)), b"")
-            apply(reconcile_node(ctx.cluster, dump_cluster(ctx.cluster).encode(), ctx.node, target,
-                                 previous=ctx.node, credentials=credentials))  # fmt: skip
+            converge_to(ctx.cluster, ctx, target, credentials)
     converge_master(target)
 
 
@@ -210,7 +250,7 @@ def revoke(target: Target, what: str) -> list[str]:
             revoked = ",".join(sorted(ctx.cluster.revoked_keys | {key_fingerprint(member.key)}))
             members = tuple(m for m in ctx.cluster.members if m.name != what)
             cluster = dataclasses.replace(ctx.cluster, members=members, revoked=revoked, serial=ctx.cluster.serial + 1)
-            apply(reconcile_node(cluster, dump_cluster(cluster).encode(), ctx.node, target, previous=ctx.node))
+            converge_to(cluster, ctx, target)
             gone.append(f"member:{what}")
     if not gone:
         raise UserError(f"no token or enrolled node named {what!r}", about="join-token --revoke")

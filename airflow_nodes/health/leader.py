@@ -3,19 +3,17 @@
 With several masters the DAG processor runs under `airflow-node lead` (airflow_nodes/leader.py): every
 master's wrapper is up, and only the one holding the lock in the broker runs Airflow's daemon. So the
 unit being active says little; the lock says who parses. The holder is "HOST pid N", HOST being the
-holder's host name: this host leads, another does (this one stands by), or nobody holds the lock and no
+holder's advertised address: this host leads, another does (this one stands by), or nobody holds the lock and no
 DAG is parsed anywhere. redis-py is imported when the probe runs, not when health starts.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 
 from airflow_nodes.health.model import Probe, ProbeInput, Result, Status
-from airflow_nodes.leader import HOSTNAME_LIMIT, current_leader, lock_key
+from airflow_nodes.leader import current_leader, lock_key
 from airflow_nodes.redisclient import connect
-from airflow_nodes.sanitise import printable
 
 NAME = "leader"
 
@@ -33,11 +31,6 @@ def judge(daemon: str, holder: str | None, this_host: str) -> tuple[Status, str]
     if holder.rsplit(" pid ", 1)[0] == this_host:
         return Status.OK, f"led by {holder} (this host)"
     return Status.OK, f"standing by; led by {holder}"
-
-
-def this_host_name() -> str:
-    """This host's name as the lock's holder gives it (leader.holder_token)."""
-    return printable(socket.gethostname())[:HOSTNAME_LIMIT]
 
 
 def check(probe_input: ProbeInput) -> list[Result]:
@@ -60,7 +53,7 @@ def check(probe_input: ProbeInput) -> list[Result]:
     latency = time.monotonic() - started
     results = []
     for daemon, holder in holders.items():
-        status, detail = judge(daemon, holder, this_host_name())
+        status, detail = judge(daemon, holder, probe_input.ctx.own_address)
         results.append(Result(status, NAME, lock_key(daemon), latency, detail))
     return results
 

@@ -10,10 +10,11 @@ from servers import REDIS_PASSWORD, RedisServer, render_node
 
 from airflow_nodes.cli import main
 from airflow_nodes.cluster import MASTER, Member
-from airflow_nodes.health.leader import this_host_name
+from airflow_nodes.context import load_context
 from airflow_nodes.leader import lock_key
 from airflow_nodes.redisclient import connect
 from airflow_nodes.sshkeys import public_key_line
+from airflow_nodes.target import Target
 
 pytestmark = pytest.mark.integration
 DB = "postgresql://airflow:pw@127.0.0.1:1/airflow"  # never probed here: --only leader
@@ -50,10 +51,11 @@ def leader_health(root, capsys) -> tuple[int, dict]:
 
 def test_the_leader_probe_names_the_holder_or_says_nobody_parses(tmp_path, capsys, redis_server, client):
     root = render_node(tmp_path / "m1", "master", broker=redis_server.url(), db=DB, members=(second_master(),))
-    client.set(KEY, f"{this_host_name()} pid 4242", px=20_000)
+    own = load_context(Target.at(str(root))).own_address  # the holder names this master by its address
+    client.set(KEY, f"{own} pid 4242", px=20_000)
     code, result = leader_health(root, capsys)
     assert (code, result["status"]) == (0, "OK") and result["target"] == KEY
-    assert result["detail"] == f"led by {this_host_name()} pid 4242 (this host)"
+    assert result["detail"] == f"led by {own} pid 4242 (this host)"
 
     client.set(KEY, "other-master pid 7", px=20_000)
     code, result = leader_health(root, capsys)
