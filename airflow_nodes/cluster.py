@@ -364,6 +364,12 @@ def dump_cluster(config: ClusterConfig) -> str:
     return text + "\n[members]\n" + "\n".join(lines) + "\n"
 
 
+def settings_of(config: ClusterConfig) -> ClusterConfig:
+    """The cluster file but what only names the nodes (members, revoked keys) and orders its changes (the
+    serial): what daemons run by, and what every node must agree on."""
+    return dataclasses.replace(config, members=(), revoked="", serial=0)
+
+
 def cluster_digest(config: ClusterConfig) -> str:
     """The sha256 of the file's canonical text: what breaks a tie between two changes of one serial."""
     return hashlib.sha256(dump_cluster(config).encode()).hexdigest()

@@ -23,6 +23,7 @@ from airflow_nodes.cluster import (
     validate_cluster,
 )
 from airflow_nodes.config_sync import fetch_master_cluster_file
+from airflow_nodes.context import NodeContext
 from airflow_nodes.control import control
 from airflow_nodes.dagsource import parse_ssh_endpoint
 from airflow_nodes.detect import (
@@ -68,6 +69,7 @@ from airflow_nodes.roles import ROLES, Role, role_named
 from airflow_nodes.schema import check_abs_path, check_host
 from airflow_nodes.sync import SyncRequest, sync
 from airflow_nodes.syncing.commands import TransferRunner, ssh_extra_from_env
+from airflow_nodes.syncing.state import record_rendered_config
 from airflow_nodes.target import Target, check_creatable_dir
 from airflow_nodes.trust import first_untrusted
 
@@ -588,6 +590,8 @@ def after_init(outcome: InitOutcome, target: Target, start: bool, joined: bool =
     worker (a fresh token). A master that joined first copies the DAG releases the others hold: its DAG
     processor may take the lead the moment it starts, and must not find an empty DAG folder."""
     lines = []
+    if outcome.node.duties.creates_cluster and target.real_system:  # a master's config comes from init, not sync
+        record_rendered_config(target, NodeContext(outcome.cluster, outcome.node).airflow_cfg)
     if joined and outcome.node.duties.creates_cluster and target.real_system:
         try:
             lines.append(sync(SyncRequest(target, dags_only=True)).summary)

@@ -289,7 +289,8 @@ def join(
         argv = ["ssh", "-F", "/dev/null", "-i", token_key, "-o", "IdentitiesOnly=yes", *pinned(known),
                 "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
                 "-p", str(token.port), "--", f"{token.user}@{bare_host(token.host)}", "join"]  # fmt: skip
-        result = execute.run(argv, what="--join", input=request, binary=True, timeout=60, ok_codes=None)
+        # 120 s: a master busy (re)starting its daemons answers slowly, and a join is rare
+        result = execute.run(argv, what="--join", input=request, binary=True, timeout=120, ok_codes=None)
     if result.returncode == 255 and b"Permission denied" in result.stderr:
         raise UserError("--join: the master refused the token (revoked or expired); mint another there")
     if result.returncode == ExitCode.USAGE:  # the gate's UserError: this request is refused (a name enrolled already)

@@ -38,6 +38,7 @@ from airflow_nodes.cluster import (
     key_fingerprint,
     merge_clusters,
     parse_cluster,
+    settings_of,
 )
 from airflow_nodes.config_sync import fetch_master_cluster_file
 from airflow_nodes.context import NodeContext, load_context
@@ -141,16 +142,12 @@ def converge_to(cluster: ClusterConfig, ctx: NodeContext, target: Target, creden
     record_rendered_config(target, ctx.airflow_cfg)
 
 
-def settings(cluster: ClusterConfig) -> ClusterConfig:
-    """The cluster file but what only names the nodes (members, revoked keys, the serial): what a change of
-    restarts daemons for."""
-    return dataclasses.replace(cluster, members=(), revoked="", serial=0)
-
-
 def lost_to(peer: ClusterConfig, ours: ClusterConfig) -> bool:
     """Whether a peer's file of our serial, with other settings than ours, wins over ours."""
     return (
-        settings(peer) != settings(ours) and peer.serial == ours.serial and cluster_digest(peer) > cluster_digest(ours)
+        settings_of(peer) != settings_of(ours)
+        and peer.serial == ours.serial
+        and cluster_digest(peer) > cluster_digest(ours)
     )
 
 
@@ -189,7 +186,7 @@ def converge_master(target: Target, transfer: TransferRunner | None = None) -> C
     if not ctx.role.creates_cluster:
         raise UserError("this node is no master")
     peers, notes = peer_clusters(ctx, target, transfer or gate_transfer(ctx, target))
-    if peers and settings(merge_clusters(ctx.cluster, *peers)) != settings(ctx.cluster):
+    if peers and settings_of(merge_clusters(ctx.cluster, *peers)) != settings_of(ctx.cluster):
         notes += wait_for_a_peer(ctx)  # a rolling restart: the masters' API servers never all restart at once
     with node_lock(target):
         ctx = load_context(target)  # what an init may have changed meanwhile

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,19 @@ ROOTFS_PACKAGES = {
     "openssh-server,openssh-client,iproute2,passwd,keepalived",
 }
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def fresh_workdir(tools: Sequence[str], prefix: str) -> Path:
+    """Fail the test (naming the script that installs it) when a tool it needs is missing; return a fresh
+    work directory the hosts' accounts can enter."""
+    import pytest
+
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run `bash scripts/run-tests` (it installs what e2e needs)")
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o755)
+    return workdir
 
 
 def sh(argv: Sequence[object], *, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

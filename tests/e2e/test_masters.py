@@ -20,9 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -39,6 +37,7 @@ from hosts import (
     Worker,
     airflow_venv,
     cached_rootfs,
+    fresh_workdir,
     install_tool,
     sh,
     tool_venv,
@@ -73,11 +72,7 @@ def airflow_node(host, *args: object, env: dict | None = None, check: bool = Tru
 def hosts():
     if os.environ.get("E2E_AIRFLOW_VERSION", AIRFLOW_VERSION) != AIRFLOW_VERSION:
         pytest.skip("several masters are proven on Airflow 3.3.2 (tox -e e2e): 2.x refuses a second master")
-    for tool in ("systemd-nspawn", "debootstrap", "uv", "redis-server"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed: run `bash scripts/run-tests` (it installs what e2e needs)")
-    workdir = Path(tempfile.mkdtemp(prefix="afe2e-ha-"))
-    workdir.chmod(0o755)
+    workdir = fresh_workdir(("systemd-nspawn", "debootstrap", "uv", "redis-server"), "afe2e-ha-")
     closers = []
     try:
         tool = tool_venv(workdir)

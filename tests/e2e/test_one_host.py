@@ -15,9 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from hosts import (
@@ -33,6 +31,7 @@ from hosts import (
     airflow_venv,
     cached_rootfs,
     cached_wheelhouse,
+    fresh_workdir,
     install_tool,
     tool_venv,
     tool_wheels,
@@ -75,11 +74,7 @@ def airflow_node(host, *args: object, env: dict | None = None, check: bool = Tru
 def hosts():
     if os.environ.get("E2E_AIRFLOW_VERSION", AIRFLOW_VERSION) != AIRFLOW_VERSION:
         pytest.skip("the one-host cluster is proven on Airflow 3.3.2 (tox -e e2e)")
-    for tool in ("systemd-nspawn", "debootstrap", "uv"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed: run `bash scripts/run-tests` (it installs what e2e needs)")
-    workdir = Path(tempfile.mkdtemp(prefix="afe2e-solo-"))
-    workdir.chmod(0o755)
+    workdir = fresh_workdir(("systemd-nspawn", "debootstrap", "uv"), "afe2e-solo-")
     closers = []
     try:
         tool = tool_venv(workdir)
