@@ -250,8 +250,10 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
             # serves the address all along (nopreempt keeps it where it is, unless the one back has the higher
             # address: VRRP's tie-break of two masters that saw each other late)
             wait_for(lambda: holder(masters), 60, "a master to hold the cluster address")
+            node(worker1, "sync")  # the change reaches the worker (its cron line would, within its interval)
             view = wait_for(lambda: (v := airflow_node(worker1, "cluster", check=False)).returncode == 0 and v, 180,
                             f"the fleet view to count {cut} again", interval=5)  # fmt: skip
+            assert "visibility_timeout = 7300" in worker1.run("cat", "/opt/airflow/airflow.cfg").stdout
             run_id = api.run_dag("ha_quick", timeout=300)
 
         with step("no secret in anything airflow-node printed"):
