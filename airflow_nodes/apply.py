@@ -251,7 +251,7 @@ def _file_change(target: Target, planned: PlannedFile, manifest: Manifest) -> Fi
         status = CREATE
     elif old == planned.content:
         # a secret file left world-readable (say, copied by hand) is rewritten with its mode
-        status = UNCHANGED if path.stat().st_mode & 0o7777 == planned.mode else PERMISSIONS
+        status = UNCHANGED if path.lstat().st_mode & 0o7777 == planned.mode else PERMISSIONS
     elif planned.shared and planned.path in manifest.files:
         status = UPDATE
     elif planned.path not in manifest.files:
@@ -369,12 +369,14 @@ class _Transaction:
         self.replaced: list[tuple[Path, Path | None]] = []  # (target, saved copy of the old file or None)
 
     def save(self, target: Path) -> Path | None:
-        """Keep a hard link to target's current file (if any) so it can be put back."""
-        if not target.exists():
+        """Keep a hard link to target's current file (if any) so it can be put back. The entry itself, never
+        what a link there names: in a directory another account can write, a file checked a moment ago may
+        be a link now (root must not link a file of its choosing in there)."""
+        if not target.exists() and not target.is_symlink():
             return None
         saved = target.with_name(f".{target.name}.airflow-node-old{os.getpid()}")
         saved.unlink(missing_ok=True)  # left by a killed run of the same pid
-        os.link(target, saved)
+        os.link(target, saved, follow_symlinks=False)
         return saved
 
     def rollback(self) -> None:

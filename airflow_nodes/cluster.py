@@ -70,6 +70,7 @@ class ClusterSecrets:
 
 MASTER, WORKER = "master", "worker"
 MAX_MEMBERS = 1000  # nodes enrolled through the masters' gates (sshkeys.MAX_WORKERS of them workers)
+MAX_MASTERS = 7  # several masters are for availability, not scale
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")  # a word of the gate's command line
 ED25519_LINE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
@@ -377,22 +378,22 @@ def cluster_digest(config: ClusterConfig) -> str:
 
 def merge_clusters(ours: ClusterConfig, *theirs: ClusterConfig) -> ClusterConfig:
     """Given this master's cluster file and the ones its peers serve, return the file every master
-    converges to, the same whichever computes it: the settings of the highest serial (on a tie, the
-    higher digest), the members all of them know but those revoked anywhere, and, when that differs
-    from the file it is based on, the next serial."""
+    converges to, the same whichever computes it: the settings of the highest serial (on a tie, of the
+    higher digest of the settings), and the members any of them knows but those whose key was revoked on
+    one of them. Only a change of settings raises the serial: members and revoked keys are unions, which
+    need no order (an enrolment never outranks an operator's change)."""
     files = (ours, *theirs)
-    ranked = sorted(files, key=lambda c: (c.serial, cluster_digest(c)), reverse=True)
-    base = ranked[0]
+    ranked = sorted(files, key=lambda c: (c.serial, cluster_digest(settings_of(c))), reverse=True)
     revoked = frozenset().union(*(c.revoked_keys for c in files))
     members: dict[str, Member] = {}
-    for config in ranked:  # a name's entry from the highest-ranked file that has it: the same on every master
+    for config in ranked:  # a name's entry from the highest-ranked file that has one
         for member in config.members:
             if key_fingerprint(member.key) not in revoked:
                 members.setdefault(member.name, member)
-    merged = dataclasses.replace(base, revoked=",".join(sorted(revoked)), members=tuple(sorted(members.values())))
-    if merged == base:
-        return base
-    return dataclasses.replace(merged, serial=max(c.serial for c in files) + 1)
+    masters = sorted(m.name for m in members.values() if m.role == MASTER)
+    for name in masters[MAX_MASTERS:]:  # no file names more (keepalived's peers, every node's pinned keys)
+        del members[name]
+    return dataclasses.replace(ranked[0], revoked=",".join(sorted(revoked)), members=tuple(sorted(members.values())))
 
 
 def _check_across_keys(config: ClusterConfig, where: str) -> None:

@@ -545,6 +545,9 @@ def plan_init(request: InitRequest, target: Target, force: bool = False) -> Init
         request, generated = with_server_urls(request, wanted, facts, existing, existing_node)
         notes += generated
         cluster = master_cluster(request, install, existing)
+        first = existing and existing_node and existing_node.advertise_address == urls.bare_host(existing.master_host)
+        if first and request.advertise_address is None:  # the first master's own address moves with --master-host
+            request = dataclasses.replace(request, advertise_address=cluster.master_host)
         if existing == cluster:
             cluster_text = existing_cluster_text  # hand formatting and comments are kept
         else:

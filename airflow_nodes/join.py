@@ -62,6 +62,7 @@ from airflow_nodes.sshkeys import (
 )
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.releases import read_offered, release_names
+from airflow_nodes.target import Target
 from airflow_nodes.urls import bare_host
 
 TOKEN_PREFIX = "afn1-"
@@ -156,6 +157,9 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
         host_key = str(request.get("host_key", "")) if joins == MASTER else ""
         if joins == MASTER and not ED25519_LINE.fullmatch(host_key):
             raise UserError("ssh-gate: a master's join needs its ed25519 SSH host key")
+        if name in names_taken(root):  # keys.enroll sees this master's file only; the cluster knows more
+            raise UserError(f"ssh-gate: a node named {name} is in the cluster already; give this one another "
+                            "--node-name, or revoke that one first (join-token --revoke NAME)")  # fmt: skip
         keys.enroll(name, key, address, client, args[1], host_key)
         return statefile.read_bytes(cluster_file) or b""
     if len(args) == 2 and args[0] in (WORKER, MASTER):
@@ -183,6 +187,15 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
                 raise UserError("ssh-gate: rrsync (from the rsync package) is not installed on the master")
             os.execv(rrsync, [rrsync, "-ro", str(root / words[-1].rstrip("/").lstrip("/"))])
     raise UserError(f"ssh-gate: this key may not run {original_command[:60]!r}")
+
+
+def names_taken(root: Path) -> set[str]:
+    """The node names a new node may not take: the cluster file's members, and this master's own."""
+    try:
+        ctx = load_context(Target.at(str(root)))
+    except UserError:  # no node here yet: nothing to clash with
+        return set()
+    return {member.name for member in ctx.cluster.members} | {ctx.node.node_name}
 
 
 def _client_address() -> str:

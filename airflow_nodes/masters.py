@@ -95,17 +95,18 @@ def enrolled_here(ctx: NodeContext, target: Target) -> list[Member]:
 
 def with_members(cluster: ClusterConfig, own: Member | None, enrolled: list[Member]) -> ClusterConfig:
     """The cluster file with this master as it is now and the nodes enrolled through it: a name the file
-    holds already keeps its entry (revoke it first), a revoked key is never taken back. The serial rises
-    when anything was added."""
+    holds already keeps its entry (revoke it first), a revoked key is never taken back. Members need no
+    serial (merge_clusters)."""
     members = {m.name: m for m in cluster.members}
-    if own is not None and members.get(own.name) != own:
+    held = members.get(own.name) if own is not None else None
+    if own is not None and held != own and (held is None or held.key == own.key):  # never another node's name
         members[own.name] = own
     for member in enrolled:
         if member.name not in members and key_fingerprint(member.key) not in cluster.revoked_keys:
             members[member.name] = member
     if set(members.values()) == set(cluster.members):
         return cluster
-    return dataclasses.replace(cluster, members=tuple(sorted(members.values())), serial=cluster.serial + 1)
+    return dataclasses.replace(cluster, members=tuple(sorted(members.values())))
 
 
 def peer_addresses(ctx: NodeContext) -> tuple[str, ...]:
@@ -136,7 +137,9 @@ def peer_clusters(ctx: NodeContext, target: Target, transfer: TransferRunner) ->
 
 def converge_to(cluster: ClusterConfig, ctx: NodeContext, target: Target, credentials=None) -> None:
     """Apply a changed cluster file to this master as `init` would, and record its config as what this
-    node should run (health's consistency probe compares with it). Run under the node's lock."""
+    node should run (health's consistency probe compares with it). Run under the node's lock. A merged
+    file any node would refuse (past a limit, say) is refused here, and nothing changes."""
+    parse_cluster(dump_cluster(cluster), "the merged cluster file")
     apply(reconcile_node(cluster, dump_cluster(cluster).encode(), ctx.node, target, previous=ctx.node,
                          credentials=credentials))  # fmt: skip
     record_rendered_config(target, ctx.airflow_cfg)
@@ -147,7 +150,7 @@ def lost_to(peer: ClusterConfig, ours: ClusterConfig) -> bool:
     return (
         settings_of(peer) != settings_of(ours)
         and peer.serial == ours.serial
-        and cluster_digest(peer) > cluster_digest(ours)
+        and cluster_digest(settings_of(peer)) > cluster_digest(settings_of(ours))
     )
 
 
@@ -246,7 +249,7 @@ def revoke(target: Target, what: str) -> list[str]:
         if member is not None:
             revoked = ",".join(sorted(ctx.cluster.revoked_keys | {key_fingerprint(member.key)}))
             members = tuple(m for m in ctx.cluster.members if m.name != what)
-            cluster = dataclasses.replace(ctx.cluster, members=members, revoked=revoked, serial=ctx.cluster.serial + 1)
+            cluster = dataclasses.replace(ctx.cluster, members=members, revoked=revoked)
             converge_to(cluster, ctx, target)
             gone.append(f"member:{what}")
     if not gone:

@@ -282,7 +282,8 @@ def known_hosts(cluster: ClusterConfig, pinned: bytes, own_name: str) -> bytes:
     master's the cluster file names (each on port 22), so that it reaches whichever master is up."""
     lines = [line for line in pinned.decode(errors="replace").splitlines() if line.strip()]
     for member in cluster.members:
-        line = f"{bare_host(member.address)} {member.host_key}"
-        if member.host_key and member.name != own_name and line not in lines:
-            lines.append(line)
+        host = bare_host(member.address)
+        pinned_already = any(line.split()[0] in (host, f"[{host}]") for line in lines)
+        if member.host_key and member.name != own_name and not pinned_already:  # a pin is never replaced
+            lines.append(f"{host} {member.host_key}")
     return "".join(f"{line}\n" for line in lines).encode()

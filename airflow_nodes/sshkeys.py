@@ -18,7 +18,7 @@ from pathlib import Path
 
 from airflow_nodes import statefile
 from airflow_nodes.atomicfile import write_atomically
-from airflow_nodes.cluster import MASTER, ClusterConfig, Member, check_member, key_fingerprint
+from airflow_nodes.cluster import MASTER, MAX_MASTERS, ClusterConfig, Member, check_member, key_fingerprint
 from airflow_nodes.context import NodeContext
 from airflow_nodes.errors import UserError
 from airflow_nodes.execute import NoSuchAccount, as_user
@@ -29,7 +29,6 @@ LOCALTIME = "/etc/localtime"  # the zone sshd reads expiry-time in
 MAX_ENROLMENTS_PER_TOKEN = 25  # worker keys one token may have enrolled at a time
 MAX_WORKERS = 500  # enrolled worker keys in all
 KEYS_LOCK_WAIT = 10  # seconds; an edit of authorized_keys holds the lock for milliseconds
-MAX_MASTERS = 7  # enrolled master keys: several masters are for availability, not scale
 TOKEN_TAG, WORKER_TAG, MASTER_TAG = "airflow-node-token:", "airflow-node-worker:", "airflow-node-master:"
 NODE_TAGS = (WORKER_TAG, MASTER_TAG)
 # a node's line: enrolled through this master's gate (",token:ID"), or the cluster file's member (",member")

@@ -234,10 +234,12 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
         with step(f"worker1 syncs through {other}; `airflow-node cluster` shows {cut} missing (exit 1)"):
             synced = node(worker1, "sync", "-v")
             assert f"the master {MASTERS[other]} offers" in synced.stdout, synced.stdout
-            view = wait_for(lambda: (v := airflow_node(worker1, "cluster", check=False)).returncode == 1 and v, 120,
-                            f"the fleet view to miss {cut}")  # fmt: skip
+            # a master silent for 60 s is missing (the other's own failed DAG sync, from the first master's
+            # source, is a warning of its own meanwhile)
+            missing = f"missing master {cut}"
+            view = wait_for(lambda: (v := airflow_node(worker1, "cluster", check=False)).returncode == 1
+                            and missing in v.stdout and v, 120, f"the fleet view to miss {cut}")  # fmt: skip
             print(view.stdout)
-            assert cut in view.stdout and "missing" in view.stdout, view.stdout
 
         with step(f"a cluster-file change on {other} while {cut} is away; {cut} comes back and takes it"):
             node(masters[other], "init", "--role", "master", "--visibility-timeout", "7300")
@@ -250,7 +252,8 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
             # serves the address all along (nopreempt keeps it where it is, unless the one back has the higher
             # address: VRRP's tie-break of two masters that saw each other late)
             wait_for(lambda: holder(masters), 60, "a master to hold the cluster address")
-            node(worker1, "sync")  # the change reaches the worker (its cron line would, within its interval)
+            for host in (masters[other], worker1):  # what their cron lines do within their interval
+                node(host, "sync")
             view = wait_for(lambda: (v := airflow_node(worker1, "cluster", check=False)).returncode == 0 and v, 180,
                             f"the fleet view to count {cut} again", interval=5)  # fmt: skip
             assert "visibility_timeout = 7300" in worker1.run("cat", "/opt/airflow/airflow.cfg").stdout

@@ -19,6 +19,7 @@ from airflow_nodes.cluster import (
     key_fingerprint,
     merge_clusters,
     parse_cluster,
+    settings_of,
 )
 from airflow_nodes.errors import UserError
 from airflow_nodes.masters import lost_to, with_members
@@ -103,26 +104,29 @@ def test_every_master_computes_the_same_merge_whichever_order_it_sees_the_files_
         assert len(merges) == 1
 
 
-def test_the_highest_serial_wins_and_the_merge_takes_the_next_serial():
+def test_the_highest_serial_wins_the_settings_and_the_members_are_a_union():
     old = make_cluster(serial=4, web_port=8081, members=(W1,))
     new = make_cluster(serial=5, web_port=8082, members=(M2,))
     merged = merge_clusters(old, new)
     assert merged.web_port == 8082
     assert merged.members == (M2, W1)  # the union
-    assert merged.serial == 6
+    assert merged.serial == 5  # members need no serial: only settings are ordered
 
 
-def test_a_tie_of_serials_is_broken_by_the_digest():
+def test_a_tie_of_serials_is_broken_by_the_digest_of_the_settings():
     a, b = make_cluster(serial=5, web_port=8081), make_cluster(serial=5, web_port=8082)
-    winner = max(a, b, key=cluster_digest)
+    winner = max(a, b, key=lambda c: cluster_digest(settings_of(c)))
     assert merge_clusters(a, b) == merge_clusters(b, a) == winner  # nothing else differs: no new serial
 
 
-def test_the_serial_rises_only_when_the_merge_differs_from_its_base():
+def test_an_enrolment_never_outranks_a_change_of_settings():
     base = make_cluster(serial=5, members=(W1, W2))
-    assert merge_clusters(base, make_cluster(serial=2, members=(W1,))) is base
-    assert merge_clusters(base, base) is base
-    assert merge_clusters(base, make_cluster(serial=2, members=(M2,))).serial == 6
+    assert merge_clusters(base, make_cluster(serial=2, members=(W1,))) == base
+    assert merge_clusters(base, base) == base
+    enrolled = with_members(make_cluster(serial=5, members=(W1, W2)), M2, [])  # a node added: no new serial
+    changed = make_cluster(serial=6, web_port=8085, members=(W1, W2))  # an operator's init elsewhere
+    merged = merge_clusters(enrolled, changed)
+    assert merged.web_port == 8085 and merged.members == (M2, W1, W2) and merged.serial == 6
 
 
 def test_a_key_revoked_on_one_master_goes_everywhere_and_is_never_taken_back():
@@ -130,25 +134,25 @@ def test_a_key_revoked_on_one_master_goes_everywhere_and_is_never_taken_back():
     holding = make_cluster(serial=6, members=(M2, W1, W2))
     merged = merge_clusters(holding, revoking)
     assert merged == merge_clusters(revoking, holding)
-    assert merged.members == (M2, W2) and merged.revoked == revoked(W1) and merged.serial == 7
+    assert merged.members == (M2, W2) and merged.revoked == revoked(W1) and merged.serial == 6
     assert with_members(merged, M2, [W1]) is merged  # enrolled here, but revoked: not taken back
     again = with_members(merged, M2, [W1, member("w3")])
-    assert [m.name for m in again.members] == ["m2", "w2", "w3"] and again.serial == 8
+    assert [m.name for m in again.members] == ["m2", "w2", "w3"] and again.serial == 6
 
 
 def test_with_members_adds_this_master_and_keeps_a_known_name():
     cluster = make_cluster(serial=1, members=(W1,))
     other_w1 = member("w1", address="10.0.0.50")
     added = with_members(cluster, M2, [other_w1])
-    assert added.members == (M2, W1) and added.serial == 2  # w1 keeps its entry (revoke it first)
+    assert added.members == (M2, W1) and added.serial == 1  # w1 keeps its entry (revoke it first)
     assert with_members(added, M2, [other_w1]) is added
     moved = with_members(added, dataclasses.replace(M2, address="10.20.0.9", source="10.20.0.9"), [])
-    assert moved.member("m2").address == "10.20.0.9" and moved.serial == 3
+    assert moved.member("m2").address == "10.20.0.9" and moved.serial == 1
 
 
 def test_lost_to_only_a_peer_of_our_serial_with_other_settings_and_a_higher_digest():
     a, b = make_cluster(serial=5, web_port=8081), make_cluster(serial=5, web_port=8082)
-    loser, winner = sorted((a, b), key=cluster_digest)
+    loser, winner = sorted((a, b), key=lambda c: cluster_digest(settings_of(c)))
     assert lost_to(winner, loser) and not lost_to(loser, winner)
     assert not lost_to(dataclasses.replace(winner, serial=6), loser)  # a later change, not a lost one
     assert not lost_to(dataclasses.replace(loser, members=(W1,), revoked=revoked(W2)), loser)  # members only
