@@ -37,13 +37,13 @@ from airflow_nodes import defaults, statefile
 from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.celerycontrol import read_drain_flag
 from airflow_nodes.cluster import MASTER as MASTER_MEMBER
-from airflow_nodes.cluster import ClusterConfig, dump_cluster, settings_of
+from airflow_nodes.cluster import ClusterConfig, dump_cluster, read_cluster, settings_of
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.digest import sha256, sha256_file
 from airflow_nodes.errors import UserError
 from airflow_nodes.exitcodes import CheckStatus
 from airflow_nodes.install import compare_package_sets
-from airflow_nodes.node import DRAINED_FLAG, STATE_DIR
+from airflow_nodes.node import CLUSTER_FILE, DRAINED_FLAG, STATE_DIR
 from airflow_nodes.redisclient import connect
 from airflow_nodes.roles import NO_ROLE, ROLES, Role
 from airflow_nodes.target import Target
@@ -190,11 +190,19 @@ def node_facts(ctx: NodeContext, target: Target) -> dict:
         "tool": tool_version(),
         "airflow": ctx.node.airflow_version,
         "cfg": (sha256_file(target.path(ctx.airflow_cfg), unreadable_ok=True) or "")[:16],
-        # its settings: which nodes are enrolled reaches a worker at its next sync, and changes nothing it runs
-        "cluster_file": sha256(dump_cluster(settings_of(ctx.cluster)).encode())[:16],
+        "cluster_file": cluster_settings_hash(target),
         "secrets": secrets,
         "drained": ctx.role.runs_tasks and bool((flag := read_drain_flag(target.path(DRAINED_FLAG))) and flag.current),
     }
+
+
+def cluster_settings_hash(target: Target) -> str:
+    """The hash of the settings of the cluster file on disk now (a sync may just have changed it): which nodes
+    are enrolled reaches a worker at its next sync, and changes nothing it runs. "" when it cannot be read."""
+    try:
+        return sha256(dump_cluster(settings_of(read_cluster(target.path(CLUSTER_FILE)))).encode())[:16]
+    except UserError:
+        return ""
 
 
 def own_record(ctx: NodeContext, target: Target, facts: dict) -> dict:
