@@ -75,6 +75,12 @@ class NodeContext:
         return self.node.advertise_address or self.cluster.master_host
 
     @property
+    def other_masters(self) -> tuple[str, ...]:
+        """The masters' addresses this node reaches, in the order it tries them: every master but itself."""
+        own = self.own_address if self.role.creates_cluster else ""
+        return tuple(address for address in self.cluster.masters if address != own)
+
+    @property
     def own_web_url(self) -> str:
         """This host's own web/API server, e.g. http://10.0.0.2:8080 (cluster.web_url is the cluster address)."""
         return urls.http_url(self.own_address, self.cluster.web_port)

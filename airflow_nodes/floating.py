@@ -232,8 +232,7 @@ def plan_floating(ctx: NodeContext, facts: FloatingFacts) -> tuple[list[PlannedF
     """This master's keepalived.conf and the commands that (re)start keepalived with it (installing the
     package where it is missing: Debian's ships no keepalived.conf, so nothing of the package's is
     replaced). Nothing while this master has no peer yet: the address needs two masters to move between."""
-    own = ctx.own_address
-    peers = tuple(address for address in ctx.cluster.masters if address != own)
+    own, peers = ctx.own_address, ctx.other_masters
     if not peers:
         return [], []
     health_url = f"http://127.0.0.1:{ctx.cluster.web_port}{ctx.line.health_path}"

@@ -1,13 +1,14 @@
 """Several masters: the same cluster file on each of them, and every node enrolled through any of them
 let in by all of them.
 
-How changes are ordered: each change of the cluster file (an init with options, a node enrolled, a key
-revoked) raises its serial by one, on the master where it is made. Every few seconds each master's
-follower asks its peers for the hash of their file (one small request through their gate) and fetches a
-file that differs; every master then computes the same merge (cluster.merge_clusters): the settings of
-the highest serial (on a tie, of the higher digest) and the members any of them knows, less every key
-revoked on one of them. So a master that was down catches up as soon as it reaches a peer, and two
-changes of settings made on two masters within the same seconds end the same everywhere: one wins, and
+How changes are ordered: each change of settings (an init with options, an upgrade) raises the file's
+serial by one, on the master where it is made; members and revoked keys are unions and need none. Every
+few seconds each master's follower asks its peers for the hash of their file (one small request through
+their gate) and fetches a file that differs; every master then computes the same merge
+(cluster.merge_clusters): the settings of the highest serial (on a tie, of the higher digest of the
+settings) and the members any of them knows, less every key revoked on one of them. So a master that was
+down catches up as soon as it reaches a peer, and two changes of settings made on two masters within the
+same seconds end the same everywhere: one wins, and
 the follower of the master whose change lost says so. Nothing here needs a quorum: any master alone
 can change the cluster file, which is what keeps changes possible while a master is down.
 
@@ -109,17 +110,12 @@ def with_members(cluster: ClusterConfig, own: Member | None, enrolled: list[Memb
     return dataclasses.replace(cluster, members=tuple(sorted(members.values())))
 
 
-def peer_addresses(ctx: NodeContext) -> tuple[str, ...]:
-    own = ctx.own_address
-    return tuple(address for address in ctx.cluster.masters if address != own)
-
-
 def peer_clusters(ctx: NodeContext, target: Target, transfer: TransferRunner) -> tuple[list[ClusterConfig], list[str]]:
     """The cluster files of the peers that answer and hold another than ours, each checked as a served
     file (cluster.check_served_cluster); and a line for each peer that could not be read."""
     ours = sha256(statefile.read_bytes(target.path(CLUSTER_FILE)) or b"")
     found, problems = [], []
-    for address in peer_addresses(ctx):
+    for address in ctx.other_masters:
         destination = f"{ctx.cluster.airflow_user}@{address}"
         try:
             answer = transfer.ask(destination, None, "release").decode(errors="replace").split("\n")
@@ -158,9 +154,7 @@ def wait_for_a_peer(ctx: NodeContext, wait: float = PEER_RESTART_WAIT, poll: flo
     """Before this master restarts its daemons for a change another master made: wait, at most `wait`
     seconds, until another master's API server answers (the one that made the change restarts first), so
     that one of them serves the cluster address all along. Return a note when none did."""
-    health_urls = [
-        urls.http_url(address, ctx.cluster.web_port) + ctx.line.health_path for address in peer_addresses(ctx)
-    ]
+    health_urls = [urls.http_url(address, ctx.cluster.web_port) + ctx.line.health_path for address in ctx.other_masters]
 
     def a_peer_answers() -> bool:
         for url in health_urls:

@@ -163,12 +163,6 @@ def follows_master_releases(ctx: NodeContext, target: Target, spec: DagSourceSpe
     return joined and spec.is_on(ctx.cluster.master_host) and target.path(SSH_KEY_FILE).exists()
 
 
-def master_hosts(ctx: NodeContext) -> tuple[str, ...]:
-    """The masters this node fetches from, in the order it tries them: every master but itself."""
-    own = ctx.own_address if ctx.role.creates_cluster else ""
-    return tuple(host for host in ctx.cluster.masters if host != own)
-
-
 def ask_masters(transfer: TransferRunner, spec: DagSourceSpec, hosts: tuple[str, ...], *words: str):
     """Ask the masters' gates one request, each in turn until one answers; return its answer and the
     source spec naming that master. Raise OperationError naming each master that did not answer."""
@@ -220,9 +214,9 @@ def sync_dags(
     if request.wanted and held_release(layout, request.wanted, accounts.release_owner):
         return DagOutcome(UNCHANGED, request.wanted, request.wanted)
     if from_master and request.wanted:  # a master that holds it: the one that answers first
-        spec = ask_masters(transfer, spec, master_hosts(ctx), "releases")[1]
+        spec = ask_masters(transfer, spec, ctx.other_masters, "releases")[1]
     if from_master and not expected:
-        expected, seen["master_cluster_hash"], spec = ask_master_release(transfer, spec, master_hosts(ctx))
+        expected, seen["master_cluster_hash"], spec = ask_master_release(transfer, spec, ctx.other_masters)
         seen["master_host"] = str(spec.host)
         details.append(f"the master {spec.host} offers {expected[:16] or 'no release yet'} "
                        f"({time.monotonic() - started:.2f} s)")  # fmt: skip
@@ -340,7 +334,7 @@ def master_releases(target: Target) -> set[str]:
     spec = effective_source(ctx)
     if not follows_master_releases(ctx, target, spec):
         raise UserError(NOT_FOLLOWING)
-    answer = ask_masters(gate_transfer(ctx, target), spec, master_hosts(ctx), "releases")[0]
+    answer = ask_masters(gate_transfer(ctx, target), spec, ctx.other_masters, "releases")[0]
     return {name for name in answer.decode(errors="replace").split()[:MAX_LISTED] if RELEASE_NAME.fullmatch(name)}
 
 
@@ -400,8 +394,8 @@ def _sync_locked(request, ctx, layout, spec, transfer, accounts, started) -> Syn
         try:  # even when the DAGs failed: a rotated secret must still arrive
             if "master_host" in seen:  # the master that answered the DAG sync
                 spec = dataclasses.replace(spec, host=seen["master_host"])
-            elif len(master_hosts(ctx)) > 1:  # none did: the first that answers now
-                spec = ask_masters(transfer, spec, master_hosts(ctx), "release")[1]
+            elif len(ctx.other_masters) > 1:  # none did: the first that answers now
+                spec = ask_masters(transfer, spec, ctx.other_masters, "release")[1]
             config = sync_config(ctx, target, spec, transfer, request.master_root, request.guards.force,
                                  seen.get("master_cluster_hash", ""))  # fmt: skip
         except (UserError, OperationError) as exc:
