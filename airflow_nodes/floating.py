@@ -42,8 +42,9 @@ SCRIPT_USER = "nobody"
 _SAFE_URL = re.compile(r"^https?://[A-Za-z0-9\[\]._~:/?&=%+-]+$")
 _INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # IFNAMESIZ - 1, no "/" or whitespace
 _ACCOUNT_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# exits 0 when the URL answers 2xx (urlopen raises on 4xx/5xx and on no answer): no curl needed
-PROBE_CODE = "import sys,urllib.request;urllib.request.urlopen(sys.argv[1],timeout=1)"
+# exits 0 when the URL answers 2xx (urlopen raises on 4xx/5xx and on no answer): no curl needed. 3 s: an
+# API server on a busy host can take over a second to answer, and a slow answer must not move the address
+PROBE_CODE = "import sys,urllib.request;urllib.request.urlopen(sys.argv[1],timeout=3)"
 
 
 @dataclass(frozen=True)

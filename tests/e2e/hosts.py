@@ -380,6 +380,9 @@ except OSError as error:
 """
 
 
+GET_RETRY = 15.0  # seconds: longer than the cluster address takes to move (about 4 s measured)
+
+
 class AirflowApi:
     """A master's REST API as a user reaches it: through its web port, from inside its network namespace."""
 
@@ -390,11 +393,19 @@ class AirflowApi:
         self.authorization: str | None = None
 
     def api(self, method: str, path: str, body: object = None, token: bool = True) -> tuple[int, object]:
+        """Call the API; return (status, the JSON body, or its text), status 0 when nobody answered. A GET
+        nobody answers is tried again for up to GET_RETRY seconds, as a user's client would: with several
+        masters, the cluster address may be moving (a POST is not: it may have been carried out)."""
         request = {"url": f"{self.api_base}{path}", "method": method, "body": body,
                    "authorization": self.authorization if token else None}  # fmt: skip
-        result = sh(["ip", "netns", "exec", self.api_namespace, self.api_python, "-c", API_CLIENT],
-                    input=json.dumps(request))  # fmt: skip
-        answer = json.loads(result.stdout)
+        deadline = time.monotonic() + (GET_RETRY if method == "GET" else 0)
+        while True:
+            result = sh(["ip", "netns", "exec", self.api_namespace, self.api_python, "-c", API_CLIENT],
+                        input=json.dumps(request))  # fmt: skip
+            answer = json.loads(result.stdout)
+            if answer["status"] != 0 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
         try:
             return answer["status"], json.loads(answer["body"])
         except ValueError:
@@ -433,7 +444,9 @@ class AirflowApi:
         return body["dag_run_id"]
 
     def run_state(self, dag_id: str, run_id: str) -> str:
-        return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}")[1]["state"]
+        """The run's state; "" while the API answers with an error (a master restarting, say)."""
+        status, body = self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}")
+        return body["state"] if status == 200 else ""
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 240) -> None:
         """Wait for a run to finish; assert it succeeded."""
@@ -442,9 +455,9 @@ class AirflowApi:
         assert state == "success", self.task_states(dag_id, run_id)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")[1][
-            "task_instances"
-        ]
+        """The run's task instances; none while the API answers with an error."""
+        status, body = self.api("GET", f"{self.api_root}/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances")
+        return body["task_instances"] if status == 200 else []
 
     def results(self, dag_id: str, run_id: str) -> dict[str, str]:
         """Each task's return value (a BashOperator's last line), read through the API."""

@@ -105,10 +105,11 @@ def hosts():
 
 
 def holder(masters: dict) -> str | None:
-    """The master whose interfaces carry the cluster address now (None: no master holds it)."""
+    """The master whose interfaces carry the cluster address now. None when none does, or when two do:
+    for the instant after two masters that were cut apart see each other again, until their adverts
+    settle it (a wait_for on holder fails when that lasts)."""
     found = [name for name, host in masters.items() if f" {FLOATING}/24 " in host.run("ip", "-o", "addr").stdout]
-    assert len(found) <= 1, f"two masters hold {FLOATING}: {found}"
-    return found[0] if found else None
+    return found[0] if len(found) == 1 else None
 
 
 def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
@@ -207,6 +208,7 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
             assert view.returncode == 0, view.stdout
 
         cut = holder(masters)
+        assert cut, "one master holds the cluster address"
         other = next(name for name in masters if name != cut)
         with step(f"{cut} (holding the cluster address) is cut off while a task runs"):
             long_run = api.trigger_dag("ha_long")
