@@ -103,13 +103,19 @@ def sync_config(
     )
 
 
+def airflow_daemons(ctx: NodeContext) -> tuple[str, ...]:
+    """The node's Airflow daemons: all but airflow-node's own (its follower goes on following)."""
+    return tuple(daemon.name for daemon in ctx.daemons if not daemon.ours)
+
+
 def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> tuple[NodeSettings, list[str]]:
-    """A worker whose new cluster file names another Airflow than it runs (another line; or another
-    version, when the master runs one of our locks): stop it consuming (the master's upgrade has done
-    so already, unless this worker was down then), build the lock of that version for its Python beside
-    the old one (from its wheelhouse, if it has one), stop it (a warm stop: running tasks get its stop
-    timeout), switch the venv; return its new settings and what was done. Other changes leave the
-    settings alone."""
+    """A node whose new cluster file names another Airflow than it runs (another line; or another
+    version, when the master runs one of our locks): a worker stops consuming (the master's upgrade has
+    done so already, unless this worker was down then); it builds the lock of that version for its Python
+    beside the old one (from its wheelhouse, if it has one), stops its Airflow (a worker's warm stop:
+    running tasks get its stop timeout) and switches the venv. Return its new settings and what was
+    done. Other changes leave the settings alone. A master follows the master that upgraded the cluster
+    (masters.converge_master)."""
     locks = available_locks()
     # the master runs one of our locks: be on its very version (a patch upgrade stays within a line);
     # a set of its own: its line is all there is to follow
@@ -128,23 +134,26 @@ def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> t
     candidates = [lock for lock in locks if lock.python == pyver and lock.airflow_version in wanted]
     if not candidates:
         raise OperationError(f"the master runs Airflow {cluster.airflow_version}: no shipped lock for it on Python "
-                             f"{pyver}; this worker stays on {ctx.node.airflow_version}")  # fmt: skip
+                             f"{pyver}; this {ctx.node.role} stays on {ctx.node.airflow_version}")  # fmt: skip
     lock = max(candidates, key=lambda lock: parse_airflow_version(lock.airflow_version))
     done = [f"the master moved to Airflow {lock.airflow_version}"]
     if target.real_system:
         wheelhouse = Path(ctx.node.wheelhouse) if ctx.node.wheelhouse else None
         check_wheelhouse(wheelhouse, f"{NODE_FILE}: wheelhouse")
-        consumed, _ = stop_consuming(ctx, venv, (ctx.node.celery_name,))
-        done += [f"{worker} stopped consuming {', '.join(queues)}" for worker, queues in consumed.items() if queues]
+        if ctx.role.runs_tasks:
+            consumed, _ = stop_consuming(ctx, venv, (ctx.node.celery_name,))
+            done += [f"{worker} stopped consuming {', '.join(queues)}" for worker, queues in consumed.items() if queues]
         started = time.monotonic()
         try:
             release = build_release(lock, venv, python, wheelhouse, progress=lambda line: None)
         except OperationError as exc:
-            raise OperationError(f"{exc}; this worker stays on Airflow {ctx.node.airflow_version}, taking no tasks, "
-                                 f"until a sync builds {lock.airflow_version}") from None  # fmt: skip
+            waits = "taking no tasks, until a sync builds" if ctx.role.runs_tasks else "until its follower builds"
+            raise OperationError(f"{exc}; this {ctx.node.role} stays on Airflow {ctx.node.airflow_version}, {waits} "
+                                 f"{lock.airflow_version}") from None  # fmt: skip
         done.append(f"built Airflow {lock.airflow_version} in {time.monotonic() - started:.1f}s: {release}")
         started = time.monotonic()
-        done.append(control("stop", target).summary())  # Celery's warm shutdown: running tasks finish first
+        # a worker's is Celery's warm shutdown: running tasks finish first
+        done.append(control("stop", target, daemons=airflow_daemons(ctx)).summary())
         done.append(f"stopped in {time.monotonic() - started:.1f}s")
         switch_venv(venv, release)
     return dataclasses.replace(ctx.node, airflow_version=lock.airflow_version), done

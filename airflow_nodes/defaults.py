@@ -54,6 +54,11 @@ CRON_SPLAY = 60
 BACKUP_DIR = "/var/backups/airflow-node"  # pg_dump of the metadata DB before a migration
 UPGRADE_HEALTH_TIMEOUT = 300.0  # seconds the upgraded master gets to report healthy
 DRAIN_TIMEOUT = 600.0  # seconds the queued and running tasks get to finish before the migration
+# several masters: seconds the others get to stop their Airflow for the upgrade (their followers look every
+# PEER_POLL seconds; a scheduler killed rather than stopped counts as stopped once its heartbeat is a minute old)
+MASTERS_STOP_WAIT = 150.0
+# seconds the upgrade waits for the other masters to be on the new Airflow (each builds it, as a worker does)
+MASTERS_FOLLOW_WAIT = 900.0
 
 # health
 HEALTH_TIMEOUT = 2.0  # seconds per probe

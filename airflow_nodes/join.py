@@ -47,7 +47,14 @@ from airflow_nodes.errors import ERROR_PREFIX, OperationError, UserError
 from airflow_nodes.execute import as_user
 from airflow_nodes.exitcodes import ExitCode
 from airflow_nodes.netio import ProbeFailure
-from airflow_nodes.node import CLUSTER_FILE, DAG_RELEASES_DIR, DAGS_AUTHORING_DIR, KNOWN_HOSTS_FILE, SSH_KEY_FILE
+from airflow_nodes.node import (
+    CLUSTER_FILE,
+    DAG_RELEASES_DIR,
+    DAGS_AUTHORING_DIR,
+    KNOWN_HOSTS_FILE,
+    SSH_KEY_FILE,
+    UPGRADE_MARKER,
+)
 from airflow_nodes.pgclient import server_version_num
 from airflow_nodes.schema import LOGIN_NAME, check_host
 from airflow_nodes.sshkeys import (
@@ -173,9 +180,12 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
             keys.revoke_worker(args[1])
             return b"left\n"
         if words == ["release"]:  # the cheap no-change check: one small answer, no walk of the tree
-            # and the cluster file's hash: a worker that holds it need not fetch it (one connection fewer)
+            # and the cluster file's hash: a worker that holds it need not fetch it (one connection fewer);
+            # and, while this master upgrades the cluster, the version it moves to (the other masters stop)
             offered = read_offered(root / DAG_RELEASES_DIR.lstrip("/") / "offered")
-            return f"{offered}\n{hashlib.sha256(statefile.read_bytes(cluster_file) or b'').hexdigest()}\n".encode()
+            cluster_hash = hashlib.sha256(statefile.read_bytes(cluster_file) or b"").hexdigest()
+            upgrading = (statefile.read_text(root / UPGRADE_MARKER.lstrip("/"), limit=64) or "").strip()
+            return (f"{offered}\n{cluster_hash}\n" + (f"upgrading {upgrading}\n" if upgrading else "")).encode()
         if words == ["releases"]:  # which releases a task may still ask its worker for
             names = release_names(root / DAG_RELEASES_DIR.lstrip("/") / "releases")
             return "".join(f"{name}\n" for name in names).encode()

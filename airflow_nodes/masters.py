@@ -23,10 +23,11 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from airflow_nodes import statefile, urls
 from airflow_nodes.apply import apply, node_lock
+from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.cluster import (
     MASTER,
     ClusterConfig,
@@ -41,20 +42,21 @@ from airflow_nodes.cluster import (
     parse_cluster,
     settings_of,
 )
-from airflow_nodes.config_sync import fetch_master_cluster_file
+from airflow_nodes.config_sync import airflow_daemons, fetch_master_cluster_file, follow_master
 from airflow_nodes.context import NodeContext, load_context
+from airflow_nodes.control import control
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import NoSuchAccount, as_user
 from airflow_nodes.join import host_key_of
 from airflow_nodes.join import revoke as revoke_here
 from airflow_nodes.netio import ProbeFailure, http_get
-from airflow_nodes.node import CLUSTER_FILE, SSH_KEY_FILE
+from airflow_nodes.node import CLUSTER_FILE, HELD_FILE, SSH_KEY_FILE, NodeSettings
 from airflow_nodes.nodeplan import NodeCredentials, read_credentials, reconcile_node
 from airflow_nodes.polling import wait_until
 from airflow_nodes.redaction import redact
 from airflow_nodes.sshkeys import keys_file_of, private_key_file, public_line_of
-from airflow_nodes.sync import gate_transfer
+from airflow_nodes.sync import gate_transfer, parse_release_answer
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.syncing.state import record_rendered_config
 from airflow_nodes.target import Target
@@ -110,33 +112,49 @@ def with_members(cluster: ClusterConfig, own: Member | None, enrolled: list[Memb
     return dataclasses.replace(cluster, members=tuple(sorted(members.values())))
 
 
-def peer_clusters(ctx: NodeContext, target: Target, transfer: TransferRunner) -> tuple[list[ClusterConfig], list[str]]:
-    """The cluster files of the peers that answer and hold another than ours, each checked as a served
-    file (cluster.check_served_cluster); and a line for each peer that could not be read."""
+@dataclass
+class PeerLook:
+    """What one look at the other masters found."""
+
+    clusters: list[ClusterConfig] = field(default_factory=list)  # the peers' files that differ from ours
+    problems: list[str] = field(default_factory=list)  # a line for each peer that could not be read
+    answered: set[str] = field(default_factory=set)  # the addresses of the peers that answered
+    upgrading: dict[str, str] = field(default_factory=dict)  # a peer upgrading the cluster: address -> version
+
+
+def look_at_peers(ctx: NodeContext, target: Target, transfer: TransferRunner) -> PeerLook:
+    """Ask each other master's gate for its `release` answer, and fetch the cluster file of each that holds
+    another than ours, checked as a served file (cluster.check_served_cluster)."""
     ours = sha256(statefile.read_bytes(target.path(CLUSTER_FILE)) or b"")
-    found, problems = [], []
+    look = PeerLook()
     for address in ctx.other_masters:
         destination = f"{ctx.cluster.airflow_user}@{address}"
         try:
-            answer = transfer.ask(destination, None, "release").decode(errors="replace").split("\n")
-            if len(answer) > 1 and answer[1].strip() == ours:
+            release = parse_release_answer(transfer.ask(destination, None, "release"), destination)
+            look.answered.add(address)
+            if release.upgrading:
+                look.upgrading[address] = release.upgrading
+            if release.cluster_hash == ours:
                 continue
             text = fetch_master_cluster_file(transfer, destination, None, "")
             peer = parse_cluster(text.decode(errors="replace"), f"{destination}:{CLUSTER_FILE}")
             check_served_cluster(peer, ctx.cluster, f"{destination}:{CLUSTER_FILE}")
         except (OperationError, UserError) as exc:
-            problems.append(redact(str(exc), ctx.cluster.secret_values())[:300])
+            look.problems.append(redact(str(exc), ctx.cluster.secret_values())[:300])
             continue
-        found.append(peer)
-    return found, problems
+        look.clusters.append(peer)
+    return look
 
 
-def converge_to(cluster: ClusterConfig, ctx: NodeContext, target: Target, credentials=None) -> None:
-    """Apply a changed cluster file to this master as `init` would, and record its config as what this
-    node should run (health's consistency probe compares with it). Run under the node's lock. A merged
-    file any node would refuse (past a limit, say) is refused here, and nothing changes."""
+def converge_to(
+    cluster: ClusterConfig, ctx: NodeContext, target: Target, credentials=None, node: NodeSettings | None = None
+) -> None:
+    """Apply a changed cluster file (and the node's new settings, when it moved to another Airflow) to
+    this master as `init` would, and record its config as what this node should run (health's
+    consistency probe compares with it). Run under the node's lock. A merged file any node would refuse
+    (past a limit, say) is refused here, and nothing changes."""
     parse_cluster(dump_cluster(cluster), "the merged cluster file")
-    apply(reconcile_node(cluster, dump_cluster(cluster).encode(), ctx.node, target, previous=ctx.node,
+    apply(reconcile_node(cluster, dump_cluster(cluster).encode(), node or ctx.node, target, previous=ctx.node,
                          credentials=credentials))  # fmt: skip
     record_rendered_config(target, ctx.airflow_cfg)
 
@@ -177,28 +195,59 @@ class Converged:
 
 def converge_master(target: Target, transfer: TransferRunner | None = None) -> Converged:
     """One round of a master's follower: take what the peers hold, add the nodes enrolled here, write the
-    result (the node converged to it exactly as `init` would), and make authorized_keys let in every
-    member. Raise UserError on a node that is no master."""
+    result (the node converged to it exactly as `init` would; moved to the Airflow it names, as a worker
+    follows its master), and make authorized_keys let in every member. While a peer upgrades the cluster,
+    keep this master's Airflow stopped instead (hold_for_upgrade). Raise UserError on a node that is no
+    master."""
     ctx = load_context(target)
     if not ctx.role.creates_cluster:
         raise UserError("this node is no master")
-    peers, notes = peer_clusters(ctx, target, transfer or gate_transfer(ctx, target))
-    if peers and settings_of(merge_clusters(ctx.cluster, *peers)) != settings_of(ctx.cluster):
+    look = look_at_peers(ctx, target, transfer or gate_transfer(ctx, target))
+    notes = look.problems
+    if look.upgrading:
+        return Converged(False, ctx.cluster.serial, tuple(notes + hold_for_upgrade(ctx, target, look.upgrading)))
+    held_for = held_by(target)
+    if held_for and held_for not in look.answered:  # it may be migrating the DB: no Airflow of ours on it
+        notes.append(f"this master's Airflow stays stopped: {held_for}, whose upgrade stopped it, does not answer "
+                     "(`airflow-node start` here goes on without it)")  # fmt: skip
+        return Converged(False, ctx.cluster.serial, tuple(notes))
+    if look.clusters and settings_of(merge_clusters(ctx.cluster, *look.clusters)) != settings_of(ctx.cluster):
         notes += wait_for_a_peer(ctx)  # a rolling restart: the masters' API servers never all restart at once
     with node_lock(target):
         ctx = load_context(target)  # what an init may have changed meanwhile
-        if any(lost_to(peer, ctx.cluster) for peer in peers):
+        if any(lost_to(peer, ctx.cluster) for peer in look.clusters):
             notes.append(f"the change of the cluster file made here (serial {ctx.cluster.serial}) lost to another "
                          "master's of the same serial: make it again")  # fmt: skip
-        merged = merge_clusters(ctx.cluster, *peers)
+        merged = merge_clusters(ctx.cluster, *look.clusters)
         merged = with_members(merged, own_member(ctx, target), enrolled_here(ctx, target))
+        node, moved = follow_master(ctx, merged, target)  # another Airflow: built beside, and stopped
         changed = merged != ctx.cluster
-        if changed:
-            converge_to(merged, ctx, target)
+        if changed or moved:
+            converge_to(merged, ctx, target, node=node)
         keys = keys_file_of(target, ctx)
         with contextlib.suppress(NoSuchAccount):
             as_user(ctx.cluster.airflow_user if target.privileged else None, keys.converge, merged, ctx.node.node_name)
+        if moved or held_for:  # back to work: on the Airflow the upgrade moved the cluster to, or (rolled back) on ours
+            notes += [*moved, control("start", target).summary()]
+            target.path(HELD_FILE).unlink(missing_ok=True)
     return Converged(changed, merged.serial, tuple(notes))
+
+
+def held_by(target: Target) -> str:
+    """The address of the master whose upgrade keeps this one's Airflow stopped, or "" (none)."""
+    return (statefile.read_text(target.path(HELD_FILE), limit=256) or "").strip()
+
+
+def hold_for_upgrade(ctx: NodeContext, target: Target, upgrading: dict[str, str]) -> list[str]:
+    """A peer upgrades the cluster: stop this master's Airflow (every round: a reboot meanwhile starts it
+    again), so that no scheduler of the old Airflow runs on the DB the peer migrates; note for whom, so
+    that the round after the upgrade starts it again. Return what to say (on the first round only)."""
+    address, version = min(upgrading.items())
+    first = held_by(target) != address
+    if first:
+        write_atomically(target.path(HELD_FILE), f"{address}\n".encode(), 0o600)
+    stopped = control("stop", target, daemons=airflow_daemons(ctx)).summary()
+    return [f"{address} upgrades the cluster to Airflow {version}: {stopped}"] if first else []
 
 
 def say_converged(result: Converged, say: Callable[[str], None]) -> None:

@@ -233,5 +233,9 @@ SYNC_LOCK_FILE = f"{STATE_DIR}/sync.lock"
 DAG_RELEASES_DIR = f"{STATE_DIR}/dags"  # releases/<revision>/, the fetched mirror, manifests
 # Airflow 3, a worker: a task names the DAG release it needs here (an empty file; the airflow group may
 # create entries, not list them), and the follower fetches it
+# on a master upgrading a cluster of several masters: the Airflow version it moves to; its gate tells the
+# other masters, whose followers stop their Airflow meanwhile (masters.py), each noting for whom in HELD_FILE
+UPGRADE_MARKER = f"{STATE_DIR}/upgrading"
+HELD_FILE = f"{STATE_DIR}/held-for-upgrade"
 RELEASE_REQUESTS_DIR = f"{STATE_DIR}/release-requests"
 RELEASE_FAILURES_DIR = f"{STATE_DIR}/release-failures"  # <name>: why that release could not be fetched

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 import pwd
+import re
 import shlex
 import shutil
 import socket
@@ -176,6 +177,30 @@ def ask_masters(transfer: TransferRunner, spec: DagSourceSpec, hosts: tuple[str,
     raise OperationError("; ".join(failures))
 
 
+@dataclass(frozen=True)
+class ReleaseAnswer:
+    """What a master's gate answers to `release` (join.gate), checked."""
+
+    revision: str  # the DAG release it offers ("" before its first publish)
+    cluster_hash: str  # the sha256 of its cluster file
+    upgrading: str = ""  # the Airflow version it is upgrading the cluster to, while it does
+
+
+UPGRADING_LINE = re.compile(r"upgrading ([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,4})")
+
+
+def parse_release_answer(answer: bytes, where: str) -> ReleaseAnswer:
+    """Given a gate's answer to `release` (untrusted: the master's airflow account serves it), return it
+    checked. Raise OperationError naming `where` when it is not such an answer."""
+    lines = answer.decode(errors="replace").strip().split("\n")
+    revision, cluster_hash, rest = lines[0].strip(), (lines[1].strip() if len(lines) > 1 else ""), lines[2:]
+    upgrading = UPGRADING_LINE.fullmatch(rest[0].strip()) if len(rest) == 1 else None
+    if any(value and not REVISION.fullmatch(value) for value in (revision, cluster_hash)) or (rest and not upgrading):
+        raise OperationError(f"{where}: answered {printable(revision[:40])!r} for its DAG release; "
+                             "the published DAGs are unchanged")  # fmt: skip
+    return ReleaseAnswer(revision, cluster_hash, upgrading.group(1) if upgrading else "")
+
+
 def ask_master_release(
     transfer: TransferRunner, spec: DagSourceSpec, hosts: tuple[str, ...] = ()
 ) -> tuple[str, str, DagSourceSpec]:
@@ -183,11 +208,8 @@ def ask_master_release(
     (one small request through its gate) and the spec naming the master that answered, the first of
     `hosts` that does. Raise OperationError."""
     answer, spec = ask_masters(transfer, spec, hosts, "release")
-    revision, _, cluster_hash = answer.decode(errors="replace").strip().partition("\n")
-    if (revision and not REVISION.fullmatch(revision)) or (cluster_hash and not REVISION.fullmatch(cluster_hash)):
-        raise OperationError(f"{spec.ssh_destination}: answered {printable(revision[:40])!r} for its DAG release; "
-                             "the published DAGs are unchanged")  # fmt: skip
-    return revision, cluster_hash, spec
+    release = parse_release_answer(answer, spec.ssh_destination)
+    return release.revision, release.cluster_hash, spec
 
 
 def release_spec(spec: DagSourceSpec, name: str, master_root: str = "") -> DagSourceSpec:

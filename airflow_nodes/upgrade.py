@@ -36,13 +36,14 @@ from pathlib import Path
 
 from airflow_nodes import defaults, execute
 from airflow_nodes.apply import apply
+from airflow_nodes.atomicfile import write_atomically
 from airflow_nodes.celerycontrol import consumed_queues, set_consuming
 from airflow_nodes.cluster import ClusterConfig, dump_cluster
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.control import control
 from airflow_nodes.detect import installed_package_hash
 from airflow_nodes.errors import OperationError, UserError, clipped
-from airflow_nodes.fleet import known_workers, publish_record, read_records
+from airflow_nodes.fleet import known_workers, master_live, publish_record, read_records
 from airflow_nodes.health.model import ProbeInput, Status
 from airflow_nodes.health.runner import run_probes, select_probes
 from airflow_nodes.install import (
@@ -54,21 +55,24 @@ from airflow_nodes.install import (
     switch_venv,
     venv_of,
 )
+from airflow_nodes.masters import look_at_peers
 from airflow_nodes.netio import ProbeFailure
-from airflow_nodes.node import NodeSettings
+from airflow_nodes.node import UPGRADE_MARKER, NodeSettings
 from airflow_nodes.nodeplan import read_credentials, reconcile_node, render_airflow_cfg
 from airflow_nodes.pgclient import connect, libpq_tool_args, query_database
 from airflow_nodes.polling import wait_until
 from airflow_nodes.sanitise import printable
 from airflow_nodes.steps import Step, StepFailed, reason_of, run_steps
+from airflow_nodes.sync import gate_transfer
 from airflow_nodes.syncing.state import record_rendered_config
 from airflow_nodes.target import Target, check_creatable_dir
 from airflow_nodes.trust import first_untrusted
-from airflow_nodes.versions import AirflowVersion, parse_airflow_version
+from airflow_nodes.versions import MASTER_FOLLOWER, AirflowVersion, parse_airflow_version
 
 # ruff's Airflow 3 rules: code that no longer runs (removed, or moved to a provider we do not install)
 # blocks; code that still runs but is deprecated (AIR311, AIR312) is listed
 BLOCKING_RULES = ("AIR301", "AIR302")
+FOLLOWER_UNIT = f"airflow-{MASTER_FOLLOWER.name}"  # each of several masters' follower
 
 
 @dataclass(frozen=True)
@@ -199,22 +203,72 @@ def other_masters_running(db_url: str, own_address: str) -> list[str]:
     return [clipped(printable(f"{job_type} on {host or '?'}"), 200) for host, job_type in rows]
 
 
-def check_other_masters(plan: UpgradePlan) -> None:
-    """Several masters: the others' Airflow is stopped before this one migrates the DB under it. Raise
-    UserError naming what still runs, and what to do."""
+def check_no_other_upgrade(plan: UpgradePlan, target: Target, progress: Callable[[str], None]) -> None:
+    """Several masters: raise UserError when another master upgrades the cluster now; name the masters
+    that do not answer (they move when they come back: their followers follow this one)."""
     if not plan.ctx.cluster.several_masters:
         return
-    running = other_masters_running(plan.ctx.cluster.db_url, plan.ctx.node.advertise_address)
-    try:  # a master moved already (its record says so) runs the new Airflow: it may go on
-        records, _ = read_records(plan.ctx, timeout=2.0)
-    except Exception:  # noqa: BLE001 - no records (the broker down): every running master counts
-        records = []
-    moved = {r.get("address") for r in records if r.get("airflow") == str(plan.to)}
-    running = [job for job in running if job.rpartition(" on ")[2] not in moved]
-    if running:
-        raise UserError(f"upgrade: another master's Airflow still runs ({', '.join(running[:3])}): run `airflow-node "
-                        f"stop` on the other masters first; after this upgrade, `airflow-node upgrade --to {plan.to}` "
-                        "on each of them moves it; nothing was changed")  # fmt: skip
+    look = look_at_peers(plan.ctx, target, gate_transfer(plan.ctx, target))
+    if look.upgrading:
+        address, version = min(look.upgrading.items())
+        raise UserError(f"upgrade: the master {address} is upgrading the cluster to Airflow {version} now; "
+                        "nothing was changed")  # fmt: skip
+    for address in sorted(set(plan.ctx.other_masters) - look.answered):
+        progress(f"  the master {address} does not answer: its follower moves it to Airflow {plan.to} when it is "
+                 "back (its old Airflow may run until then)")  # fmt: skip
+
+
+def stop_other_masters(plan: UpgradePlan, run: UpgradeRun) -> None:
+    """Several masters: tell the others to stop their Airflow (this master's gate says it upgrades; their
+    followers ask every PEER_POLL seconds), and wait until none of their schedulers, triggerers or DAG
+    processors heartbeats: none may run on the DB this one migrates."""
+    write_atomically(run.target.path(UPGRADE_MARKER), f"{plan.to}\n".encode(), 0o644)
+    running: list[str] = []
+
+    def stopped() -> bool:
+        nonlocal running
+        running = other_masters_running(plan.ctx.cluster.db_url, plan.ctx.node.advertise_address)
+        return not running
+
+    if not wait_until(stopped, defaults.MASTERS_STOP_WAIT, interval=2):
+        raise OperationError(f"the other masters did not stop their Airflow within {defaults.MASTERS_STOP_WAIT:g} s "
+                             f"({', '.join(running[:3])}): see `journalctl -u {FOLLOWER_UNIT}` there")  # fmt: skip
+    run.progress("  the other masters stopped their Airflow")
+
+
+def release_other_masters(plan: UpgradePlan, run: UpgradeRun) -> None:
+    """The other masters start their Airflow again (on theirs, which the DB is again); raise OperationError
+    while the DB is not the old Airflow's."""
+    if run.db_migrated:
+        raise OperationError(f"the other masters stay stopped: the DB is not Airflow {plan.current}'s (remove "
+                             f"{UPGRADE_MARKER} here once it is)")  # fmt: skip
+    run.target.path(UPGRADE_MARKER).unlink(missing_ok=True)
+
+
+def other_masters_follow(plan: UpgradePlan, run: UpgradeRun) -> None:
+    """The upgrade is done: the other masters' followers take this master's cluster file and move to its
+    Airflow (built, stopped, switched, started: as a worker follows). Wait until each live one's fleet
+    record says so; name those that do not within MASTERS_FOLLOW_WAIT (nothing is undone for them)."""
+    run.target.path(UPGRADE_MARKER).unlink(missing_ok=True)
+    behind: list[str] = []
+    started = time.monotonic()
+
+    def moved() -> bool:
+        nonlocal behind
+        try:
+            records, now = read_records(plan.ctx, timeout=2.0)
+        except Exception:  # noqa: BLE001 - the broker did not answer this time: ask again
+            return False
+        others = [r for r in records if r.get("address") in plan.ctx.other_masters and master_live(r, now)]
+        behind = [f"{r.get('node')} ({r.get('address')}) on {r.get('airflow')}" for r in others
+                  if r.get("airflow") != str(plan.to)]  # fmt: skip
+        return not behind
+
+    if wait_until(moved, defaults.MASTERS_FOLLOW_WAIT, interval=3):
+        run.progress(f"  the other masters are on Airflow {plan.to} ({time.monotonic() - started:.0f} s)")
+    else:
+        run.progress(f"  not on Airflow {plan.to} yet: {', '.join(behind[:5])}; its follower says why "
+                     f"(`journalctl -u {FOLLOWER_UNIT}` there)")  # fmt: skip
 
 
 def unfinished_tasks(db_url: str) -> list[str]:
@@ -415,7 +469,7 @@ def preflight(plan: UpgradePlan, run: UpgradeRun) -> None:
         raise UserError(f"upgrade: {len(blocking)} DAG finding(s) that Airflow {plan.to} cannot run, first: "
                         f"{blocking[0]} (ruff check --preview --select AIR3 {plan.ctx.dags_folder})")  # fmt: skip
     check_database(plan)
-    check_other_masters(plan)
+    check_no_other_upgrade(plan, run.target, run.progress)
 
 
 def build_new_release(plan: UpgradePlan, run: UpgradeRun) -> None:
@@ -504,7 +558,8 @@ def start_master(plan: UpgradePlan, run: UpgradeRun) -> None:
 
 
 StepAction = Callable[[UpgradePlan, UpgradeRun], None]
-DRAIN, STOP_MASTER, MIGRATE = "drain", "stop the master", "migrate"  # failure_message asks what was undone
+DRAIN, STOP_MASTER, MIGRATE = "drain", "stop the master", "migrate"
+STOP_MASTERS = "stop the other masters"  # failure_message asks what was undone
 
 
 def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
@@ -521,12 +576,22 @@ def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
     added = ", ".join(sorted(set(new_daemons) - set(daemons))) or "none"
     removed = ", ".join(sorted(set(daemons) - set(new_daemons))) or "none"
     replaced = " (Airflow 3: api-server replaces webserver)" if plan.ctx.line.major < plan.to.line.major else ""
+    several = plan.ctx.cluster.several_masters
+    stop_others = step(STOP_MASTERS, "stop the other masters' Airflow (this master's gate tells their followers), "
+                       f"and wait up to {defaults.MASTERS_STOP_WAIT:g} s until none of their schedulers, triggerers "
+                       "or DAG processors heartbeats; undo: they start it again", stop_other_masters,
+                       release_other_masters)  # fmt: skip
+    others_follow = step("the other masters follow", f"the other masters move to Airflow {plan.to} as workers do "
+                         "(their followers build it, stop, switch and start); wait up to "
+                         f"{defaults.MASTERS_FOLLOW_WAIT:g} s until their fleet records say so",
+                         other_masters_follow)  # fmt: skip
     return [
         step("preflight", f"preflight: the Airflow {plan.to} lock for Python {plan.lock.python}; DAGs in "
              f"{plan.ctx.dags_folder} against ruff {', '.join(BLOCKING_RULES)}; the metadata DB answers",
              preflight),
         step(f"build Airflow {plan.to} and lint its config", f"build Airflow {plan.to} beside {plan.venv} "
              f"({plan.venv}.releases/); `airflow config lint` of the new config with it", build_new_release),
+        *([stop_others] if several else []),
         step(DRAIN, f"drain: stop the scheduler; wait up to {plan.drain_timeout:g} s for queued and running tasks "
              "to finish; every worker stops consuming; undo: the workers consume again, the scheduler starts",
              drain, undo_drain),
@@ -544,6 +609,7 @@ def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
              "healthy; undo: stop it. The workers then follow on their next `airflow-node sync`, which installs the "
              "same lock, stops them (running tasks get their stop timeout) and starts them on the new Airflow",
              start_master, stop_master_quietly),
+        *([others_follow] if several else []),
     ]  # fmt: skip
 
 
