@@ -192,7 +192,7 @@ UPGRADING_LINE = re.compile(r"upgrading ([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,4})")
 def parse_release_answer(answer: bytes, where: str) -> ReleaseAnswer:
     """Given a gate's answer to `release` (untrusted: the master's airflow account serves it), return it
     checked. Raise OperationError naming `where` when it is not such an answer."""
-    lines = answer.decode(errors="replace").strip().split("\n")
+    lines = answer.decode(errors="replace").rstrip("\n").split("\n")  # a first line "": nothing published yet
     revision, cluster_hash, rest = lines[0].strip(), (lines[1].strip() if len(lines) > 1 else ""), lines[2:]
     upgrading = UPGRADING_LINE.fullmatch(rest[0].strip()) if len(rest) == 1 else None
     if any(value and not REVISION.fullmatch(value) for value in (revision, cluster_hash)) or (rest and not upgrading):

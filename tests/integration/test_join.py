@@ -22,7 +22,9 @@ from sync_fixtures import STAND_IN, free_port, wait_for
 
 from airflow_nodes.cluster import dump_cluster
 from airflow_nodes.join import JOIN_REQUEST_WAIT, parse_token
+from airflow_nodes.node import UPGRADE_MARKER
 from airflow_nodes.sshkeys import KEYS_LOCK_WAIT, private_key_file
+from airflow_nodes.sync import ReleaseAnswer, parse_release_answer
 
 from conftest import make_cluster
 
@@ -324,3 +326,21 @@ def test_join_token_gives_up_on_a_held_keys_lock_and_names_it(master, tmp_path, 
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert str(lock) in result.stderr and "AIRFLOW_NODE_JOIN_TOKEN" not in result.stdout + result.stderr
     assert keys.read_text() == before
+
+
+def test_the_gate_says_while_its_master_upgrades_the_cluster(master, tmp_path, run_cli):
+    """The other masters learn of an upgrade from the gate's `release` answer (their followers ask it)."""
+    root, home, sshd = master
+    assert join(run_cli, tmp_path, mint(run_cli, root, sshd)).code == 0
+    worker = tmp_path / "worker1"
+
+    def release() -> ReleaseAnswer:
+        answer = ssh_as_worker(worker, sshd, "root@127.0.0.1", "release")
+        assert answer.returncode == 0, answer.stderr
+        return parse_release_answer(answer.stdout.encode(), "the gate")
+
+    assert release().upgrading == ""
+    (root / UPGRADE_MARKER.lstrip("/")).write_text("3.3.3\n")
+    assert release().upgrading == "3.3.3"
+    (root / UPGRADE_MARKER.lstrip("/")).unlink()
+    assert release().upgrading == ""
