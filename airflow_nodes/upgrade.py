@@ -24,6 +24,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import stat
 import sys
 import tempfile
@@ -141,7 +142,15 @@ def check_dags(plan: UpgradePlan, target: Target) -> tuple[list[str], list[str]]
     return lines[True], lines[False]
 
 
+DB_CLIENTS = ("pg_dump", "pg_restore", "psql")  # the backup, and the restore of a rollback
+
+
 def check_database(plan: UpgradePlan) -> None:
+    """Raise UserError when the metadata DB does not answer, or a client the backup or its restore runs
+    is missing (found before the drain, not after)."""
+    if missing := [tool for tool in DB_CLIENTS if shutil.which(tool) is None]:
+        raise UserError(f"upgrade: {', '.join(missing)} not installed (the DB backup and its restore need them: "
+                        "Debian's postgresql-client); nothing was changed")  # fmt: skip
     try:
         query_database(plan.ctx.cluster.db_url, timeout=10)
     except ProbeFailure as exc:
@@ -572,11 +581,11 @@ def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:
         return Step(name, description, partial(do, plan), undo and partial(undo, plan), undo_if_failed=bool(undo))
 
     daemons = [d.name for d in plan.ctx.daemons]
-    new_daemons = [d.name for d in plan.ctx.role.daemons(plan.to.line)]
+    several = plan.ctx.cluster.several_masters
+    new_daemons = [d.name for d in plan.ctx.role.daemons(plan.to.line, several_masters=several)]
     added = ", ".join(sorted(set(new_daemons) - set(daemons))) or "none"
     removed = ", ".join(sorted(set(daemons) - set(new_daemons))) or "none"
     replaced = " (Airflow 3: api-server replaces webserver)" if plan.ctx.line.major < plan.to.line.major else ""
-    several = plan.ctx.cluster.several_masters
     stop_others = step(STOP_MASTERS, "stop the other masters' Airflow (this master's gate tells their followers), "
                        f"and wait up to {defaults.MASTERS_STOP_WAIT:g} s until none of their schedulers, triggerers "
                        "or DAG processors heartbeats; undo: they start it again", stop_other_masters,

@@ -44,7 +44,7 @@ ROOTFS_PACKAGES = {
     "openssh-server,openssh-client,iproute2,passwd,hostname,redis-server,postgresql",
     # several masters: keepalived as the package manager leaves it (init sets it up)
     "bookworm-masters": "systemd,systemd-sysv,dbus,python3,python3-venv,cron,rsync,procps,libpam-systemd,"
-    "openssh-server,openssh-client,iproute2,passwd,keepalived",
+    "openssh-server,openssh-client,iproute2,passwd,keepalived,postgresql-client",  # pg_dump: the upgrade
 }
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

@@ -12,6 +12,7 @@ import http.server
 import threading
 
 import pytest
+from test_several_masters_plan import master_member
 
 from airflow_nodes.cluster import dump_cluster, read_cluster
 from airflow_nodes.errors import OperationError
@@ -25,7 +26,6 @@ from airflow_nodes.target import Target
 from airflow_nodes.upgrade import STOP_MASTERS, upgrade_steps
 
 from conftest import make_cluster
-from test_several_masters_plan import master_member
 
 # loopback addresses: before a master restarts for another's change it waits for that one's API server,
 # which a local HTTP server plays here (masters.wait_for_a_peer)
@@ -189,3 +189,12 @@ def test_the_upgrade_stops_the_other_masters_before_the_drain_and_waits_for_them
     one = dataclasses.replace(plan, ctx=dataclasses.replace(plan.ctx, cluster=make_cluster("3.2")))
     assert not {STOP_MASTERS, "the other masters follow"} & {step.name for step in upgrade_steps(one)}
 
+
+def test_the_upgrade_refuses_before_the_drain_where_pg_dump_is_missing(master, tmp_path, monkeypatch):
+    from airflow_nodes.errors import UserError
+    from airflow_nodes.upgrade import check_database, plan_upgrade
+
+    plan = plan_upgrade(master, "3.3.2", master.root / "backups")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(UserError, match=r"^upgrade: pg_dump, pg_restore, psql not installed .*nothing was changed$"):
+        check_database(plan)
