@@ -236,7 +236,10 @@ def status(target: Target) -> None:
 @cli.command()
 @root_option
 def start(target: Target) -> None:
-    """Start every daemon of this node's role."""
+    """Start every daemon of this node's role (one of several masters: also while another's upgrade held it)."""
+    from airflow_nodes.masters import release_hold
+
+    release_hold(target)
     _control("start", target)
 
 

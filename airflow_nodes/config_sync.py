@@ -108,6 +108,12 @@ def airflow_daemons(ctx: NodeContext) -> tuple[str, ...]:
     return tuple(daemon.name for daemon in ctx.daemons if not daemon.ours)
 
 
+def stop_airflow(ctx: NodeContext, target: Target) -> str:
+    """Stop the node's Airflow daemons; return what was done, with how long it took."""
+    started = time.monotonic()
+    return f"{control('stop', target, daemons=airflow_daemons(ctx)).summary()} in {time.monotonic() - started:.1f}s"
+
+
 def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> tuple[NodeSettings, list[str]]:
     """A node whose new cluster file names another Airflow than it runs (another line; or another
     version, when the master runs one of our locks): a worker stops consuming (the master's upgrade has
@@ -140,20 +146,20 @@ def follow_master(ctx: NodeContext, cluster: ClusterConfig, target: Target) -> t
     if target.real_system:
         wheelhouse = Path(ctx.node.wheelhouse) if ctx.node.wheelhouse else None
         check_wheelhouse(wheelhouse, f"{NODE_FILE}: wheelhouse")
-        if ctx.role.runs_tasks:
+        if ctx.role.runs_tasks:  # a worker stops consuming, builds, then stops (running tasks finish meanwhile)
             consumed, _ = stop_consuming(ctx, venv, (ctx.node.celery_name,))
             done += [f"{worker} stopped consuming {', '.join(queues)}" for worker, queues in consumed.items() if queues]
+        else:  # a master stops first: its old scheduler must not run on the DB the upgrade migrated
+            done.append(stop_airflow(ctx, target))
         started = time.monotonic()
         try:
             release = build_release(lock, venv, python, wheelhouse, progress=lambda line: None)
         except OperationError as exc:
-            waits = "taking no tasks, until a sync builds" if ctx.role.runs_tasks else "until its follower builds"
+            waits = "taking no tasks, until a sync" if ctx.role.runs_tasks else "stopped, until its follower"
             raise OperationError(f"{exc}; this {ctx.node.role} stays on Airflow {ctx.node.airflow_version}, {waits} "
-                                 f"{lock.airflow_version}") from None  # fmt: skip
+                                 f"builds {lock.airflow_version}") from None  # fmt: skip
         done.append(f"built Airflow {lock.airflow_version} in {time.monotonic() - started:.1f}s: {release}")
-        started = time.monotonic()
-        # a worker's is Celery's warm shutdown: running tasks finish first
-        done.append(control("stop", target, daemons=airflow_daemons(ctx)).summary())
-        done.append(f"stopped in {time.monotonic() - started:.1f}s")
+        if ctx.role.runs_tasks:
+            done.append(stop_airflow(ctx, target))  # Celery's warm shutdown: running tasks finish first
         switch_venv(venv, release)
     return dataclasses.replace(ctx.node, airflow_version=lock.airflow_version), done

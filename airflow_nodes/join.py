@@ -184,7 +184,7 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
             # and, while this master upgrades the cluster, the version it moves to (the other masters stop)
             offered = read_offered(root / DAG_RELEASES_DIR.lstrip("/") / "offered")
             cluster_hash = hashlib.sha256(statefile.read_bytes(cluster_file) or b"").hexdigest()
-            upgrading = (statefile.read_text(root / UPGRADE_MARKER.lstrip("/"), limit=64) or "").strip()
+            upgrading = upgrade_in_progress(root)
             return (f"{offered}\n{cluster_hash}\n" + (f"upgrading {upgrading}\n" if upgrading else "")).encode()
         if words == ["releases"]:  # which releases a task may still ask its worker for
             names = release_names(root / DAG_RELEASES_DIR.lstrip("/") / "releases")
@@ -197,6 +197,31 @@ def gate(keys: KeysFile, args: list[str], original_command: str, stdin) -> bytes
                 raise UserError("ssh-gate: rrsync (from the rsync package) is not installed on the master")
             os.execv(rrsync, [rrsync, "-ro", str(root / words[-1].rstrip("/").lstrip("/"))])
     raise UserError(f"ssh-gate: this key may not run {original_command[:60]!r}")
+
+
+def upgrade_marker(version: str) -> bytes:
+    """What `upgrade` writes to UPGRADE_MARKER while it runs: the version, and this process (its pid and
+    start time: a pid alone may be another process's after a reboot)."""
+    return f"{version} {os.getpid()} {_process_start(os.getpid())}\n".encode()
+
+
+def upgrade_in_progress(root: Path) -> str:
+    """The Airflow version this master's running upgrade moves the cluster to, or "": none, or one that
+    died without cleaning up (killed, or its host rebooted), which holds no master for ever."""
+    words = (statefile.read_text(root / UPGRADE_MARKER.lstrip("/"), limit=128) or "").split()
+    if len(words) != 3 or not words[1].isdigit() or _process_start(int(words[1])) != words[2]:
+        return ""
+    return words[0]
+
+
+def _process_start(pid: int) -> str:
+    """A process's start time (clock ticks since boot, /proc/PID/stat's 22nd field), or "" when it is gone."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return ""
+    fields = stat_line.rpartition(")")[2].split()  # after the command's name, which may hold spaces
+    return fields[19] if len(fields) > 19 else ""
 
 
 def names_taken(root: Path) -> set[str]:

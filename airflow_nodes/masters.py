@@ -15,6 +15,10 @@ can change the cluster file, which is what keeps changes possible while a master
 Members: a node enrolled through a master's gate is first a ",token:" line of that master's
 authorized_keys (written by the gate, as the airflow account); its follower adds it to the cluster file.
 Every master then renders a ",member" line for each member (sshkeys.KeysFile.converge).
+
+An upgrade (upgrade.py, on one master): while that master's gate says it upgrades, every other master's
+follower keeps its Airflow stopped; then it takes the new cluster file and moves to its Airflow as a
+worker does (config_sync.follow_master), or, when the upgrade rolled back, starts its own again.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from airflow_nodes.control import control
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import NoSuchAccount, as_user
-from airflow_nodes.join import host_key_of
+from airflow_nodes.join import host_key_of, upgrade_in_progress
 from airflow_nodes.join import revoke as revoke_here
 from airflow_nodes.netio import ProbeFailure, http_get
 from airflow_nodes.node import CLUSTER_FILE, HELD_FILE, SSH_KEY_FILE, NodeSettings
@@ -131,18 +135,17 @@ def look_at_peers(ctx: NodeContext, target: Target, transfer: TransferRunner) ->
         destination = f"{ctx.cluster.airflow_user}@{address}"
         try:
             release = parse_release_answer(transfer.ask(destination, None, "release"), destination)
-            look.answered.add(address)
             if release.upgrading:
                 look.upgrading[address] = release.upgrading
-            if release.cluster_hash == ours:
-                continue
-            text = fetch_master_cluster_file(transfer, destination, None, "")
-            peer = parse_cluster(text.decode(errors="replace"), f"{destination}:{CLUSTER_FILE}")
-            check_served_cluster(peer, ctx.cluster, f"{destination}:{CLUSTER_FILE}")
+            if release.cluster_hash != ours:
+                text = fetch_master_cluster_file(transfer, destination, None, "")
+                peer = parse_cluster(text.decode(errors="replace"), f"{destination}:{CLUSTER_FILE}")
+                check_served_cluster(peer, ctx.cluster, f"{destination}:{CLUSTER_FILE}")
+                look.clusters.append(peer)
         except (OperationError, UserError) as exc:
             look.problems.append(redact(str(exc), ctx.cluster.secret_values())[:300])
             continue
-        look.clusters.append(peer)
+        look.answered.add(address)  # and we hold what it holds
     return look
 
 
@@ -204,12 +207,13 @@ def converge_master(target: Target, transfer: TransferRunner | None = None) -> C
         raise UserError("this node is no master")
     look = look_at_peers(ctx, target, transfer or gate_transfer(ctx, target))
     notes = look.problems
-    if look.upgrading:
+    if look.upgrading and not upgrade_in_progress(target.root):  # while ours runs, it is the one that goes on
         return Converged(False, ctx.cluster.serial, tuple(notes + hold_for_upgrade(ctx, target, look.upgrading)))
     held_for = held_by(target)
     if held_for and held_for not in look.answered:  # it may be migrating the DB: no Airflow of ours on it
+        stopped = control("stop", target, daemons=airflow_daemons(ctx)).summary()  # a reboot meanwhile started it
         notes.append(f"this master's Airflow stays stopped: {held_for}, whose upgrade stopped it, does not answer "
-                     "(`airflow-node start` here goes on without it)")  # fmt: skip
+                     f"(`airflow-node start` here goes on without it); {stopped}")  # fmt: skip
         return Converged(False, ctx.cluster.serial, tuple(notes))
     if look.clusters and settings_of(merge_clusters(ctx.cluster, *look.clusters)) != settings_of(ctx.cluster):
         notes += wait_for_a_peer(ctx)  # a rolling restart: the masters' API servers never all restart at once
@@ -236,6 +240,12 @@ def converge_master(target: Target, transfer: TransferRunner | None = None) -> C
 def held_by(target: Target) -> str:
     """The address of the master whose upgrade keeps this one's Airflow stopped, or "" (none)."""
     return (statefile.read_text(target.path(HELD_FILE), limit=256) or "").strip()
+
+
+def release_hold(target: Target) -> None:
+    """`airflow-node start` by hand: this master goes on without the master whose upgrade held it (its
+    follower holds it again if that master still upgrades when it answers)."""
+    target.path(HELD_FILE).unlink(missing_ok=True)
 
 
 def hold_for_upgrade(ctx: NodeContext, target: Target, upgrading: dict[str, str]) -> list[str]:

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import os
 import pwd
-import re
 import shlex
 import shutil
 import socket
@@ -52,6 +51,7 @@ from airflow_nodes.syncing.source import open_source
 from airflow_nodes.syncing.state import SyncState, read_state, write_state
 from airflow_nodes.target import Target
 from airflow_nodes.timestamps import utc_now
+from airflow_nodes.versions import parse_airflow_version
 
 PUBLISHED, UNCHANGED, SKIPPED = "published", "unchanged", "skipped"
 NOT_FOLLOWING = "only a worker joined to the master fetches a release of the master's by its name"
@@ -186,19 +186,25 @@ class ReleaseAnswer:
     upgrading: str = ""  # the Airflow version it is upgrading the cluster to, while it does
 
 
-UPGRADING_LINE = re.compile(r"upgrading ([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,4})")
-
-
 def parse_release_answer(answer: bytes, where: str) -> ReleaseAnswer:
     """Given a gate's answer to `release` (untrusted: the master's airflow account serves it), return it
     checked. Raise OperationError naming `where` when it is not such an answer."""
     lines = answer.decode(errors="replace").rstrip("\n").split("\n")  # a first line "": nothing published yet
     revision, cluster_hash, rest = lines[0].strip(), (lines[1].strip() if len(lines) > 1 else ""), lines[2:]
-    upgrading = UPGRADING_LINE.fullmatch(rest[0].strip()) if len(rest) == 1 else None
-    if any(value and not REVISION.fullmatch(value) for value in (revision, cluster_hash)) or (rest and not upgrading):
-        raise OperationError(f"{where}: answered {printable(revision[:40])!r} for its DAG release; "
-                             "the published DAGs are unchanged")  # fmt: skip
-    return ReleaseAnswer(revision, cluster_hash, upgrading.group(1) if upgrading else "")
+    upgrading = ""
+    try:
+        if rest:
+            word, _, version = rest[0].strip().partition(" ")
+            if word != "upgrading" or len(rest) > 1:
+                raise UserError("not an upgrade")
+            upgrading = str(parse_airflow_version(version, "upgrading"))
+        if any(value and not REVISION.fullmatch(value) for value in (revision, cluster_hash)):
+            raise UserError("not a revision")
+    except UserError:
+        shown = printable(answer[:60].decode(errors="replace"))
+        raise OperationError(f"{where}: answered {shown!r} to `release`, not what a master's gate answers; the "
+                             "published DAGs are unchanged") from None  # fmt: skip
+    return ReleaseAnswer(revision, cluster_hash, upgrading)
 
 
 def ask_master_release(

@@ -15,6 +15,10 @@ The drain: the scheduler stops first, so nothing new is queued; the queued and r
 under the old Airflow, against the DB they started with; then every worker stops consuming (Celery's
 cancel_consumer, what upstream's `airflow celery remove-all-queues` sends), so a worker still on the
 old Airflow never takes a task of the new one (it would fail it) until its sync restarts it on the new.
+
+Several masters: before the drain, this master's gate says it upgrades (UPGRADE_MARKER) and the others'
+followers stop their Airflow until it is done (none may run on the DB this one migrates); last, they
+follow it to the new Airflow as workers do (masters.converge_master).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from airflow_nodes.errors import OperationError, UserError, clipped
 from airflow_nodes.fleet import known_workers, master_live, publish_record, read_records
 from airflow_nodes.health.model import ProbeInput, Status
 from airflow_nodes.health.runner import run_probes, select_probes
+from airflow_nodes.initsystems.systemd import unit_name
 from airflow_nodes.install import (
     Lock,
     build_release,
@@ -56,6 +61,7 @@ from airflow_nodes.install import (
     switch_venv,
     venv_of,
 )
+from airflow_nodes.join import upgrade_marker
 from airflow_nodes.masters import look_at_peers
 from airflow_nodes.netio import ProbeFailure
 from airflow_nodes.node import UPGRADE_MARKER, NodeSettings
@@ -73,7 +79,7 @@ from airflow_nodes.versions import MASTER_FOLLOWER, AirflowVersion, parse_airflo
 # ruff's Airflow 3 rules: code that no longer runs (removed, or moved to a provider we do not install)
 # blocks; code that still runs but is deprecated (AIR311, AIR312) is listed
 BLOCKING_RULES = ("AIR301", "AIR302")
-FOLLOWER_UNIT = f"airflow-{MASTER_FOLLOWER.name}"  # each of several masters' follower
+FOLLOWER_UNIT = unit_name(MASTER_FOLLOWER)  # each of several masters' follower
 
 
 @dataclass(frozen=True)
@@ -227,11 +233,24 @@ def check_no_other_upgrade(plan: UpgradePlan, target: Target, progress: Callable
                  "back (its old Airflow may run until then)")  # fmt: skip
 
 
+def live_other_masters(plan: UpgradePlan) -> dict[str, str]:
+    """The other masters whose fleet records are fresh: address -> name (none when the broker does not say)."""
+    try:
+        records, now = read_records(plan.ctx, timeout=2.0)
+    except Exception:  # noqa: BLE001 - the broker did not answer: none known live
+        return {}
+    return {r["address"]: str(r.get("node")) for r in records
+            if r.get("address") in plan.ctx.other_masters and master_live(r, now)}  # fmt: skip
+
+
 def stop_other_masters(plan: UpgradePlan, run: UpgradeRun) -> None:
     """Several masters: tell the others to stop their Airflow (this master's gate says it upgrades; their
     followers ask every PEER_POLL seconds), and wait until none of their schedulers, triggerers or DAG
-    processors heartbeats: none may run on the DB this one migrates."""
-    write_atomically(run.target.path(UPGRADE_MARKER), f"{plan.to}\n".encode(), 0o644)
+    processors heartbeats: none may run on the DB this one migrates. Two masters that began at once both
+    see the other's mark, and both give up."""
+    write_atomically(run.target.path(UPGRADE_MARKER), upgrade_marker(str(plan.to)), 0o644)
+    check_no_other_upgrade(plan, run.target, lambda line: None)
+    run.held = live_other_masters(plan)
     running: list[str] = []
 
     def stopped() -> bool:
@@ -241,8 +260,8 @@ def stop_other_masters(plan: UpgradePlan, run: UpgradeRun) -> None:
 
     if not wait_until(stopped, defaults.MASTERS_STOP_WAIT, interval=2):
         raise OperationError(f"the other masters did not stop their Airflow within {defaults.MASTERS_STOP_WAIT:g} s "
-                             f"({', '.join(running[:3])}): see `journalctl -u {FOLLOWER_UNIT}` there")  # fmt: skip
-    run.progress("  the other masters stopped their Airflow")
+                             f"({', '.join(running[:3])}): see the log of {FOLLOWER_UNIT} there")  # fmt: skip
+    run.progress(f"  the other masters stopped their Airflow: {', '.join(sorted(run.held.values())) or 'none live'}")
 
 
 def release_other_masters(plan: UpgradePlan, run: UpgradeRun) -> None:
@@ -256,8 +275,9 @@ def release_other_masters(plan: UpgradePlan, run: UpgradeRun) -> None:
 
 def other_masters_follow(plan: UpgradePlan, run: UpgradeRun) -> None:
     """The upgrade is done: the other masters' followers take this master's cluster file and move to its
-    Airflow (built, stopped, switched, started: as a worker follows). Wait until each live one's fleet
-    record says so; name those that do not within MASTERS_FOLLOW_WAIT (nothing is undone for them)."""
+    Airflow (stopped, built, switched, started: as a worker follows). Wait until the fleet record of each
+    one that was live when they stopped says so; name those that do not within MASTERS_FOLLOW_WAIT
+    (nothing is undone for them: their followers go on trying)."""
     run.target.path(UPGRADE_MARKER).unlink(missing_ok=True)
     behind: list[str] = []
     started = time.monotonic()
@@ -265,19 +285,19 @@ def other_masters_follow(plan: UpgradePlan, run: UpgradeRun) -> None:
     def moved() -> bool:
         nonlocal behind
         try:
-            records, now = read_records(plan.ctx, timeout=2.0)
+            records, _ = read_records(plan.ctx, timeout=2.0)
         except Exception:  # noqa: BLE001 - the broker did not answer this time: ask again
             return False
-        others = [r for r in records if r.get("address") in plan.ctx.other_masters and master_live(r, now)]
-        behind = [f"{r.get('node')} ({r.get('address')}) on {r.get('airflow')}" for r in others
-                  if r.get("airflow") != str(plan.to)]  # fmt: skip
+        on = {r.get("address"): r.get("airflow") for r in records}
+        behind = [f"{name} ({address}) on {on.get(address) or '?'}" for address, name in sorted(run.held.items())
+                  if on.get(address) != str(plan.to)]  # fmt: skip
         return not behind
 
     if wait_until(moved, defaults.MASTERS_FOLLOW_WAIT, interval=3):
         run.progress(f"  the other masters are on Airflow {plan.to} ({time.monotonic() - started:.0f} s)")
     else:
-        run.progress(f"  not on Airflow {plan.to} yet: {', '.join(behind[:5])}; its follower says why "
-                     f"(`journalctl -u {FOLLOWER_UNIT}` there)")  # fmt: skip
+        run.progress(f"  not on Airflow {plan.to} yet: {', '.join(behind[:5])}; its follower says why (the log "
+                     f"of {FOLLOWER_UNIT} there)")  # fmt: skip
 
 
 def unfinished_tasks(db_url: str) -> list[str]:
@@ -461,6 +481,7 @@ class UpgradeRun:
     dump: Path | None = None  # the DB backup
     old_release: Path | None = None  # where the venv link pointed before the switch
     db_migrated: bool = False  # migrate began and no restore finished since: no old Airflow may run on the DB
+    held: dict[str, str] = field(default_factory=dict)  # the other masters stopped for the upgrade: address -> name
     paused: float = 0.0  # when the scheduler stopped (time.monotonic)
     down: float = 0.0  # when the master stopped
 
@@ -568,7 +589,7 @@ def start_master(plan: UpgradePlan, run: UpgradeRun) -> None:
 
 StepAction = Callable[[UpgradePlan, UpgradeRun], None]
 DRAIN, STOP_MASTER, MIGRATE = "drain", "stop the master", "migrate"
-STOP_MASTERS = "stop the other masters"  # failure_message asks what was undone
+STOP_MASTERS = "stop the other masters"
 
 
 def upgrade_steps(plan: UpgradePlan) -> list[Step[UpgradeRun]]:

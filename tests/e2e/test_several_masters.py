@@ -52,6 +52,7 @@ from hosts import (
 pytestmark = pytest.mark.e2e
 AIRFLOW_VERSION = "3.3.2"  # the failover's; the cluster starts on START_VERSION and is upgraded to it
 START_VERSION = "3.2.2"
+MASTER2_VENV = "/opt/airflow-venv"
 DATA, WORKER1, FLOATING = f"{SUBNET}.5", f"{SUBNET}.11", f"{SUBNET}.100"
 MASTERS = {"master1": f"{SUBNET}.1", "master2": f"{SUBNET}.2"}
 REDIS_PASSWORD, DB_PASSWORD = "redis-ha-" + os.urandom(6).hex(), "pg-ha-" + os.urandom(6).hex()
@@ -85,6 +86,7 @@ def hosts():
         venv = airflow_venv(tool, START_VERSION)  # on this machine's Debian python: every host runs it
         # the hosts have no network: each builds the new Airflow from this (init --wheelhouse records it)
         wheelhouse = cached_wheelhouse(tool, AIRFLOW_VERSION, "3.11")
+        start_wheelhouse = cached_wheelhouse(tool, START_VERSION, "3.11")  # master2's own venv, installed offline
         network = Network()
         closers.append(network.close)
         data_ns = network.add_host("data", DATA)
@@ -105,7 +107,7 @@ def hosts():
             install_tool(host, wheels)
         api = AirflowApi(data_ns, FLOATING, tool / "bin" / "python")  # a user's client, on no master
         yield {"masters": masters, "worker1": worker1, "venv": venv, "wheelhouse": wheelhouse, "api": api,
-               "network": network}  # fmt: skip
+               "start_wheelhouse": start_wheelhouse, "network": network}  # fmt: skip
     finally:
         for close in reversed(closers):
             close()
@@ -171,8 +173,11 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
             refused = airflow_node(worker1, "init", "--role", "worker", "--venv", venv, check=False,
                                    env={"AIRFLOW_NODE_JOIN_TOKEN": master_token})  # fmt: skip
             assert refused.returncode == 2 and "this token joins a master, not a worker" in refused.stderr
-            print(node(master2, "init", "--role", "master", "--venv", venv, "--wheelhouse", wheelhouse, "--node-name",
-                       "master2", env={"AIRFLOW_NODE_JOIN_TOKEN": master_token}).stdout)  # fmt: skip
+            # master2's Airflow is a venv of its own (the others share this machine's): its upgrade is a build
+            node(master2, "install-airflow", "--version", START_VERSION, "--venv", MASTER2_VENV, "--wheelhouse",
+                 hosts["start_wheelhouse"], timeout=1800)  # fmt: skip
+            print(node(master2, "init", "--role", "master", "--venv", MASTER2_VENV, "--wheelhouse", wheelhouse,
+                       "--node-name", "master2", env={"AIRFLOW_NODE_JOIN_TOKEN": master_token}).stdout)  # fmt: skip
             node(master2, "start")
             # master1's follower takes master2 in: both masters, in both files
             wait_for(lambda: '"master2" = {' in master1.run("cat", "/etc/airflow-node/cluster.toml").stdout, 60,
@@ -232,6 +237,8 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
             follower = master2.run("journalctl", "--no-pager", "-u", "airflow-dag-follower").stdout
             assert f"upgrades the cluster to Airflow {AIRFLOW_VERSION}" in follower, follower
             assert f"the master moved to Airflow {AIRFLOW_VERSION}" in follower, follower
+            assert f"built Airflow {AIRFLOW_VERSION} in" in follower, follower  # its own venv, from its wheelhouse
+            assert f"{MASTER2_VENV}.releases/airflow-{AIRFLOW_VERSION}-" in master2.run("readlink", MASTER2_VENV).stdout
             assert f'airflow_version = "{AIRFLOW_VERSION}"' in master2.run("cat", "/etc/airflow-node/node.toml").stdout
             print(f"upgrade with two masters: {took:.0f} s, the other master on {AIRFLOW_VERSION} when it returned")
             node(worker1, "sync")  # what its cron line does within its interval

@@ -21,7 +21,7 @@ import pytest
 from sync_fixtures import STAND_IN, free_port, wait_for
 
 from airflow_nodes.cluster import dump_cluster
-from airflow_nodes.join import JOIN_REQUEST_WAIT, parse_token
+from airflow_nodes.join import JOIN_REQUEST_WAIT, parse_token, upgrade_marker
 from airflow_nodes.node import UPGRADE_MARKER
 from airflow_nodes.sshkeys import KEYS_LOCK_WAIT, private_key_file
 from airflow_nodes.sync import ReleaseAnswer, parse_release_answer
@@ -340,7 +340,11 @@ def test_the_gate_says_while_its_master_upgrades_the_cluster(master, tmp_path, r
         return parse_release_answer(answer.stdout.encode(), "the gate")
 
     assert release().upgrading == ""
-    (root / UPGRADE_MARKER.lstrip("/")).write_text("3.3.3\n")
+    marker = root / UPGRADE_MARKER.lstrip("/")
+    marker.write_bytes(upgrade_marker("3.3.3"))  # as this process's upgrade would
     assert release().upgrading == "3.3.3"
-    (root / UPGRADE_MARKER.lstrip("/")).unlink()
+    pid, start = marker.read_text().split()[1:]
+    marker.write_text(f"3.3.3 {pid} {int(start) + 1}\n")  # another process of that pid: the upgrade died
+    assert release().upgrading == ""
+    marker.unlink()
     assert release().upgrading == ""

@@ -18,8 +18,9 @@ from airflow_nodes.cluster import dump_cluster, read_cluster
 from airflow_nodes.errors import OperationError
 from airflow_nodes.execute import Completed
 from airflow_nodes.install import find_lock
+from airflow_nodes.join import upgrade_in_progress, upgrade_marker
 from airflow_nodes.masters import converge_master
-from airflow_nodes.node import CLUSTER_FILE, HELD_FILE, NODE_FILE
+from airflow_nodes.node import CLUSTER_FILE, HELD_FILE, NODE_FILE, UPGRADE_MARKER
 from airflow_nodes.sync import ReleaseAnswer, parse_release_answer
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.target import Target
@@ -67,11 +68,12 @@ def test_a_hostile_release_answer_is_one_error_naming_the_master(answer):
 
 class PeerGate(TransferRunner):
     """The other master, m2, as its gate answers: `release` (the hash of its cluster file, and the version
-    it is upgrading to, if any) and `cat` of its cluster file; silent when `up` is False."""
+    it is upgrading to, if any) and `cat` of its cluster file; silent when `up` is False, and only its
+    `cat` when `cat` is False."""
 
-    def __init__(self, cluster_text: str, upgrading: str = "", up: bool = True):
+    def __init__(self, cluster_text: str, upgrading: str = "", up: bool = True, cat: bool = True):
         super().__init__()
-        object.__setattr__(self, "peer", {"text": cluster_text, "upgrading": upgrading, "up": up})
+        object.__setattr__(self, "peer", {"text": cluster_text, "upgrading": upgrading, "up": up, "cat": cat})
 
     def ask(self, destination: str, port, *words: str) -> bytes:
         assert destination == f"airflow@{M2}" and words == ("release",)
@@ -83,6 +85,8 @@ class PeerGate(TransferRunner):
     def run(self, argv, what: str, ok_codes=(0,)) -> Completed:
         assert list(argv[-3:]) == [f"airflow@{M2}", "cat", CLUSTER_FILE]
         self._answers()
+        if not self.peer["cat"]:
+            raise OperationError(f"reading airflow@{M2}:{CLUSTER_FILE}: Connection reset by peer")
         return Completed(tuple(argv), 0, self.peer["text"].encode(), b"")
 
     def _answers(self) -> None:
@@ -153,9 +157,11 @@ def test_while_a_peer_upgrades_this_masters_airflow_stays_stopped_then_follows_i
     assert master.path(HELD_FILE).read_text().strip() == M2
     assert not converge_master(master, upgrading).notes  # said once; stopped again each round, quietly
 
-    silent = converge_master(master, PeerGate(upgraded_text(master), up=False))
-    assert f"stays stopped: {M2}, whose upgrade stopped it, does not answer" in listed(silent.notes)
-    assert own_text(master) == before and master.path(HELD_FILE).exists()
+    for silent in (PeerGate(upgraded_text(master), up=False), PeerGate(upgraded_text(master), cat=False)):
+        said = listed(converge_master(master, silent).notes)  # the second: its file could not be read
+        assert f"stays stopped: {M2}, whose upgrade stopped it, does not answer" in said
+        assert "systemctl stop" in said or "not run under --root" in said  # stopped again: a reboot starts it
+        assert own_text(master) == before and master.path(HELD_FILE).exists()
 
     done = converge_master(master, PeerGate(upgraded_text(master)))
     said = listed(done.notes)
@@ -198,3 +204,24 @@ def test_the_upgrade_refuses_before_the_drain_where_pg_dump_is_missing(master, t
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(UserError, match=r"^upgrade: pg_dump, pg_restore, psql not installed .*nothing was changed$"):
         check_database(plan)
+
+
+def test_start_by_hand_goes_on_without_the_master_that_held_this_one(master, run_cli):
+    converge_master(master, PeerGate(own_text(master), upgrading="3.3.2"))
+    assert run_cli("start", "--root", master.root).code == 0
+    assert not master.path(HELD_FILE).exists()
+    quiet = converge_master(master, PeerGate(own_text(master), up=False))  # no longer held: no stop
+    assert "stays stopped" not in listed(quiet.notes)
+
+
+def test_while_its_own_upgrade_runs_a_master_is_not_held_by_another_masters(master):
+    master.path(UPGRADE_MARKER).write_bytes(upgrade_marker("3.3.2"))
+    assert upgrade_in_progress(master.root) == "3.3.2"
+    result = converge_master(master, PeerGate(own_text(master), upgrading="3.3.2"))
+    assert not master.path(HELD_FILE).exists() and "upgrades the cluster" not in listed(result.notes)
+
+
+@pytest.mark.parametrize("text", ["3.3.2\n", "3.3.2 1 2 3\n", "3.3.2 x 1\n", "3.3.2 999999999 1\n", ""])
+def test_a_mark_whose_upgrade_is_gone_holds_nobody(master, text):
+    master.path(UPGRADE_MARKER).write_text(text)
+    assert upgrade_in_progress(master.root) == ""
