@@ -39,6 +39,7 @@ from airflow_nodes.celerycontrol import read_drain_flag
 from airflow_nodes.cluster import MASTER as MASTER_MEMBER
 from airflow_nodes.cluster import ClusterConfig, dump_cluster, read_cluster, settings_of
 from airflow_nodes.context import NodeContext, load_context
+from airflow_nodes.detect import installed_package_hash
 from airflow_nodes.digest import sha256, sha256_file
 from airflow_nodes.errors import UserError
 from airflow_nodes.exitcodes import CheckStatus
@@ -245,6 +246,13 @@ def publish_record(ctx: NodeContext, target: Target, facts: dict, timeout: float
     except Exception as exc:  # noqa: BLE001 - a record is a bonus: nothing may break sync or health
         return f"no fleet record stored ({exc.__class__.__name__})"
     return ""
+
+
+def publish_packages(ctx: NodeContext, target: Target) -> None:
+    """After a move to another Airflow: renew this node's packages in its record at once (the fleet view
+    compares every node's with the master's)."""
+    if target.real_system:
+        publish_record(ctx, target, {"packages": installed_package_hash(ctx.node.airflow_bin)})
 
 
 class TooManyRecords(UserError):

@@ -52,6 +52,7 @@ from airflow_nodes.control import control
 from airflow_nodes.digest import sha256
 from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import NoSuchAccount, as_user
+from airflow_nodes.fleet import publish_packages
 from airflow_nodes.join import host_key_of, upgrade_in_progress
 from airflow_nodes.join import revoke as revoke_here
 from airflow_nodes.netio import ProbeFailure, http_get
@@ -231,6 +232,8 @@ def converge_master(target: Target, transfer: TransferRunner | None = None) -> C
         keys = keys_file_of(target, ctx)
         with contextlib.suppress(NoSuchAccount):
             as_user(ctx.cluster.airflow_user if target.privileged else None, keys.converge, merged, ctx.node.node_name)
+        if moved:
+            publish_packages(NodeContext(merged, node), target)
         if moved or held_for:  # back to work: on the Airflow the upgrade moved the cluster to, or (rolled back) on ours
             notes += [*moved, control("start", target).summary()]
             target.path(HELD_FILE).unlink(missing_ok=True)

@@ -46,9 +46,8 @@ from airflow_nodes.celerycontrol import consumed_queues, set_consuming
 from airflow_nodes.cluster import ClusterConfig, dump_cluster
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.control import control
-from airflow_nodes.detect import installed_package_hash
 from airflow_nodes.errors import OperationError, UserError, clipped
-from airflow_nodes.fleet import known_workers, master_live, publish_record, read_records
+from airflow_nodes.fleet import known_workers, master_live, publish_packages, read_records
 from airflow_nodes.health.model import ProbeInput, Status
 from airflow_nodes.health.runner import run_probes, select_probes
 from airflow_nodes.initsystems.systemd import unit_name
@@ -444,9 +443,7 @@ def render(target: Target, cluster: ClusterConfig, node, previous) -> None:
                          credentials=read_credentials(target)))  # fmt: skip
     ctx = NodeContext(cluster, node)
     record_rendered_config(target, ctx.airflow_cfg)
-    # the fleet view compares every node's packages with the master's record: renew it at once
-    if target.real_system:
-        publish_record(ctx, target, {"packages": installed_package_hash(node.airflow_bin)})
+    publish_packages(ctx, target)
 
 
 def wait_healthy(target: Target, timeout: float) -> None:
@@ -484,6 +481,7 @@ class UpgradeRun:
     held: dict[str, str] = field(default_factory=dict)  # the other masters stopped for the upgrade: address -> name
     paused: float = 0.0  # when the scheduler stopped (time.monotonic)
     down: float = 0.0  # when the master stopped
+    healthy: float = 0.0  # when it was healthy again
 
 
 def upgraded_node(plan: UpgradePlan) -> NodeSettings:
@@ -585,6 +583,7 @@ def start_master(plan: UpgradePlan, run: UpgradeRun) -> None:
     """Start the role (whichever Airflow the venv link names) and wait until it is healthy."""
     run.progress(control("start", run.target).summary())
     wait_healthy(run.target, run.health_timeout)
+    run.healthy = time.monotonic()
 
 
 StepAction = Callable[[UpgradePlan, UpgradeRun], None]
@@ -667,8 +666,7 @@ def carry_out(plan: UpgradePlan, steps: list[Step[UpgradeRun]], run: UpgradeRun)
         timings = run_steps(steps, run, run.progress)
     except StepFailed as failed:
         raise OperationError(failure_message(plan, run, failed)) from None
-    now = time.monotonic()
-    return UpgradeOutcome(plan.to, tuple(timings), now - run.down, now - run.paused, run.dump)
+    return UpgradeOutcome(plan.to, tuple(timings), run.healthy - run.down, run.healthy - run.paused, run.dump)
 
 
 def failure_message(plan: UpgradePlan, run: UpgradeRun, failed: StepFailed) -> str:

@@ -250,8 +250,7 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
                 result = wait_for(lambda host=host: (h := airflow_node(host, "health", check=False)).returncode == 0
                                   and h, 300, f"health on {name}", interval=3)  # fmt: skip
                 assert f"Airflow {AIRFLOW_VERSION}, same set as the master" in result.stdout, result.stdout
-            view = wait_for(lambda: (v := airflow_node(worker1, "cluster", check=False)).returncode == 0 and v, 120,
-                            "the fleet view to be consistent on the new Airflow", interval=5)  # fmt: skip
+            view = fleet_view(worker1, 0, "", 120, "the fleet view to be consistent on the new Airflow")
             assert view.stdout.count(AIRFLOW_VERSION) >= 3, view.stdout
 
         cut = holder(masters)
@@ -294,8 +293,7 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
             # a master silent for 60 s is missing (the other's own failed DAG sync, from the first master's
             # source, is a warning of its own meanwhile)
             missing = f"missing master {cut}"
-            view = wait_for(lambda: (v := airflow_node(worker1, "cluster", check=False)).returncode == 1
-                            and missing in v.stdout and v, 120, f"the fleet view to miss {cut}")  # fmt: skip
+            view = fleet_view(worker1, 1, missing, 120, f"the fleet view to miss {cut}")
             print(view.stdout)
 
         with step(f"a cluster-file change on {other} while {cut} is away; {cut} comes back and takes it"):
@@ -311,8 +309,7 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
             wait_for(lambda: holder(masters), 60, "a master to hold the cluster address")
             for host in (masters[other], worker1):  # what their cron lines do within their interval
                 node(host, "sync")
-            view = wait_for(lambda: (v := airflow_node(worker1, "cluster", check=False)).returncode == 0 and v, 180,
-                            f"the fleet view to count {cut} again", interval=5)  # fmt: skip
+            view = fleet_view(worker1, 0, "", 180, f"the fleet view to count {cut} again")
             assert "visibility_timeout = 7300" in worker1.run("cat", "/opt/airflow/airflow.cfg").stdout
             run_id = api.run_dag("ha_quick", timeout=300)
 
@@ -337,6 +334,22 @@ def answers(address: str) -> bool:
 
 def token_of(output: str, role: str) -> str:
     return re.search(rf"AIRFLOW_NODE_JOIN_TOKEN=(\S+) airflow-node init --role {role}", output).group(1)
+
+
+def fleet_view(host, code: int, words: str, timeout: float, what: str):
+    """Wait until `airflow-node cluster` on host exits `code` saying `words`; return its result, or fail
+    showing the last view."""
+    last = None
+
+    def shown():
+        nonlocal last
+        last = airflow_node(host, "cluster", check=False)
+        return last.returncode == code and words in last.stdout and last
+
+    try:
+        return wait_for(shown, timeout, what, interval=5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last view (exit {last.returncode}):\n{last.stdout}{last.stderr}") from None
 
 
 def sshd_journal(host) -> str:
