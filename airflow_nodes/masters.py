@@ -232,11 +232,11 @@ def converge_master(target: Target, transfer: TransferRunner | None = None) -> C
         keys = keys_file_of(target, ctx)
         with contextlib.suppress(NoSuchAccount):
             as_user(ctx.cluster.airflow_user if target.privileged else None, keys.converge, merged, ctx.node.node_name)
-        if moved:
-            publish_packages(NodeContext(merged, node), target)
         if moved or held_for:  # back to work: on the Airflow the upgrade moved the cluster to, or (rolled back) on ours
             notes += [*moved, control("start", target).summary()]
             target.path(HELD_FILE).unlink(missing_ok=True)
+        if moved:  # started: now the fleet view (and the upgrade waiting on it) may count it moved
+            publish_packages(NodeContext(merged, node), target)
     return Converged(changed, merged.serial, tuple(notes))
 
 

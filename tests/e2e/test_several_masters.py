@@ -234,9 +234,11 @@ def test_the_cluster_survives_the_loss_of_the_master_serving_it(hosts):
             print(upgraded.stdout)
             assert "the other masters stopped their Airflow" in upgraded.stdout, upgraded.stdout
             assert f"the other masters are on Airflow {AIRFLOW_VERSION}" in upgraded.stdout, upgraded.stdout
-            follower = master2.run("journalctl", "--no-pager", "-u", "airflow-dag-follower").stdout
+            # the follower says what it did once its round is over, just after its record said so
+            journal = ("journalctl", "--no-pager", "-u", "airflow-dag-follower")
+            follower = wait_for(lambda: f"the master moved to Airflow {AIRFLOW_VERSION}" in (j := master2.run(*journal)
+                                .stdout) and j, 60, "master2's follower to say it moved")  # fmt: skip
             assert f"upgrades the cluster to Airflow {AIRFLOW_VERSION}" in follower, follower
-            assert f"the master moved to Airflow {AIRFLOW_VERSION}" in follower, follower
             assert f"built Airflow {AIRFLOW_VERSION} in" in follower, follower  # its own venv, from its wheelhouse
             assert f"{MASTER2_VENV}.releases/airflow-{AIRFLOW_VERSION}-" in master2.run("readlink", MASTER2_VENV).stdout
             assert f'airflow_version = "{AIRFLOW_VERSION}"' in master2.run("cat", "/etc/airflow-node/node.toml").stdout
