@@ -150,7 +150,11 @@ class Container:
 
     def init_pid(self) -> int | None:
         for child in sh(["pgrep", "-P", self.process.pid], check=False).stdout.split():
-            if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+            try:
+                comm = Path(f"/proc/{child}/comm").read_text().strip()
+            except FileNotFoundError:  # a child of nspawn's that ended since pgrep listed it (while it boots)
+                continue
+            if comm == "systemd":
                 return int(child)
         return None
 
