@@ -46,7 +46,7 @@ from airflow_nodes.cluster import (
     parse_cluster,
     settings_of,
 )
-from airflow_nodes.config_sync import airflow_daemons, fetch_master_cluster_file, follow_master
+from airflow_nodes.config_sync import fetch_master_cluster_file, follow_master, stop_airflow
 from airflow_nodes.context import NodeContext, load_context
 from airflow_nodes.control import control
 from airflow_nodes.digest import sha256
@@ -212,7 +212,7 @@ def converge_master(target: Target, transfer: TransferRunner | None = None) -> C
         return Converged(False, ctx.cluster.serial, tuple(notes + hold_for_upgrade(ctx, target, look.upgrading)))
     held_for = held_by(target)
     if held_for and held_for not in look.answered:  # it may be migrating the DB: no Airflow of ours on it
-        stopped = control("stop", target, daemons=airflow_daemons(ctx)).summary()  # a reboot meanwhile started it
+        stopped = stop_airflow(ctx, target)  # a reboot meanwhile started it
         notes.append(f"this master's Airflow stays stopped: {held_for}, whose upgrade stopped it, does not answer "
                      f"(`airflow-node start` here goes on without it); {stopped}")  # fmt: skip
         return Converged(False, ctx.cluster.serial, tuple(notes))
@@ -259,7 +259,7 @@ def hold_for_upgrade(ctx: NodeContext, target: Target, upgrading: dict[str, str]
     first = held_by(target) != address
     if first:
         write_atomically(target.path(HELD_FILE), f"{address}\n".encode(), 0o600)
-    stopped = control("stop", target, daemons=airflow_daemons(ctx)).summary()
+    stopped = stop_airflow(ctx, target)
     return [f"{address} upgrades the cluster to Airflow {version}: {stopped}"] if first else []
 
 

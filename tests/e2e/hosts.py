@@ -306,6 +306,13 @@ class Postgres:
 
 TOOL = "/opt/airflow-node"  # the README's venv for the tool on a PEP 668 host
 HOST_ENV = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # not our PIP_*
+
+
+def airflow_node(host, *args: object, env: dict | None = None, check: bool = True, timeout: float = 600):
+    """Run airflow-node on a host as a user would: found on PATH, with none of our environment."""
+    return host.run("airflow-node", *args, env={**HOST_ENV, **(env or {})}, check=check, timeout=timeout)
+
+
 DEBIAN_PYTHON = "/usr/bin/python3.11"  # the same interpreter exists inside the Debian 12 containers
 REPO = Path(__file__).resolve().parents[2]
 # Airflow venvs and wheels kept between runs; outside /root, which the airflow user cannot enter.

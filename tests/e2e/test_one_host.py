@@ -28,6 +28,7 @@ from hosts import (
     Network,
     Steps,
     Worker,
+    airflow_node,
     airflow_venv,
     cached_rootfs,
     cached_wheelhouse,
@@ -64,10 +65,6 @@ def readme_command(prefix: str) -> str:
     found = [line for line in lines if line.startswith(prefix)]
     assert len(found) == 1, f"README.md should hold exactly one line starting with {prefix!r}"
     return found[0]
-
-
-def airflow_node(host, *args: object, env: dict | None = None, check: bool = True, timeout: float = 600):
-    return host.run("airflow-node", *args, env={**HOST_ENV, **(env or {})}, check=check, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

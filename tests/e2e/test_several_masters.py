@@ -28,7 +28,6 @@ from urllib.parse import quote
 
 import pytest
 from hosts import (
-    HOST_ENV,
     SUBNET,
     VENVS,
     AirflowApi,
@@ -38,6 +37,7 @@ from hosts import (
     Redis,
     Steps,
     Worker,
+    airflow_node,
     airflow_venv,
     cached_rootfs,
     cached_wheelhouse,
@@ -68,10 +68,6 @@ with DAG("ha_quick", schedule=None, start_date=datetime(2024, 1, 1), catchup=Fal
 with DAG("ha_long", schedule=None, start_date=datetime(2024, 1, 1), catchup=False, is_paused_upon_creation=False):
     BashOperator(task_id="long", bash_command="sleep 40; echo finished-through-the-failover")
 """
-
-
-def airflow_node(host, *args: object, env: dict | None = None, check: bool = True, timeout: float = 600):
-    return host.run("airflow-node", *args, env={**HOST_ENV, **(env or {})}, check=check, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from test_several_masters_plan import master_member
 
 from airflow_nodes.cluster import dump_cluster, read_cluster
-from airflow_nodes.errors import OperationError
+from airflow_nodes.errors import OperationError, UserError
 from airflow_nodes.execute import Completed
 from airflow_nodes.install import find_lock
 from airflow_nodes.join import upgrade_in_progress, upgrade_marker
@@ -24,7 +24,7 @@ from airflow_nodes.node import CLUSTER_FILE, HELD_FILE, NODE_FILE, UPGRADE_MARKE
 from airflow_nodes.sync import ReleaseAnswer, parse_release_answer
 from airflow_nodes.syncing.commands import TransferRunner
 from airflow_nodes.target import Target
-from airflow_nodes.upgrade import STOP_MASTERS, upgrade_steps
+from airflow_nodes.upgrade import STOP_MASTERS, check_database, plan_upgrade, upgrade_steps
 
 from conftest import make_cluster
 
@@ -187,8 +187,6 @@ def test_a_master_down_during_the_upgrade_follows_when_it_is_back(master):
 
 
 def test_the_upgrade_stops_the_other_masters_before_the_drain_and_waits_for_them_last(master):
-    from airflow_nodes.upgrade import plan_upgrade
-
     plan = plan_upgrade(master, "3.3.2", master.root / "backups")
     names = [step.name for step in upgrade_steps(plan)]
     assert names.index(STOP_MASTERS) < names.index("drain") and names[-1] == "the other masters follow", names
@@ -197,9 +195,6 @@ def test_the_upgrade_stops_the_other_masters_before_the_drain_and_waits_for_them
 
 
 def test_the_upgrade_refuses_before_the_drain_where_pg_dump_is_missing(master, tmp_path, monkeypatch):
-    from airflow_nodes.errors import UserError
-    from airflow_nodes.upgrade import check_database, plan_upgrade
-
     plan = plan_upgrade(master, "3.3.2", master.root / "backups")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(UserError, match=r"^upgrade: pg_dump, pg_restore, psql not installed .*nothing was changed$"):
